@@ -1,0 +1,266 @@
+//! The commit protocol as plain logic over part descriptors and manifests.
+//!
+//! Every stateful operator, source and sink emits a [`Part`] for every
+//! checkpoint epoch (with or without data). The commit operator folds the
+//! parts of epochs `<= e` into the previous manifest with [`next_manifest`],
+//! commits it through the store, then calls [`publish`]. Recovery calls the
+//! same [`publish`] on the newest manifest, so a crash between commit and
+//! publish is repaired by replaying it.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Read;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::manifest::{FORMAT_VERSION, FileEntry, InputBound, Manifest, Publish};
+use crate::error::{Error, IoContext, Result};
+use crate::record::{Offset, PartitionId};
+use crate::time::Epoch;
+
+/// A part descriptor: one operator instance's contribution to a checkpoint.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Part {
+    /// The checkpoint epoch the part belongs to.
+    pub epoch: Epoch,
+    /// The worker that wrote it.
+    pub worker: usize,
+    /// What it holds.
+    pub body: PartBody,
+}
+
+/// What a part holds.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum PartBody {
+    /// A source instance's next offsets for the partitions it owns.
+    Offsets {
+        /// Source name.
+        source: String,
+        /// `(partition, next offset)` pairs.
+        offsets: Vec<(PartitionId, Offset)>,
+    },
+    /// A stateful operator instance's state file.
+    State {
+        /// Operator id (stable across restarts).
+        operator: String,
+        /// The part file.
+        file: FileEntry,
+    },
+    /// A sink instance's staged files, closed at this epoch.
+    Output {
+        /// Sink operator id.
+        operator: String,
+        /// Files to publish once the checkpoint commits.
+        files: Vec<Publish>,
+    },
+    /// Counter increments since the previous part of the same operator instance.
+    Counters(Vec<(String, u64)>),
+}
+
+/// Folds `parts` (all parts of epochs `<= epoch` not yet committed, in any order)
+/// into the manifest that follows `prev`.
+///
+/// Offsets: the latest per partition wins. State: an operator's files are the
+/// parts of the newest epoch that has parts of it (every instance emits one per
+/// checkpoint epoch, so those are complete); operators without new parts keep
+/// their previous files. Outputs: only files staged since `prev`, since `prev`'s
+/// were published before this commit.
+pub fn next_manifest(
+    prev: Option<&Manifest>,
+    template: &Manifest,
+    mut parts: Vec<Part>,
+    epoch: Epoch,
+    complete: bool,
+) -> Manifest {
+    parts.sort_by_key(|p| (p.epoch, p.worker));
+    let mut m = Manifest {
+        version: FORMAT_VERSION,
+        pipeline: template.pipeline.clone(),
+        epoch,
+        complete,
+        workers: template.workers,
+        key_groups: template.key_groups,
+        inputs: template.inputs.clone(),
+        offsets: BTreeMap::new(),
+        state: BTreeMap::new(),
+        outputs: Vec::new(),
+        counters: BTreeMap::new(),
+    };
+    if let Some(prev) = prev {
+        m.offsets = prev.offsets.clone();
+        m.state = prev.state.clone();
+        m.counters = prev.counters.clone();
+        if !prev.inputs.is_empty() {
+            m.inputs = prev.inputs.clone();
+        }
+    }
+    let mut newest_state: BTreeMap<&str, Epoch> = BTreeMap::new();
+    for p in &parts {
+        if let PartBody::State { operator, .. } = &p.body {
+            let e = newest_state.entry(operator.as_str()).or_insert(p.epoch);
+            *e = (*e).max(p.epoch);
+        }
+    }
+    let mut fresh: BTreeMap<String, Vec<FileEntry>> = BTreeMap::new();
+    for p in &parts {
+        match &p.body {
+            PartBody::Offsets { source, offsets } => {
+                let map = m.offsets.entry(source.clone()).or_default();
+                for &(partition, offset) in offsets {
+                    map.insert(partition, offset);
+                }
+            }
+            PartBody::State { operator, file } => {
+                if newest_state.get(operator.as_str()) == Some(&p.epoch)
+                    && !fresh.get(operator).is_some_and(|v| v.contains(file))
+                {
+                    fresh.entry(operator.clone()).or_default().push(file.clone());
+                }
+            }
+            PartBody::Output { files, .. } => m.outputs.extend(files.iter().cloned()),
+            PartBody::Counters(counters) => {
+                for (name, n) in counters {
+                    *m.counters.entry(name.clone()).or_default() += n;
+                }
+            }
+        }
+    }
+    for (operator, files) in fresh {
+        m.state.insert(operator, files);
+    }
+    m
+}
+
+/// Checks that a bounded run resumes on the input it started with.
+pub fn check_input(recorded: &InputBound, fingerprint: &serde_json::Value, source: &str) -> Result<()> {
+    if &recorded.fingerprint != fingerprint {
+        return Err(Error::Checkpoint {
+            path: source.into(),
+            message: format!(
+                "the checkpoint was taken on a different input: recorded {}, now {}",
+                recorded.fingerprint, fingerprint
+            ),
+        });
+    }
+    Ok(())
+}
+
+fn file_crc(path: &Path) -> Result<(u64, u32)> {
+    let mut f = fs::File::open(path).ctx("open", path)?;
+    let mut hasher = crc32fast::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = f.read(&mut buf).ctx("read", path)?;
+        if n == 0 {
+            break;
+        }
+        size += n as u64;
+        hasher.update(&buf[..n]);
+    }
+    Ok((size, hasher.finalize()))
+}
+
+/// Moves committed staged files to their final names. Idempotent: a staged file
+/// present is renamed; a final file present with the listed size and checksum is
+/// done; neither is an error naming the file.
+pub fn publish(files: &[Publish]) -> Result<()> {
+    let mut dirs = Vec::new();
+    for f in files {
+        if f.staged.exists() {
+            fs::rename(&f.staged, &f.target).ctx("rename", &f.target)?;
+        } else if f.target.exists() {
+            let (size, crc) = file_crc(&f.target)?;
+            if size != f.size || crc != f.crc32 {
+                return Err(Error::corrupt(
+                    &f.target,
+                    0,
+                    format!(
+                        "published file has size {size} crc {crc:08x}, the manifest lists size {} crc {:08x}",
+                        f.size, f.crc32
+                    ),
+                ));
+            }
+        } else {
+            return Err(Error::Checkpoint {
+                path: f.target.clone(),
+                message: format!(
+                    "committed output is missing: neither {} nor the final file exists",
+                    f.staged.display()
+                ),
+            });
+        }
+        if let Some(parent) = f.target.parent()
+            && !dirs.iter().any(|d: &std::path::PathBuf| d == parent)
+        {
+            dirs.push(parent.to_path_buf());
+        }
+    }
+    for d in dirs {
+        fs::File::open(&d).ctx("open", &d)?.sync_all().ctx("fsync", &d)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn part(epoch: Epoch, worker: usize, body: PartBody) -> Part {
+        Part { epoch, worker, body }
+    }
+
+    fn file(name: &str) -> FileEntry {
+        FileEntry { path: name.into(), size: 1, crc32: 2 }
+    }
+
+    #[test]
+    fn folds_parts() {
+        let t = Manifest { pipeline: "p".into(), workers: 2, key_groups: 8, ..Default::default() };
+        let parts = vec![
+            part(3, 0, PartBody::Offsets { source: "s".into(), offsets: vec![(0, 10), (1, 5)] }),
+            part(6, 1, PartBody::Offsets { source: "s".into(), offsets: vec![(1, 9)] }),
+            part(3, 0, PartBody::State { operator: "w".into(), file: file("a3") }),
+            part(6, 0, PartBody::State { operator: "w".into(), file: file("a6") }),
+            part(6, 1, PartBody::State { operator: "w".into(), file: file("b6") }),
+            part(6, 0, PartBody::Counters(vec![("in".into(), 4)])),
+        ];
+        let m = next_manifest(None, &t, parts, 6, false);
+        assert_eq!(m.offsets["s"][&0], 10);
+        assert_eq!(m.offsets["s"][&1], 9);
+        assert_eq!(m.state["w"], vec![file("a6"), file("b6")]);
+        assert_eq!(m.counters["in"], 4);
+        let m2 = next_manifest(
+            Some(&m),
+            &t,
+            vec![part(9, 0, PartBody::Counters(vec![("in".into(), 1)]))],
+            9,
+            true,
+        );
+        assert_eq!(m2.state["w"], m.state["w"]);
+        assert_eq!(m2.counters["in"], 5);
+        assert!(m2.complete && m2.outputs.is_empty());
+    }
+
+    #[test]
+    fn publish_is_idempotent() {
+        let dir = tempfile::tempdir().unwrap();
+        let staged = dir.path().join("_staging");
+        fs::create_dir(&staged).unwrap();
+        fs::write(staged.join("a"), b"data").unwrap();
+        let p = Publish {
+            staged: staged.join("a"),
+            target: dir.path().join("a"),
+            size: 4,
+            crc32: crc32fast::hash(b"data"),
+        };
+        publish(std::slice::from_ref(&p)).unwrap();
+        publish(std::slice::from_ref(&p)).unwrap();
+        assert_eq!(fs::read(dir.path().join("a")).unwrap(), b"data");
+        fs::write(dir.path().join("a"), b"datb").unwrap();
+        assert!(publish(std::slice::from_ref(&p)).is_err());
+        fs::remove_file(dir.path().join("a")).unwrap();
+        assert!(publish(&[p]).is_err());
+    }
+}

@@ -1,0 +1,132 @@
+//! Records as they travel through a pipeline: raw chunks read from a source
+//! partition, typed records with their provenance, and dead letters.
+//!
+//! Sources hand over [`Chunk`]s (many raw records in one buffer, so reading
+//! allocates per batch, not per record). Decoding turns each raw record into a
+//! [`Rec<T>`] that keeps its [`Meta`] (partition, offset, event time), so any
+//! later stage can still say where a record came from when it dead-letters it.
+
+use serde::{Deserialize, Serialize};
+
+/// Event time in milliseconds since the Unix epoch.
+pub type EventTime = i64;
+
+/// Index of an input partition within a pipeline's source (a log partition or a file split).
+pub type PartitionId = u32;
+
+/// Position of a record within its partition (a record offset, or a byte offset for files).
+pub type Offset = u64;
+
+/// Where a record came from and when it happened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Meta {
+    /// The source partition (log partition or file split).
+    pub partition: PartitionId,
+    /// The record's offset in that partition (byte offset of the line start for files).
+    pub offset: Offset,
+    /// Event time in ms, or [`Meta::NO_TIME`] before `event_time` assigned one.
+    pub event_time: EventTime,
+}
+
+impl Meta {
+    /// Event time of a record that has none (yet).
+    pub const NO_TIME: EventTime = EventTime::MIN;
+
+    /// Metadata of a derived record (a window result), which has no source position.
+    pub fn derived(event_time: EventTime) -> Self {
+        Meta { partition: PartitionId::MAX, offset: Offset::MAX, event_time }
+    }
+}
+
+/// A typed record with its provenance.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Rec<T> {
+    /// Where the record came from.
+    pub meta: Meta,
+    /// The record itself.
+    pub value: T,
+}
+
+/// How the offsets of the records in a [`Chunk`] are numbered.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OffsetKind {
+    /// Byte offsets: record `i` starts at `first + start_of(i)` (files).
+    Bytes,
+    /// Record offsets: record `i` has offset `first + i` (logs).
+    #[default]
+    Records,
+}
+
+/// A batch of raw records read from one source partition.
+///
+/// Record `i` is `data[start(i)..ends[i]]` where `start(0) = 0` and
+/// `start(i) = ends[i - 1]`; line sources strip the trailing `\n` by storing
+/// it outside the record (`ends` marks the end of the payload, and the next
+/// record starts after the separator: see [`Chunk::sep`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Chunk {
+    /// The partition the records were read from.
+    pub partition: PartitionId,
+    /// Offset of the first record.
+    pub first: Offset,
+    /// How offsets are numbered.
+    pub kind: OffsetKind,
+    /// Length of the separator after each record (1 for `\n`-terminated lines, 0 for framed records).
+    pub sep: u32,
+    /// The concatenated records.
+    pub data: Vec<u8>,
+    /// End (exclusive) of each record's payload in `data`.
+    pub ends: Vec<u32>,
+    /// Offset to resume from after this chunk.
+    pub next: Offset,
+}
+
+impl Chunk {
+    /// Number of records in the chunk.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Whether the chunk holds no records.
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Iterates `(offset, payload)` for every record.
+    pub fn records(&self) -> impl Iterator<Item = (Offset, &[u8])> + '_ {
+        let mut start = 0usize;
+        let sep = self.sep as usize;
+        let kind = self.kind;
+        self.ends.iter().enumerate().map(move |(i, &end)| {
+            let end = end as usize;
+            let offset = match kind {
+                OffsetKind::Bytes => self.first + start as u64,
+                OffsetKind::Records => self.first + i as u64,
+            };
+            let payload = &self.data[start..end];
+            start = end + sep;
+            (offset, payload)
+        })
+    }
+}
+
+/// A record that could not be processed, with the reason.
+///
+/// Written by the dead-letter sink as one JSON object per line (see DESIGN.md).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// The raw input bytes (the line without its `\n`).
+    pub payload: Vec<u8>,
+    /// What went wrong.
+    pub error: String,
+    /// The stage that rejected it (`decode`, `late`, a user stage name, ...).
+    pub stage: String,
+    /// The source name (topic name or input path).
+    pub source: String,
+    /// The source partition (log partition or file split).
+    pub partition: PartitionId,
+    /// The record offset, or the byte offset of the line start.
+    pub offset: Offset,
+    /// The event time, when known.
+    pub event_time: Option<EventTime>,
+}

@@ -1,0 +1,130 @@
+//! The commit operator: all part descriptors go to worker 0, which writes the
+//! manifest when its input frontier passes a checkpoint epoch, then publishes
+//! the staged output with the same function recovery uses, then applies
+//! retention. In a run without checkpoints it only publishes, at the end.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::{Concatenate, Probe};
+
+use crate::checkpoint::protocol::{next_manifest, publish};
+use crate::checkpoint::{Manifest, Part};
+use crate::error::Result;
+use crate::flow::{unconsumed_dead_letters, Dataflow};
+use crate::runtime::ctx::Shared;
+use crate::time::Epoch;
+
+struct Committer {
+    shared: Arc<Shared>,
+    last: Option<Manifest>,
+    template: Manifest,
+}
+
+impl Committer {
+    fn commit(&mut self, parts: Vec<Part>, epoch: Epoch, complete: bool) -> Result<()> {
+        let started = Instant::now();
+        if let Ok(inputs) = self.shared.inputs.lock() {
+            self.template.inputs = inputs.clone();
+        }
+        let m = next_manifest(self.last.as_ref(), &self.template, parts, epoch, complete);
+        if let Some(store) = &self.shared.store {
+            store.commit(&m)?;
+        }
+        publish(&m.outputs)?;
+        if let Some(store) = &self.shared.store {
+            store.retain(self.shared.cfg.retain)?;
+        }
+        if let Ok(mut stats) = self.shared.stats.lock() {
+            let took = started.elapsed();
+            stats.count += 1;
+            stats.total += took;
+            stats.max = stats.max.max(took);
+            stats.last_epoch = Some(epoch);
+        }
+        tracing::debug!(epoch, complete, outputs = m.outputs.len(), "checkpoint committed");
+        self.last = Some(m);
+        Ok(())
+    }
+}
+
+impl<'s> Dataflow<'s> {
+    /// Adds the commit operator over every registered part stream. Called by the
+    /// runtime after the user's build function.
+    pub(crate) fn finish(self) -> Result<()> {
+        let ctx = self.ctx;
+        if !ctx.0.dead.borrow().is_empty() {
+            return Err(unconsumed_dead_letters());
+        }
+        let shared = ctx.shared().clone();
+        let scope = ctx.scope();
+        let parts: Vec<_> = ctx.0.parts.borrow_mut().drain(..).collect();
+        let parts = scope.concatenate(parts).probe_with(ctx.probe());
+        let schedule = ctx.schedule();
+        let cfg = &shared.cfg;
+        let template = Manifest {
+            pipeline: cfg.name.clone(),
+            workers: cfg.workers,
+            key_groups: cfg.key_groups.count(),
+            ..Default::default()
+        };
+        let restored_complete = shared.restored.as_ref().is_some_and(|m| m.complete);
+        let mut committer = Committer { shared: shared.clone(), last: shared.restored.clone(), template };
+        let bounded = cfg.bounded;
+        let mut pending: Vec<Part> = Vec::new();
+        let mut done = ctx.start_epoch();
+        let mut max_seen: Epoch = 0;
+        parts
+            .unary_frontier::<timely::container::CapacityContainerBuilder<Vec<()>>, _, _, _>(
+                Exchange::new(|_: &Part| 0u64),
+                "Commit",
+                move |_cap, _| {
+                    move |(input, frontier), _output| {
+                        input.for_each(|_, data: &mut Vec<Part>| {
+                            for p in data.drain(..) {
+                                max_seen = max_seen.max(p.epoch);
+                                pending.push(p);
+                            }
+                        });
+                        if shared.aborted() {
+                            return;
+                        }
+                        let f = frontier.frontier().iter().min().copied();
+                        let result = match f {
+                            Some(f) if f > done => {
+                                let newest = schedule.between(done, f).last();
+                                done = f;
+                                match newest {
+                                    Some(c) => {
+                                        let (now, later): (Vec<_>, Vec<_>) =
+                                            pending.drain(..).partition(|p| p.epoch <= c);
+                                        pending = later;
+                                        committer.commit(now, c, false)
+                                    }
+                                    None => Ok(()),
+                                }
+                            }
+                            None if done != Epoch::MAX => {
+                                done = Epoch::MAX;
+                                if restored_complete {
+                                    Ok(())
+                                } else {
+                                    let prev = committer.last.as_ref().map_or(0, |m| m.epoch + 1);
+                                    let epoch = max_seen.max(prev);
+                                    let now = std::mem::take(&mut pending);
+                                    committer.commit(now, epoch, bounded)
+                                }
+                            }
+                            _ => Ok(()),
+                        };
+                        if let Err(e) = result {
+                            shared.fail(e);
+                        }
+                    }
+                },
+            );
+        Ok(())
+    }
+}

@@ -1,0 +1,192 @@
+//! The build context shared by every operator of one worker's dataflow, and
+//! the state shared by all workers of a run (abort flag, counters, restored
+//! manifest, checkpoint store).
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use timely::dataflow::{ProbeHandle, Scope, StreamVec};
+
+use crate::checkpoint::manifest::InputBound;
+use crate::checkpoint::{CheckpointStore, Manifest, Part};
+use crate::error::Error;
+use crate::keygroup::KeyGroups;
+use crate::record::DeadLetter;
+use crate::runtime::PipelineConfig;
+use crate::time::{CheckpointSchedule, Epoch};
+
+/// Checkpoint timings of a run.
+#[derive(Clone, Debug, Default)]
+pub struct CommitStats {
+    /// Checkpoints committed (including the final one).
+    pub count: u64,
+    /// Total time spent writing manifests and publishing.
+    pub total: Duration,
+    /// Longest single commit.
+    pub max: Duration,
+    /// Epoch of the last committed checkpoint.
+    pub last_epoch: Option<Epoch>,
+}
+
+/// State shared by all workers of one run.
+pub(crate) struct Shared {
+    pub cfg: PipelineConfig,
+    pub store: Option<Arc<dyn CheckpointStore>>,
+    pub restored: Option<Manifest>,
+    pub run_id: String,
+    pub abort: AtomicBool,
+    pub error: Mutex<Option<Error>>,
+    pub counters: Mutex<BTreeMap<String, Arc<AtomicU64>>>,
+    pub inputs: Mutex<BTreeMap<String, InputBound>>,
+    pub stats: Mutex<CommitStats>,
+}
+
+impl Shared {
+    pub fn aborted(&self) -> bool {
+        self.abort.load(Ordering::Relaxed)
+    }
+
+    /// Records the first error and stops every worker.
+    pub fn fail(&self, e: Error) {
+        if let Ok(mut slot) = self.error.lock()
+            && slot.is_none()
+        {
+            tracing::error!("{e}");
+            *slot = Some(e);
+        }
+        self.abort.store(true, Ordering::SeqCst);
+    }
+
+    pub fn counter(&self, name: &str) -> Arc<AtomicU64> {
+        match self.counters.lock() {
+            Ok(mut map) => map.entry(name.to_string()).or_default().clone(),
+            Err(_) => Arc::default(),
+        }
+    }
+}
+
+/// A handle operators use to report a failure: it stops every worker, and the
+/// run returns the first error reported.
+#[derive(Clone)]
+pub struct Failure(pub(crate) Arc<Shared>);
+
+impl Failure {
+    /// Reports `e` and stops the pipeline.
+    pub fn fail(&self, e: Error) {
+        self.0.fail(e)
+    }
+
+    /// Whether the pipeline is stopping.
+    pub fn aborted(&self) -> bool {
+        self.0.aborted()
+    }
+}
+
+pub(crate) struct CtxInner<'s> {
+    pub scope: Scope<'s, Epoch>,
+    pub shared: Arc<Shared>,
+    pub parts: RefCell<Vec<StreamVec<'s, Epoch, Part>>>,
+    pub dead: RefCell<Vec<StreamVec<'s, Epoch, DeadLetter>>>,
+    pub dead_taken: Cell<bool>,
+    pub next_id: Cell<usize>,
+    pub probe: ProbeHandle<Epoch>,
+}
+
+/// One worker's build context: registers snapshot and dead-letter streams, hands
+/// out stable operator ids, and gives operators the restored checkpoint.
+#[derive(Clone)]
+pub struct Ctx<'s>(pub(crate) Rc<CtxInner<'s>>);
+
+impl<'s> Ctx<'s> {
+    /// The timely scope.
+    pub fn scope(&self) -> Scope<'s, Epoch> {
+        self.0.scope
+    }
+
+    /// This worker's index.
+    pub fn worker(&self) -> usize {
+        self.0.scope.index()
+    }
+
+    /// Number of workers.
+    pub fn peers(&self) -> usize {
+        self.0.scope.peers()
+    }
+
+    /// A stable id for the next operator of `kind` (`window-0`, `parquet-1`, ...):
+    /// the same on every worker and across restarts of the same pipeline.
+    pub fn operator_id(&self, kind: &str) -> String {
+        let n = self.0.next_id.get();
+        self.0.next_id.set(n + 1);
+        format!("{kind}-{n}")
+    }
+
+    /// Which epochs end with a checkpoint.
+    pub fn schedule(&self) -> CheckpointSchedule {
+        self.0.shared.cfg.schedule()
+    }
+
+    /// The checkpoint store, when the pipeline keeps checkpoints.
+    pub fn store(&self) -> Option<Arc<dyn CheckpointStore>> {
+        self.0.shared.store.clone()
+    }
+
+    /// The manifest the run restores from, if any.
+    pub fn restored(&self) -> Option<&Manifest> {
+        self.0.shared.restored.as_ref()
+    }
+
+    /// The first epoch of this run (0, or the restored epoch + 1).
+    pub fn start_epoch(&self) -> Epoch {
+        self.restored().map_or(0, |m| m.epoch + 1)
+    }
+
+    /// The key groups keyed state is split into.
+    pub fn key_groups(&self) -> KeyGroups {
+        self.0.shared.cfg.key_groups
+    }
+
+    /// Whether the run is bounded.
+    pub fn bounded(&self) -> bool {
+        self.0.shared.cfg.bounded
+    }
+
+    /// The id of this run (staged file names carry it).
+    pub fn run_id(&self) -> &str {
+        &self.0.shared.run_id
+    }
+
+    /// A named counter, summed over workers and reported in the run summary.
+    pub fn counter(&self, name: &str) -> Arc<AtomicU64> {
+        self.0.shared.counter(name)
+    }
+
+    /// The failure handle operators report errors to.
+    pub fn failure(&self) -> Failure {
+        Failure(self.0.shared.clone())
+    }
+
+    /// Registers a stream of part descriptors with the commit operator.
+    pub fn register_parts(&self, parts: StreamVec<'s, Epoch, Part>) {
+        self.0.parts.borrow_mut().push(parts);
+    }
+
+    /// Registers a stream of dead letters; [`crate::flow::Dataflow::dead_letters`] collects them.
+    pub fn register_dead_letters(&self, dead: StreamVec<'s, Epoch, DeadLetter>) {
+        self.0.dead.borrow_mut().push(dead);
+        self.0.dead_taken.set(false);
+    }
+
+    /// The progress probe at the commit operator's input (end-to-end completion).
+    pub fn probe(&self) -> &ProbeHandle<Epoch> {
+        &self.0.probe
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.0.shared
+    }
+}

@@ -1,0 +1,329 @@
+//! The runtime: runs a pipeline on `workers` timely worker threads.
+//!
+//! [`Pipeline::run`] recovers from the newest committed checkpoint (publishing
+//! its output again, discarding later uncommitted state), builds the user's
+//! dataflow on every worker, adds the commit operator, and steps the workers
+//! until a bounded run completes or any worker fails. An error or panic in one
+//! worker sets a shared abort flag that every worker's step loop checks, so
+//! the process never waits forever and the run returns the first error.
+
+pub mod ctx;
+pub mod epochs;
+mod commit;
+mod source_op;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub use ctx::{CommitStats, Ctx, Failure};
+
+use crate::checkpoint::protocol::publish;
+use crate::checkpoint::{CheckpointStore, LocalStore};
+use crate::error::{Error, Result};
+use crate::flow::Dataflow;
+use crate::keygroup::KeyGroups;
+use crate::partition::Assignor;
+use crate::time::{CheckpointSchedule, Epoch, EpochPolicy};
+use ctx::{CtxInner, Shared};
+
+/// How a pipeline runs. Build it with [`Pipeline`]'s methods; validated once in [`Pipeline::run`].
+#[derive(Clone, Debug)]
+pub struct PipelineConfig {
+    /// Pipeline (consumer group) name; names its checkpoints.
+    pub name: String,
+    /// Worker threads.
+    pub workers: usize,
+    /// Checkpoint directory; `None` runs without checkpoints (output published at the end).
+    pub state_dir: Option<PathBuf>,
+    /// Time between checkpoints (a whole number of epochs); `None`: only the final one.
+    pub checkpoint_interval: Option<Duration>,
+    /// When sources close epochs.
+    pub epoch: EpochPolicy,
+    /// Epochs per checkpoint when `epoch` counts records (deterministic tests).
+    pub checkpoint_epochs: Option<u64>,
+    /// Stop at the end offsets seen at start, flush everything, take a final checkpoint.
+    pub bounded: bool,
+    /// How partitions are spread over workers.
+    pub assignor: Assignor,
+    /// Key groups keyed state is split into.
+    pub key_groups: KeyGroups,
+    /// Committed checkpoints kept.
+    pub retain: usize,
+    /// Bytes a source reads from one partition per read.
+    pub read_batch_bytes: usize,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            name: "weir".into(),
+            workers: 1,
+            state_dir: None,
+            checkpoint_interval: Some(Duration::from_secs(1)),
+            epoch: EpochPolicy::default(),
+            checkpoint_epochs: None,
+            bounded: true,
+            assignor: Assignor::Range,
+            key_groups: KeyGroups::default(),
+            retain: 3,
+            read_batch_bytes: 256 * 1024,
+        }
+    }
+}
+
+impl PipelineConfig {
+    /// Which epochs end with a checkpoint.
+    pub fn schedule(&self) -> CheckpointSchedule {
+        if self.state_dir.is_none() {
+            return CheckpointSchedule { every: None };
+        }
+        let every = match (self.epoch, self.checkpoint_epochs, self.checkpoint_interval) {
+            (_, Some(k), _) => Some(k.max(1)),
+            (EpochPolicy::Time(e), None, Some(c)) => {
+                Some(((c.as_secs_f64() / e.as_secs_f64().max(1e-6)).round() as u64).max(1))
+            }
+            _ => None,
+        };
+        CheckpointSchedule { every }
+    }
+
+    /// How far sources may run ahead of the commit operator, in epochs.
+    pub fn max_epochs_in_flight(&self) -> u64 {
+        match self.schedule().every {
+            Some(k) => (3 * k).max(4),
+            None => 10,
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.workers == 0 {
+            return Err(Error::config("workers", "must be at least 1"));
+        }
+        if self.name.is_empty() {
+            return Err(Error::config("name", "must not be empty"));
+        }
+        if let EpochPolicy::Time(d) = self.epoch
+            && d.is_zero()
+        {
+            return Err(Error::config("epoch_interval", "must be positive"));
+        }
+        if let EpochPolicy::Records(0) = self.epoch {
+            return Err(Error::config("epoch_records", "must be positive"));
+        }
+        if let Some(c) = self.checkpoint_interval
+            && c.is_zero()
+        {
+            return Err(Error::config("checkpoint_interval", "must be positive"));
+        }
+        if self.retain == 0 {
+            return Err(Error::config("retain", "keep at least one checkpoint"));
+        }
+        if self.read_batch_bytes < 1024 {
+            return Err(Error::config("read_batch_bytes", "must be at least 1024"));
+        }
+        Ok(())
+    }
+}
+
+/// What a run did.
+#[derive(Clone, Debug, Default)]
+pub struct RunSummary {
+    /// Wall-clock time of the run.
+    pub elapsed: Duration,
+    /// Counters summed over workers (`records_in`, `dead_letters`, `<sink>.rows`, ...).
+    pub counters: BTreeMap<String, u64>,
+    /// Checkpoint commits.
+    pub commits: CommitStats,
+    /// The checkpoint epoch the run resumed from.
+    pub restored_from: Option<Epoch>,
+    /// The state was already complete: nothing was read or written.
+    pub already_complete: bool,
+}
+
+impl RunSummary {
+    /// A counter's value (0 if absent).
+    pub fn counter(&self, name: &str) -> u64 {
+        self.counters.get(name).copied().unwrap_or(0)
+    }
+}
+
+/// A pipeline: configuration plus [`Pipeline::run`].
+///
+/// ```no_run
+/// # use weir_core::runtime::Pipeline;
+/// # use std::time::Duration;
+/// let summary = Pipeline::new("sensor-aggregation")
+///     .workers(2)
+///     .state("weir-data/state")
+///     .checkpoint_every(Duration::from_secs(1))
+///     .run(|p| {
+///         // p.source(...)?.decode::<Reading>(Json)...sink(...)?;
+///         Ok(())
+///     })?;
+/// # Ok::<(), weir_core::Error>(())
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct Pipeline {
+    /// The configuration.
+    pub config: PipelineConfig,
+}
+
+impl Pipeline {
+    /// A pipeline named `name` with default settings.
+    pub fn new(name: impl Into<String>) -> Self {
+        Pipeline { config: PipelineConfig { name: name.into(), ..Default::default() } }
+    }
+
+    /// Number of worker threads.
+    pub fn workers(mut self, n: usize) -> Self {
+        self.config.workers = n;
+        self
+    }
+
+    /// Keep checkpoints in `dir` (and restore from it).
+    pub fn state(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.config.state_dir = Some(dir.into());
+        self
+    }
+
+    /// Checkpoint interval (rounded to whole epochs).
+    pub fn checkpoint_every(mut self, interval: Duration) -> Self {
+        self.config.checkpoint_interval = Some(interval);
+        self
+    }
+
+    /// Close an epoch every `interval` of processing time.
+    pub fn epoch_every(mut self, interval: Duration) -> Self {
+        self.config.epoch = EpochPolicy::Time(interval);
+        self
+    }
+
+    /// Deterministic epochs: every `records` records per source worker, a checkpoint every `epochs` epochs.
+    pub fn epoch_records(mut self, records: u64, checkpoint_epochs: u64) -> Self {
+        self.config.epoch = EpochPolicy::Records(records);
+        self.config.checkpoint_epochs = Some(checkpoint_epochs);
+        self
+    }
+
+    /// Bounded (stop at the end offsets seen at start) or not.
+    pub fn bounded(mut self, bounded: bool) -> Self {
+        self.config.bounded = bounded;
+        self
+    }
+
+    /// Partition assignor.
+    pub fn assignor(mut self, assignor: Assignor) -> Self {
+        self.config.assignor = assignor;
+        self
+    }
+
+    /// Runs the pipeline built by `build` on every worker; returns when a bounded run
+    /// completes, or with the first error of any worker.
+    pub fn run<F>(self, build: F) -> Result<RunSummary>
+    where
+        F: Fn(&mut Dataflow<'_>) -> Result<()> + Send + Sync + 'static,
+    {
+        let cfg = self.config;
+        cfg.validate()?;
+        let started = Instant::now();
+        let (store, restored) = match &cfg.state_dir {
+            Some(dir) => {
+                let store = LocalStore::open(dir)?;
+                let latest = store.latest()?;
+                if let Some(m) = &latest {
+                    if m.key_groups != cfg.key_groups.count() {
+                        return Err(Error::Checkpoint {
+                            path: dir.clone(),
+                            message: format!(
+                                "checkpoint has {} key groups, the pipeline {}",
+                                m.key_groups,
+                                cfg.key_groups.count()
+                            ),
+                        });
+                    }
+                    // Replay the publish step of the newest commit (idempotent).
+                    publish(&m.outputs)?;
+                    tracing::info!(epoch = m.epoch, complete = m.complete, "restoring from checkpoint");
+                }
+                store.discard_after(latest.as_ref().map(|m| m.epoch))?;
+                (Some(Arc::new(store) as Arc<dyn CheckpointStore>), latest)
+            }
+            None => (None, None),
+        };
+        let already_complete = restored.as_ref().is_some_and(|m| m.complete);
+        let restored_from = restored.as_ref().map(|m| m.epoch);
+        let run_id = format!(
+            "{:x}{:05x}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_micros())
+                .unwrap_or(0),
+            std::process::id() & 0xfffff
+        );
+        let shared = Arc::new(Shared {
+            cfg: cfg.clone(),
+            store,
+            restored,
+            run_id,
+            abort: Default::default(),
+            error: Mutex::new(None),
+            counters: Default::default(),
+            inputs: Default::default(),
+            stats: Default::default(),
+        });
+        let sh = shared.clone();
+        let build = Arc::new(build);
+        let guards = timely::execute(timely::Config::process(cfg.workers), move |worker| {
+            let sh = sh.clone();
+            let build = build.clone();
+            let index = worker.index();
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> Result<()> {
+                let probe = timely::dataflow::ProbeHandle::new();
+                worker.dataflow::<Epoch, _, _>(|scope| -> Result<()> {
+                    let ctx = Ctx(Rc::new(CtxInner {
+                        scope,
+                        shared: sh.clone(),
+                        parts: Default::default(),
+                        dead: Default::default(),
+                        dead_taken: Default::default(),
+                        next_id: Default::default(),
+                        probe,
+                    }));
+                    let mut df = Dataflow { ctx };
+                    build(&mut df)?;
+                    df.finish()
+                })?;
+                while !sh.aborted() && worker.step_or_park(Some(Duration::from_millis(1))) {}
+                Ok(())
+            }));
+            match outcome {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => sh.fail(e),
+                Err(panic) => {
+                    let msg = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "unknown panic".into());
+                    sh.fail(Error::Pipeline(format!("worker {index} panicked: {msg}")));
+                }
+            }
+        })
+        .map_err(Error::Pipeline)?;
+        drop(guards);
+        if let Some(e) = shared.error.lock().ok().and_then(|mut e| e.take()) {
+            return Err(e);
+        }
+        let counters = shared
+            .counters
+            .lock()
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.load(Ordering::Relaxed))).collect())
+            .unwrap_or_default();
+        let commits = shared.stats.lock().map(|s| s.clone()).unwrap_or_default();
+        Ok(RunSummary { elapsed: started.elapsed(), counters, commits, restored_from, already_complete })
+    }
+}

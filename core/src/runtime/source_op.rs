@@ -1,0 +1,227 @@
+//! The source operator: one instance per worker reads the partitions the
+//! assignor gives it, closes epochs, and reports the offsets every checkpoint
+//! commits.
+//!
+//! Flow control: a source does not start a new epoch while the commit
+//! operator's input is more than `max_epochs_in_flight` epochs behind, so a
+//! slow sink cannot make memory grow without bound.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::operators::generic::OutputBuilder;
+
+use crate::checkpoint::manifest::InputBound;
+use crate::checkpoint::protocol::check_input;
+use crate::checkpoint::{Part, PartBody};
+use crate::error::{Error, Result};
+use crate::flow::{Dataflow, InputInfo, PartitionEvent, Raw};
+use crate::record::{Chunk, Offset, PartitionId};
+use crate::source::{PartitionReader, ReadStatus, Source};
+use crate::time::{Epoch, EpochPolicy};
+
+struct Owned {
+    id: PartitionId,
+    reader: Box<dyn PartitionReader>,
+    next: Offset,
+    finished: bool,
+}
+
+impl<'s> Dataflow<'s> {
+    /// Adds a source: this worker reads the partitions assigned to it.
+    pub fn source<S: Source>(&mut self, src: S) -> Result<Raw<'s>> {
+        let ctx = self.ctx.clone();
+        let shared = ctx.shared().clone();
+        let cfg = shared.cfg.clone();
+        let name = src.name().to_string();
+        let specs = src.partitions()?;
+        let fingerprint = src.fingerprint()?;
+        let restored = ctx.restored();
+        let committed = restored.and_then(|m| m.offsets.get(&name)).cloned().unwrap_or_default();
+
+        // Bounded runs keep the end offsets recorded by their first checkpoint.
+        let mut ends: BTreeMap<PartitionId, Offset> = specs.iter().map(|s| (s.id, s.end)).collect();
+        if cfg.bounded {
+            match restored.and_then(|m| m.inputs.get(&name)) {
+                Some(bound) => {
+                    check_input(bound, &fingerprint, &name)?;
+                    ends = bound.ends.clone();
+                }
+                None if restored.is_some() && !committed.is_empty() => {
+                    return Err(Error::Checkpoint {
+                        path: cfg.state_dir.clone().unwrap_or_default(),
+                        message: format!("source `{name}` was not bounded when the checkpoint was taken"),
+                    });
+                }
+                None => {}
+            }
+            if let Ok(mut inputs) = shared.inputs.lock() {
+                inputs.insert(name.clone(), InputBound { fingerprint, ends: ends.clone() });
+            }
+        }
+
+        let ids: Vec<PartitionId> = specs.iter().map(|s| s.id).collect();
+        let assignment = cfg.assignor.assign(&ids, ctx.peers(), None)?;
+        let mut owned = Vec::new();
+        for &id in assignment.partitions_of(ctx.worker()) {
+            let Some(spec) = specs.iter().find(|s| s.id == id) else { continue };
+            let from = committed.get(&id).copied().unwrap_or(spec.start);
+            let until = if cfg.bounded { ends.get(&id).copied() } else { None };
+            let reader = src.open(id, from, until)?;
+            owned.push(Owned { id, reader, next: from, finished: false });
+        }
+
+        let scope = ctx.scope();
+        let mut builder = OperatorBuilder::new(format!("Source({name})"), scope);
+        let info = builder.operator_info();
+        let (data_out, data) = builder.new_output::<Vec<Chunk>>();
+        let (event_out, events) = builder.new_output::<Vec<PartitionEvent>>();
+        let (part_out, parts) = builder.new_output::<Vec<Part>>();
+        let mut data_out: OutputBuilder<Epoch, CapacityContainerBuilder<Vec<Chunk>>> = OutputBuilder::from(data_out);
+        let mut event_out: OutputBuilder<Epoch, CapacityContainerBuilder<Vec<PartitionEvent>>> =
+            OutputBuilder::from(event_out);
+        let mut part_out: OutputBuilder<Epoch, CapacityContainerBuilder<Vec<Part>>> = OutputBuilder::from(part_out);
+        let activator = scope.activator_for(info.address.clone());
+        let probe = ctx.probe().clone();
+        let failure = ctx.failure();
+        let worker = ctx.worker();
+        let schedule = cfg.schedule();
+        let policy = cfg.epoch;
+        let max_in_flight = cfg.max_epochs_in_flight();
+        let batch_bytes = cfg.read_batch_bytes;
+        let records_in = ctx.counter("records_in");
+        let bytes_in = ctx.counter("bytes_in");
+        let mut epoch: Epoch = ctx.start_epoch();
+        let source_name = name.clone();
+
+        builder.build(move |caps| {
+            let mut caps: Option<Vec<_>> = Some(
+                caps.into_iter()
+                    .map(|mut c| {
+                        c.downgrade(&epoch);
+                        c
+                    })
+                    .collect(),
+            );
+            let mut epoch_started = Instant::now();
+            let mut epoch_records = 0u64;
+            let mut turn = 0usize;
+            move |_frontiers| {
+                let Some(held) = caps.as_mut() else { return };
+                if failure.aborted() {
+                    caps = None;
+                    return;
+                }
+                let mut data_h = data_out.activate();
+                let mut event_h = event_out.activate();
+                let mut part_h = part_out.activate();
+                let offsets_part = |owned: &[Owned]| Part {
+                    epoch: 0,
+                    worker,
+                    body: PartBody::Offsets {
+                        source: source_name.clone(),
+                        offsets: owned.iter().map(|o| (o.id, o.next)).collect(),
+                    },
+                };
+
+                // Flow control: wait while the pipeline is too far behind.
+                let gated = epoch + 1 >= max_in_flight && probe.less_than(&(epoch + 1 - max_in_flight));
+                let mut progressed = false;
+                if !gated {
+                    let deadline = Instant::now() + Duration::from_millis(5);
+                    let n = owned.len();
+                    let mut idle_rounds = 0;
+                    while Instant::now() < deadline && idle_rounds < n && n > 0 {
+                        let o = &mut owned[turn % n];
+                        turn = turn.wrapping_add(1);
+                        if o.finished {
+                            idle_rounds += 1;
+                            continue;
+                        }
+                        let mut chunk = Chunk::default();
+                        let status = match o.reader.read(batch_bytes, &mut chunk) {
+                            Ok(s) => s,
+                            Err(e) => {
+                                failure.fail(e);
+                                return;
+                            }
+                        };
+                        if !chunk.is_empty() {
+                            o.next = chunk.next;
+                            epoch_records += chunk.len() as u64;
+                            records_in.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                            bytes_in.fetch_add(chunk.data.len() as u64, Ordering::Relaxed);
+                            data_h.session(&held[0]).give(chunk);
+                            progressed = true;
+                            idle_rounds = 0;
+                        } else {
+                            idle_rounds += 1;
+                        }
+                        match status {
+                            ReadStatus::End => {
+                                o.finished = true;
+                                event_h.session(&held[1]).give(PartitionEvent::Finished(o.id));
+                                progressed = true;
+                            }
+                            ReadStatus::Idle | ReadStatus::Data => {}
+                        }
+                        let epoch_over = match policy {
+                            EpochPolicy::Records(n) => epoch_records >= n,
+                            EpochPolicy::Time(d) => epoch_started.elapsed() >= d,
+                        };
+                        if epoch_over {
+                            break;
+                        }
+                    }
+                }
+
+                let all_finished = owned.iter().all(|o| o.finished);
+                if all_finished {
+                    let mut part = offsets_part(&owned);
+                    part.epoch = epoch;
+                    part_h.session(&held[2]).give(part);
+                    drop((data_h, event_h, part_h));
+                    caps = None;
+                    return;
+                }
+
+                let epoch_over = match policy {
+                    EpochPolicy::Records(n) => epoch_records >= n,
+                    EpochPolicy::Time(d) => epoch_started.elapsed() >= d,
+                };
+                if epoch_over && !gated {
+                    if schedule.is_checkpoint(epoch) {
+                        let mut part = offsets_part(&owned);
+                        part.epoch = epoch;
+                        part_h.session(&held[2]).give(part);
+                    }
+                    epoch += 1;
+                    for c in held.iter_mut() {
+                        c.downgrade(&epoch);
+                    }
+                    epoch_started = Instant::now();
+                    epoch_records = 0;
+                    progressed = true;
+                }
+                if progressed {
+                    activator.activate();
+                } else {
+                    activator.activate_after(Duration::from_millis(1));
+                }
+            }
+        });
+
+        Ok(Raw {
+            stream: data,
+            ctx: ctx.clone(),
+            input: InputInfo { source: name, partitions: specs.len() as u32, events },
+        })
+        .inspect(|_| ctx.register_parts(parts))
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_send(_: &dyn PartitionReader) {}

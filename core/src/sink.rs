@@ -1,0 +1,47 @@
+//! The sink interface: transactional sinks stage files and publish them only
+//! after the checkpoint that lists them commits (two-phase commit).
+//!
+//! The runtime's sink operator (see [`crate::flow::Flow::sink`]) stashes
+//! input by epoch, hands each complete epoch to a [`SinkWriter`] in epoch
+//! order, and at every checkpoint epoch asks it to [`SinkWriter::stage`] what
+//! it wrote; the commit operator publishes those files with
+//! [`crate::checkpoint::protocol::publish`].
+
+use crate::checkpoint::Publish;
+use crate::error::Result;
+use crate::time::Epoch;
+
+/// What a sink instance knows about where it runs.
+#[derive(Clone, Debug)]
+pub struct SinkContext {
+    /// This worker's index.
+    pub worker: usize,
+    /// Number of workers.
+    pub peers: usize,
+    /// Unique id of this process's run: staged file names carry it, so files
+    /// of an earlier (crashed) run are recognised and discarded.
+    pub run_id: String,
+    /// Whether the pipeline keeps checkpoints (`--state`). Without them a sink
+    /// refuses to mix its output with an earlier run's.
+    pub checkpointed: bool,
+    /// The sink's operator id.
+    pub operator: String,
+}
+
+/// A sink type: opens one writer per worker.
+pub trait Sink<T>: Send + 'static {
+    /// Short kind name used in operator ids (`parquet`, `dead-letters`).
+    fn kind(&self) -> &str;
+    /// Opens this worker's writer. Worker 0 also discards staged files of
+    /// earlier runs (the committed ones were published during recovery).
+    fn open(&self, ctx: &SinkContext) -> Result<Box<dyn SinkWriter<T>>>;
+}
+
+/// One worker's writer of a sink.
+pub trait SinkWriter<T> {
+    /// Writes (drains) the rows of one complete epoch; epochs come in order.
+    fn write(&mut self, rows: &mut Vec<T>) -> Result<()>;
+    /// Closes the files written since the last call, makes them durable in the
+    /// staging area, and returns them (possibly none).
+    fn stage(&mut self, epoch: Epoch) -> Result<Vec<Publish>>;
+}

@@ -99,6 +99,23 @@ pub struct Raw<'s> {
     pub input: InputInfo<'s>,
 }
 
+/// Everything a [`Flow`] carries besides its records.
+pub struct FlowMeta<'s> {
+    /// The build context.
+    pub ctx: Ctx<'s>,
+    /// The source the records come from.
+    pub input: Option<InputInfo<'s>>,
+    /// Per-partition watermarks.
+    pub watermarks: Option<StreamVec<'s, Epoch, WatermarkUpdate>>,
+}
+
+impl<'s> FlowMeta<'s> {
+    /// A flow over `stream` with this metadata.
+    pub fn flow<U>(self, stream: StreamVec<'s, Epoch, Rec<U>>) -> Flow<'s, U> {
+        Flow { stream, ctx: self.ctx, input: self.input, watermarks: self.watermarks }
+    }
+}
+
 /// A stream of typed records with their provenance.
 pub struct Flow<'s, T> {
     /// The records.
@@ -112,14 +129,11 @@ pub struct Flow<'s, T> {
 }
 
 impl<'s, T: 'static> Flow<'s, T> {
-    /// The same flow over another record stream (for operators that keep the source info).
-    pub fn with_stream<U>(&self, stream: StreamVec<'s, Epoch, Rec<U>>) -> Flow<'s, U> {
-        Flow {
-            stream,
-            ctx: self.ctx.clone(),
-            input: self.input.clone(),
-            watermarks: self.watermarks.clone(),
-        }
+    /// Splits the flow into its record stream and everything else, so an
+    /// operator can consume the stream and rebuild a flow around its output.
+    pub fn into_parts(self) -> (StreamVec<'s, Epoch, Rec<T>>, FlowMeta<'s>) {
+        let Flow { stream, ctx, input, watermarks } = self;
+        (stream, FlowMeta { ctx, input, watermarks })
     }
 
     /// Sends the records to a transactional sink: each worker writes its share,

@@ -31,6 +31,18 @@ pub enum ReadStatus {
     End,
 }
 
+/// In what order a source worker reads the partitions it owns.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ReadOrder {
+    /// Round-robin over all owned partitions (log partitions fill concurrently).
+    #[default]
+    Interleaved,
+    /// One small chunk of every owned partition first (so each reports the
+    /// event time it starts from), then each partition to its end in order
+    /// (splits of one time-ordered file).
+    Sequential,
+}
+
 /// Reads one partition sequentially.
 pub trait PartitionReader: Send {
     /// Appends up to about `max_bytes` of whole records to `out` (whose
@@ -59,4 +71,9 @@ pub trait Source: Send + Sync + 'static {
     /// boundaries; or topic and partition count). A bounded run records it in its first
     /// checkpoint and refuses to resume on a different input.
     fn fingerprint(&self) -> Result<serde_json::Value>;
+
+    /// How a worker should schedule reads over the partitions it owns.
+    fn read_order(&self) -> ReadOrder {
+        ReadOrder::Interleaved
+    }
 }

@@ -36,7 +36,7 @@ pub struct CheckpointSchedule {
 impl CheckpointSchedule {
     /// Whether epoch `e` ends with a checkpoint.
     pub fn is_checkpoint(&self, e: Epoch) -> bool {
-        matches!(self.every, Some(k) if k > 0 && e > 0 && e % k == 0)
+        matches!(self.every, Some(k) if k > 0 && e > 0 && e.is_multiple_of(k))
     }
 
     /// The checkpoint epochs in `from..until`, in order.

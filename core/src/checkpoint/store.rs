@@ -44,11 +44,18 @@ pub trait CheckpointStore: Send + Sync {
 #[derive(Debug)]
 pub struct LocalStore {
     dir: PathBuf,
-    _lock: File,
+    _lock: Option<File>,
 }
 
 fn fsync_dir(dir: &Path) -> Result<()> {
     File::open(dir).ctx("open", dir)?.sync_all().ctx("fsync", dir)
+}
+
+/// Reads the newest committed manifest of a state directory without locking it
+/// (for tools such as `weir group describe` while a pipeline runs).
+pub fn read_latest(dir: &Path) -> Result<Option<Manifest>> {
+    let store = LocalStore { dir: dir.to_path_buf(), _lock: None };
+    store.latest()
 }
 
 impl LocalStore {
@@ -68,7 +75,7 @@ impl LocalStore {
             Err(fs::TryLockError::WouldBlock) => return Err(Error::Locked { path: lock_path }),
             Err(fs::TryLockError::Error(e)) => return Err(Error::io("lock", lock_path, e)),
         }
-        Ok(LocalStore { dir, _lock: lock })
+        Ok(LocalStore { dir, _lock: Some(lock) })
     }
 
     /// The state directory.

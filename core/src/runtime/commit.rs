@@ -73,6 +73,7 @@ impl<'s> Dataflow<'s> {
         let restored_complete = shared.restored.as_ref().is_some_and(|m| m.complete);
         let mut committer = Committer { shared: shared.clone(), last: shared.restored.clone(), template };
         let bounded = cfg.bounded;
+        let is_leader = ctx.worker() == 0;
         let mut pending: Vec<Part> = Vec::new();
         let mut done = ctx.start_epoch();
         let mut max_seen: Epoch = 0;
@@ -88,7 +89,7 @@ impl<'s> Dataflow<'s> {
                                 pending.push(p);
                             }
                         });
-                        if shared.aborted() {
+                        if shared.aborted() || !is_leader {
                             return;
                         }
                         let f = frontier.frontier().iter().min().copied();

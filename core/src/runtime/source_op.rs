@@ -20,7 +20,7 @@ use crate::checkpoint::{Part, PartBody};
 use crate::error::{Error, Result};
 use crate::flow::{Dataflow, InputInfo, PartitionEvent, Raw};
 use crate::record::{Chunk, Offset, PartitionId};
-use crate::source::{PartitionReader, ReadStatus, Source};
+use crate::source::{PartitionReader, ReadOrder, ReadStatus, Source};
 use crate::time::{Epoch, EpochPolicy};
 
 struct Owned {
@@ -39,6 +39,7 @@ impl<'s> Dataflow<'s> {
         let name = src.name().to_string();
         let specs = src.partitions()?;
         let fingerprint = src.fingerprint()?;
+        let sequential = src.read_order() == ReadOrder::Sequential;
         let restored = ctx.restored();
         let committed = restored.and_then(|m| m.offsets.get(&name)).cloned().unwrap_or_default();
 
@@ -109,6 +110,8 @@ impl<'s> Dataflow<'s> {
             let mut epoch_started = Instant::now();
             let mut epoch_records = 0u64;
             let mut turn = 0usize;
+            // Sequential sources first read one small chunk of every partition.
+            let mut priming = if sequential { owned.len() } else { 0 };
             move |_frontiers| {
                 let Some(held) = caps.as_mut() else { return };
                 if failure.aborted() {
@@ -135,14 +138,22 @@ impl<'s> Dataflow<'s> {
                     let n = owned.len();
                     let mut idle_rounds = 0;
                     while Instant::now() < deadline && idle_rounds < n && n > 0 {
-                        let o = &mut owned[turn % n];
+                        let (index, limit) = if priming > 0 {
+                            priming -= 1;
+                            (turn % n, 1024)
+                        } else if sequential {
+                            (owned.iter().position(|o| !o.finished).unwrap_or(0), batch_bytes)
+                        } else {
+                            (turn % n, batch_bytes)
+                        };
                         turn = turn.wrapping_add(1);
+                        let o = &mut owned[index];
                         if o.finished {
                             idle_rounds += 1;
                             continue;
                         }
                         let mut chunk = Chunk::default();
-                        let status = match o.reader.read(batch_bytes, &mut chunk) {
+                        let status = match o.reader.read(limit, &mut chunk) {
                             Ok(s) => s,
                             Err(e) => {
                                 failure.fail(e);

@@ -1,0 +1,103 @@
+//! The dead-letter sink: a directory of JSON-lines files, one object per dead
+//! letter, staged and committed like Parquet output (exactly-once).
+//!
+//! Each line: `payload` (the raw input without its `\n`), `payload_encoding`
+//! (`utf8`, or `base64` when the bytes are not valid UTF-8: lossless either
+//! way), `error`, `stage`, `source`, `partition`, `offset`, `event_time`
+//! (ms or null).
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use base64::Engine;
+use serde::Serialize;
+use weir_core::checkpoint::Publish;
+use weir_core::error::{Error, IoContext, Result};
+use weir_core::record::DeadLetter;
+use weir_core::sink::{Sink, SinkContext, SinkWriter};
+use weir_core::time::Epoch;
+
+use crate::staging::{CrcFile, StagedFile, Staging};
+
+/// A dead-letter directory of JSON-lines files.
+#[derive(Clone, Debug)]
+pub struct DeadLetters {
+    dir: PathBuf,
+}
+
+impl DeadLetters {
+    /// Writes into `dir` (created if missing).
+    pub fn dir(dir: impl Into<PathBuf>) -> Self {
+        DeadLetters { dir: dir.into() }
+    }
+}
+
+#[derive(Serialize)]
+struct Line<'a> {
+    payload: std::borrow::Cow<'a, str>,
+    payload_encoding: &'static str,
+    error: &'a str,
+    stage: &'a str,
+    source: &'a str,
+    partition: u32,
+    offset: u64,
+    event_time: Option<i64>,
+}
+
+impl Sink<DeadLetter> for DeadLetters {
+    fn kind(&self) -> &str {
+        "dead-letters"
+    }
+
+    fn open(&self, ctx: &SinkContext) -> Result<Box<dyn SinkWriter<DeadLetter>>> {
+        Ok(Box::new(DeadLetterWriter { staging: Staging::open(&self.dir, "dead-letters", ctx)?, current: None, staged: Vec::new(), epoch: 0 }))
+    }
+}
+
+struct DeadLetterWriter {
+    staging: Staging,
+    current: Option<(StagedFile, CrcFile)>,
+    staged: Vec<Publish>,
+    epoch: Epoch,
+}
+
+impl SinkWriter<DeadLetter> for DeadLetterWriter {
+    fn write(&mut self, rows: &mut Vec<DeadLetter>) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        if self.current.is_none() {
+            self.current = Some(self.staging.create(self.epoch, "jsonl")?);
+        }
+        let Some((file, out)) = self.current.as_mut() else { return Ok(()) };
+        for d in rows.drain(..) {
+            let (payload, payload_encoding) = match std::str::from_utf8(&d.payload) {
+                Ok(s) => (std::borrow::Cow::Borrowed(s), "utf8"),
+                Err(_) => (base64::engine::general_purpose::STANDARD.encode(&d.payload).into(), "base64"),
+            };
+            let line = Line {
+                payload,
+                payload_encoding,
+                error: &d.error,
+                stage: &d.stage,
+                source: &d.source,
+                partition: d.partition,
+                offset: d.offset,
+                event_time: d.event_time,
+            };
+            serde_json::to_writer(&mut *out, &line)
+                .map_err(|e| Error::Encoding { what: format!("dead letter {}", file.staged.display()), message: e.to_string() })?;
+            out.write_all(b"\n").ctx("write", &file.staged)?;
+        }
+        Ok(())
+    }
+
+    fn stage(&mut self, epoch: Epoch) -> Result<Vec<Publish>> {
+        if let Some((file, out)) = self.current.take() {
+            self.staged.push(self.staging.finish(file, out)?);
+            self.staging.sync()?;
+        }
+        self.epoch = epoch + 1;
+        Ok(std::mem::take(&mut self.staged))
+    }
+}

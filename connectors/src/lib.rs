@@ -1,0 +1,16 @@
+//! weir-connectors: sources and sinks of Weir pipelines.
+//!
+//! - [`log`]: the embedded partitioned log (the default source, no server).
+//! - [`file`]: a JSON-lines file split into byte ranges read in parallel.
+//! - [`parquet`]: the Parquet sink; [`dead_letter`]: the dead-letter sink.
+//!   Both stage files and publish them after the checkpoint commits ([`staging`]).
+
+pub mod dead_letter;
+pub mod file;
+pub mod log;
+pub mod parquet;
+pub mod staging;
+
+pub use dead_letter::DeadLetters;
+pub use file::LinesFile;
+pub use parquet::Parquet;

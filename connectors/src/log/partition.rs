@@ -1,0 +1,86 @@
+//! A partition directory seen from outside its writer: its name, its end offset
+//! (found from the last segment's index and a short scan) and what
+//! `weir topic describe` shows about it.
+
+use std::fs;
+use std::path::Path;
+
+use weir_core::error::{IoContext, Result};
+use weir_core::record::{Offset, PartitionId};
+
+use super::index::{self, IndexEntry, Loaded};
+use super::segment::{self, check_tail, index_path, list_segments, segment_path};
+
+/// Directory name of partition `p` inside its topic: `p-00000`, `p-00001`, ...
+pub fn partition_dir_name(p: PartitionId) -> String {
+    format!("p-{p:05}")
+}
+
+/// What a partition holds now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartitionInfo {
+    /// The partition.
+    pub partition: PartitionId,
+    /// Offset of its first stored record (the first segment's base).
+    pub start: Offset,
+    /// Offset after its last valid record.
+    pub end: Offset,
+    /// Number of segment files.
+    pub segments: usize,
+    /// Total bytes of its segment files (frames included, a damaged tail too).
+    pub bytes: u64,
+}
+
+/// The end offset of the segment `base`, the last of the partition in `dir`:
+/// scans from the segment's last index entry to its end. Damage there is a torn
+/// tail (the end is before it) or, when valid records follow, an error.
+pub(crate) fn last_segment_end(dir: &Path, base: Offset) -> Result<Offset> {
+    let path = segment_path(dir, base);
+    let seg_len = fs::metadata(&path).ctx("stat", &path)?.len();
+    let start = match index::load(&index_path(dir, base), seg_len)? {
+        Loaded::Entries(entries) => entries.last().copied(),
+        Loaded::Missing | Loaded::Damaged(_) => None,
+    };
+    let origin = IndexEntry { rel: 0, pos: 0 };
+    let mut summary = segment::scan_segment(path.clone(), start.unwrap_or(origin), None)?;
+    if let (Some(entry), Some(_)) = (start, &summary.damage) {
+        if summary.end_rel == u64::from(entry.rel) {
+            // The entry points at no valid frame (an index newer than its data):
+            // judge the damage from the segment start instead.
+            summary = segment::scan_segment(path, origin, None)?;
+        }
+    }
+    if let Some(damage) = &summary.damage {
+        check_tail(damage)?;
+    }
+    Ok(base + summary.end_rel)
+}
+
+/// The end offset of the partition in `dir` (0 when it has no segment yet).
+pub(crate) fn end_offset(dir: &Path) -> Result<Offset> {
+    match list_segments(dir)?.last() {
+        Some(&base) => last_segment_end(dir, base),
+        None => Ok(0),
+    }
+}
+
+/// Start, end, segment count and size of the partition in `dir`.
+pub(crate) fn info(dir: &Path, partition: PartitionId) -> Result<PartitionInfo> {
+    let bases = list_segments(dir)?;
+    let mut bytes = 0;
+    for &base in &bases {
+        let path = segment_path(dir, base);
+        bytes += fs::metadata(&path).ctx("stat", &path)?.len();
+    }
+    let end = match bases.last() {
+        Some(&base) => last_segment_end(dir, base)?,
+        None => 0,
+    };
+    Ok(PartitionInfo {
+        partition,
+        start: bases.first().copied().unwrap_or(0),
+        end,
+        segments: bases.len(),
+        bytes,
+    })
+}

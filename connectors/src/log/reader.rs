@@ -1,0 +1,224 @@
+//! [`LogReader`]: reads one partition from an offset, following the writer
+//! across segment rolls, as a [`PartitionReader`]. It seeks with the segment
+//! index, reads 1 MiB at a time and copies many records into one [`Chunk`].
+//!
+//! A reader never changes the log. At damage in the last segment it waits
+//! (a torn tail the next writer truncates, or a frame still being written);
+//! damage anywhere else is an error.
+
+use std::path::PathBuf;
+
+use weir_core::error::{Error, Result};
+use weir_core::record::{Chunk, Offset, OffsetKind, PartitionId};
+use weir_core::source::{PartitionReader, ReadStatus};
+
+use super::frame::{self, HEADER, MAX_RECORD_BYTES};
+use super::index::{self, IndexEntry, Loaded};
+use super::segment::{Scanner, Step, check_tail, index_path, list_segments, segment_path};
+
+/// Most payload bytes one chunk takes, so its `u32` ends cannot overflow.
+const CHUNK_LIMIT: usize = u32::MAX as usize - MAX_RECORD_BYTES;
+
+/// Reads a partition of the log sequentially. See the [module docs](self).
+#[derive(Debug)]
+pub struct LogReader {
+    dir: PathBuf,
+    partition: PartitionId,
+    /// Base of the segment being read (meaningless while `scanner` is `None`).
+    base: Offset,
+    /// The segment being read; `None` until the partition's first segment exists.
+    scanner: Option<Scanner>,
+    /// Whether a segment after the current one is known to exist.
+    sealed: bool,
+    next: Offset,
+    until: Option<Offset>,
+}
+
+/// Why [`LogReader::pump`] returned.
+#[derive(Debug, PartialEq, Eq)]
+enum Pump {
+    /// It reached the stop offset or the byte budget.
+    Stopped,
+    /// It reached the current end of the partition (or a torn tail).
+    Idle,
+}
+
+impl LogReader {
+    /// Opens the partition in `dir` (the partition `partition` of its topic) to
+    /// read from offset `from`, stopping before `until` when given.
+    ///
+    /// `from` may be the current end offset (the reader then waits for new
+    /// records), but not beyond it: that is an [`Error::Config`] naming `offset`.
+    pub fn open(
+        dir: impl Into<PathBuf>,
+        partition: PartitionId,
+        from: Offset,
+        until: Option<Offset>,
+    ) -> Result<LogReader> {
+        let dir = dir.into();
+        let bases = list_segments(&dir)?;
+        let mut reader = LogReader {
+            dir,
+            partition,
+            base: 0,
+            scanner: None,
+            sealed: false,
+            next: 0,
+            until,
+        };
+        let Some(i) = bases.partition_point(|&b| b <= from).checked_sub(1) else {
+            return match bases.first() {
+                Some(&first) => Err(reader.bad_offset(from, &format!("its first offset is {first}"))),
+                None if from == 0 => Ok(reader),
+                None => Err(reader.bad_offset(from, "it is empty")),
+            };
+        };
+        let base = bases[i];
+        let entry = reader.seek_entry(base, from - base)?;
+        reader.base = base;
+        reader.next = base + u64::from(entry.rel);
+        reader.scanner = Some(Scanner::open(segment_path(&reader.dir, base), entry.pos)?);
+        if reader.pump(usize::MAX, from, None)? == Pump::Idle {
+            let end = format!("its end offset is {}", reader.next);
+            return Err(reader.bad_offset(from, &end));
+        }
+        Ok(reader)
+    }
+
+    fn bad_offset(&self, from: Offset, why: &str) -> Error {
+        Error::config(
+            "offset",
+            format!("cannot read {} from offset {from}: {why}", self.dir.display()),
+        )
+    }
+
+    /// The index entry to start from to reach relative offset `rel` of segment
+    /// `base`, checked to point at a valid frame; the segment start when the
+    /// index is missing, damaged or stale (readers never rewrite it).
+    pub(crate) fn seek_entry(&self, base: Offset, rel: u64) -> Result<IndexEntry> {
+        let origin = IndexEntry { rel: 0, pos: 0 };
+        let seg = segment_path(&self.dir, base);
+        let seg_len = std::fs::metadata(&seg).map_err(|e| Error::io("stat", &seg, e))?.len();
+        let ix_path = index_path(&self.dir, base);
+        let entries = match index::load(&ix_path, seg_len)? {
+            Loaded::Entries(entries) => entries,
+            Loaded::Missing => return Ok(origin),
+            Loaded::Damaged(why) => {
+                tracing::warn!("ignoring the index {}: {why}", ix_path.display());
+                return Ok(origin);
+            }
+        };
+        let entry = index::lookup(&entries, rel);
+        if entry.pos > 0 {
+            let mut scanner = Scanner::open(seg, entry.pos)?;
+            if !matches!(scanner.next()?, Step::Record(_)) {
+                tracing::warn!(
+                    "ignoring the index {}: entry for record {} points at no valid frame",
+                    ix_path.display(),
+                    entry.rel
+                );
+                return Ok(origin);
+            }
+        }
+        Ok(entry)
+    }
+
+    /// Offset of the next record this reader returns.
+    pub fn next_offset(&self) -> Offset {
+        self.next
+    }
+
+    /// Reads records until offset `stop_at` or until their frames take
+    /// `max_bytes` (at least one record), appending them to `out` when given.
+    fn pump(&mut self, max_bytes: usize, stop_at: Offset, mut out: Option<&mut Chunk>) -> Result<Pump> {
+        let mut taken = 0usize;
+        loop {
+            if self.next >= stop_at || (taken > 0 && taken >= max_bytes) {
+                return Ok(Pump::Stopped);
+            }
+            let next_path = segment_path(&self.dir, self.next);
+            let Some(scanner) = self.scanner.as_mut() else {
+                if !next_path.exists() {
+                    return Ok(Pump::Idle);
+                }
+                self.scanner = Some(Scanner::open(next_path, 0)?);
+                self.base = self.next;
+                self.sealed = false;
+                continue;
+            };
+            // The writer creates the next segment only after its last write to this
+            // one, so once that file exists, one more read finds all of this one.
+            let has_successor = |sealed: bool| sealed || (self.next > self.base && next_path.exists());
+            match scanner.next()? {
+                Step::Record(payload) => {
+                    if let Some(out) = out.as_deref_mut() {
+                        out.data.extend_from_slice(payload);
+                        out.ends.push(out.data.len() as u32);
+                    }
+                    taken = taken.saturating_add(HEADER + payload.len());
+                    self.next += 1;
+                }
+                Step::End { partial, len } => {
+                    if !self.sealed && has_successor(false) {
+                        self.sealed = true;
+                        continue;
+                    }
+                    if self.sealed {
+                        if partial > 0 {
+                            let what = frame::describe_incomplete(len, partial);
+                            let damage = scanner.damage(what);
+                            return Err(damage.into_error("the segment is not the last one"));
+                        }
+                        self.scanner = None;
+                        continue;
+                    }
+                    if partial > 0 {
+                        if partial >= HEADER {
+                            check_tail(&scanner.damage(frame::describe_incomplete(len, partial)))?;
+                        }
+                        // Drop the partial frame: it is re-read once complete (or rewritten).
+                        let pos = scanner.pos();
+                        scanner.reset_to(pos)?;
+                    }
+                    return Ok(Pump::Idle);
+                }
+                Step::Bad(what) => {
+                    let damage = scanner.damage(what);
+                    if has_successor(self.sealed) {
+                        return Err(damage.into_error("the segment is not the last one"));
+                    }
+                    check_tail(&damage)?;
+                    scanner.reset_to(damage.pos)?;
+                    return Ok(Pump::Idle);
+                }
+            }
+        }
+    }
+}
+
+impl PartitionReader for LogReader {
+    fn read(&mut self, max_bytes: usize, out: &mut Chunk) -> Result<ReadStatus> {
+        let stop_at = self.until.unwrap_or(Offset::MAX);
+        if self.next >= stop_at {
+            return Ok(ReadStatus::End);
+        }
+        if out.is_empty() {
+            out.partition = self.partition;
+            out.first = self.next;
+            out.kind = OffsetKind::Records;
+            out.sep = 0;
+            out.data.clear();
+        }
+        let before = out.len();
+        let budget = max_bytes.min(CHUNK_LIMIT.saturating_sub(out.data.len()));
+        self.pump(budget, stop_at, Some(out))?;
+        out.next = self.next;
+        Ok(if out.len() > before {
+            ReadStatus::Data
+        } else if self.next >= stop_at {
+            ReadStatus::End
+        } else {
+            ReadStatus::Idle
+        })
+    }
+}

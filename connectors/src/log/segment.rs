@@ -1,0 +1,288 @@
+//! Segment files: their names, listing them, and [`Scanner`], which walks the
+//! frames of one segment with large buffered reads (1 MiB) and parses them from
+//! the buffer. Also the one decision about damage ([`check_tail`]): a torn tail
+//! or corruption.
+
+use std::fs::{self, File};
+use std::io::{ErrorKind, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use weir_core::error::{Error, IoContext, Result};
+use weir_core::record::Offset;
+
+use super::frame::{self, Frame, HEADER, RESYNC_BUDGET, Resync};
+use super::index::{IndexEntry, Indexer};
+
+/// Bytes asked from the OS per read.
+const READ_BLOCK: usize = 1 << 20;
+
+/// File name of the segment whose first record is `base`.
+pub(crate) fn segment_path(dir: &Path, base: Offset) -> PathBuf {
+    dir.join(format!("{base:020}.log"))
+}
+
+/// File name of the index of the segment `base`.
+pub(crate) fn index_path(dir: &Path, base: Offset) -> PathBuf {
+    dir.join(format!("{base:020}.index"))
+}
+
+/// Base offsets of the segments in a partition directory, in order.
+pub(crate) fn list_segments(dir: &Path) -> Result<Vec<Offset>> {
+    let mut bases = Vec::new();
+    for entry in fs::read_dir(dir).ctx("list", dir)? {
+        let entry = entry.ctx("list", dir)?;
+        let name = entry.file_name();
+        let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".log")) else {
+            continue;
+        };
+        if stem.len() == 20 && stem.bytes().all(|b| b.is_ascii_digit()) {
+            if let Ok(base) = stem.parse::<Offset>() {
+                bases.push(base);
+            }
+        }
+    }
+    bases.sort_unstable();
+    Ok(bases)
+}
+
+/// What [`Scanner::next`] found.
+#[derive(Debug)]
+pub(crate) enum Step<'a> {
+    /// A valid record.
+    Record(&'a [u8]),
+    /// The end of the file; `partial` bytes of an incomplete frame (whose header
+    /// claims a payload of `len` bytes, when complete) follow the last record.
+    End { partial: usize, len: Option<usize> },
+    /// A damaged frame starts at [`Scanner::pos`]: what was expected and found.
+    Bad(String),
+}
+
+/// Reads the frames of one segment file from a position, in order.
+///
+/// After [`Step::End`] the scanner can be asked again: it reads whatever was
+/// appended since.
+#[derive(Debug)]
+pub(crate) struct Scanner {
+    path: PathBuf,
+    file: File,
+    /// Always fully initialized; `buf[start..end]` holds the file bytes from `pos`.
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    pos: u64,
+}
+
+impl Scanner {
+    /// Opens the segment at `path` positioned at byte `pos` (a frame start).
+    pub(crate) fn open(path: PathBuf, pos: u64) -> Result<Scanner> {
+        let mut file = File::open(&path).ctx("open", &path)?;
+        file.seek(SeekFrom::Start(pos)).ctx("seek", &path)?;
+        Ok(Scanner { path, file, buf: Vec::new(), start: 0, end: 0, pos })
+    }
+
+    /// Byte position of the next frame.
+    pub(crate) fn pos(&self) -> u64 {
+        self.pos
+    }
+
+    /// Forgets buffered bytes and continues from byte `pos` (a frame start), so
+    /// bytes the writer truncated and rewrote are read again.
+    pub(crate) fn reset_to(&mut self, pos: u64) -> Result<()> {
+        self.file.seek(SeekFrom::Start(pos)).ctx("seek", &self.path)?;
+        self.start = 0;
+        self.end = 0;
+        self.pos = pos;
+        Ok(())
+    }
+
+    /// The next frame.
+    pub(crate) fn next(&mut self) -> Result<Step<'_>> {
+        loop {
+            match frame::parse(&self.buf[self.start..self.end]) {
+                Frame::Record(payload) => {
+                    let len = payload.len();
+                    let at = self.start + HEADER;
+                    self.start = at + len;
+                    self.pos += frame::frame_len(len);
+                    return Ok(Step::Record(&self.buf[at..at + len]));
+                }
+                Frame::Bad(what) => return Ok(Step::Bad(what)),
+                Frame::Incomplete { len } => {
+                    if !self.fill(HEADER + len.unwrap_or(0))? {
+                        return Ok(Step::End { partial: self.end - self.start, len });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads more of the file so that at least `need` bytes could be buffered;
+    /// false at the end of the file.
+    fn fill(&mut self, need: usize) -> Result<bool> {
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.buf.len() < need.max(READ_BLOCK) {
+            self.buf.resize(need.max(READ_BLOCK), 0);
+        }
+        loop {
+            match self.file.read(&mut self.buf[self.end..]) {
+                Ok(n) => {
+                    self.end += n;
+                    return Ok(n > 0);
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::io("read", &self.path, e)),
+            }
+        }
+    }
+
+    /// The damage at the scanner's position, as reported by a `Step`.
+    pub(crate) fn damage(&self, what: String) -> Damage {
+        Damage { path: self.path.clone(), pos: self.pos, what }
+    }
+}
+
+/// A damaged frame: where, and what was expected and found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Damage {
+    /// The segment file.
+    pub path: PathBuf,
+    /// Byte position of the damaged frame.
+    pub pos: u64,
+    /// What was expected and found.
+    pub what: String,
+}
+
+impl Damage {
+    /// The damage as an error (damage that is not a tail).
+    pub(crate) fn into_error(self, why: &str) -> Error {
+        Error::corrupt(self.path, self.pos, format!("{}; {why}", self.what))
+    }
+}
+
+/// Decides about damage in the **last** segment: `Ok` when it is a torn tail (no
+/// valid frame starts anywhere between it and the end of the file), the
+/// corruption error otherwise.
+pub(crate) fn check_tail(damage: &Damage) -> Result<()> {
+    let mut file = File::open(&damage.path).ctx("open", &damage.path)?;
+    file.seek(SeekFrom::Start(damage.pos)).ctx("seek", &damage.path)?;
+    let mut region = Vec::new();
+    file.read_to_end(&mut region).ctx("read", &damage.path)?;
+    let why = match frame::find_valid_frame(&region, RESYNC_BUDGET) {
+        Resync::NotFound => return Ok(()),
+        Resync::Found(at) => format!(
+            "a valid record follows at byte {}, so this is not a torn tail",
+            damage.pos + at as u64
+        ),
+        Resync::GaveUp => format!(
+            "could not tell a torn tail from corruption within {RESYNC_BUDGET} bytes of search"
+        ),
+    };
+    Err(damage.clone().into_error(&why))
+}
+
+/// What [`scan_segment`] found.
+#[derive(Debug)]
+pub(crate) struct Summary {
+    /// Relative offset after the last valid record.
+    pub end_rel: u64,
+    /// Byte position after the last valid record.
+    pub valid_len: u64,
+    /// Index entries of the scanned records (when an indexer was given).
+    pub entries: Vec<IndexEntry>,
+    /// The damaged frame where the scan stopped, if it did not reach a clean end.
+    pub damage: Option<Damage>,
+}
+
+/// Scans a segment from `from` (an index entry, or `(0, 0)`) to its end or its
+/// first damaged frame, counting records and, with an indexer, collecting the
+/// index entries of the records it passes.
+pub(crate) fn scan_segment(
+    path: PathBuf,
+    from: IndexEntry,
+    mut indexer: Option<&mut Indexer>,
+) -> Result<Summary> {
+    let mut scanner = Scanner::open(path, from.pos)?;
+    let mut rel = u64::from(from.rel);
+    let mut entries = Vec::new();
+    let damage = loop {
+        let pos = scanner.pos();
+        match scanner.next()? {
+            Step::Record(_) => {
+                if let Some(ix) = indexer.as_deref_mut() {
+                    entries.extend(ix.observe(rel as u32, pos));
+                }
+                rel += 1;
+            }
+            Step::End { partial: 0, .. } => break None,
+            Step::End { partial, len } => {
+                break Some(scanner.damage(frame::describe_incomplete(len, partial)));
+            }
+            Step::Bad(what) => break Some(scanner.damage(what)),
+        }
+    };
+    Ok(Summary { end_rel: rel, valid_len: scanner.pos(), entries, damage })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_frames(path: &Path, records: &[&[u8]]) -> Result<Vec<u64>> {
+        let mut buf = Vec::new();
+        let mut starts = Vec::new();
+        for r in records {
+            starts.push(buf.len() as u64);
+            frame::encode(&mut buf, r);
+        }
+        fs::write(path, &buf).ctx("write", path)?;
+        Ok(starts)
+    }
+
+    #[test]
+    fn names_sort_and_foreign_files_are_ignored() -> Result<()> {
+        let dir = tempfile::tempdir().ctx("tempdir", "/tmp")?;
+        for base in [1000u64, 0, 20] {
+            fs::write(segment_path(dir.path(), base), b"").ctx("write", dir.path())?;
+        }
+        fs::write(dir.path().join("12.log"), b"").ctx("write", dir.path())?;
+        fs::write(index_path(dir.path(), 0), b"").ctx("write", dir.path())?;
+        assert_eq!(list_segments(dir.path())?, vec![0, 20, 1000]);
+        assert!(segment_path(dir.path(), 7).ends_with("00000000000000000007.log"));
+        Ok(())
+    }
+
+    #[test]
+    fn scanner_reads_records_across_buffer_refills() -> Result<()> {
+        let dir = tempfile::tempdir().ctx("tempdir", "/tmp")?;
+        let path = dir.path().join("s.log");
+        let big = vec![7u8; READ_BLOCK + 10];
+        write_frames(&path, &[b"a", &big, b"c"])?;
+        let mut s = Scanner::open(path, 0)?;
+        assert!(matches!(s.next()?, Step::Record(b"a")));
+        assert!(matches!(s.next()?, Step::Record(r) if r == &big[..]));
+        assert!(matches!(s.next()?, Step::Record(b"c")));
+        assert!(matches!(s.next()?, Step::End { partial: 0, len: None }));
+        Ok(())
+    }
+
+    #[test]
+    fn scan_counts_and_reports_a_torn_frame() -> Result<()> {
+        let dir = tempfile::tempdir().ctx("tempdir", "/tmp")?;
+        let path = dir.path().join("s.log");
+        let starts = write_frames(&path, &[b"one", b"two", b"three"])?;
+        let full = fs::metadata(&path).ctx("stat", &path)?.len();
+        let f = fs::OpenOptions::new().write(true).open(&path).ctx("open", &path)?;
+        f.set_len(full - 2).ctx("truncate", &path)?;
+        let summary = scan_segment(path.clone(), IndexEntry { rel: 0, pos: 0 }, None)?;
+        assert_eq!(summary.end_rel, 2);
+        assert_eq!(summary.valid_len, starts[2]);
+        let damage = summary.damage.ok_or_else(|| Error::Pipeline("no damage".into()))?;
+        assert_eq!(damage.pos, starts[2]);
+        assert!(check_tail(&damage).is_ok());
+        Ok(())
+    }
+}

@@ -1,0 +1,480 @@
+//! Behaviour of writers and readers together: roundtrips across segment rolls,
+//! seeking, index repair, torn tails versus corruption, the writer lock, bounded
+//! reads, and a randomized comparison with an in-memory log.
+
+use std::fmt::Write as _;
+use std::fs::{self, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use proptest::prelude::*;
+use weir_core::error::{Error, IoContext, Result};
+use weir_core::record::{Chunk, Offset, OffsetKind};
+use weir_core::source::{PartitionReader, ReadStatus};
+
+use super::segment::{index_path, list_segments, segment_path};
+use super::*;
+
+/// Small segments and a dense-ish index, so a few records exercise rolls and seeks.
+fn small(segment_bytes: u64) -> LogConfig {
+    LogConfig { segment_bytes, index_interval_bytes: 40, fsync: FsyncPolicy::Never }
+}
+
+fn record(i: usize) -> Vec<u8> {
+    format!("record-{i}-{}", "x".repeat(i % 17)).into_bytes()
+}
+
+fn write_records(dir: &Path, config: LogConfig, n: usize, batch: usize) -> Result<Vec<Vec<u8>>> {
+    let all: Vec<Vec<u8>> = (0..n).map(record).collect();
+    let mut writer = PartitionWriter::open(dir, config)?;
+    for (i, chunk) in all.chunks(batch).enumerate() {
+        let refs: Vec<&[u8]> = chunk.iter().map(Vec::as_slice).collect();
+        assert_eq!(writer.append(&refs)?, (i * batch) as Offset);
+    }
+    Ok(all)
+}
+
+/// Reads until the reader returns something other than `Data`.
+fn drain(reader: &mut LogReader, max_bytes: usize) -> Result<(Vec<Vec<u8>>, ReadStatus)> {
+    let mut out = Vec::new();
+    loop {
+        let first = reader.next_offset();
+        let mut chunk = Chunk::default();
+        let status = reader.read(max_bytes, &mut chunk)?;
+        if status != ReadStatus::Data {
+            assert!(chunk.is_empty());
+            return Ok((out, status));
+        }
+        assert_eq!((chunk.kind, chunk.sep, chunk.first), (OffsetKind::Records, 0, first));
+        assert_eq!(chunk.next, first + chunk.len() as Offset);
+        out.extend(chunk.records().map(|(_, r)| r.to_vec()));
+    }
+}
+
+fn corrupt_at(e: &Error) -> Option<(PathBuf, u64)> {
+    match e {
+        Error::Corrupt { path, offset, .. } => Some((path.clone(), *offset)),
+        _ => None,
+    }
+}
+
+fn tempdir() -> Result<tempfile::TempDir> {
+    tempfile::tempdir().ctx("tempdir", std::env::temp_dir())
+}
+
+fn flip_byte(path: &Path, at: u64) -> Result<()> {
+    let mut bytes = fs::read(path).ctx("read", path)?;
+    bytes[at as usize] ^= 0x40;
+    fs::write(path, bytes).ctx("write", path)
+}
+
+fn file_len(path: &Path) -> Result<u64> {
+    Ok(fs::metadata(path).ctx("stat", path)?.len())
+}
+
+/// Collects the messages of `warn!` events emitted while `f` runs on this thread.
+fn capture_warnings<T>(f: impl FnOnce() -> T) -> (T, Vec<String>) {
+    use tracing::field::{Field, Visit};
+    use tracing::{Event, Level, Metadata, span, subscriber::Interest};
+
+    struct Capture(Arc<Mutex<Vec<String>>>);
+    struct Message(String);
+    impl Visit for Message {
+        fn record_debug(&mut self, _: &Field, value: &dyn std::fmt::Debug) {
+            let _ = write!(self.0, "{value:?}");
+        }
+    }
+    impl tracing::Subscriber for Capture {
+        fn register_callsite(&self, _: &'static Metadata<'static>) -> Interest {
+            Interest::sometimes()
+        }
+        fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+            *metadata.level() <= Level::WARN
+        }
+        fn new_span(&self, _: &span::Attributes<'_>) -> span::Id {
+            span::Id::from_u64(1)
+        }
+        fn record(&self, _: &span::Id, _: &span::Record<'_>) {}
+        fn record_follows_from(&self, _: &span::Id, _: &span::Id) {}
+        fn event(&self, event: &Event<'_>) {
+            let mut message = Message(String::new());
+            event.record(&mut message);
+            if let Ok(mut all) = self.0.lock() {
+                all.push(message.0);
+            }
+        }
+        fn enter(&self, _: &span::Id) {}
+        fn exit(&self, _: &span::Id) {}
+    }
+
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let result = tracing::subscriber::with_default(Capture(seen.clone()), f);
+    let messages = seen.lock().map(|m| m.clone()).unwrap_or_default();
+    (result, messages)
+}
+
+#[test]
+fn roundtrip_across_segment_rolls() -> Result<()> {
+    let dir = tempdir()?;
+    let all = write_records(dir.path(), small(200), 100, 7)?;
+    let segments = list_segments(dir.path())?;
+    assert!(segments.len() > 5, "{segments:?}");
+    for &base in &segments {
+        assert!(file_len(&segment_path(dir.path(), base))? <= 200);
+    }
+    for max_bytes in [1, 100, 1 << 20] {
+        let mut reader = LogReader::open(dir.path(), 0, 0, None)?;
+        assert_eq!(drain(&mut reader, max_bytes)?, (all.clone(), ReadStatus::Idle));
+    }
+    // A reopened writer continues where the last one stopped.
+    let mut writer = PartitionWriter::open(dir.path(), small(200))?;
+    assert_eq!(writer.end_offset(), 100);
+    assert_eq!(writer.tail_repair(), None);
+    assert_eq!(writer.append(&[b"more"])?, 100);
+    Ok(())
+}
+
+#[test]
+fn one_batch_is_one_chunk_and_a_big_record_gets_its_own_segment() -> Result<()> {
+    let dir = tempdir()?;
+    let mut writer = PartitionWriter::open(dir.path(), small(100))?;
+    let big = vec![b'b'; 500];
+    assert_eq!(writer.append(&[b"a", &big, b"c", b""])?, 0);
+    assert_eq!(list_segments(dir.path())?, vec![0, 1, 2]);
+    let mut chunk = Chunk::default();
+    let mut reader = LogReader::open(dir.path(), 3, 0, None)?;
+    assert_eq!(reader.read(1 << 20, &mut chunk)?, ReadStatus::Data);
+    let got: Vec<_> = chunk.records().collect();
+    assert_eq!(got, vec![(0, &b"a"[..]), (1, &big[..]), (2, &b"c"[..]), (3, &b""[..])]);
+    assert_eq!((chunk.partition, chunk.next), (3, 4));
+    Ok(())
+}
+
+#[test]
+fn seek_uses_the_index() -> Result<()> {
+    let dir = tempdir()?;
+    let all = write_records(dir.path(), small(1000), 200, 13)?;
+    let segments = list_segments(dir.path())?;
+    for from in [0u64, 1, 17, 99, 150, 199, 200] {
+        let mut reader = LogReader::open(dir.path(), 0, from, None)?;
+        assert_eq!(reader.next_offset(), from);
+        let (got, status) = drain(&mut reader, 300)?;
+        assert_eq!((&got[..], status), (&all[from as usize..], ReadStatus::Idle));
+    }
+    // Seeking deep into a segment starts from an index entry, not the segment start.
+    let base = segments[1];
+    let reader = LogReader::open(dir.path(), 0, base, None)?;
+    let entry = reader.seek_entry(base, 15)?;
+    assert!(entry.pos > 0 && entry.rel <= 15 && entry.rel > 0, "{entry:?}");
+    Ok(())
+}
+
+#[test]
+fn missing_or_damaged_index_is_rebuilt() -> Result<()> {
+    let dir = tempdir()?;
+    let all = write_records(dir.path(), small(1000), 120, 10)?;
+    let segments = list_segments(dir.path())?;
+    let originals: Vec<Vec<u8>> = segments
+        .iter()
+        .map(|&b| fs::read(index_path(dir.path(), b)).ctx("read", dir.path()))
+        .collect::<Result<_>>()?;
+    assert!(originals.iter().any(|ix| !ix.is_empty()));
+    for &b in &segments {
+        fs::remove_file(index_path(dir.path(), b)).ctx("remove", dir.path())?;
+    }
+    // Readers scan instead (and write nothing).
+    let mut reader = LogReader::open(dir.path(), 0, 77, None)?;
+    assert_eq!(drain(&mut reader, 1 << 20)?.0, &all[77..]);
+    assert!(!index_path(dir.path(), segments[0]).exists());
+    // A damaged index is ignored with a warning.
+    let damaged = index_path(dir.path(), segments[0]);
+    let mut bytes = originals[0].clone();
+    bytes[5] ^= 1;
+    fs::write(&damaged, &bytes).ctx("write", &damaged)?;
+    let (reader, warnings) = capture_warnings(|| LogReader::open(dir.path(), 0, 30, None));
+    assert_eq!(drain(&mut reader?, 1 << 20)?.0, &all[30..]);
+    assert!(warnings.iter().any(|w| w.contains("ignoring the index")), "{warnings:?}");
+    fs::remove_file(&damaged).ctx("remove", &damaged)?;
+    // The writer rebuilds them.
+    drop(PartitionWriter::open(dir.path(), small(1000))?);
+    for (&b, original) in segments.iter().zip(&originals) {
+        let path = index_path(dir.path(), b);
+        assert_eq!(&fs::read(&path).ctx("read", &path)?, original, "{}", path.display());
+    }
+    Ok(())
+}
+
+/// Checks the writer cuts a damaged tail starting at byte `at` of the last
+/// segment, which holds records up to `valid` (exclusive).
+fn assert_tail_repaired(dir: &Path, all: &[Vec<u8>], valid: usize, at: u64) -> Result<()> {
+    let last = segment_path(dir, *list_segments(dir)?.last().unwrap_or(&0));
+    let len_before = file_len(&last)?;
+    // Readers stop before the tail and change nothing.
+    let mut reader = LogReader::open(dir, 0, 0, None)?;
+    assert_eq!(drain(&mut reader, 64)?, (all[..valid].to_vec(), ReadStatus::Idle));
+    assert_eq!(drain(&mut reader, 64)?, (vec![], ReadStatus::Idle));
+    assert_eq!(super::partition::end_offset(dir)?, valid as Offset);
+    assert_eq!(file_len(&last)?, len_before);
+
+    let (writer, warnings) = capture_warnings(|| PartitionWriter::open(dir, small(300)));
+    let mut writer = writer?;
+    let repair = writer.tail_repair().cloned().ok_or(Error::Pipeline("no repair".into()))?;
+    assert_eq!((repair.file.as_path(), repair.offset), (last.as_path(), at));
+    assert_eq!(repair.dropped_bytes, len_before - at);
+    let name = last.display().to_string();
+    assert!(
+        warnings.iter().any(|w| w.contains(&name) && w.contains(&format!("byte {at}"))),
+        "{warnings:?}"
+    );
+    assert_eq!(file_len(&last)?, at);
+    assert_eq!(writer.end_offset(), valid as Offset);
+    assert_eq!(writer.append(&[b"after"])?, valid as Offset);
+    // The waiting reader sees the rewritten region.
+    assert_eq!(drain(&mut reader, 64)?.0, vec![b"after".to_vec()]);
+    Ok(())
+}
+
+#[test]
+fn torn_tail_cut_mid_frame_is_truncated_by_the_writer_only() -> Result<()> {
+    let dir = tempdir()?;
+    let all = write_records(dir.path(), small(300), 40, 4)?;
+    let last = segment_path(dir.path(), *list_segments(dir.path())?.last().unwrap_or(&0));
+    let len = file_len(&last)?;
+    let last_frame = (8 + all[39].len()) as u64;
+    let f = OpenOptions::new().write(true).open(&last).ctx("open", &last)?;
+    f.set_len(len - 3).ctx("truncate", &last)?;
+    drop(f);
+    assert_tail_repaired(dir.path(), &all, 39, len - last_frame)
+}
+
+#[test]
+fn torn_tail_with_a_flipped_byte_in_the_last_record_is_truncated() -> Result<()> {
+    let dir = tempdir()?;
+    let all = write_records(dir.path(), small(300), 40, 4)?;
+    let last = segment_path(dir.path(), *list_segments(dir.path())?.last().unwrap_or(&0));
+    let len = file_len(&last)?;
+    let last_frame = (8 + all[39].len()) as u64;
+    flip_byte(&last, len - 2)?;
+    assert_tail_repaired(dir.path(), &all, 39, len - last_frame)
+}
+
+#[test]
+fn zeroed_tail_is_truncated() -> Result<()> {
+    let dir = tempdir()?;
+    let all = write_records(dir.path(), small(300), 10, 10)?;
+    let last = segment_path(dir.path(), *list_segments(dir.path())?.last().unwrap_or(&0));
+    let len = file_len(&last)?;
+    let f = OpenOptions::new().write(true).open(&last).ctx("open", &last)?;
+    f.set_len(len + 4096).ctx("extend", &last)?;
+    drop(f);
+    assert_tail_repaired(dir.path(), &all, 10, len)
+}
+
+#[test]
+fn corruption_before_the_tail_is_an_error_naming_file_and_offset() -> Result<()> {
+    let dir = tempdir()?;
+    let all = write_records(dir.path(), small(100_000), 30, 30)?;
+    let seg = segment_path(dir.path(), 0);
+    let at: u64 = all[..10].iter().map(|r| 8 + r.len() as u64).sum();
+    flip_byte(&seg, at + 9)?;
+    let expected = Some((seg.clone(), at));
+
+    let e = PartitionWriter::open(dir.path(), small(100_000)).unwrap_err();
+    assert_eq!(corrupt_at(&e), expected, "{e}");
+    assert!(e.to_string().contains(&seg.display().to_string()), "{e}");
+    assert!(e.to_string().contains("valid record follows"), "{e}");
+    let e = super::partition::end_offset(dir.path()).unwrap_err();
+    assert_eq!(corrupt_at(&e), expected, "{e}");
+    let mut reader = LogReader::open(dir.path(), 0, 0, None)?;
+    let mut chunk = Chunk::default();
+    assert_eq!(reader.read(1 << 20, &mut chunk)?, ReadStatus::Data);
+    assert_eq!(chunk.len(), 10);
+    let e = reader.read(1 << 20, &mut Chunk::default()).unwrap_err();
+    assert_eq!(corrupt_at(&e), expected, "{e}");
+    // Nothing was truncated.
+    assert_eq!(file_len(&seg)?, all.iter().map(|r| 8 + r.len() as u64).sum::<u64>());
+    Ok(())
+}
+
+#[test]
+fn damage_in_a_sealed_segment_is_an_error_even_at_its_end() -> Result<()> {
+    let dir = tempdir()?;
+    write_records(dir.path(), small(200), 30, 30)?;
+    let segments = list_segments(dir.path())?;
+    let first = segment_path(dir.path(), segments[0]);
+    let len = file_len(&first)?;
+    flip_byte(&first, len - 1)?;
+    let mut reader = LogReader::open(dir.path(), 0, 0, None)?;
+    let e = drain(&mut reader, 1 << 20).unwrap_err();
+    let (path, offset) = corrupt_at(&e).ok_or(Error::Pipeline(e.to_string()))?;
+    assert_eq!(path, first);
+    assert!(offset < len);
+    assert!(e.to_string().contains("not the last one"), "{e}");
+    Ok(())
+}
+
+#[test]
+fn lock_prevents_a_second_writer() -> Result<()> {
+    let dir = tempdir()?;
+    let writer = PartitionWriter::open(dir.path(), LogConfig::default())?;
+    let e = PartitionWriter::open(dir.path(), LogConfig::default()).unwrap_err();
+    assert!(matches!(&e, Error::Locked { path } if path.ends_with("writer.lock")), "{e}");
+    drop(writer);
+    PartitionWriter::open(dir.path(), LogConfig::default())?;
+    Ok(())
+}
+
+#[test]
+fn reader_honours_until() -> Result<()> {
+    let dir = tempdir()?;
+    let all = write_records(dir.path(), small(200), 50, 5)?;
+    let mut reader = LogReader::open(dir.path(), 0, 5, Some(33))?;
+    let mut got = Vec::new();
+    loop {
+        let mut chunk = Chunk::default();
+        match reader.read(50, &mut chunk)? {
+            ReadStatus::Data => got.extend(chunk.records().map(|(o, r)| (o, r.to_vec()))),
+            ReadStatus::End => break,
+            ReadStatus::Idle => panic!("idle before until"),
+        }
+        assert!(chunk.next <= 33);
+    }
+    let expected: Vec<_> = (5..33).map(|i| (i as Offset, all[i].clone())).collect();
+    assert_eq!(got, expected);
+    assert_eq!(reader.read(50, &mut Chunk::default())?, ReadStatus::End);
+    let mut empty = LogReader::open(dir.path(), 0, 7, Some(7))?;
+    assert_eq!(empty.read(50, &mut Chunk::default())?, ReadStatus::End);
+    // A bound past the end waits for the records.
+    let mut ahead = LogReader::open(dir.path(), 0, 48, Some(52))?;
+    assert_eq!(drain(&mut ahead, 1 << 20)?.1, ReadStatus::Idle);
+    Ok(())
+}
+
+#[test]
+fn reader_follows_a_live_writer_across_rolls() -> Result<()> {
+    let dir = tempdir()?;
+    let mut reader = LogReader::open(dir.path(), 0, 0, None)?;
+    assert_eq!(drain(&mut reader, 100)?, (vec![], ReadStatus::Idle));
+    let mut writer = PartitionWriter::open(dir.path(), small(120))?;
+    let mut expected = Vec::new();
+    for round in 0..10 {
+        let batch: Vec<Vec<u8>> = (0..round).map(|i| record(round * 10 + i)).collect();
+        let refs: Vec<&[u8]> = batch.iter().map(Vec::as_slice).collect();
+        writer.append(&refs)?;
+        expected.extend(batch);
+        assert_eq!(drain(&mut reader, 100)?.1, ReadStatus::Idle);
+    }
+    let mut fresh = LogReader::open(dir.path(), 0, 0, None)?;
+    assert_eq!(drain(&mut fresh, 100)?.0, expected);
+    assert!(list_segments(dir.path())?.len() > 3);
+    Ok(())
+}
+
+#[test]
+fn reading_past_the_end_is_an_error() -> Result<()> {
+    let dir = tempdir()?;
+    write_records(dir.path(), small(200), 20, 20)?;
+    let e = LogReader::open(dir.path(), 0, 21, None).unwrap_err();
+    assert!(e.to_string().contains("end offset is 20"), "{e}");
+    let mut at_end = LogReader::open(dir.path(), 0, 20, None)?;
+    assert_eq!(at_end.read(10, &mut Chunk::default())?, ReadStatus::Idle);
+    let empty = tempdir()?;
+    assert!(LogReader::open(empty.path(), 0, 1, None).is_err());
+    Ok(())
+}
+
+#[test]
+fn every_fsync_policy_stores_the_records() -> Result<()> {
+    for fsync in [FsyncPolicy::Always, FsyncPolicy::Interval(Duration::from_millis(1)), FsyncPolicy::Never] {
+        let dir = tempdir()?;
+        let config = LogConfig { fsync, ..small(150) };
+        let all = write_records(dir.path(), config, 30, 4)?;
+        let mut reader = LogReader::open(dir.path(), 0, 0, None)?;
+        assert_eq!(drain(&mut reader, 1 << 20)?.0, all);
+    }
+    Ok(())
+}
+
+#[test]
+fn oversized_record_rejects_the_batch() -> Result<()> {
+    let dir = tempdir()?;
+    let mut writer = PartitionWriter::open(dir.path(), LogConfig::default())?;
+    let big = vec![0u8; MAX_RECORD_BYTES + 1];
+    let e = writer.append(&[b"ok", &big]).unwrap_err();
+    assert!(e.to_string().contains("record 1"), "{e}");
+    assert_eq!(writer.append(&[b"ok"])?, 0);
+    Ok(())
+}
+
+/// One step of the randomized test.
+#[derive(Clone, Debug)]
+enum Op {
+    Append(Vec<Vec<u8>>),
+    Reopen,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let record = proptest::collection::vec(any::<u8>(), 0..120);
+    prop_oneof![
+        8 => proptest::collection::vec(record, 0..12).prop_map(Op::Append),
+        1 => Just(Op::Reopen),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn matches_an_in_memory_log(
+        ops in proptest::collection::vec(op(), 1..25),
+        segment_bytes in 16u64..600,
+        interval in 0u64..300,
+        from_frac in 0.0f64..=1.0,
+        until_frac in proptest::option::of(0.0f64..=1.0),
+        max_bytes in 1usize..400,
+    ) {
+        let run = || -> Result<()> {
+            let dir = tempdir()?;
+            let config = LogConfig { segment_bytes, index_interval_bytes: interval, fsync: FsyncPolicy::Never };
+            let mut reference: Vec<Vec<u8>> = Vec::new();
+            let mut writer = PartitionWriter::open(dir.path(), config)?;
+            for op in &ops {
+                match op {
+                    Op::Append(batch) => {
+                        let refs: Vec<&[u8]> = batch.iter().map(Vec::as_slice).collect();
+                        assert_eq!(writer.append(&refs)?, reference.len() as Offset);
+                        reference.extend(batch.iter().cloned());
+                    }
+                    Op::Reopen => {
+                        drop(writer);
+                        writer = PartitionWriter::open(dir.path(), config)?;
+                        assert_eq!(writer.tail_repair(), None);
+                    }
+                }
+            }
+            let n = reference.len();
+            assert_eq!(writer.end_offset(), n as Offset);
+            assert_eq!(super::partition::end_offset(dir.path())?, n as Offset);
+            let from = (from_frac * n as f64) as usize;
+            let until = until_frac.map(|f| from + (f * (n - from) as f64) as usize);
+            let mut reader = LogReader::open(dir.path(), 7, from as Offset, until.map(|u| u as Offset))?;
+            let mut got = Vec::new();
+            let status = loop {
+                let mut chunk = Chunk::default();
+                let status = reader.read(max_bytes, &mut chunk)?;
+                if status != ReadStatus::Data {
+                    break status;
+                }
+                assert_eq!((chunk.partition, chunk.first), (7, (from + got.len()) as Offset));
+                got.extend(chunk.records().map(|(_, r)| r.to_vec()));
+            };
+            let end = until.unwrap_or(n);
+            assert_eq!(&got[..], &reference[from..end]);
+            assert_eq!(status, if until.is_some() { ReadStatus::End } else { ReadStatus::Idle });
+            Ok(())
+        };
+        let result = run();
+        prop_assert!(result.is_ok(), "{:?}", result.err());
+    }
+}

@@ -1,0 +1,347 @@
+//! [`PartitionWriter`]: the one process that appends to a partition. It holds the
+//! partition's lock file, repairs a torn tail when it opens (the only code that
+//! ever truncates the log), appends batches with one `write` per segment
+//! touched, rolls segments, keeps the index and fsyncs per [`FsyncPolicy`].
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use weir_core::error::{Error, IoContext, Result};
+use weir_core::record::Offset;
+
+use super::config::{FsyncPolicy, LogConfig};
+use super::frame::{self, MAX_RECORD_BYTES};
+use super::index::{self, IndexEntry, Indexer, Loaded};
+use super::segment::{self, Summary, check_tail, index_path, list_segments, segment_path};
+
+/// Name of the lock file in a partition directory.
+const LOCK_FILE: &str = "writer.lock";
+
+/// A torn tail the writer cut off when it opened the partition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TailRepair {
+    /// The (last) segment file.
+    pub file: PathBuf,
+    /// Byte position where the file was truncated: the start of the damaged frame.
+    pub offset: u64,
+    /// How many bytes were cut off.
+    pub dropped_bytes: u64,
+    /// What was expected and found at `offset`.
+    pub what: String,
+}
+
+/// Appends records to one partition. At most one exists per partition at a time,
+/// across processes: [`PartitionWriter::open`] takes the partition's lock file
+/// and the lock is released when the writer is dropped.
+///
+/// ```
+/// # fn main() -> weir_core::Result<()> {
+/// use weir_connectors::log::{LogConfig, PartitionWriter};
+/// let dir = tempfile::tempdir().map_err(|e| weir_core::Error::io("tempdir", "/tmp", e))?;
+/// let mut writer = PartitionWriter::open(dir.path(), LogConfig::default())?;
+/// assert_eq!(writer.append(&[b"first", b"second"])?, 0);
+/// assert_eq!(writer.append(&[b"third"])?, 2);
+/// assert_eq!(writer.end_offset(), 3);
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct PartitionWriter {
+    dir: PathBuf,
+    config: LogConfig,
+    _lock: File,
+    /// The active (last) segment.
+    base: Offset,
+    segment: File,
+    index: File,
+    seg_len: u64,
+    next: Offset,
+    indexer: Indexer,
+    /// The frames and index entries of the batch being appended (reused).
+    frames: Vec<u8>,
+    entries: Vec<u8>,
+    last_sync: Instant,
+    unsynced: bool,
+    /// An earlier write failed: the files may not match the writer's state.
+    failed: bool,
+    repair: Option<TailRepair>,
+}
+
+fn fsync_dir(dir: &Path) -> Result<()> {
+    File::open(dir).ctx("open", dir)?.sync_all().ctx("fsync", dir)
+}
+
+fn open_append(path: &Path) -> Result<File> {
+    OpenOptions::new().append(true).create(true).open(path).ctx("open", path)
+}
+
+fn lock(dir: &Path) -> Result<File> {
+    let path = dir.join(LOCK_FILE);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .ctx("open", &path)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(fs::TryLockError::WouldBlock) => Err(Error::Locked { path }),
+        Err(fs::TryLockError::Error(e)) => Err(Error::io("lock", path, e)),
+    }
+}
+
+/// Rewrites the index of a sealed segment when it is missing or has a broken
+/// length; entry-level damage is left to readers, which fall back to a scan.
+fn repair_sealed_index(dir: &Path, base: Offset, config: &LogConfig) -> Result<()> {
+    let path = index_path(dir, base);
+    let intact = match fs::metadata(&path) {
+        Ok(m) => m.len() % index::ENTRY as u64 == 0,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => return Err(Error::io("stat", path, e)),
+    };
+    if intact {
+        return Ok(());
+    }
+    let mut indexer = Indexer::new(config.index_interval_bytes);
+    let seg = segment_path(dir, base);
+    let summary = segment::scan_segment(seg, IndexEntry { rel: 0, pos: 0 }, Some(&mut indexer))?;
+    if let Some(d) = &summary.damage {
+        tracing::warn!(
+            "indexing {} stopped at damage at byte {}: {} (readers will fail there)",
+            d.path.display(),
+            d.pos,
+            d.what
+        );
+    }
+    index::write(&path, &summary.entries)
+}
+
+impl PartitionWriter {
+    /// Opens the partition in `dir` (creating the directory and its first segment
+    /// when needed) for appending, after taking its lock ([`Error::Locked`] when
+    /// another writer holds it).
+    ///
+    /// The last segment is scanned: a damaged tail is truncated (see
+    /// [`PartitionWriter::tail_repair`]), damage followed by valid records is an
+    /// [`Error::Corrupt`], and its index is rewritten if it does not match.
+    /// Missing indexes of earlier segments are rebuilt.
+    pub fn open(dir: impl Into<PathBuf>, config: LogConfig) -> Result<PartitionWriter> {
+        config.validate()?;
+        let dir = dir.into();
+        fs::create_dir_all(&dir).ctx("create directory", &dir)?;
+        let lock = lock(&dir)?;
+        let bases = list_segments(&dir)?;
+        let base = match bases.split_last() {
+            Some((&last, sealed)) => {
+                for &b in sealed {
+                    repair_sealed_index(&dir, b, &config)?;
+                }
+                last
+            }
+            None => {
+                let path = segment_path(&dir, 0);
+                File::create(&path).ctx("create", &path)?;
+                if config.fsync != FsyncPolicy::Never {
+                    fsync_dir(&dir)?;
+                }
+                0
+            }
+        };
+
+        let seg_path = segment_path(&dir, base);
+        let mut indexer = Indexer::new(config.index_interval_bytes);
+        let origin = IndexEntry { rel: 0, pos: 0 };
+        let summary = segment::scan_segment(seg_path.clone(), origin, Some(&mut indexer))?;
+        let repair = Self::repair_tail(&seg_path, &summary, &config)?;
+        let ix_path = index_path(&dir, base);
+        if index::load(&ix_path, summary.valid_len)? != Loaded::Entries(summary.entries.clone()) {
+            index::write(&ix_path, &summary.entries)?;
+        }
+
+        Ok(PartitionWriter {
+            segment: open_append(&seg_path)?,
+            index: open_append(&ix_path)?,
+            dir,
+            config,
+            _lock: lock,
+            base,
+            seg_len: summary.valid_len,
+            next: base + summary.end_rel,
+            indexer,
+            frames: Vec::new(),
+            entries: Vec::new(),
+            last_sync: Instant::now(),
+            unsynced: false,
+            failed: false,
+            repair,
+        })
+    }
+
+    /// Truncates the damaged tail the scan of the last segment found, if any.
+    fn repair_tail(path: &Path, summary: &Summary, config: &LogConfig) -> Result<Option<TailRepair>> {
+        let Some(damage) = &summary.damage else {
+            return Ok(None);
+        };
+        check_tail(damage)?;
+        let file = OpenOptions::new().write(true).open(path).ctx("open", path)?;
+        let len = file.metadata().ctx("stat", path)?.len();
+        file.set_len(damage.pos).ctx("truncate", path)?;
+        if config.fsync != FsyncPolicy::Never {
+            file.sync_all().ctx("fsync", path)?;
+        }
+        let repair = TailRepair {
+            file: path.to_path_buf(),
+            offset: damage.pos,
+            dropped_bytes: len - damage.pos,
+            what: damage.what.clone(),
+        };
+        tracing::warn!(
+            "torn tail in {}: truncated at byte {}, dropping {} bytes ({})",
+            repair.file.display(),
+            repair.offset,
+            repair.dropped_bytes,
+            repair.what
+        );
+        Ok(Some(repair))
+    }
+
+    /// Appends `records` in order and returns the offset of the first (the end
+    /// offset when `records` is empty). The frames are built in one buffer and
+    /// written with one `write` per segment they go to, then fsynced per policy.
+    ///
+    /// A record over [`MAX_RECORD_BYTES`] rejects the whole batch before anything
+    /// is written. After an I/O error the writer refuses further appends: reopen
+    /// it, which repairs whatever part of the batch reached the disk.
+    pub fn append(&mut self, records: &[&[u8]]) -> Result<Offset> {
+        if self.failed {
+            return Err(Error::io(
+                "append to",
+                segment_path(&self.dir, self.base),
+                std::io::Error::other("an earlier write failed; reopen the writer"),
+            ));
+        }
+        if let Some((i, r)) = records.iter().enumerate().find(|(_, r)| r.len() > MAX_RECORD_BYTES) {
+            return Err(Error::Encoding {
+                what: format!("record {i} of a batch for {}", self.dir.display()),
+                message: format!(
+                    "{} bytes, expected at most {MAX_RECORD_BYTES} bytes per record",
+                    r.len()
+                ),
+            });
+        }
+        let first = self.next;
+        let result = self.append_frames(records).and_then(|()| self.sync_per_policy());
+        if result.is_err() {
+            self.failed = true;
+        }
+        result.map(|()| first)
+    }
+
+    fn append_frames(&mut self, records: &[&[u8]]) -> Result<()> {
+        self.frames.clear();
+        self.entries.clear();
+        for record in records {
+            let buffered = self.seg_len + self.frames.len() as u64;
+            let full = buffered + frame::frame_len(record.len()) > self.config.segment_bytes;
+            if buffered > 0 && (full || self.next - self.base >= u64::from(u32::MAX)) {
+                self.write_buffered()?;
+                self.roll()?;
+            }
+            let pos = self.seg_len + self.frames.len() as u64;
+            if let Some(entry) = self.indexer.observe((self.next - self.base) as u32, pos) {
+                entry.encode(&mut self.entries);
+            }
+            frame::encode(&mut self.frames, record);
+            self.next += 1;
+        }
+        self.write_buffered()
+    }
+
+    /// Writes the buffered frames, then their index entries.
+    fn write_buffered(&mut self) -> Result<()> {
+        if !self.frames.is_empty() {
+            let path = || segment_path(&self.dir, self.base);
+            self.segment.write_all(&self.frames).ctx("write", path())?;
+            self.seg_len += self.frames.len() as u64;
+            self.frames.clear();
+            self.unsynced = true;
+        }
+        if !self.entries.is_empty() {
+            let path = index_path(&self.dir, self.base);
+            self.index.write_all(&self.entries).ctx("write", path)?;
+            self.entries.clear();
+        }
+        Ok(())
+    }
+
+    /// Seals the active segment (durably, unless the policy is `Never`) and
+    /// starts the next one at the end offset.
+    fn roll(&mut self) -> Result<()> {
+        if self.config.fsync != FsyncPolicy::Never {
+            self.sync()?;
+            let ix = index_path(&self.dir, self.base);
+            self.index.sync_data().ctx("fsync", ix)?;
+        }
+        let seg_path = segment_path(&self.dir, self.next);
+        self.segment = OpenOptions::new()
+            .append(true)
+            .create_new(true)
+            .open(&seg_path)
+            .ctx("create", &seg_path)?;
+        let ix_path = index_path(&self.dir, self.next);
+        self.index = File::create(&ix_path).ctx("create", &ix_path)?;
+        if self.config.fsync != FsyncPolicy::Never {
+            fsync_dir(&self.dir)?;
+        }
+        self.base = self.next;
+        self.seg_len = 0;
+        self.indexer = Indexer::new(self.config.index_interval_bytes);
+        Ok(())
+    }
+
+    fn sync_per_policy(&mut self) -> Result<()> {
+        match self.config.fsync {
+            FsyncPolicy::Always => self.sync(),
+            FsyncPolicy::Interval(every) if self.last_sync.elapsed() >= every => self.sync(),
+            FsyncPolicy::Interval(_) | FsyncPolicy::Never => Ok(()),
+        }
+    }
+
+    /// Forces the appended records of the active segment to stable storage now,
+    /// whatever the policy.
+    pub fn sync(&mut self) -> Result<()> {
+        if self.unsynced {
+            let path = segment_path(&self.dir, self.base);
+            self.segment.sync_data().ctx("fsync", path)?;
+            self.unsynced = false;
+        }
+        self.last_sync = Instant::now();
+        Ok(())
+    }
+
+    /// Offset the next appended record gets.
+    pub fn end_offset(&self) -> Offset {
+        self.next
+    }
+
+    /// The partition directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The torn tail cut off when this writer opened, if there was one.
+    pub fn tail_repair(&self) -> Option<&TailRepair> {
+        self.repair.as_ref()
+    }
+}
+
+impl Drop for PartitionWriter {
+    fn drop(&mut self) {
+        if self.unsynced && !self.failed && self.config.fsync != FsyncPolicy::Never {
+            if let Err(e) = self.sync() {
+                tracing::warn!("closing the writer of {}: {e}", self.dir.display());
+            }
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! The Parquet sink: rows of any `Serialize` type become Arrow record batches
+//! (schema traced from the type with `serde_arrow`: a `String` is Utf8, an
+//! `i64` Int64, an `f64` Float64, nothing nullable unless it is an `Option`),
+//! written to rolling `*.parquet` files that stay in `_staging/` until the
+//! checkpoint that covers them commits. Exactly-once: a reader of the output
+//! directory only ever sees committed files, each row once.
+
+use std::marker::PhantomData;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arrow::datatypes::{FieldRef, Schema};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::Compression;
+use parquet::file::properties::WriterProperties;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_arrow::schema::{SchemaLike, TracingOptions};
+use weir_core::checkpoint::Publish;
+use weir_core::error::{Error, Result};
+use weir_core::sink::{Sink, SinkContext, SinkWriter};
+use weir_core::time::Epoch;
+
+use crate::staging::{CrcFile, StagedFile, Staging};
+
+/// A Parquet output directory.
+#[derive(Clone, Debug)]
+pub struct Parquet {
+    dir: PathBuf,
+    rows_per_file: usize,
+    rows_per_batch: usize,
+}
+
+impl Parquet {
+    /// Writes into `dir` (created if missing).
+    pub fn dir(dir: impl Into<PathBuf>) -> Self {
+        Parquet { dir: dir.into(), rows_per_file: 4_000_000, rows_per_batch: 64 * 1024 }
+    }
+
+    /// Starts a new file after this many rows (files also close at every checkpoint).
+    pub fn rows_per_file(mut self, rows: usize) -> Self {
+        self.rows_per_file = rows.max(1);
+        self
+    }
+}
+
+fn arrow_err(path: &std::path::Path, e: impl std::fmt::Display) -> Error {
+    Error::Encoding { what: format!("parquet {}", path.display()), message: e.to_string() }
+}
+
+impl<T: Serialize + DeserializeOwned + 'static> Sink<T> for Parquet {
+    fn kind(&self) -> &str {
+        "parquet"
+    }
+
+    fn open(&self, ctx: &SinkContext) -> Result<Box<dyn SinkWriter<T>>> {
+        let fields = Vec::<FieldRef>::from_type::<T>(TracingOptions::default().strings_as_large_utf8(false))
+            .map_err(|e| Error::config("parquet", format!("cannot derive an Arrow schema from the row type: {e}")))?;
+        let staging = Staging::open(&self.dir, "part", ctx)?;
+        Ok(Box::new(ParquetWriter {
+            schema: Arc::new(Schema::new(fields.clone())),
+            fields,
+            staging,
+            current: None,
+            staged: Vec::new(),
+            buffer: Vec::new(),
+            rows_per_file: self.rows_per_file,
+            rows_per_batch: self.rows_per_batch,
+            epoch: 0,
+            _row: PhantomData,
+        }))
+    }
+}
+
+struct Open {
+    file: StagedFile,
+    writer: ArrowWriter<CrcFile>,
+    rows: usize,
+}
+
+struct ParquetWriter<T> {
+    fields: Vec<FieldRef>,
+    schema: Arc<Schema>,
+    staging: Staging,
+    current: Option<Open>,
+    staged: Vec<Publish>,
+    buffer: Vec<T>,
+    rows_per_file: usize,
+    rows_per_batch: usize,
+    epoch: Epoch,
+    _row: PhantomData<T>,
+}
+
+impl<T: Serialize> ParquetWriter<T> {
+    fn flush_batch(&mut self) -> Result<()> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        if self.current.is_none() {
+            let (file, out) = self.staging.create(self.epoch, "parquet")?;
+            let props = WriterProperties::builder().set_compression(Compression::SNAPPY).build();
+            let writer = ArrowWriter::try_new(out, self.schema.clone(), Some(props))
+                .map_err(|e| arrow_err(&file.staged, e))?;
+            self.current = Some(Open { file, writer, rows: 0 });
+        }
+        let Some(open) = self.current.as_mut() else { return Ok(()) };
+        let batch = serde_arrow::to_record_batch(&self.fields, &self.buffer)
+            .map_err(|e| arrow_err(&open.file.staged, e))?;
+        open.writer.write(&batch).map_err(|e| arrow_err(&open.file.staged, e))?;
+        open.rows += self.buffer.len();
+        self.buffer.clear();
+        if open.rows >= self.rows_per_file {
+            self.close_file()?;
+        }
+        Ok(())
+    }
+
+    fn close_file(&mut self) -> Result<()> {
+        if let Some(open) = self.current.take() {
+            let out = open.writer.into_inner().map_err(|e| arrow_err(&open.file.staged, e))?;
+            self.staged.push(self.staging.finish(open.file, out)?);
+        }
+        Ok(())
+    }
+}
+
+impl<T: Serialize> SinkWriter<T> for ParquetWriter<T> {
+    fn write(&mut self, rows: &mut Vec<T>) -> Result<()> {
+        for row in rows.drain(..) {
+            self.buffer.push(row);
+            if self.buffer.len() >= self.rows_per_batch {
+                self.flush_batch()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn stage(&mut self, epoch: Epoch) -> Result<Vec<Publish>> {
+        self.epoch = epoch;
+        self.flush_batch()?;
+        self.close_file()?;
+        if !self.staged.is_empty() {
+            self.staging.sync()?;
+        }
+        self.epoch = epoch + 1;
+        Ok(std::mem::take(&mut self.staged))
+    }
+}

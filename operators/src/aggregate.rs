@@ -1,0 +1,208 @@
+//! Mergeable, serializable aggregators: [`Count`], [`Sum`], [`Min`], [`Max`],
+//! [`Mean`], and tuples of them (`(Count, Min(f), Max(f), Mean(f))`).
+//!
+//! An aggregator keeps an accumulator per window and key. Accumulators are
+//! `Serialize` (they are checkpointed) and mergeable (partial aggregates can
+//! be combined, e.g. before a shuffle). User-defined aggregators implement the
+//! same trait.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// An aggregation over items of type `T`.
+pub trait Aggregator<T>: 'static {
+    /// The running state (checkpointed).
+    type Acc: Clone + Serialize + DeserializeOwned + Send + 'static;
+    /// The result.
+    type Out: 'static;
+    /// The state of an empty aggregation.
+    fn init(&self) -> Self::Acc;
+    /// Adds one item.
+    fn add(&self, acc: &mut Self::Acc, item: &T);
+    /// Merges another partial state into `acc`.
+    fn merge(&self, acc: &mut Self::Acc, other: &Self::Acc);
+    /// The result of a (non-empty) aggregation.
+    fn finish(&self, acc: &Self::Acc) -> Self::Out;
+}
+
+/// Number of items.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Count;
+
+impl<T> Aggregator<T> for Count {
+    type Acc = u64;
+    type Out = u64;
+    fn init(&self) -> u64 {
+        0
+    }
+    fn add(&self, acc: &mut u64, _: &T) {
+        *acc += 1;
+    }
+    fn merge(&self, acc: &mut u64, other: &u64) {
+        *acc += other;
+    }
+    fn finish(&self, acc: &u64) -> u64 {
+        *acc
+    }
+}
+
+/// Sum of `f(item)`.
+#[derive(Clone, Copy, Debug)]
+pub struct Sum<F>(pub F);
+
+impl<T, F: Fn(&T) -> f64 + 'static> Aggregator<T> for Sum<F> {
+    type Acc = f64;
+    type Out = f64;
+    fn init(&self) -> f64 {
+        0.0
+    }
+    fn add(&self, acc: &mut f64, item: &T) {
+        *acc += (self.0)(item);
+    }
+    fn merge(&self, acc: &mut f64, other: &f64) {
+        *acc += other;
+    }
+    fn finish(&self, acc: &f64) -> f64 {
+        *acc
+    }
+}
+
+/// Smallest `f(item)` (exact: no rounding).
+#[derive(Clone, Copy, Debug)]
+pub struct Min<F>(pub F);
+
+impl<T, F: Fn(&T) -> f64 + 'static> Aggregator<T> for Min<F> {
+    type Acc = f64;
+    type Out = f64;
+    fn init(&self) -> f64 {
+        f64::INFINITY
+    }
+    fn add(&self, acc: &mut f64, item: &T) {
+        let v = (self.0)(item);
+        if v < *acc {
+            *acc = v;
+        }
+    }
+    fn merge(&self, acc: &mut f64, other: &f64) {
+        if *other < *acc {
+            *acc = *other;
+        }
+    }
+    fn finish(&self, acc: &f64) -> f64 {
+        *acc
+    }
+}
+
+/// Largest `f(item)` (exact: no rounding).
+#[derive(Clone, Copy, Debug)]
+pub struct Max<F>(pub F);
+
+impl<T, F: Fn(&T) -> f64 + 'static> Aggregator<T> for Max<F> {
+    type Acc = f64;
+    type Out = f64;
+    fn init(&self) -> f64 {
+        f64::NEG_INFINITY
+    }
+    fn add(&self, acc: &mut f64, item: &T) {
+        let v = (self.0)(item);
+        if v > *acc {
+            *acc = v;
+        }
+    }
+    fn merge(&self, acc: &mut f64, other: &f64) {
+        if *other > *acc {
+            *acc = *other;
+        }
+    }
+    fn finish(&self, acc: &f64) -> f64 {
+        *acc
+    }
+}
+
+/// Arithmetic mean of `f(item)`: `sum / count`.
+#[derive(Clone, Copy, Debug)]
+pub struct Mean<F>(pub F);
+
+impl<T, F: Fn(&T) -> f64 + 'static> Aggregator<T> for Mean<F> {
+    type Acc = (f64, u64);
+    type Out = f64;
+    fn init(&self) -> (f64, u64) {
+        (0.0, 0)
+    }
+    fn add(&self, acc: &mut (f64, u64), item: &T) {
+        acc.0 += (self.0)(item);
+        acc.1 += 1;
+    }
+    fn merge(&self, acc: &mut (f64, u64), other: &(f64, u64)) {
+        acc.0 += other.0;
+        acc.1 += other.1;
+    }
+    fn finish(&self, acc: &(f64, u64)) -> f64 {
+        acc.0 / acc.1 as f64
+    }
+}
+
+macro_rules! tuple_aggregator {
+    ($($A:ident $i:tt),+) => {
+        impl<T, $($A: Aggregator<T>),+> Aggregator<T> for ($($A,)+) {
+            type Acc = ($($A::Acc,)+);
+            type Out = ($($A::Out,)+);
+            fn init(&self) -> Self::Acc {
+                ($(self.$i.init(),)+)
+            }
+            fn add(&self, acc: &mut Self::Acc, item: &T) {
+                $(self.$i.add(&mut acc.$i, item);)+
+            }
+            fn merge(&self, acc: &mut Self::Acc, other: &Self::Acc) {
+                $(self.$i.merge(&mut acc.$i, &other.$i);)+
+            }
+            fn finish(&self, acc: &Self::Acc) -> Self::Out {
+                ($(self.$i.finish(&acc.$i),)+)
+            }
+        }
+    };
+}
+
+tuple_aggregator!(A 0);
+tuple_aggregator!(A 0, B 1);
+tuple_aggregator!(A 0, B 1, C 2);
+tuple_aggregator!(A 0, B 1, C 2, D 3);
+tuple_aggregator!(A 0, B 1, C 2, D 3, E 4);
+tuple_aggregator!(A 0, B 1, C 2, D 3, E 4, G 5);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn run<A: Aggregator<f64>>(a: &A, items: &[f64]) -> A::Acc {
+        let mut acc = a.init();
+        for x in items {
+            a.add(&mut acc, x);
+        }
+        acc
+    }
+
+    proptest! {
+        /// Splitting the input anywhere and merging the halves gives the same
+        /// result as one pass, and matches a plain reference.
+        #[test]
+        fn merge_equals_single_pass(items in proptest::collection::vec(-1e6f64..1e6, 1..200), cut in 0usize..200) {
+            let agg = (Count, Min(|x: &f64| *x), Max(|x: &f64| *x), Mean(|x: &f64| *x), Sum(|x: &f64| *x));
+            let cut = cut.min(items.len());
+            let whole = agg.finish(&run(&agg, &items));
+            let mut left = run(&agg, &items[..cut]);
+            agg.merge(&mut left, &run(&agg, &items[cut..]));
+            let merged = agg.finish(&left);
+            prop_assert_eq!(whole.0, items.len() as u64);
+            prop_assert_eq!(whole.1, items.iter().cloned().fold(f64::INFINITY, f64::min));
+            prop_assert_eq!(whole.2, items.iter().cloned().fold(f64::NEG_INFINITY, f64::max));
+            let sum: f64 = items.iter().sum();
+            prop_assert!((whole.3 - sum / items.len() as f64).abs() <= 1e-6);
+            prop_assert_eq!(merged.0, whole.0);
+            prop_assert_eq!(merged.1, whole.1);
+            prop_assert_eq!(merged.2, whole.2);
+            prop_assert!((merged.3 - whole.3).abs() <= 1e-6 * whole.3.abs().max(1.0));
+        }
+    }
+}

@@ -1,0 +1,23 @@
+//! weir-operators: the stages of a Weir pipeline, as extension traits on
+//! [`weir_core::Raw`] and [`weir_core::Flow`] so user code reads top to bottom:
+//! `source → decode → filter → event_time → key_by → window → aggregate → sink`.
+//!
+//! - [`decode`]: raw records to a serde type; malformed input becomes dead letters.
+//! - [`transform`]: `filter` (counted, not dead-lettered), `map`, `try_map`.
+//! - [`event_time`]: assigns event times and tracks per-partition watermarks.
+//! - [`window`]: keyed tumbling event-time windows with mergeable [`aggregate::Aggregator`]s.
+
+pub mod aggregate;
+pub mod decode;
+pub mod event_time;
+pub mod transform;
+pub mod window;
+
+/// The traits that add Weir's operators to flows.
+pub mod prelude {
+    pub use crate::aggregate::{Aggregator, Count, Max, Mean, Min, Sum};
+    pub use crate::decode::{Decode, Format, Json};
+    pub use crate::event_time::EventTimeExt;
+    pub use crate::transform::Transform;
+    pub use crate::window::{KeyBy, Tumbling, WindowExt, WindowResult};
+}

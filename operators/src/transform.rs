@@ -1,0 +1,115 @@
+//! Stateless stages: `filter` (what it drops is counted as `filtered`, not
+//! dead-lettered: a filter is not validation), `map`, and `try_map`, whose
+//! `Err` becomes a dead letter naming the stage.
+
+use std::sync::atomic::Ordering;
+
+use serde::Serialize;
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::operators::generic::{Operator, OutputBuilder};
+use weir_core::Flow;
+use weir_core::record::{DeadLetter, Rec};
+use weir_core::time::Epoch;
+
+/// Adds stateless stages to flows.
+pub trait Transform<'s, T: 'static> {
+    /// Keeps the records for which `pred` is true; counts the others as `filtered`.
+    fn filter(self, pred: impl Fn(&T) -> bool + 'static) -> Flow<'s, T>;
+    /// Transforms every record.
+    fn map<U: 'static>(self, f: impl Fn(T) -> U + 'static) -> Flow<'s, U>;
+    /// Transforms every record; an `Err` sends the record (as JSON) to the dead
+    /// letters with `stage` and the error's message.
+    fn try_map<U: 'static, E: std::fmt::Display>(
+        self,
+        stage: &str,
+        f: impl Fn(&T) -> Result<U, E> + 'static,
+    ) -> Flow<'s, U>
+    where
+        T: Serialize;
+}
+
+impl<'s, T: 'static> Transform<'s, T> for Flow<'s, T> {
+    fn filter(self, pred: impl Fn(&T) -> bool + 'static) -> Flow<'s, T> {
+        let filtered = self.ctx.counter("filtered");
+        let (stream, meta) = self.into_parts();
+        let stream = stream.unary(Pipeline, "Filter", move |_, _| {
+            move |input, output| {
+                input.for_each(|cap, data: &mut Vec<Rec<T>>| {
+                    let before = data.len();
+                    data.retain(|r| pred(&r.value));
+                    filtered.fetch_add((before - data.len()) as u64, Ordering::Relaxed);
+                    output.session(&cap).give_container(data);
+                });
+            }
+        });
+        meta.flow(stream)
+    }
+
+    fn map<U: 'static>(self, f: impl Fn(T) -> U + 'static) -> Flow<'s, U> {
+        let (stream, meta) = self.into_parts();
+        let stream = stream.unary(Pipeline, "Map", move |_, _| {
+            move |input, output| {
+                input.for_each(|cap, data: &mut Vec<Rec<T>>| {
+                    output
+                        .session(&cap)
+                        .give_iterator(data.drain(..).map(|r| Rec { meta: r.meta, value: f(r.value) }));
+                });
+            }
+        });
+        meta.flow(stream)
+    }
+
+    fn try_map<U: 'static, E: std::fmt::Display>(
+        self,
+        stage: &str,
+        f: impl Fn(&T) -> Result<U, E> + 'static,
+    ) -> Flow<'s, U>
+    where
+        T: Serialize,
+    {
+        let ctx = self.ctx.clone();
+        let source = self.input.as_ref().map(|i| i.source.clone()).unwrap_or_default();
+        let (stream, meta) = self.into_parts();
+        let mut builder = OperatorBuilder::new(format!("TryMap({stage})"), ctx.scope());
+        let mut input = builder.new_input(stream, Pipeline);
+        let (ok_out, ok) = builder.new_output::<Vec<Rec<U>>>();
+        let (err_out, err) = builder.new_output::<Vec<DeadLetter>>();
+        let mut ok_out: OutputBuilder<Epoch, CapacityContainerBuilder<Vec<Rec<U>>>> = OutputBuilder::from(ok_out);
+        let mut err_out: OutputBuilder<Epoch, CapacityContainerBuilder<Vec<DeadLetter>>> =
+            OutputBuilder::from(err_out);
+        let stage = stage.to_string();
+        let dead = ctx.counter(&format!("dead_letters.{stage}"));
+        builder.build(move |_caps| {
+            move |_frontiers| {
+                let mut ok_h = ok_out.activate();
+                let mut err_h = err_out.activate();
+                input.for_each(|cap, data: &mut Vec<Rec<T>>| {
+                    let mut oks = ok_h.session(&cap);
+                    let mut errs = err_h.session(&cap);
+                    for r in data.drain(..) {
+                        match f(&r.value) {
+                            Ok(value) => oks.give(Rec { meta: r.meta, value }),
+                            Err(e) => {
+                                dead.fetch_add(1, Ordering::Relaxed);
+                                errs.give(DeadLetter {
+                                    payload: serde_json::to_vec(&r.value).unwrap_or_default(),
+                                    error: e.to_string(),
+                                    stage: stage.clone(),
+                                    source: source.clone(),
+                                    partition: r.meta.partition,
+                                    offset: r.meta.offset,
+                                    event_time: (r.meta.event_time != weir_core::record::Meta::NO_TIME)
+                                        .then_some(r.meta.event_time),
+                                });
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        ctx.register_dead_letters(err);
+        meta.flow(ok)
+    }
+}

@@ -1,0 +1,201 @@
+//! The sensor-window pipeline (see `examples/sensor_aggregation.rs`): decode
+//! readings, drop out-of-range temperatures, aggregate per device over
+//! one-minute event-time windows, write Parquet and dead letters. Also a
+//! synthetic feed generator and a plain reference implementation, used by
+//! the example and by the tests.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use weir_core::Dataflow;
+
+use crate::prelude::*;
+
+/// One input line.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Reading {
+    /// Device name, `dev-NNNNN`.
+    pub device: String,
+    /// Event time, ms since the Unix epoch.
+    pub ts: i64,
+    /// Temperature (°C); out-of-range values are filtered.
+    pub temp: f64,
+}
+
+/// One output row (the workload's columns).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WindowRow {
+    /// Device name.
+    pub device: String,
+    /// Window start, ms since the Unix epoch.
+    pub window_start: i64,
+    /// Readings in the window.
+    pub count: i64,
+    /// Smallest temperature.
+    pub min: f64,
+    /// Largest temperature.
+    pub max: f64,
+    /// Mean temperature.
+    pub mean: f64,
+}
+
+/// Valid temperature range (inclusive).
+pub const TEMP_RANGE: std::ops::RangeInclusive<f64> = -50.0..=150.0;
+/// Window size in ms.
+pub const WINDOW_MS: i64 = 60_000;
+
+/// Where the pipeline reads from.
+#[derive(Clone, Debug)]
+pub enum Input {
+    /// A JSON-lines file, split into byte ranges.
+    File(PathBuf),
+    /// A topic of the embedded log.
+    Log {
+        /// Log directory.
+        dir: PathBuf,
+        /// Topic name.
+        topic: String,
+    },
+}
+
+/// Builds the sensor-window pipeline on one worker.
+pub fn build(p: &mut Dataflow<'_>, input: &Input, output: &Path, dead_letters: &Path) -> weir_core::Result<()> {
+    let raw = match input {
+        Input::File(path) => p.source(LinesFile::open(path)?)?,
+        Input::Log { dir, topic } => p.source(LogSource::open(dir, topic)?)?,
+    };
+    raw.decode::<Reading>(Json)
+        .filter(|r| TEMP_RANGE.contains(&r.temp))
+        .event_time(|r| r.ts, Duration::from_secs(2))?
+        .key_by(|r| r.device.clone())
+        .window(Tumbling::minutes(1))
+        .aggregate((Count, Min(|r: &Reading| r.temp), Max(|r: &Reading| r.temp), Mean(|r: &Reading| r.temp)))?
+        .map(|w| WindowRow {
+            device: w.key,
+            window_start: w.start,
+            count: w.value.0 as i64,
+            min: w.value.1,
+            max: w.value.2,
+            mean: w.value.3,
+        })
+        .sink(Parquet::dir(output))?;
+    p.dead_letters().sink(DeadLetters::dir(dead_letters))
+}
+
+/// The plain reference: expected rows keyed by (device, window start), and the
+/// number of malformed lines. Same semantics as the workload's `reference.py`.
+pub fn reference(input: &[u8]) -> (BTreeMap<(String, i64), WindowRow>, u64) {
+    let mut rows: BTreeMap<(String, i64), (i64, f64, f64, f64)> = BTreeMap::new();
+    let mut malformed = 0;
+    let mut lines: Vec<&[u8]> = input.split(|&b| b == b'\n').collect();
+    if input.ends_with(b"\n") || input.is_empty() {
+        lines.pop();
+    }
+    for line in lines {
+        let Ok(r) = serde_json::from_slice::<Reading>(line) else {
+            malformed += 1;
+            continue;
+        };
+        if !TEMP_RANGE.contains(&r.temp) {
+            continue;
+        }
+        let ws = r.ts - r.ts.rem_euclid(WINDOW_MS);
+        let e = rows.entry((r.device, ws)).or_insert((0, f64::INFINITY, f64::NEG_INFINITY, 0.0));
+        e.0 += 1;
+        e.1 = e.1.min(r.temp);
+        e.2 = e.2.max(r.temp);
+        e.3 += r.temp;
+    }
+    let rows = rows
+        .into_iter()
+        .map(|((device, ws), (c, mn, mx, s))| {
+            let row = WindowRow { device: device.clone(), window_start: ws, count: c, min: mn, max: mx, mean: s / c as f64 };
+            ((device, ws), row)
+        })
+        .collect();
+    (rows, malformed)
+}
+
+/// A small deterministic PRNG (SplitMix64) for the synthetic feed.
+#[derive(Clone, Debug)]
+pub struct SplitMix(u64);
+
+impl SplitMix {
+    /// Seeded generator.
+    pub fn new(seed: u64) -> Self {
+        SplitMix(seed)
+    }
+
+    /// Next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `[0, 1)`.
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Uniform in `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+}
+
+/// Writes `n` synthetic readings in the workload's format: 10,000 devices,
+/// `ts` strictly increasing by 1–4 ms, about 0.1% malformed lines, 0.9%
+/// out-of-range sentinels (`temp = 999.0`) and 0.2% spikes. Deterministic for a seed.
+pub fn generate(n: u64, seed: u64, devices: u64, out: &mut impl Write) -> std::io::Result<()> {
+    let mut rng = SplitMix::new(seed);
+    let devices = devices.max(1);
+    let base: Vec<f64> = (0..devices).map(|_| 10.0 + 20.0 * rng.unit()).collect();
+    let mut ts: i64 = 1_700_000_000_000;
+    let mut line = String::with_capacity(96);
+    for i in 0..n {
+        if i > 0 {
+            ts += 1 + rng.below(4) as i64;
+        }
+        let d = rng.below(devices);
+        let r = rng.unit();
+        let temp = if (0.001..0.010).contains(&r) {
+            999.0
+        } else if (0.010..0.012).contains(&r) {
+            base[d as usize] + 30.0 + 50.0 * rng.unit()
+        } else {
+            // A rough normal: the sum of four uniforms, centred.
+            let noise = (rng.unit() + rng.unit() + rng.unit() + rng.unit() - 2.0) * 2.6;
+            base[d as usize] + noise
+        };
+        let temp = (temp * 100.0).round() / 100.0;
+        let hum = (400.0 + 200.0 * rng.unit()).round() / 10.0;
+        line.clear();
+        use std::fmt::Write as _;
+        let _ = write!(line, "{{\"device\":\"dev-{d:05}\",\"ts\":{ts},\"temp\":{temp:?},\"hum\":{hum:?}}}");
+        if r < 0.001 {
+            match rng.below(3) {
+                0 => {
+                    let cut = 5 + rng.below(line.len() as u64 - 7) as usize;
+                    line.truncate(cut);
+                }
+                1 => {
+                    line.clear();
+                    let _ = write!(line, "{{device:dev-{d:05},ts:{ts},temp:{temp:?}}}");
+                }
+                _ => {
+                    line.clear();
+                    let _ = write!(line, "#corrupt# dev-{d:05} {ts} ?? temp={temp:?}");
+                }
+            }
+        }
+        line.push('\n');
+        out.write_all(line.as_bytes())?;
+    }
+    Ok(())
+}

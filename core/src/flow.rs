@@ -195,7 +195,8 @@ impl<'s, T: 'static> Flow<'s, T> {
                     return;
                 }
                 match f {
-                    Some(f) => held.downgrade(&f),
+                    Some(f) if f > *held.time() => held.downgrade(&f),
+                    Some(_) => {}
                     None => cap = None,
                 }
             }

@@ -105,7 +105,8 @@ impl<'s, T: 'static> EventTimeExt<'s, T> for Flow<'s, T> {
                     }
                 }
                 match f {
-                    Some(f) => held.downgrade(&f),
+                    Some(f) if f > *held.time() => held.downgrade(&f),
+                    Some(_) => {}
                     None => wm_cap = None,
                 }
             }

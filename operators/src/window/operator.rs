@@ -270,7 +270,9 @@ where
                 match f {
                     Some(f) => {
                         for c in held.iter_mut() {
-                            c.downgrade(&f);
+                            if f > *c.time() {
+                                c.downgrade(&f);
+                            }
                         }
                     }
                     None => caps = None,

@@ -1,0 +1,95 @@
+//! Shared fixtures of the end-to-end tests: reading Parquet output and
+//! dead letters back, and comparing them with the reference exactly.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use arrow::array::{Array, Float64Array, Int64Array, StringArray};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use weir::sensor::WindowRow;
+
+/// Visible files of a directory (names not starting with `.` or `_`), sorted.
+pub fn visible_files(dir: &Path) -> anyhow::Result<Vec<std::path::PathBuf>> {
+    let mut out = Vec::new();
+    if !dir.exists() {
+        return Ok(out);
+    }
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        let name = e.file_name().to_string_lossy().to_string();
+        if !(name.starts_with('.') || name.starts_with('_')) {
+            out.push(e.path());
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Reads every row of the Parquet files in `dir`; fails on a duplicate key.
+pub fn read_rows(dir: &Path) -> anyhow::Result<BTreeMap<(String, i64), WindowRow>> {
+    let mut rows = BTreeMap::new();
+    for path in visible_files(dir)? {
+        let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(&path)?)?.build()?;
+        for batch in reader {
+            let batch = batch?;
+            let col = |name: &str| batch.column_by_name(name).with_context(|| format!("{}: no column {name}", path.display()));
+            let device = col("device")?.as_any().downcast_ref::<StringArray>().context("device is not Utf8")?;
+            let ws = col("window_start")?.as_any().downcast_ref::<Int64Array>().context("window_start is not Int64")?;
+            let count = col("count")?.as_any().downcast_ref::<Int64Array>().context("count is not Int64")?;
+            let min = col("min")?.as_any().downcast_ref::<Float64Array>().context("min")?;
+            let max = col("max")?.as_any().downcast_ref::<Float64Array>().context("max")?;
+            let mean = col("mean")?.as_any().downcast_ref::<Float64Array>().context("mean")?;
+            for i in 0..batch.num_rows() {
+                let row = WindowRow {
+                    device: device.value(i).to_string(),
+                    window_start: ws.value(i),
+                    count: count.value(i),
+                    min: min.value(i),
+                    max: max.value(i),
+                    mean: mean.value(i),
+                };
+                let key = (row.device.clone(), row.window_start);
+                if rows.insert(key.clone(), row).is_some() {
+                    bail!("duplicate row for {key:?} (in {})", path.display());
+                }
+            }
+        }
+    }
+    Ok(rows)
+}
+
+/// Compares output rows with the reference under the workload's rule.
+pub fn compare(expected: &BTreeMap<(String, i64), WindowRow>, got: &BTreeMap<(String, i64), WindowRow>) -> anyhow::Result<()> {
+    let missing: Vec<_> = expected.keys().filter(|k| !got.contains_key(*k)).take(5).collect();
+    let extra: Vec<_> = got.keys().filter(|k| !expected.contains_key(*k)).take(5).collect();
+    if !missing.is_empty() || !extra.is_empty() {
+        bail!(
+            "expected {} rows, got {}; missing e.g. {missing:?}, extra e.g. {extra:?}",
+            expected.len(),
+            got.len()
+        );
+    }
+    for (k, e) in expected {
+        let g = &got[k];
+        let mean_ok = (g.mean - e.mean).abs() <= 1e-9 * e.mean.abs().max(g.mean.abs()) || (g.mean - e.mean).abs() <= 1e-12;
+        if g.count != e.count || g.min.to_bits() != e.min.to_bits() || g.max.to_bits() != e.max.to_bits() || !mean_ok {
+            bail!("row {k:?}: expected {e:?}, got {g:?}");
+        }
+    }
+    Ok(())
+}
+
+/// Reads every dead letter (one JSON object per line) of the files in `dir`.
+pub fn read_dead_letters(dir: &Path) -> anyhow::Result<Vec<serde_json::Value>> {
+    let mut out = Vec::new();
+    for path in visible_files(dir)? {
+        for line in std::fs::read_to_string(&path)?.lines() {
+            out.push(serde_json::from_str(line).with_context(|| format!("{}: bad line {line}", path.display()))?);
+        }
+    }
+    Ok(out)
+}

@@ -1,6 +1,7 @@
 //! The `weir` command line: embedded-log topics, producing, consumer-group
 //! lag, and the sensor-aggregation example pipeline.
 
+mod cli_log;
 mod cli_sensor;
 
 use clap::{Parser, Subcommand};

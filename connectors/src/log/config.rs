@@ -69,9 +69,17 @@ mod tests {
     #[test]
     fn default_is_valid_and_zero_values_are_named() {
         assert!(LogConfig::default().validate().is_ok());
-        let e = LogConfig { segment_bytes: 0, ..LogConfig::default() }.validate().unwrap_err();
+        let e = LogConfig {
+            segment_bytes: 0,
+            ..LogConfig::default()
+        }
+        .validate()
+        .unwrap_err();
         assert!(e.to_string().contains("segment_bytes"), "{e}");
-        let c = LogConfig { fsync: FsyncPolicy::Interval(Duration::ZERO), ..LogConfig::default() };
+        let c = LogConfig {
+            fsync: FsyncPolicy::Interval(Duration::ZERO),
+            ..LogConfig::default()
+        };
         assert!(c.validate().unwrap_err().to_string().contains("fsync"));
     }
 }

@@ -43,12 +43,12 @@ pub(crate) fn last_segment_end(dir: &Path, base: Offset) -> Result<Offset> {
     };
     let origin = IndexEntry { rel: 0, pos: 0 };
     let mut summary = segment::scan_segment(path.clone(), start.unwrap_or(origin), None)?;
-    if let (Some(entry), Some(_)) = (start, &summary.damage) {
-        if summary.end_rel == u64::from(entry.rel) {
-            // The entry points at no valid frame (an index newer than its data):
-            // judge the damage from the segment start instead.
-            summary = segment::scan_segment(path, origin, None)?;
-        }
+    if let (Some(entry), Some(_)) = (start, &summary.damage)
+        && summary.end_rel == u64::from(entry.rel)
+    {
+        // The entry points at no valid frame (an index newer than its data):
+        // judge the damage from the segment start instead.
+        summary = segment::scan_segment(path, origin, None)?;
     }
     if let Some(damage) = &summary.damage {
         check_tail(damage)?;

@@ -159,7 +159,10 @@ impl Producer {
 impl Drop for Producer {
     fn drop(&mut self) {
         if let Err(e) = self.flush() {
-            tracing::warn!("dropping the producer of topic `{}`: {e}", self.topic.name());
+            tracing::warn!(
+                "dropping the producer of topic `{}`: {e}",
+                self.topic.name()
+            );
         }
     }
 }
@@ -174,7 +177,10 @@ mod tests {
         assert_eq!(fnv1a64(b""), 0xcbf29ce484222325);
         assert_eq!(fnv1a64(b"a"), 0xaf63dc4c8601ec8c);
         assert_eq!(fnv1a64(b"foobar"), 0x85944171f73967e8);
-        assert_eq!(partition_for_key(b"foobar", 7), (0x85944171f73967e8u64 % 7) as u32);
+        assert_eq!(
+            partition_for_key(b"foobar", 7),
+            (0x85944171f73967e8u64 % 7) as u32
+        );
     }
 
     #[test]

@@ -68,7 +68,9 @@ impl LogReader {
         };
         let Some(i) = bases.partition_point(|&b| b <= from).checked_sub(1) else {
             return match bases.first() {
-                Some(&first) => Err(reader.bad_offset(from, &format!("its first offset is {first}"))),
+                Some(&first) => {
+                    Err(reader.bad_offset(from, &format!("its first offset is {first}")))
+                }
                 None if from == 0 => Ok(reader),
                 None => Err(reader.bad_offset(from, "it is empty")),
             };
@@ -88,7 +90,10 @@ impl LogReader {
     fn bad_offset(&self, from: Offset, why: &str) -> Error {
         Error::config(
             "offset",
-            format!("cannot read {} from offset {from}: {why}", self.dir.display()),
+            format!(
+                "cannot read {} from offset {from}: {why}",
+                self.dir.display()
+            ),
         )
     }
 
@@ -98,7 +103,9 @@ impl LogReader {
     pub(crate) fn seek_entry(&self, base: Offset, rel: u64) -> Result<IndexEntry> {
         let origin = IndexEntry { rel: 0, pos: 0 };
         let seg = segment_path(&self.dir, base);
-        let seg_len = std::fs::metadata(&seg).map_err(|e| Error::io("stat", &seg, e))?.len();
+        let seg_len = std::fs::metadata(&seg)
+            .map_err(|e| Error::io("stat", &seg, e))?
+            .len();
         let ix_path = index_path(&self.dir, base);
         let entries = match index::load(&ix_path, seg_len)? {
             Loaded::Entries(entries) => entries,
@@ -130,7 +137,12 @@ impl LogReader {
 
     /// Reads records until offset `stop_at` or until their frames take
     /// `max_bytes` (at least one record), appending them to `out` when given.
-    fn pump(&mut self, max_bytes: usize, stop_at: Offset, mut out: Option<&mut Chunk>) -> Result<Pump> {
+    fn pump(
+        &mut self,
+        max_bytes: usize,
+        stop_at: Offset,
+        mut out: Option<&mut Chunk>,
+    ) -> Result<Pump> {
         let mut taken = 0usize;
         loop {
             if self.next >= stop_at || (taken > 0 && taken >= max_bytes) {
@@ -146,9 +158,11 @@ impl LogReader {
                 self.sealed = false;
                 continue;
             };
-            // The writer creates the next segment only after its last write to this
-            // one, so once that file exists, one more read finds all of this one.
-            let has_successor = |sealed: bool| sealed || (self.next > self.base && next_path.exists());
+            // Damage is corruption, not a tail, when any later segment exists.
+            let base = self.base;
+            let later_segment = |sealed: bool| -> Result<bool> {
+                Ok(sealed || list_segments(&self.dir)?.last().is_some_and(|&b| b > base))
+            };
             match scanner.next()? {
                 Step::Record(payload) => {
                     if let Some(out) = out.as_deref_mut() {
@@ -159,7 +173,16 @@ impl LogReader {
                     self.next += 1;
                 }
                 Step::End { partial, len } => {
-                    if !self.sealed && has_successor(false) {
+                    if partial > 0 && taken > 0 {
+                        // Hand over the records read so far; the next call looks again.
+                        let pos = scanner.pos();
+                        scanner.reset_to(pos)?;
+                        return Ok(Pump::Stopped);
+                    }
+                    // The writer creates the next segment only after its last write to
+                    // this one, so once that file exists, one more read finds all of it.
+                    let rolled = self.next > self.base && next_path.exists();
+                    if !self.sealed && (rolled || (partial > 0 && later_segment(false)?)) {
                         self.sealed = true;
                         continue;
                     }
@@ -183,8 +206,11 @@ impl LogReader {
                     return Ok(Pump::Idle);
                 }
                 Step::Bad(what) => {
+                    if taken > 0 {
+                        return Ok(Pump::Stopped);
+                    }
                     let damage = scanner.damage(what);
-                    if has_successor(self.sealed) {
+                    if later_segment(self.sealed)? {
                         return Err(damage.into_error("the segment is not the last one"));
                     }
                     check_tail(&damage)?;

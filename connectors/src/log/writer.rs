@@ -69,11 +69,18 @@ pub struct PartitionWriter {
 }
 
 fn fsync_dir(dir: &Path) -> Result<()> {
-    File::open(dir).ctx("open", dir)?.sync_all().ctx("fsync", dir)
+    File::open(dir)
+        .ctx("open", dir)?
+        .sync_all()
+        .ctx("fsync", dir)
 }
 
 fn open_append(path: &Path) -> Result<File> {
-    OpenOptions::new().append(true).create(true).open(path).ctx("open", path)
+    OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+        .ctx("open", path)
 }
 
 fn lock(dir: &Path) -> Result<File> {
@@ -179,12 +186,19 @@ impl PartitionWriter {
     }
 
     /// Truncates the damaged tail the scan of the last segment found, if any.
-    fn repair_tail(path: &Path, summary: &Summary, config: &LogConfig) -> Result<Option<TailRepair>> {
+    fn repair_tail(
+        path: &Path,
+        summary: &Summary,
+        config: &LogConfig,
+    ) -> Result<Option<TailRepair>> {
         let Some(damage) = &summary.damage else {
             return Ok(None);
         };
         check_tail(damage)?;
-        let file = OpenOptions::new().write(true).open(path).ctx("open", path)?;
+        let file = OpenOptions::new()
+            .write(true)
+            .open(path)
+            .ctx("open", path)?;
         let len = file.metadata().ctx("stat", path)?.len();
         file.set_len(damage.pos).ctx("truncate", path)?;
         if config.fsync != FsyncPolicy::Never {
@@ -221,7 +235,11 @@ impl PartitionWriter {
                 std::io::Error::other("an earlier write failed; reopen the writer"),
             ));
         }
-        if let Some((i, r)) = records.iter().enumerate().find(|(_, r)| r.len() > MAX_RECORD_BYTES) {
+        if let Some((i, r)) = records
+            .iter()
+            .enumerate()
+            .find(|(_, r)| r.len() > MAX_RECORD_BYTES)
+        {
             return Err(Error::Encoding {
                 what: format!("record {i} of a batch for {}", self.dir.display()),
                 message: format!(
@@ -231,7 +249,9 @@ impl PartitionWriter {
             });
         }
         let first = self.next;
-        let result = self.append_frames(records).and_then(|()| self.sync_per_policy());
+        let result = self
+            .append_frames(records)
+            .and_then(|()| self.sync_per_policy());
         if result.is_err() {
             self.failed = true;
         }
@@ -338,10 +358,12 @@ impl PartitionWriter {
 
 impl Drop for PartitionWriter {
     fn drop(&mut self) {
-        if self.unsynced && !self.failed && self.config.fsync != FsyncPolicy::Never {
-            if let Err(e) = self.sync() {
-                tracing::warn!("closing the writer of {}: {e}", self.dir.display());
-            }
+        if self.unsynced
+            && !self.failed
+            && self.config.fsync != FsyncPolicy::Never
+            && let Err(e) = self.sync()
+        {
+            tracing::warn!("closing the writer of {}: {e}", self.dir.display());
         }
     }
 }

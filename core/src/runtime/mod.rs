@@ -300,6 +300,13 @@ impl Pipeline {
                 while !sh.aborted() && worker.step_or_park(Some(Duration::from_millis(1))) {}
                 Ok(())
             }));
+            if sh.aborted() || !matches!(outcome, Ok(Ok(()))) {
+                // timely keeps stepping installed dataflows after this closure
+                // returns: drop them so a failed run ends instead of waiting forever.
+                for id in worker.installed_dataflows() {
+                    worker.drop_dataflow(id);
+                }
+            }
             match outcome {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => sh.fail(e),

@@ -13,12 +13,12 @@ use weir::connectors::log::{LogConfig, Producer, Topic};
 /// What [`produce`] stored.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ProduceStats {
-    /// Records appended (one per non-blank line).
+    /// Records appended (one per line).
     pub records: u64,
     /// Of those, records without a usable key (not a JSON object, or no string or
     /// number at the key field), spread round-robin.
     pub unkeyed: u64,
-    /// Blank lines skipped.
+    /// Of those, blank lines (stored; a pipeline dead-letters them).
     pub blank: u64,
     /// Payload bytes appended.
     pub bytes: u64,
@@ -30,7 +30,7 @@ impl fmt::Display for ProduceStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} records ({} bytes, {} without a key, {} blank lines skipped); per partition: {:?}",
+            "{} records ({} bytes, {} without a key, {} blank); per partition: {:?}",
             self.records, self.bytes, self.unkeyed, self.blank, self.per_partition
         )
     }
@@ -43,38 +43,27 @@ pub fn topic_create(log_dir: &Path, name: &str, partitions: u32) -> anyhow::Resu
     Ok(())
 }
 
-/// `weir produce`: appends every non-blank line of `input` (without its line
+/// `weir produce`: appends every line of `input` (without its line
 /// ending) to topic `name`. The partition of a line is that of its key: the
 /// value of the top-level field `key_field` of the line's JSON object, a string
 /// (its UTF-8 text) or a number (its JSON text, e.g. `42`, `1.5`). Lines that are
 /// not JSON objects or have no such key are stored too, round-robin. Appends are
 /// batched per partition (one append per MiB) and fsynced per batch.
-pub fn produce(
-    log_dir: &Path,
-    name: &str,
-    key_field: &str,
-    mut input: impl BufRead,
-) -> anyhow::Result<ProduceStats> {
+pub fn produce(log_dir: &Path, name: &str, key_field: &str, mut input: impl BufRead) -> anyhow::Result<ProduceStats> {
     let topic = Topic::open(log_dir, name)?;
     let mut producer = Producer::new(&topic, LogConfig::default())?;
-    let mut stats = ProduceStats {
-        per_partition: vec![0; topic.partition_count() as usize],
-        ..ProduceStats::default()
-    };
+    let mut stats =
+        ProduceStats { per_partition: vec![0; topic.partition_count() as usize], ..ProduceStats::default() };
     let mut line = Vec::new();
     for number in 1u64.. {
         line.clear();
-        let read = input
-            .read_until(b'\n', &mut line)
-            .with_context(|| format!("reading input line {number}"))?;
+        let read = input.read_until(b'\n', &mut line).with_context(|| format!("reading input line {number}"))?;
         if read == 0 {
             break;
         }
         let record = trim_line_end(&line);
-        if record.iter().all(u8::is_ascii_whitespace) {
-            stats.blank += 1;
-            continue;
-        }
+        // Blank lines are stored too: the pipeline dead-letters them, nothing vanishes.
+        stats.blank += u64::from(record.iter().all(u8::is_ascii_whitespace));
         let key = key_of(record, key_field);
         stats.unkeyed += u64::from(key.is_none());
         let partition = producer
@@ -84,9 +73,7 @@ pub fn produce(
         stats.bytes += record.len() as u64;
         stats.per_partition[partition as usize] += 1;
     }
-    producer
-        .flush()
-        .with_context(|| format!("producing to topic `{name}`"))?;
+    producer.flush().with_context(|| format!("producing to topic `{name}`"))?;
     Ok(stats)
 }
 
@@ -94,22 +81,11 @@ pub fn produce(
 /// offset, end offset, segment files and bytes.
 pub fn topic_describe(log_dir: &Path, name: &str) -> anyhow::Result<String> {
     let topic = Topic::open(log_dir, name)?;
-    let infos = topic
-        .describe()
-        .with_context(|| format!("describing topic `{name}`"))?;
+    let infos = topic.describe().with_context(|| format!("describing topic `{name}`"))?;
     let header = ["partition", "start", "end", "segments", "bytes"];
     let rows: Vec<[String; 5]> = infos
         .iter()
-        .map(|i| {
-            [
-                u64::from(i.partition),
-                i.start,
-                i.end,
-                i.segments as u64,
-                i.bytes,
-            ]
-            .map(|v| v.to_string())
-        })
+        .map(|i| [u64::from(i.partition), i.start, i.end, i.segments as u64, i.bytes].map(|v| v.to_string()))
         .collect();
     let mut widths = header.map(str::len);
     for row in &rows {
@@ -125,11 +101,7 @@ pub fn topic_describe(log_dir: &Path, name: &str) -> anyhow::Result<String> {
     );
     let header = header.map(str::to_owned);
     for row in std::iter::once(&header).chain(&rows) {
-        let cells: Vec<String> = row
-            .iter()
-            .zip(widths)
-            .map(|(cell, w)| format!("{cell:>w$}"))
-            .collect();
+        let cells: Vec<String> = row.iter().zip(widths).map(|(cell, w)| format!("{cell:>w$}")).collect();
         out.push_str(&cells.join("  "));
         out.push('\n');
     }
@@ -232,9 +204,7 @@ impl<'de> Visitor<'de> for KeyValueVisitor {
         Ok(KeyValue(Some(v.to_string().into_bytes())))
     }
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<KeyValue, E> {
-        Ok(KeyValue(
-            serde_json::Number::from_f64(v).map(|n| n.to_string().into_bytes()),
-        ))
+        Ok(KeyValue(serde_json::Number::from_f64(v).map(|n| n.to_string().into_bytes())))
     }
     fn visit_bool<E: de::Error>(self, _: bool) -> Result<KeyValue, E> {
         Ok(KeyValue(None))
@@ -261,13 +231,8 @@ mod tests {
 
     #[test]
     fn keys_are_strings_or_numbers_at_the_top_level() {
-        let k = |line: &str| {
-            key_of(line.as_bytes(), "device").map(|k| String::from_utf8_lossy(&k).into_owned())
-        };
-        assert_eq!(
-            k(r#"{"t":1,"device":"a\"b","x":[1,{"device":"no"}]}"#).as_deref(),
-            Some("a\"b")
-        );
+        let k = |line: &str| key_of(line.as_bytes(), "device").map(|k| String::from_utf8_lossy(&k).into_owned());
+        assert_eq!(k(r#"{"t":1,"device":"a\"b","x":[1,{"device":"no"}]}"#).as_deref(), Some("a\"b"));
         assert_eq!(k(r#"{"device":42}"#).as_deref(), Some("42"));
         assert_eq!(k(r#"{"device":-3}"#).as_deref(), Some("-3"));
         assert_eq!(k(r#"{"device":1.5}"#).as_deref(), Some("1.5"));
@@ -284,54 +249,29 @@ mod tests {
         let dir = tempfile::tempdir()?;
         topic_create(dir.path(), "readings", 3)?;
         assert!(topic_create(dir.path(), "readings", 3).is_err());
-        let input = "{\"device\":\"a\",\"t\":1}\n{\"device\":\"b\"}\r\n\n  \ngarbage\n{\"t\":2}\n{\"device\":\"a\",\"t\":3}";
+        let input =
+            "{\"device\":\"a\",\"t\":1}\n{\"device\":\"b\"}\r\n\n  \ngarbage\n{\"t\":2}\n{\"device\":\"a\",\"t\":3}";
         let stats = produce(dir.path(), "readings", "device", input.as_bytes())?;
-        assert_eq!((stats.records, stats.unkeyed, stats.blank), (5, 2, 2));
-        assert_eq!(stats.per_partition.iter().sum::<u64>(), 5);
+        assert_eq!((stats.records, stats.unkeyed, stats.blank), (7, 4, 2));
+        assert_eq!(stats.per_partition.iter().sum::<u64>(), 7);
 
         let topic = Topic::open(dir.path(), "readings")?;
         let pa = partition_for_key(b"a", 3);
         let mut reader = topic.reader(pa, 0, None)?;
         let mut chunk = Chunk::default();
         assert_eq!(reader.read(1 << 20, &mut chunk)?, ReadStatus::Data);
-        let a: Vec<&[u8]> = chunk
-            .records()
-            .map(|(_, r)| r)
-            .filter(|r| r.starts_with(b"{\"device\":\"a\""))
-            .collect();
-        assert_eq!(
-            a,
-            vec![
-                &b"{\"device\":\"a\",\"t\":1}"[..],
-                b"{\"device\":\"a\",\"t\":3}"
-            ]
-        );
+        let a: Vec<&[u8]> = chunk.records().map(|(_, r)| r).filter(|r| r.starts_with(b"{\"device\":\"a\"")).collect();
+        assert_eq!(a, vec![&b"{\"device\":\"a\",\"t\":1}"[..], b"{\"device\":\"a\",\"t\":3}"]);
         let all: u64 = topic.end_offsets()?.iter().sum();
-        assert_eq!(all, 5);
+        assert_eq!(all, 7);
 
         let table = topic_describe(dir.path(), "readings")?;
         let lines: Vec<&str> = table.lines().collect();
-        assert!(
-            lines[0].starts_with("topic readings: 3 partitions, 5 records"),
-            "{table}"
-        );
-        assert_eq!(
-            lines[1].split_whitespace().collect::<Vec<_>>(),
-            ["partition", "start", "end", "segments", "bytes"]
-        );
+        assert!(lines[0].starts_with("topic readings: 3 partitions, 7 records"), "{table}");
+        assert_eq!(lines[1].split_whitespace().collect::<Vec<_>>(), ["partition", "start", "end", "segments", "bytes"]);
         assert_eq!(lines.len(), 5, "{table}");
-        let row = lines[2 + pa as usize]
-            .split_whitespace()
-            .collect::<Vec<_>>();
-        assert_eq!(
-            row[..4],
-            [
-                pa.to_string().as_str(),
-                "0",
-                &stats.per_partition[pa as usize].to_string(),
-                "1"
-            ]
-        );
+        let row = lines[2 + pa as usize].split_whitespace().collect::<Vec<_>>();
+        assert_eq!(row[..4], [pa.to_string().as_str(), "0", &stats.per_partition[pa as usize].to_string(), "1"]);
         assert!(produce(dir.path(), "missing", "device", &b""[..]).is_err());
         Ok(())
     }

@@ -73,7 +73,11 @@ fn run(args: Args) -> anyhow::Result<()> {
             std::fs::remove_dir_all(&data).with_context(|| format!("removing {}", data.display()))?;
         }
         let log_dir = data.join("log");
-        eprintln!("generating {} synthetic readings into {}/ (topic `sensors`, 5 partitions)", args.events, log_dir.display());
+        eprintln!(
+            "generating {} synthetic readings into {}/ (topic `sensors`, 5 partitions)",
+            args.events,
+            log_dir.display()
+        );
         let started = Instant::now();
         produce_demo(&log_dir, args.events)?;
         eprintln!("  done in {:.2?}", started.elapsed());
@@ -111,9 +115,8 @@ fn run(args: Args) -> anyhow::Result<()> {
         pipeline = pipeline.epoch_records(n, 2);
     }
     let (i, o, d) = (input.clone(), output.clone(), dead.clone());
-    let summary = pipeline
-        .run(move |p| sensor::build(p, &i, &o, &d))
-        .context("the sensor-aggregation pipeline failed")?;
+    let summary =
+        pipeline.run(move |p| sensor::build(p, &i, &o, &d)).context("the sensor-aggregation pipeline failed")?;
     print_summary(&summary, &output, &dead, state.as_deref());
     Ok(())
 }
@@ -147,12 +150,16 @@ type LogTopic = weir::connectors::log::Topic;
 
 fn print_summary(s: &RunSummary, output: &Path, dead: &Path, state: Option<&Path>) {
     if s.already_complete {
-        println!("already complete: the checkpoint in {} covers all input; nothing to do", state.map_or("?".into(), |p| p.display().to_string()));
+        println!(
+            "already complete: the checkpoint in {} covers all input; nothing to do",
+            state.map_or("?".into(), |p| p.display().to_string())
+        );
         return;
     }
     let events = s.counter("records_in");
     let dead_letters: u64 = s.counters.iter().filter(|(k, _)| k.starts_with("dead_letters.")).map(|(_, v)| v).sum();
-    let rows: u64 = s.counters.iter().filter(|(k, _)| k.starts_with("parquet-") && k.ends_with(".rows")).map(|(_, v)| v).sum();
+    let rows: u64 =
+        s.counters.iter().filter(|(k, _)| k.starts_with("parquet-") && k.ends_with(".rows")).map(|(_, v)| v).sum();
     let secs = s.elapsed.as_secs_f64().max(1e-9);
     if let Some(e) = s.restored_from {
         println!("resumed from checkpoint epoch {e}");

@@ -112,7 +112,8 @@ pub fn reference(input: &[u8]) -> (BTreeMap<(String, i64), WindowRow>, u64) {
     let rows = rows
         .into_iter()
         .map(|((device, ws), (c, mn, mx, s))| {
-            let row = WindowRow { device: device.clone(), window_start: ws, count: c, min: mn, max: mx, mean: s / c as f64 };
+            let row =
+                WindowRow { device: device.clone(), window_start: ws, count: c, min: mn, max: mx, mean: s / c as f64 };
             ((device, ws), row)
         })
         .collect();

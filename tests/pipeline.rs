@@ -32,7 +32,8 @@ fn random_input(rng: &mut SplitMix, lines: usize) -> Vec<u8> {
             2 => vec![0xff, 0xfe, b'{', 0x80],
             3 => format!("{{\"device\":\"dev-{}\",\"ts\":1.5,\"temp\":3}}", rng.below(devices)).into_bytes(),
             4 => format!("[{t}]").into_bytes(),
-            _ => format!("{{\"device\":\"dev-{}\",\"ts\":{t},\"temp\":{temp:?},\"hum\":1}}", rng.below(devices)).into_bytes(),
+            _ => format!("{{\"device\":\"dev-{}\",\"ts\":{t},\"temp\":{temp:?},\"hum\":1}}", rng.below(devices))
+                .into_bytes(),
         };
         out.extend_from_slice(&line);
         if i + 1 < lines || rng.below(2) == 0 {
@@ -42,13 +43,17 @@ fn random_input(rng: &mut SplitMix, lines: usize) -> Vec<u8> {
     out
 }
 
-fn run(dir: &Path, input: &Path, split: u64, workers: usize, epoch_records: u64, ckpt: u64) -> weir::Result<RunSummary> {
+fn run(
+    dir: &Path,
+    input: &Path,
+    split: u64,
+    workers: usize,
+    epoch_records: u64,
+    ckpt: u64,
+) -> weir::Result<RunSummary> {
     let (input, out, dlq) = (input.to_path_buf(), dir.join("out"), dir.join("dlq"));
-    Pipeline::new("randomized")
-        .workers(workers)
-        .state(dir.join("state"))
-        .epoch_records(epoch_records, ckpt)
-        .run(move |p| {
+    Pipeline::new("randomized").workers(workers).state(dir.join("state")).epoch_records(epoch_records, ckpt).run(
+        move |p| {
             p.source(LinesFile::with_split_bytes(&input, split)?)?
                 .decode::<Reading>(Json)
                 .filter(|r| (-50.0..=150.0).contains(&r.temp))
@@ -66,7 +71,8 @@ fn run(dir: &Path, input: &Path, split: u64, workers: usize, epoch_records: u64,
                 })
                 .sink(Parquet::dir(&out).rows_per_file(500))?;
             p.dead_letters().sink(DeadLetters::dir(&dlq))
-        })
+        },
+    )
 }
 
 #[test]
@@ -84,7 +90,8 @@ fn randomized_inputs_match_the_reference() -> anyhow::Result<()> {
         let epoch = 1 + rng.below(500);
         let ckpt = 1 + rng.below(4);
         let what = format!("case {case}: {lines} lines, split {split}, {workers} workers, epoch {epoch}, ckpt {ckpt}");
-        let summary = run(dir.path(), &path, split, workers, epoch, ckpt).map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
+        let summary =
+            run(dir.path(), &path, split, workers, epoch, ckpt).map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
         let got = support::read_rows(&dir.path().join("out"))?;
         support::compare(&expected, &got).map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
         let dead = support::read_dead_letters(&dir.path().join("dlq"))?;
@@ -142,7 +149,14 @@ fn without_state_output_is_not_mixed_with_an_earlier_run() -> anyhow::Result<()>
                 .key_by(|r| r.device.clone())
                 .window(Tumbling::seconds(10))
                 .aggregate(Count)?
-                .map(|w| WindowRow { device: w.key, window_start: w.start, count: w.value as i64, min: 0.0, max: 0.0, mean: 0.0 })
+                .map(|w| WindowRow {
+                    device: w.key,
+                    window_start: w.start,
+                    count: w.value as i64,
+                    min: 0.0,
+                    max: 0.0,
+                    mean: 0.0,
+                })
                 .sink(Parquet::dir(&out))?;
             p.dead_letters().sink(DeadLetters::dir(&dlq))
         })

@@ -100,16 +100,16 @@ fn killed_at_random_moments_output_is_exact() -> anyhow::Result<()> {
         assert_eq!(offsets.len() as u64, malformed, "scenario {scenario}: duplicate dead letters");
 
         // Run again after completion: nothing changes.
-        let before = (support::visible_files(&dir.path().join("out"))?, support::visible_files(&dir.path().join("dlq"))?);
+        let before =
+            (support::visible_files(&dir.path().join("out"))?, support::visible_files(&dir.path().join("dlq"))?);
         wait(spawn(dir.path(), 2)?)?;
-        let after = (support::visible_files(&dir.path().join("out"))?, support::visible_files(&dir.path().join("dlq"))?);
+        let after =
+            (support::visible_files(&dir.path().join("out"))?, support::visible_files(&dir.path().join("dlq"))?);
         assert_eq!(before, after, "scenario {scenario}: a completed run changed its output");
     }
     Ok(())
 }
 
 fn has_manifest(state: &Path) -> bool {
-    std::fs::read_dir(state)
-        .map(|d| d.flatten().any(|e| e.path().join("MANIFEST").exists()))
-        .unwrap_or(false)
+    std::fs::read_dir(state).map(|d| d.flatten().any(|e| e.path().join("MANIFEST").exists())).unwrap_or(false)
 }

@@ -36,7 +36,9 @@ pub fn read_rows(dir: &Path) -> anyhow::Result<BTreeMap<(String, i64), WindowRow
         let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(&path)?)?.build()?;
         for batch in reader {
             let batch = batch?;
-            let col = |name: &str| batch.column_by_name(name).with_context(|| format!("{}: no column {name}", path.display()));
+            let col = |name: &str| {
+                batch.column_by_name(name).with_context(|| format!("{}: no column {name}", path.display()))
+            };
             let device = col("device")?.as_any().downcast_ref::<StringArray>().context("device is not Utf8")?;
             let ws = col("window_start")?.as_any().downcast_ref::<Int64Array>().context("window_start is not Int64")?;
             let count = col("count")?.as_any().downcast_ref::<Int64Array>().context("count is not Int64")?;
@@ -63,19 +65,19 @@ pub fn read_rows(dir: &Path) -> anyhow::Result<BTreeMap<(String, i64), WindowRow
 }
 
 /// Compares output rows with the reference under the workload's rule.
-pub fn compare(expected: &BTreeMap<(String, i64), WindowRow>, got: &BTreeMap<(String, i64), WindowRow>) -> anyhow::Result<()> {
+pub fn compare(
+    expected: &BTreeMap<(String, i64), WindowRow>,
+    got: &BTreeMap<(String, i64), WindowRow>,
+) -> anyhow::Result<()> {
     let missing: Vec<_> = expected.keys().filter(|k| !got.contains_key(*k)).take(5).collect();
     let extra: Vec<_> = got.keys().filter(|k| !expected.contains_key(*k)).take(5).collect();
     if !missing.is_empty() || !extra.is_empty() {
-        bail!(
-            "expected {} rows, got {}; missing e.g. {missing:?}, extra e.g. {extra:?}",
-            expected.len(),
-            got.len()
-        );
+        bail!("expected {} rows, got {}; missing e.g. {missing:?}, extra e.g. {extra:?}", expected.len(), got.len());
     }
     for (k, e) in expected {
         let g = &got[k];
-        let mean_ok = (g.mean - e.mean).abs() <= 1e-9 * e.mean.abs().max(g.mean.abs()) || (g.mean - e.mean).abs() <= 1e-12;
+        let mean_ok =
+            (g.mean - e.mean).abs() <= 1e-9 * e.mean.abs().max(g.mean.abs()) || (g.mean - e.mean).abs() <= 1e-12;
         if g.count != e.count || g.min.to_bits() != e.min.to_bits() || g.max.to_bits() != e.max.to_bits() || !mean_ok {
             bail!("row {k:?}: expected {e:?}, got {g:?}");
         }

@@ -50,7 +50,12 @@ impl Sink<DeadLetter> for DeadLetters {
     }
 
     fn open(&self, ctx: &SinkContext) -> Result<Box<dyn SinkWriter<DeadLetter>>> {
-        Ok(Box::new(DeadLetterWriter { staging: Staging::open(&self.dir, "dead-letters", ctx)?, current: None, staged: Vec::new(), epoch: 0 }))
+        Ok(Box::new(DeadLetterWriter {
+            staging: Staging::open(&self.dir, "dead-letters", ctx)?,
+            current: None,
+            staged: Vec::new(),
+            epoch: 0,
+        }))
     }
 }
 
@@ -85,8 +90,10 @@ impl SinkWriter<DeadLetter> for DeadLetterWriter {
                 offset: d.offset,
                 event_time: d.event_time,
             };
-            serde_json::to_writer(&mut *out, &line)
-                .map_err(|e| Error::Encoding { what: format!("dead letter {}", file.staged.display()), message: e.to_string() })?;
+            serde_json::to_writer(&mut *out, &line).map_err(|e| Error::Encoding {
+                what: format!("dead letter {}", file.staged.display()),
+                message: e.to_string(),
+            })?;
             out.write_all(b"\n").ctx("write", &file.staged)?;
         }
         Ok(())

@@ -52,11 +52,7 @@ impl LinesFile {
             return Err(Error::config("input", format!("{} is not a regular file", path.display())));
         }
         let size = meta.len();
-        let mtime_ns = meta
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_nanos());
+        let mtime_ns = meta.modified().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
         let mut bounds = vec![0];
         let mut buf = vec![0u8; 64 * 1024];
         let mut nominal = split_bytes;
@@ -162,10 +158,7 @@ impl PartitionReader for SplitReader {
             out.data.resize(want, 0);
             let mut filled = 0;
             while filled < want {
-                let n = self
-                    .file
-                    .read_at(&mut out.data[filled..], self.pos + filled as u64)
-                    .ctx("read", &self.path)?;
+                let n = self.file.read_at(&mut out.data[filled..], self.pos + filled as u64).ctx("read", &self.path)?;
                 if n == 0 {
                     return Err(Error::Checkpoint {
                         path: self.path.clone(),

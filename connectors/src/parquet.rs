@@ -99,13 +99,13 @@ impl<T: Serialize> ParquetWriter<T> {
         if self.current.is_none() {
             let (file, out) = self.staging.create(self.epoch, "parquet")?;
             let props = WriterProperties::builder().set_compression(Compression::SNAPPY).build();
-            let writer = ArrowWriter::try_new(out, self.schema.clone(), Some(props))
-                .map_err(|e| arrow_err(&file.staged, e))?;
+            let writer =
+                ArrowWriter::try_new(out, self.schema.clone(), Some(props)).map_err(|e| arrow_err(&file.staged, e))?;
             self.current = Some(Open { file, writer, rows: 0 });
         }
         let Some(open) = self.current.as_mut() else { return Ok(()) };
-        let batch = serde_arrow::to_record_batch(&self.fields, &self.buffer)
-            .map_err(|e| arrow_err(&open.file.staged, e))?;
+        let batch =
+            serde_arrow::to_record_batch(&self.fields, &self.buffer).map_err(|e| arrow_err(&open.file.staged, e))?;
         open.writer.write(&batch).map_err(|e| arrow_err(&open.file.staged, e))?;
         open.rows += self.buffer.len();
         self.buffer.clear();

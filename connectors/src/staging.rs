@@ -112,7 +112,8 @@ impl Staging {
         self.seq += 1;
         let staged = self.staging.join(&name);
         let file = File::create(&staged).ctx("create", &staged)?;
-        let writer = CrcFile { file: io::BufWriter::with_capacity(1 << 20, file), hasher: crc32fast::Hasher::new(), size: 0 };
+        let writer =
+            CrcFile { file: io::BufWriter::with_capacity(1 << 20, file), hasher: crc32fast::Hasher::new(), size: 0 };
         Ok((StagedFile { staged, target: self.dir.join(name) }, writer))
     }
 

@@ -11,19 +11,23 @@
 
 use std::sync::atomic::Ordering;
 
+use serde::{Deserialize, Serialize};
 use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::Pipeline;
-use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::Concatenate;
-use serde::{Deserialize, Serialize};
+use timely::dataflow::operators::generic::Operator;
 
 use crate::checkpoint::{Part, PartBody};
 use crate::error::{Error, Result};
 use crate::record::{Chunk, DeadLetter, EventTime, PartitionId, Rec};
-use crate::runtime::epochs::EpochDriver;
 use crate::runtime::Ctx;
+use crate::runtime::epochs::EpochDriver;
 use crate::sink::{Sink, SinkContext};
 use crate::time::Epoch;
+
+/// An operator output of `Vec<D>` batches at epochs (what every Weir operator builds).
+pub type VecOutput<D> =
+    timely::dataflow::operators::generic::OutputBuilder<Epoch, timely::container::CapacityContainerBuilder<Vec<D>>>;
 
 /// A source partition event, sent at the epoch it happened in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -167,11 +171,7 @@ impl<'s, T: 'static> Flow<'s, T> {
                 }
                 let f = frontier.frontier().iter().min().copied();
                 let mut emit = |epoch: Epoch, files: Vec<crate::checkpoint::Publish>| {
-                    let part = Part {
-                        epoch,
-                        worker,
-                        body: PartBody::Output { operator: operator.clone(), files },
-                    };
+                    let part = Part { epoch, worker, body: PartBody::Output { operator: operator.clone(), files } };
                     output.session(&held.delayed(&epoch)).give(part);
                 };
                 let step = (|| -> Result<()> {

@@ -53,9 +53,7 @@ pub struct StableHasher {
 impl StableHasher {
     /// A hasher in the FNV-1a initial state.
     pub const fn new() -> Self {
-        StableHasher {
-            state: FNV_OFFSET_BASIS,
-        }
+        StableHasher { state: FNV_OFFSET_BASIS }
     }
 }
 
@@ -187,10 +185,7 @@ impl KeyGroups {
         if (1..=Self::MAX_COUNT).contains(&count) {
             Ok(KeyGroups { count })
         } else {
-            Err(Error::config(
-                "key_groups",
-                format!("must be between 1 and {}, got {count}", Self::MAX_COUNT),
-            ))
+            Err(Error::config("key_groups", format!("must be between 1 and {}, got {count}", Self::MAX_COUNT)))
         }
     }
 
@@ -231,8 +226,7 @@ impl KeyGroups {
             return self.count..self.count;
         }
         // The first group of worker `w` is the least `g` with `g * workers >= w * count`.
-        let first =
-            |w: usize| ((w as u128 * u128::from(self.count)).div_ceil(workers as u128)) as u32;
+        let first = |w: usize| ((w as u128 * u128::from(self.count)).div_ceil(workers as u128)) as u32;
         first(worker)..first(worker + 1)
     }
 }
@@ -240,9 +234,7 @@ impl KeyGroups {
 impl Default for KeyGroups {
     /// [`KeyGroups::DEFAULT_COUNT`] groups.
     fn default() -> Self {
-        KeyGroups {
-            count: Self::DEFAULT_COUNT,
-        }
+        KeyGroups { count: Self::DEFAULT_COUNT }
     }
 }
 
@@ -281,16 +273,10 @@ mod tests {
         assert_eq!(key_hash("dev-00042"), stable_hash(b"dev-00042\xff"));
         assert_eq!(key_hash(&String::from("dev-00042")), key_hash("dev-00042"));
         assert_eq!(key_hash(&0x0102_0304u32), stable_hash(&[4, 3, 2, 1]));
-        assert_eq!(
-            key_hash(&-2i64),
-            stable_hash(&[0xfe, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff])
-        );
+        assert_eq!(key_hash(&-2i64), stable_hash(&[0xfe, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]));
         assert_eq!(key_hash(&7usize), stable_hash(&[7, 0, 0, 0, 0, 0, 0, 0]));
         // Slices: length as u64, then the elements.
-        assert_eq!(
-            key_hash(&[1u8, 2][..]),
-            stable_hash(&[2, 0, 0, 0, 0, 0, 0, 0, 1, 2])
-        );
+        assert_eq!(key_hash(&[1u8, 2][..]), stable_hash(&[2, 0, 0, 0, 0, 0, 0, 0, 1, 2]));
         assert_eq!(key_hash(&vec![1u8, 2]), key_hash(&[1u8, 2][..]));
         // Tuples: fields in order.
         assert_eq!(key_hash(&("a", 1u16)), stable_hash(b"a\xff\x01\x00"));
@@ -303,10 +289,7 @@ mod tests {
         assert!(KeyGroups::new(65_536).is_ok());
         for count in [0, 65_537, u32::MAX] {
             let err = KeyGroups::new(count).unwrap_err();
-            assert!(
-                matches!(&err, Error::Config { field, .. } if field == "key_groups"),
-                "{err}"
-            );
+            assert!(matches!(&err, Error::Config { field, .. } if field == "key_groups"), "{err}");
         }
         assert_eq!(KeyGroups::default().count(), 256);
         assert_eq!(serde_json::to_string(&KeyGroups::default()).unwrap(), "256");
@@ -331,14 +314,9 @@ mod tests {
                 }
                 assert_eq!(next, count);
                 // Balanced like a range assignment.
-                let sizes: Vec<u32> = (0..workers)
-                    .map(|w| groups.groups_of(w, workers).len() as u32)
-                    .collect();
+                let sizes: Vec<u32> = (0..workers).map(|w| groups.groups_of(w, workers).len() as u32).collect();
                 let (min, max) = (sizes.iter().min(), sizes.iter().max());
-                assert!(
-                    max.zip(min).is_some_and(|(max, min)| max - min <= 1),
-                    "{sizes:?}"
-                );
+                assert!(max.zip(min).is_some_and(|(max, min)| max - min <= 1), "{sizes:?}");
                 assert!(groups.groups_of(workers, workers).is_empty());
             }
         }
@@ -375,10 +353,7 @@ mod tests {
             counts[groups.group_of(format!("dev-{i:05}").as_str()) as usize] += 1;
         }
         let expected = 10_000.0 / 256.0;
-        let chi2: f64 = counts
-            .iter()
-            .map(|&c| (f64::from(c) - expected).powi(2) / expected)
-            .sum();
+        let chi2: f64 = counts.iter().map(|&c| (f64::from(c) - expected).powi(2) / expected).sum();
         // 255 degrees of freedom: the 99.9 % quantile is about 330.
         assert!(chi2 < 330.0, "chi-squared {chi2}, counts {counts:?}");
         assert!(counts.iter().all(|&c| (15..=70).contains(&c)), "{counts:?}");

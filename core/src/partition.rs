@@ -30,9 +30,7 @@ use crate::record::PartitionId;
 /// assert_eq!(assignment.partitions_of(2), &[4]);
 /// # Ok::<(), weir_core::Error>(())
 /// ```
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Assignor {
     /// Contiguous blocks of the sorted partitions; the first `n % w` workers
@@ -81,18 +79,12 @@ impl Assignor {
         previous: Option<&Assignment>,
     ) -> Result<Assignment> {
         if workers == 0 {
-            return Err(Error::config(
-                "workers",
-                "a consumer group needs at least one worker, got 0",
-            ));
+            return Err(Error::config("workers", "a consumer group needs at least one worker, got 0"));
         }
         let mut sorted = partitions.to_vec();
         sorted.sort_unstable();
         if let Some(pair) = sorted.windows(2).find(|pair| pair[0] == pair[1]) {
-            return Err(Error::config(
-                "partitions",
-                format!("partition {} is listed twice", pair[0]),
-            ));
+            return Err(Error::config("partitions", format!("partition {} is listed twice", pair[0])));
         }
         let lists = match (self, previous) {
             (Assignor::Range, _) | (Assignor::Sticky, None) => range(&sorted, workers),
@@ -163,11 +155,8 @@ fn sticky(sorted: &[PartitionId], workers: usize, previous: &Assignment) -> Vec<
         .collect();
 
     // Partitions no surviving worker keeps: new ones and those of removed workers...
-    let mut pool: Vec<PartitionId> = sorted
-        .iter()
-        .copied()
-        .filter(|&p| previous.owner_of(p).is_none_or(|owner| owner >= workers))
-        .collect();
+    let mut pool: Vec<PartitionId> =
+        sorted.iter().copied().filter(|&p| previous.owner_of(p).is_none_or(|owner| owner >= workers)).collect();
     // ...and the surplus of workers over their quota. Any worker over `base`
     // gains exactly one kept partition from a `base + 1` quota, so which of
     // them get the `extra` larger quotas does not change how many move: the
@@ -189,11 +178,8 @@ fn sticky(sorted: &[PartitionId], workers: usize, previous: &Assignment) -> Vec<
     // Least-loaded first, ties to the lowest index. While partitions remain the
     // least load is at most `base`, so nobody ends above `base + 1`, and at
     // most `extra` workers reach it: the result is balanced.
-    let mut loads: BinaryHeap<Reverse<(usize, usize)>> = lists
-        .iter()
-        .enumerate()
-        .map(|(worker, kept)| Reverse((kept.len(), worker)))
-        .collect();
+    let mut loads: BinaryHeap<Reverse<(usize, usize)>> =
+        lists.iter().enumerate().map(|(worker, kept)| Reverse((kept.len(), worker))).collect();
     for partition in pool {
         if let Some(Reverse((load, worker))) = loads.pop() {
             lists[worker].push(partition);
@@ -239,10 +225,7 @@ impl Assignment {
             } else {
                 format!("to both worker {first} and worker {second}")
             };
-            return Err(Error::config(
-                "assignment",
-                format!("partition {partition} is assigned {owners}"),
-            ));
+            return Err(Error::config("assignment", format!("partition {partition} is assigned {owners}")));
         }
         Ok(Assignment { workers, owners })
     }
@@ -260,10 +243,7 @@ impl Assignment {
 
     /// The worker that owns `partition`, or `None` when it is not assigned.
     pub fn owner_of(&self, partition: PartitionId) -> Option<usize> {
-        self.owners
-            .binary_search_by_key(&partition, |&(p, _)| p)
-            .ok()
-            .map(|i| self.owners[i].1)
+        self.owners.binary_search_by_key(&partition, |&(p, _)| p).ok().map(|i| self.owners[i].1)
     }
 
     /// Every assigned partition with its owner, by ascending partition.
@@ -286,11 +266,7 @@ impl Assignment {
     pub fn moves_from(&self, previous: &Assignment) -> usize {
         self.owners
             .iter()
-            .filter(|&&(partition, worker)| {
-                previous
-                    .owner_of(partition)
-                    .is_some_and(|owner| owner != worker)
-            })
+            .filter(|&&(partition, worker)| previous.owner_of(partition).is_some_and(|owner| owner != worker))
             .count()
     }
 }
@@ -328,20 +304,12 @@ mod tests {
         let mut expected = partitions.to_vec();
         expected.sort_unstable();
         assert_eq!(all, expected, "every partition assigned exactly once");
-        let loads: Vec<usize> = (0..workers)
-            .map(|w| assignment.partitions_of(w).len())
-            .collect();
+        let loads: Vec<usize> = (0..workers).map(|w| assignment.partitions_of(w).len()).collect();
         let (min, max) = (loads.iter().min(), loads.iter().max());
-        assert!(
-            max.zip(min).is_none_or(|(max, min)| max - min <= 1),
-            "unbalanced: {loads:?}"
-        );
+        assert!(max.zip(min).is_none_or(|(max, min)| max - min <= 1), "unbalanced: {loads:?}");
         for worker in 0..workers {
             let mine = assignment.partitions_of(worker);
-            assert!(
-                mine.windows(2).all(|pair| pair[0] < pair[1]),
-                "not sorted: {mine:?}"
-            );
+            assert!(mine.windows(2).all(|pair| pair[0] < pair[1]), "not sorted: {mine:?}");
             for &p in mine {
                 assert_eq!(assignment.owner_of(p), Some(worker));
             }
@@ -356,18 +324,9 @@ mod tests {
     /// else that had an owner moves.
     fn minimum_moves(partitions: &[PartitionId], workers: usize, previous: &Assignment) -> usize {
         let (base, extra) = quotas(partitions.len(), workers);
-        let had_owner = partitions
-            .iter()
-            .filter(|&&p| previous.owner_of(p).is_some())
-            .count();
-        let held: Vec<usize> = (0..workers)
-            .map(|w| {
-                partitions
-                    .iter()
-                    .filter(|&&p| previous.owner_of(p) == Some(w))
-                    .count()
-            })
-            .collect();
+        let had_owner = partitions.iter().filter(|&&p| previous.owner_of(p).is_some()).count();
+        let held: Vec<usize> =
+            (0..workers).map(|w| partitions.iter().filter(|&&p| previous.owner_of(p) == Some(w)).count()).collect();
         let over = held.iter().filter(|&&k| k > base).count();
         let keepable: usize = held.iter().map(|&k| k.min(base)).sum::<usize>() + over.min(extra);
         had_owner - keepable
@@ -384,14 +343,10 @@ mod tests {
 
     #[test]
     fn round_robin_deals_in_turn() {
-        let a = Assignor::RoundRobin
-            .assign(&[0, 1, 2, 3, 4], 3, None)
-            .unwrap();
+        let a = Assignor::RoundRobin.assign(&[0, 1, 2, 3, 4], 3, None).unwrap();
         assert_eq!(lists(&a), vec![vec![0, 3], vec![1, 4], vec![2]]);
         // Positions in the sorted list, not ids, so sparse ids stay balanced.
-        let a = Assignor::RoundRobin
-            .assign(&[30, 10, 20, 40], 2, None)
-            .unwrap();
+        let a = Assignor::RoundRobin.assign(&[30, 10, 20, 40], 2, None).unwrap();
         assert_eq!(lists(&a), vec![vec![10, 30], vec![20, 40]]);
     }
 
@@ -430,20 +385,14 @@ mod tests {
     fn zero_workers_is_a_config_error() {
         for assignor in ALL {
             let err = assignor.assign(&[0, 1], 0, None).unwrap_err();
-            assert!(
-                matches!(&err, Error::Config { field, .. } if field == "workers"),
-                "{err}"
-            );
+            assert!(matches!(&err, Error::Config { field, .. } if field == "workers"), "{err}");
         }
     }
 
     #[test]
     fn duplicate_partition_is_a_config_error() {
         let err = Assignor::Range.assign(&[0, 3, 1, 3], 2, None).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "invalid configuration `partitions`: partition 3 is listed twice"
-        );
+        assert_eq!(err.to_string(), "invalid configuration `partitions`: partition 3 is listed twice");
     }
 
     #[test]
@@ -461,9 +410,7 @@ mod tests {
     fn sticky_keeps_a_balanced_assignment() {
         let partitions: Vec<PartitionId> = (0..10).collect();
         let previous = Assignor::RoundRobin.assign(&partitions, 3, None).unwrap();
-        let next = Assignor::Sticky
-            .assign(&partitions, 3, Some(&previous))
-            .unwrap();
+        let next = Assignor::Sticky.assign(&partitions, 3, Some(&previous)).unwrap();
         assert_eq!(next, previous);
     }
 
@@ -471,9 +418,7 @@ mod tests {
     fn sticky_scale_up_moves_only_to_the_new_worker() {
         let partitions: Vec<PartitionId> = (0..6).collect();
         let previous = Assignor::Range.assign(&partitions, 2, None).unwrap();
-        let next = Assignor::Sticky
-            .assign(&partitions, 3, Some(&previous))
-            .unwrap();
+        let next = Assignor::Sticky.assign(&partitions, 3, Some(&previous)).unwrap();
         // Each old worker gives up its highest partition.
         assert_eq!(lists(&next), vec![vec![0, 1], vec![3, 4], vec![2, 5]]);
         assert_eq!(next.moves_from(&previous), 2);
@@ -483,9 +428,7 @@ mod tests {
     fn sticky_scale_down_hands_out_the_removed_workers_partitions() {
         let partitions: Vec<PartitionId> = (0..5).collect();
         let previous = Assignor::Range.assign(&partitions, 3, None).unwrap();
-        let next = Assignor::Sticky
-            .assign(&partitions, 2, Some(&previous))
-            .unwrap();
+        let next = Assignor::Sticky.assign(&partitions, 2, Some(&previous)).unwrap();
         assert_eq!(lists(&next), vec![vec![0, 1, 4], vec![2, 3]]);
         assert_eq!(next.moves_from(&previous), 1);
     }
@@ -494,9 +437,7 @@ mod tests {
     fn sticky_with_new_and_removed_partitions() {
         let previous = Assignment::from_workers(vec![vec![0, 1, 2], vec![3, 4, 5]]).unwrap();
         // 1 and 2 are gone, 6 and 7 are new.
-        let next = Assignor::Sticky
-            .assign(&[0, 3, 4, 5, 6, 7], 2, Some(&previous))
-            .unwrap();
+        let next = Assignor::Sticky.assign(&[0, 3, 4, 5, 6, 7], 2, Some(&previous)).unwrap();
         assert_eq!(lists(&next), vec![vec![0, 6, 7], vec![3, 4, 5]]);
         assert_eq!(next.moves_from(&previous), 0);
     }
@@ -509,11 +450,7 @@ mod tests {
             "invalid configuration `assignment`: partition 1 is assigned to both worker 0 and worker 1"
         );
         let err = Assignment::from_workers(vec![vec![2, 2]]).unwrap_err();
-        assert!(
-            err.to_string()
-                .contains("partition 2 is assigned twice to worker 0"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("partition 2 is assigned twice to worker 0"), "{err}");
     }
 
     #[test]
@@ -533,15 +470,9 @@ mod tests {
             assert_eq!(json, format!("\"{assignor}\""));
             assert_eq!(serde_json::from_str::<Assignor>(&json).unwrap(), assignor);
         }
-        assert_eq!(
-            "round-robin".parse::<Assignor>().unwrap(),
-            Assignor::RoundRobin
-        );
+        assert_eq!("round-robin".parse::<Assignor>().unwrap(), Assignor::RoundRobin);
         assert_eq!("Sticky".parse::<Assignor>().unwrap(), Assignor::Sticky);
-        assert_eq!(
-            serde_json::from_str::<Assignor>("\"round-robin\"").unwrap(),
-            Assignor::RoundRobin
-        );
+        assert_eq!(serde_json::from_str::<Assignor>("\"round-robin\"").unwrap(), Assignor::RoundRobin);
         let err = "hash".parse::<Assignor>().unwrap_err();
         assert_eq!(
             err.to_string(),
@@ -551,11 +482,7 @@ mod tests {
     }
 
     fn any_assignor() -> impl Strategy<Value = Assignor> {
-        prop_oneof![
-            Just(Assignor::Range),
-            Just(Assignor::RoundRobin),
-            Just(Assignor::Sticky)
-        ]
+        prop_oneof![Just(Assignor::Range), Just(Assignor::RoundRobin), Just(Assignor::Sticky)]
     }
 
     proptest! {

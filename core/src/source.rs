@@ -60,12 +60,7 @@ pub trait Source: Send + Sync + 'static {
     fn partitions(&self) -> Result<Vec<PartitionSpec>>;
 
     /// Opens a reader for `partition` at `from`, stopping at `until` when given (bounded runs).
-    fn open(
-        &self,
-        partition: PartitionId,
-        from: Offset,
-        until: Option<Offset>,
-    ) -> Result<Box<dyn PartitionReader>>;
+    fn open(&self, partition: PartitionId, from: Offset, until: Option<Offset>) -> Result<Box<dyn PartitionReader>>;
 
     /// A description of the input's identity (path, size, modification time, split
     /// boundaries; or topic and partition count). A bounded run records it in its first

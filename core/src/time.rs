@@ -42,14 +42,8 @@ impl CheckpointSchedule {
     /// The checkpoint epochs in `from..until`, in order.
     pub fn between(&self, from: Epoch, until: Epoch) -> impl Iterator<Item = Epoch> {
         let k = self.every.unwrap_or(0);
-        let first = if k == 0 || from >= until {
-            until
-        } else {
-            from.max(1).div_ceil(k) * k
-        };
-        (0..)
-            .map(move |i| first.saturating_add(i * k.max(1)))
-            .take_while(move |&e| k > 0 && e < until)
+        let first = if k == 0 || from >= until { until } else { from.max(1).div_ceil(k) * k };
+        (0..).map(move |i| first.saturating_add(i * k.max(1))).take_while(move |&e| k > 0 && e < until)
     }
 }
 
@@ -60,9 +54,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         Some(i) => t.split_at(i),
         None => (t, "s"),
     };
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration (expected e.g. 100ms, 1s, 2m)"))?;
+    let value: f64 = num.parse().map_err(|_| format!("`{text}` is not a duration (expected e.g. 100ms, 1s, 2m)"))?;
     let secs = match unit {
         "ms" => value / 1000.0,
         "s" => value,

@@ -6,12 +6,11 @@ use std::marker::PhantomData;
 use std::sync::atomic::Ordering;
 
 use serde::de::DeserializeOwned;
-use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
-use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use weir_core::flow::VecOutput;
 use weir_core::record::{Chunk, DeadLetter, Meta, Rec};
-use weir_core::time::Epoch;
 use weir_core::{Flow, Raw};
 
 /// A record format: bytes to `T`, or a message saying why not.
@@ -43,9 +42,8 @@ impl<'s> Decode<'s> for Raw<'s> {
         let mut input = builder.new_input(self.stream, Pipeline);
         let (ok_out, ok) = builder.new_output::<Vec<Rec<T>>>();
         let (err_out, err) = builder.new_output::<Vec<DeadLetter>>();
-        let mut ok_out: OutputBuilder<Epoch, CapacityContainerBuilder<Vec<Rec<T>>>> = OutputBuilder::from(ok_out);
-        let mut err_out: OutputBuilder<Epoch, CapacityContainerBuilder<Vec<DeadLetter>>> =
-            OutputBuilder::from(err_out);
+        let mut ok_out: VecOutput<Rec<T>> = OutputBuilder::from(ok_out);
+        let mut err_out: VecOutput<DeadLetter> = OutputBuilder::from(err_out);
         let source = self.input.source.clone();
         let dead = ctx.counter("dead_letters.decode");
         let decoded = ctx.counter("decoded");

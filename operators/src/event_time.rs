@@ -13,11 +13,11 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use rustc_hash::FxHashMap;
-use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
-use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::vec::Broadcast;
+use weir_core::flow::VecOutput;
 use weir_core::flow::{PartitionEvent, WatermarkUpdate};
 use weir_core::record::{EventTime, PartitionId, Rec};
 use weir_core::time::Epoch;
@@ -42,9 +42,8 @@ impl<'s, T: 'static> EventTimeExt<'s, T> for Flow<'s, T> {
         let mut events = builder.new_input(info.events, Pipeline);
         let (rec_out, recs) = builder.new_output::<Vec<Rec<T>>>();
         let (wm_out, wms) = builder.new_output::<Vec<WatermarkUpdate>>();
-        let mut rec_out: OutputBuilder<Epoch, CapacityContainerBuilder<Vec<Rec<T>>>> = OutputBuilder::from(rec_out);
-        let mut wm_out: OutputBuilder<Epoch, CapacityContainerBuilder<Vec<WatermarkUpdate>>> =
-            OutputBuilder::from(wm_out);
+        let mut rec_out: VecOutput<Rec<T>> = OutputBuilder::from(rec_out);
+        let mut wm_out: VecOutput<WatermarkUpdate> = OutputBuilder::from(wm_out);
         let start = ctx.start_epoch();
         builder.build(move |mut caps| {
             let mut wm_cap = caps.pop();
@@ -79,10 +78,7 @@ impl<'s, T: 'static> EventTimeExt<'s, T> for Flow<'s, T> {
                     }
                 });
                 let Some(held) = wm_cap.as_mut() else { return };
-                let f = frontiers
-                    .iter()
-                    .flat_map(|f| f.frontier().iter().copied().collect::<Vec<_>>())
-                    .min();
+                let f = frontiers.iter().flat_map(|f| f.frontier().iter().copied().collect::<Vec<_>>()).min();
                 let ready = match f {
                     Some(f) => {
                         let later = pending.split_off(&f);

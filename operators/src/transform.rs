@@ -5,13 +5,12 @@
 use std::sync::atomic::Ordering;
 
 use serde::Serialize;
-use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::generic::{Operator, OutputBuilder};
 use weir_core::Flow;
+use weir_core::flow::VecOutput;
 use weir_core::record::{DeadLetter, Rec};
-use weir_core::time::Epoch;
 
 /// Adds stateless stages to flows.
 pub trait Transform<'s, T: 'static> {
@@ -52,9 +51,7 @@ impl<'s, T: 'static> Transform<'s, T> for Flow<'s, T> {
         let stream = stream.unary(Pipeline, "Map", move |_, _| {
             move |input, output| {
                 input.for_each(|cap, data: &mut Vec<Rec<T>>| {
-                    output
-                        .session(&cap)
-                        .give_iterator(data.drain(..).map(|r| Rec { meta: r.meta, value: f(r.value) }));
+                    output.session(&cap).give_iterator(data.drain(..).map(|r| Rec { meta: r.meta, value: f(r.value) }));
                 });
             }
         });
@@ -76,9 +73,8 @@ impl<'s, T: 'static> Transform<'s, T> for Flow<'s, T> {
         let mut input = builder.new_input(stream, Pipeline);
         let (ok_out, ok) = builder.new_output::<Vec<Rec<U>>>();
         let (err_out, err) = builder.new_output::<Vec<DeadLetter>>();
-        let mut ok_out: OutputBuilder<Epoch, CapacityContainerBuilder<Vec<Rec<U>>>> = OutputBuilder::from(ok_out);
-        let mut err_out: OutputBuilder<Epoch, CapacityContainerBuilder<Vec<DeadLetter>>> =
-            OutputBuilder::from(err_out);
+        let mut ok_out: VecOutput<Rec<U>> = OutputBuilder::from(ok_out);
+        let mut err_out: VecOutput<DeadLetter> = OutputBuilder::from(err_out);
         let stage = stage.to_string();
         let dead = ctx.counter(&format!("dead_letters.{stage}"));
         builder.build(move |_caps| {

@@ -38,11 +38,7 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig {
-            segment_bytes: 64 << 20,
-            index_interval_bytes: 4 << 10,
-            fsync: FsyncPolicy::Always,
-        }
+        LogConfig { segment_bytes: 64 << 20, index_interval_bytes: 4 << 10, fsync: FsyncPolicy::Always }
     }
 }
 
@@ -53,10 +49,7 @@ impl LogConfig {
             return Err(Error::config("segment_bytes", "must be at least 1 byte"));
         }
         if self.fsync == FsyncPolicy::Interval(Duration::ZERO) {
-            return Err(Error::config(
-                "fsync",
-                "an interval of 0 is FsyncPolicy::Always; use that instead",
-            ));
+            return Err(Error::config("fsync", "an interval of 0 is FsyncPolicy::Always; use that instead"));
         }
         Ok(())
     }
@@ -69,17 +62,9 @@ mod tests {
     #[test]
     fn default_is_valid_and_zero_values_are_named() {
         assert!(LogConfig::default().validate().is_ok());
-        let e = LogConfig {
-            segment_bytes: 0,
-            ..LogConfig::default()
-        }
-        .validate()
-        .unwrap_err();
+        let e = LogConfig { segment_bytes: 0, ..LogConfig::default() }.validate().unwrap_err();
         assert!(e.to_string().contains("segment_bytes"), "{e}");
-        let c = LogConfig {
-            fsync: FsyncPolicy::Interval(Duration::ZERO),
-            ..LogConfig::default()
-        };
+        let c = LogConfig { fsync: FsyncPolicy::Interval(Duration::ZERO), ..LogConfig::default() };
         assert!(c.validate().unwrap_err().to_string().contains("fsync"));
     }
 }

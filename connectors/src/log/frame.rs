@@ -63,18 +63,14 @@ pub(crate) fn parse(buf: &[u8]) -> Frame<'_> {
         return Frame::Incomplete { len: None };
     };
     if len > MAX_RECORD_BYTES {
-        return Frame::Bad(format!(
-            "expected a record length of at most {MAX_RECORD_BYTES} bytes, found {len}"
-        ));
+        return Frame::Bad(format!("expected a record length of at most {MAX_RECORD_BYTES} bytes, found {len}"));
     }
     let Some(payload) = buf.get(HEADER..HEADER + len) else {
         return Frame::Incomplete { len: Some(len) };
     };
     let computed = checksum(len_bytes, payload);
     if computed != stored {
-        return Frame::Bad(format!(
-            "expected CRC-32 {stored:#010x} of a {len}-byte record, computed {computed:#010x}"
-        ));
+        return Frame::Bad(format!("expected CRC-32 {stored:#010x} of a {len}-byte record, computed {computed:#010x}"));
     }
     Frame::Record(payload)
 }
@@ -82,10 +78,7 @@ pub(crate) fn parse(buf: &[u8]) -> Frame<'_> {
 /// Describes an incomplete frame of which `have` bytes exist.
 pub(crate) fn describe_incomplete(len: Option<usize>, have: usize) -> String {
     match len {
-        Some(len) => format!(
-            "expected a {}-byte frame, the file ends after {have}",
-            HEADER + len
-        ),
+        Some(len) => format!("expected a {}-byte frame, the file ends after {have}", HEADER + len),
         None => format!("expected an 8-byte frame header, the file ends after {have}"),
     }
 }
@@ -154,10 +147,7 @@ mod tests {
         for i in 0..buf.len() {
             let mut damaged = buf.clone();
             damaged[i] ^= 0x10;
-            assert!(
-                !matches!(parse(&damaged), Frame::Record(_)),
-                "flip at {i} passed"
-            );
+            assert!(!matches!(parse(&damaged), Frame::Record(_)), "flip at {i} passed");
         }
         assert!(matches!(parse(&[0u8; 16]), Frame::Bad(_)));
         assert!(matches!(parse(&[0xff; 16]), Frame::Bad(_)));
@@ -171,14 +161,8 @@ mod tests {
         encode(&mut buf, b"second");
         buf[3] ^= 1; // damage the first frame's length
         assert_eq!(find_valid_frame(&buf, RESYNC_BUDGET), Resync::Found(second));
-        assert_eq!(
-            find_valid_frame(&buf[..second], RESYNC_BUDGET),
-            Resync::NotFound
-        );
-        assert_eq!(
-            find_valid_frame(&[0u8; 4096], RESYNC_BUDGET),
-            Resync::NotFound
-        );
+        assert_eq!(find_valid_frame(&buf[..second], RESYNC_BUDGET), Resync::NotFound);
+        assert_eq!(find_valid_frame(&[0u8; 4096], RESYNC_BUDGET), Resync::NotFound);
         let small = [8u8, 0, 0, 0, 0, 0, 0, 0].repeat(1000);
         assert_eq!(find_valid_frame(&small, 1000), Resync::GaveUp);
     }

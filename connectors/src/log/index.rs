@@ -60,10 +60,7 @@ pub(crate) struct Indexer {
 impl Indexer {
     /// An indexer at the start of a segment.
     pub(crate) fn new(interval: u64) -> Self {
-        Indexer {
-            interval,
-            next_at: interval,
-        }
+        Indexer { interval, next_at: interval }
     }
 
     /// Called for every record in order; returns the entry to store, if any.
@@ -96,19 +93,14 @@ pub(crate) fn load(path: &Path, seg_len: u64) -> Result<Loaded> {
         Err(e) => return Err(e).ctx("read", path),
     };
     if bytes.len() % ENTRY != 0 {
-        return Ok(Loaded::Damaged(format!(
-            "its length {} is not a multiple of {ENTRY}",
-            bytes.len()
-        )));
+        return Ok(Loaded::Damaged(format!("its length {} is not a multiple of {ENTRY}", bytes.len())));
     }
     let mut entries: Vec<IndexEntry> = Vec::with_capacity(bytes.len() / ENTRY);
     for (i, chunk) in bytes.chunks_exact(ENTRY).enumerate() {
         let Some(e) = IndexEntry::decode(chunk) else {
             return Ok(Loaded::Damaged(format!("entry {i} fails its CRC-32")));
         };
-        let increasing = entries
-            .last()
-            .is_none_or(|p| e.rel > p.rel && e.pos > p.pos);
+        let increasing = entries.last().is_none_or(|p| e.rel > p.rel && e.pos > p.pos);
         if !increasing || e.pos == 0 || e.pos + HEADER as u64 > seg_len {
             return Ok(Loaded::Damaged(format!(
                 "entry {i} (record {}, byte {}) is out of order or past the segment's {seg_len} bytes",
@@ -146,16 +138,10 @@ mod tests {
     #[test]
     fn indexer_is_sparse_and_skips_record_zero() {
         let mut ix = Indexer::new(100);
-        let picked: Vec<_> = (0..10u32)
-            .filter_map(|i| ix.observe(i, u64::from(i) * 40))
-            .collect();
+        let picked: Vec<_> = (0..10u32).filter_map(|i| ix.observe(i, u64::from(i) * 40)).collect();
         assert_eq!(
             picked,
-            vec![
-                IndexEntry { rel: 3, pos: 120 },
-                IndexEntry { rel: 6, pos: 240 },
-                IndexEntry { rel: 9, pos: 360 }
-            ]
+            vec![IndexEntry { rel: 3, pos: 120 }, IndexEntry { rel: 6, pos: 240 }, IndexEntry { rel: 9, pos: 360 }]
         );
         let mut dense = Indexer::new(0);
         assert_eq!(dense.observe(0, 0), None);
@@ -168,16 +154,10 @@ mod tests {
         let dir = tempfile::tempdir().ctx("tempdir", "/tmp")?;
         let path = dir.path().join("x.index");
         assert_eq!(load(&path, 1000)?, Loaded::Missing);
-        let entries = vec![
-            IndexEntry { rel: 5, pos: 100 },
-            IndexEntry { rel: 9, pos: 200 },
-        ];
+        let entries = vec![IndexEntry { rel: 5, pos: 100 }, IndexEntry { rel: 9, pos: 200 }];
         write(&path, &entries)?;
         assert_eq!(load(&path, 1000)?, Loaded::Entries(entries.clone()));
-        assert!(
-            matches!(load(&path, 150)?, Loaded::Damaged(_)),
-            "entry past the segment"
-        );
+        assert!(matches!(load(&path, 150)?, Loaded::Damaged(_)), "entry past the segment");
         assert_eq!(lookup(&entries, 4), IndexEntry { rel: 0, pos: 0 });
         assert_eq!(lookup(&entries, 5), entries[0]);
         assert_eq!(lookup(&entries, 8), entries[0]);

@@ -76,11 +76,5 @@ pub(crate) fn info(dir: &Path, partition: PartitionId) -> Result<PartitionInfo> 
         Some(&base) => last_segment_end(dir, base)?,
         None => 0,
     };
-    Ok(PartitionInfo {
-        partition,
-        start: bases.first().copied().unwrap_or(0),
-        end,
-        segments: bases.len(),
-        bytes,
-    })
+    Ok(PartitionInfo { partition, start: bases.first().copied().unwrap_or(0), end, segments: bases.len(), bytes })
 }

@@ -96,10 +96,7 @@ impl Producer {
         if record.len() > MAX_RECORD_BYTES {
             return Err(Error::Encoding {
                 what: format!("a record for topic `{}`", self.topic.name()),
-                message: format!(
-                    "{} bytes, expected at most {MAX_RECORD_BYTES} bytes per record",
-                    record.len()
-                ),
+                message: format!("{} bytes, expected at most {MAX_RECORD_BYTES} bytes per record", record.len()),
             });
         }
         let n = self.topic.partition_count();
@@ -159,10 +156,7 @@ impl Producer {
 impl Drop for Producer {
     fn drop(&mut self) {
         if let Err(e) = self.flush() {
-            tracing::warn!(
-                "dropping the producer of topic `{}`: {e}",
-                self.topic.name()
-            );
+            tracing::warn!("dropping the producer of topic `{}`: {e}", self.topic.name());
         }
     }
 }
@@ -177,10 +171,7 @@ mod tests {
         assert_eq!(fnv1a64(b""), 0xcbf29ce484222325);
         assert_eq!(fnv1a64(b"a"), 0xaf63dc4c8601ec8c);
         assert_eq!(fnv1a64(b"foobar"), 0x85944171f73967e8);
-        assert_eq!(
-            partition_for_key(b"foobar", 7),
-            (0x85944171f73967e8u64 % 7) as u32
-        );
+        assert_eq!(partition_for_key(b"foobar", 7), (0x85944171f73967e8u64 % 7) as u32);
     }
 
     #[test]

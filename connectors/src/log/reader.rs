@@ -57,20 +57,10 @@ impl LogReader {
     ) -> Result<LogReader> {
         let dir = dir.into();
         let bases = list_segments(&dir)?;
-        let mut reader = LogReader {
-            dir,
-            partition,
-            base: 0,
-            scanner: None,
-            sealed: false,
-            next: 0,
-            until,
-        };
+        let mut reader = LogReader { dir, partition, base: 0, scanner: None, sealed: false, next: 0, until };
         let Some(i) = bases.partition_point(|&b| b <= from).checked_sub(1) else {
             return match bases.first() {
-                Some(&first) => {
-                    Err(reader.bad_offset(from, &format!("its first offset is {first}")))
-                }
+                Some(&first) => Err(reader.bad_offset(from, &format!("its first offset is {first}"))),
                 None if from == 0 => Ok(reader),
                 None => Err(reader.bad_offset(from, "it is empty")),
             };
@@ -88,13 +78,7 @@ impl LogReader {
     }
 
     fn bad_offset(&self, from: Offset, why: &str) -> Error {
-        Error::config(
-            "offset",
-            format!(
-                "cannot read {} from offset {from}: {why}",
-                self.dir.display()
-            ),
-        )
+        Error::config("offset", format!("cannot read {} from offset {from}: {why}", self.dir.display()))
     }
 
     /// The index entry to start from to reach relative offset `rel` of segment
@@ -103,9 +87,7 @@ impl LogReader {
     pub(crate) fn seek_entry(&self, base: Offset, rel: u64) -> Result<IndexEntry> {
         let origin = IndexEntry { rel: 0, pos: 0 };
         let seg = segment_path(&self.dir, base);
-        let seg_len = std::fs::metadata(&seg)
-            .map_err(|e| Error::io("stat", &seg, e))?
-            .len();
+        let seg_len = std::fs::metadata(&seg).map_err(|e| Error::io("stat", &seg, e))?.len();
         let ix_path = index_path(&self.dir, base);
         let entries = match index::load(&ix_path, seg_len)? {
             Loaded::Entries(entries) => entries,
@@ -137,12 +119,7 @@ impl LogReader {
 
     /// Reads records until offset `stop_at` or until their frames take
     /// `max_bytes` (at least one record), appending them to `out` when given.
-    fn pump(
-        &mut self,
-        max_bytes: usize,
-        stop_at: Offset,
-        mut out: Option<&mut Chunk>,
-    ) -> Result<Pump> {
+    fn pump(&mut self, max_bytes: usize, stop_at: Offset, mut out: Option<&mut Chunk>) -> Result<Pump> {
         let mut taken = 0usize;
         loop {
             if self.next >= stop_at || (taken > 0 && taken >= max_bytes) {

@@ -78,14 +78,7 @@ impl Scanner {
     pub(crate) fn open(path: PathBuf, pos: u64) -> Result<Scanner> {
         let mut file = File::open(&path).ctx("open", &path)?;
         file.seek(SeekFrom::Start(pos)).ctx("seek", &path)?;
-        Ok(Scanner {
-            path,
-            file,
-            buf: Vec::new(),
-            start: 0,
-            end: 0,
-            pos,
-        })
+        Ok(Scanner { path, file, buf: Vec::new(), start: 0, end: 0, pos })
     }
 
     /// Byte position of the next frame.
@@ -96,9 +89,7 @@ impl Scanner {
     /// Forgets buffered bytes and continues from byte `pos` (a frame start), so
     /// bytes the writer truncated and rewrote are read again.
     pub(crate) fn reset_to(&mut self, pos: u64) -> Result<()> {
-        self.file
-            .seek(SeekFrom::Start(pos))
-            .ctx("seek", &self.path)?;
+        self.file.seek(SeekFrom::Start(pos)).ctx("seek", &self.path)?;
         self.start = 0;
         self.end = 0;
         self.pos = pos;
@@ -119,10 +110,7 @@ impl Scanner {
                 Frame::Bad(what) => return Ok(Step::Bad(what)),
                 Frame::Incomplete { len } => {
                     if !self.fill(HEADER + len.unwrap_or(0))? {
-                        return Ok(Step::End {
-                            partial: self.end - self.start,
-                            len,
-                        });
+                        return Ok(Step::End { partial: self.end - self.start, len });
                     }
                 }
             }
@@ -154,11 +142,7 @@ impl Scanner {
 
     /// The damage at the scanner's position, as reported by a `Step`.
     pub(crate) fn damage(&self, what: String) -> Damage {
-        Damage {
-            path: self.path.clone(),
-            pos: self.pos,
-            what,
-        }
+        Damage { path: self.path.clone(), pos: self.pos, what }
     }
 }
 
@@ -185,19 +169,15 @@ impl Damage {
 /// corruption error otherwise.
 pub(crate) fn check_tail(damage: &Damage) -> Result<()> {
     let mut file = File::open(&damage.path).ctx("open", &damage.path)?;
-    file.seek(SeekFrom::Start(damage.pos))
-        .ctx("seek", &damage.path)?;
+    file.seek(SeekFrom::Start(damage.pos)).ctx("seek", &damage.path)?;
     let mut region = Vec::new();
     file.read_to_end(&mut region).ctx("read", &damage.path)?;
     let why = match frame::find_valid_frame(&region, RESYNC_BUDGET) {
         Resync::NotFound => return Ok(()),
-        Resync::Found(at) => format!(
-            "a valid record follows at byte {}, so this is not a torn tail",
-            damage.pos + at as u64
-        ),
-        Resync::GaveUp => format!(
-            "could not tell a torn tail from corruption within {RESYNC_BUDGET} bytes of search"
-        ),
+        Resync::Found(at) => {
+            format!("a valid record follows at byte {}, so this is not a torn tail", damage.pos + at as u64)
+        }
+        Resync::GaveUp => format!("could not tell a torn tail from corruption within {RESYNC_BUDGET} bytes of search"),
     };
     Err(damage.clone().into_error(&why))
 }
@@ -218,11 +198,7 @@ pub(crate) struct Summary {
 /// Scans a segment from `from` (an index entry, or `(0, 0)`) to its end or its
 /// first damaged frame, counting records and, with an indexer, collecting the
 /// index entries of the records it passes.
-pub(crate) fn scan_segment(
-    path: PathBuf,
-    from: IndexEntry,
-    mut indexer: Option<&mut Indexer>,
-) -> Result<Summary> {
+pub(crate) fn scan_segment(path: PathBuf, from: IndexEntry, mut indexer: Option<&mut Indexer>) -> Result<Summary> {
     let mut scanner = Scanner::open(path, from.pos)?;
     let mut rel = u64::from(from.rel);
     let mut entries = Vec::new();
@@ -242,12 +218,7 @@ pub(crate) fn scan_segment(
             Step::Bad(what) => break Some(scanner.damage(what)),
         }
     };
-    Ok(Summary {
-        end_rel: rel,
-        valid_len: scanner.pos(),
-        entries,
-        damage,
-    })
+    Ok(Summary { end_rel: rel, valid_len: scanner.pos(), entries, damage })
 }
 
 #[cfg(test)]
@@ -288,13 +259,7 @@ mod tests {
         assert!(matches!(s.next()?, Step::Record(b"a")));
         assert!(matches!(s.next()?, Step::Record(r) if r == &big[..]));
         assert!(matches!(s.next()?, Step::Record(b"c")));
-        assert!(matches!(
-            s.next()?,
-            Step::End {
-                partial: 0,
-                len: None
-            }
-        ));
+        assert!(matches!(s.next()?, Step::End { partial: 0, len: None }));
         Ok(())
     }
 
@@ -304,17 +269,12 @@ mod tests {
         let path = dir.path().join("s.log");
         let starts = write_frames(&path, &[b"one", b"two", b"three"])?;
         let full = fs::metadata(&path).ctx("stat", &path)?.len();
-        let f = fs::OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .ctx("open", &path)?;
+        let f = fs::OpenOptions::new().write(true).open(&path).ctx("open", &path)?;
         f.set_len(full - 2).ctx("truncate", &path)?;
         let summary = scan_segment(path.clone(), IndexEntry { rel: 0, pos: 0 }, None)?;
         assert_eq!(summary.end_rel, 2);
         assert_eq!(summary.valid_len, starts[2]);
-        let damage = summary
-            .damage
-            .ok_or_else(|| Error::Pipeline("no damage".into()))?;
+        let damage = summary.damage.ok_or_else(|| Error::Pipeline("no damage".into()))?;
         assert_eq!(damage.pos, starts[2]);
         assert!(check_tail(&damage).is_ok());
         Ok(())

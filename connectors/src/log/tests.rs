@@ -18,11 +18,7 @@ use super::*;
 
 /// Small segments and a dense-ish index, so a few records exercise rolls and seeks.
 fn small(segment_bytes: u64) -> LogConfig {
-    LogConfig {
-        segment_bytes,
-        index_interval_bytes: 40,
-        fsync: FsyncPolicy::Never,
-    }
+    LogConfig { segment_bytes, index_interval_bytes: 40, fsync: FsyncPolicy::Never }
 }
 
 fn record(i: usize) -> Vec<u8> {
@@ -50,10 +46,7 @@ fn drain(reader: &mut LogReader, max_bytes: usize) -> Result<(Vec<Vec<u8>>, Read
             assert!(chunk.is_empty());
             return Ok((out, status));
         }
-        assert_eq!(
-            (chunk.kind, chunk.sep, chunk.first),
-            (OffsetKind::Records, 0, first)
-        );
+        assert_eq!((chunk.kind, chunk.sep, chunk.first), (OffsetKind::Records, 0, first));
         assert_eq!(chunk.next, first + chunk.len() as Offset);
         out.extend(chunk.records().map(|(_, r)| r.to_vec()));
     }
@@ -132,10 +125,7 @@ fn roundtrip_across_segment_rolls() -> Result<()> {
     }
     for max_bytes in [1, 100, 1 << 20] {
         let mut reader = LogReader::open(dir.path(), 0, 0, None)?;
-        assert_eq!(
-            drain(&mut reader, max_bytes)?,
-            (all.clone(), ReadStatus::Idle)
-        );
+        assert_eq!(drain(&mut reader, max_bytes)?, (all.clone(), ReadStatus::Idle));
     }
     // A reopened writer continues where the last one stopped.
     let mut writer = PartitionWriter::open(dir.path(), small(200))?;
@@ -156,10 +146,7 @@ fn one_batch_is_one_chunk_and_a_big_record_gets_its_own_segment() -> Result<()> 
     let mut reader = LogReader::open(dir.path(), 3, 0, None)?;
     assert_eq!(reader.read(1 << 20, &mut chunk)?, ReadStatus::Data);
     let got: Vec<_> = chunk.records().collect();
-    assert_eq!(
-        got,
-        vec![(0, &b"a"[..]), (1, &big[..]), (2, &b"c"[..]), (3, &b""[..])]
-    );
+    assert_eq!(got, vec![(0, &b"a"[..]), (1, &big[..]), (2, &b"c"[..]), (3, &b""[..])]);
     assert_eq!((chunk.partition, chunk.next), (3, 4));
     Ok(())
 }
@@ -173,19 +160,13 @@ fn seek_uses_the_index() -> Result<()> {
         let mut reader = LogReader::open(dir.path(), 0, from, None)?;
         assert_eq!(reader.next_offset(), from);
         let (got, status) = drain(&mut reader, 300)?;
-        assert_eq!(
-            (&got[..], status),
-            (&all[from as usize..], ReadStatus::Idle)
-        );
+        assert_eq!((&got[..], status), (&all[from as usize..], ReadStatus::Idle));
     }
     // Seeking deep into a segment starts from an index entry, not the segment start.
     let base = segments[1];
     let reader = LogReader::open(dir.path(), 0, base, None)?;
     let entry = reader.seek_entry(base, 15)?;
-    assert!(
-        entry.pos > 0 && entry.rel <= 15 && entry.rel > 0,
-        "{entry:?}"
-    );
+    assert!(entry.pos > 0 && entry.rel <= 15 && entry.rel > 0, "{entry:?}");
     Ok(())
 }
 
@@ -194,10 +175,8 @@ fn missing_or_damaged_index_is_rebuilt() -> Result<()> {
     let dir = tempdir()?;
     let all = write_records(dir.path(), small(1000), 120, 10)?;
     let segments = list_segments(dir.path())?;
-    let originals: Vec<Vec<u8>> = segments
-        .iter()
-        .map(|&b| fs::read(index_path(dir.path(), b)).ctx("read", dir.path()))
-        .collect::<Result<_>>()?;
+    let originals: Vec<Vec<u8>> =
+        segments.iter().map(|&b| fs::read(index_path(dir.path(), b)).ctx("read", dir.path())).collect::<Result<_>>()?;
     assert!(originals.iter().any(|ix| !ix.is_empty()));
     for &b in &segments {
         fs::remove_file(index_path(dir.path(), b)).ctx("remove", dir.path())?;
@@ -213,21 +192,13 @@ fn missing_or_damaged_index_is_rebuilt() -> Result<()> {
     fs::write(&damaged, &bytes).ctx("write", &damaged)?;
     let (reader, warnings) = capture_warnings(|| LogReader::open(dir.path(), 0, 30, None));
     assert_eq!(drain(&mut reader?, 1 << 20)?.0, &all[30..]);
-    assert!(
-        warnings.iter().any(|w| w.contains("ignoring the index")),
-        "{warnings:?}"
-    );
+    assert!(warnings.iter().any(|w| w.contains("ignoring the index")), "{warnings:?}");
     fs::remove_file(&damaged).ctx("remove", &damaged)?;
     // The writer rebuilds them.
     drop(PartitionWriter::open(dir.path(), small(1000))?);
     for (&b, original) in segments.iter().zip(&originals) {
         let path = index_path(dir.path(), b);
-        assert_eq!(
-            &fs::read(&path).ctx("read", &path)?,
-            original,
-            "{}",
-            path.display()
-        );
+        assert_eq!(&fs::read(&path).ctx("read", &path)?, original, "{}", path.display());
     }
     Ok(())
 }
@@ -239,29 +210,18 @@ fn assert_tail_repaired(dir: &Path, all: &[Vec<u8>], valid: usize, at: u64) -> R
     let len_before = file_len(&last)?;
     // Readers stop before the tail and change nothing.
     let mut reader = LogReader::open(dir, 0, 0, None)?;
-    assert_eq!(
-        drain(&mut reader, 64)?,
-        (all[..valid].to_vec(), ReadStatus::Idle)
-    );
+    assert_eq!(drain(&mut reader, 64)?, (all[..valid].to_vec(), ReadStatus::Idle));
     assert_eq!(drain(&mut reader, 64)?, (vec![], ReadStatus::Idle));
     assert_eq!(super::partition::end_offset(dir)?, valid as Offset);
     assert_eq!(file_len(&last)?, len_before);
 
     let (writer, warnings) = capture_warnings(|| PartitionWriter::open(dir, small(300)));
     let mut writer = writer?;
-    let repair = writer
-        .tail_repair()
-        .cloned()
-        .ok_or(Error::Pipeline("no repair".into()))?;
+    let repair = writer.tail_repair().cloned().ok_or(Error::Pipeline("no repair".into()))?;
     assert_eq!((repair.file.as_path(), repair.offset), (last.as_path(), at));
     assert_eq!(repair.dropped_bytes, len_before - at);
     let name = last.display().to_string();
-    assert!(
-        warnings
-            .iter()
-            .any(|w| w.contains(&name) && w.contains(&format!("byte {at}"))),
-        "{warnings:?}"
-    );
+    assert!(warnings.iter().any(|w| w.contains(&name) && w.contains(&format!("byte {at}"))), "{warnings:?}");
     assert_eq!(file_len(&last)?, at);
     assert_eq!(writer.end_offset(), valid as Offset);
     assert_eq!(writer.append(&[b"after"])?, valid as Offset);
@@ -277,10 +237,7 @@ fn torn_tail_cut_mid_frame_is_truncated_by_the_writer_only() -> Result<()> {
     let last = segment_path(dir.path(), *list_segments(dir.path())?.last().unwrap_or(&0));
     let len = file_len(&last)?;
     let last_frame = (8 + all[39].len()) as u64;
-    let f = OpenOptions::new()
-        .write(true)
-        .open(&last)
-        .ctx("open", &last)?;
+    let f = OpenOptions::new().write(true).open(&last).ctx("open", &last)?;
     f.set_len(len - 3).ctx("truncate", &last)?;
     drop(f);
     assert_tail_repaired(dir.path(), &all, 39, len - last_frame)
@@ -303,10 +260,7 @@ fn zeroed_tail_is_truncated() -> Result<()> {
     let all = write_records(dir.path(), small(300), 10, 10)?;
     let last = segment_path(dir.path(), *list_segments(dir.path())?.last().unwrap_or(&0));
     let len = file_len(&last)?;
-    let f = OpenOptions::new()
-        .write(true)
-        .open(&last)
-        .ctx("open", &last)?;
+    let f = OpenOptions::new().write(true).open(&last).ctx("open", &last)?;
     f.set_len(len + 4096).ctx("extend", &last)?;
     drop(f);
     assert_tail_repaired(dir.path(), &all, 10, len)
@@ -335,10 +289,7 @@ fn corruption_before_the_tail_is_an_error_naming_file_and_offset() -> Result<()>
     let e = reader.read(1 << 20, &mut Chunk::default()).unwrap_err();
     assert_eq!(corrupt_at(&e), expected, "{e}");
     // Nothing was truncated.
-    assert_eq!(
-        file_len(&seg)?,
-        all.iter().map(|r| 8 + r.len() as u64).sum::<u64>()
-    );
+    assert_eq!(file_len(&seg)?, all.iter().map(|r| 8 + r.len() as u64).sum::<u64>());
     Ok(())
 }
 
@@ -364,10 +315,7 @@ fn lock_prevents_a_second_writer() -> Result<()> {
     let dir = tempdir()?;
     let writer = PartitionWriter::open(dir.path(), LogConfig::default())?;
     let e = PartitionWriter::open(dir.path(), LogConfig::default()).unwrap_err();
-    assert!(
-        matches!(&e, Error::Locked { path } if path.ends_with("writer.lock")),
-        "{e}"
-    );
+    assert!(matches!(&e, Error::Locked { path } if path.ends_with("writer.lock")), "{e}");
     drop(writer);
     PartitionWriter::open(dir.path(), LogConfig::default())?;
     Ok(())
@@ -434,16 +382,9 @@ fn reading_past_the_end_is_an_error() -> Result<()> {
 
 #[test]
 fn every_fsync_policy_stores_the_records() -> Result<()> {
-    for fsync in [
-        FsyncPolicy::Always,
-        FsyncPolicy::Interval(Duration::from_millis(1)),
-        FsyncPolicy::Never,
-    ] {
+    for fsync in [FsyncPolicy::Always, FsyncPolicy::Interval(Duration::from_millis(1)), FsyncPolicy::Never] {
         let dir = tempdir()?;
-        let config = LogConfig {
-            fsync,
-            ..small(150)
-        };
+        let config = LogConfig { fsync, ..small(150) };
         let all = write_records(dir.path(), config, 30, 4)?;
         let mut reader = LogReader::open(dir.path(), 0, 0, None)?;
         assert_eq!(drain(&mut reader, 1 << 20)?.0, all);

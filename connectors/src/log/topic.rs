@@ -53,19 +53,14 @@ fn check_name(name: &str) -> Result<()> {
     if name.is_empty() || name.len() > 200 || name.starts_with('.') || !name.chars().all(ok_char) {
         return Err(Error::config(
             "topic",
-            format!(
-                "`{name}` is not a topic name: expected 1 to 200 of [A-Za-z0-9._-], not starting with `.`"
-            ),
+            format!("`{name}` is not a topic name: expected 1 to 200 of [A-Za-z0-9._-], not starting with `.`"),
         ));
     }
     Ok(())
 }
 
 fn fsync_dir(dir: &Path) -> Result<()> {
-    fs::File::open(dir)
-        .ctx("open", dir)?
-        .sync_all()
-        .ctx("fsync", dir)
+    fs::File::open(dir).ctx("open", dir)?.sync_all().ctx("fsync", dir)
 }
 
 impl Topic {
@@ -74,20 +69,14 @@ impl Topic {
     pub fn create(log_dir: &Path, name: &str, partitions: u32) -> Result<Topic> {
         check_name(name)?;
         if partitions == 0 {
-            return Err(Error::config(
-                "partitions",
-                "a topic needs at least 1 partition",
-            ));
+            return Err(Error::config("partitions", "a topic needs at least 1 partition"));
         }
         fs::create_dir_all(log_dir).ctx("create directory", log_dir)?;
         let dir = log_dir.join(name);
         match fs::create_dir(&dir) {
             Ok(()) => {}
             Err(e) if e.kind() == ErrorKind::AlreadyExists => {
-                return Err(Error::config(
-                    "topic",
-                    format!("topic `{name}` already exists in {}", log_dir.display()),
-                ));
+                return Err(Error::config("topic", format!("topic `{name}` already exists in {}", log_dir.display())));
             }
             Err(e) => return Err(Error::io("create directory", dir, e)),
         }
@@ -95,15 +84,9 @@ impl Topic {
             let pdir = dir.join(partition_dir_name(p));
             fs::create_dir(&pdir).ctx("create directory", &pdir)?;
         }
-        let meta = TopicMeta {
-            format: FORMAT,
-            name: name.to_owned(),
-            partitions,
-        };
-        let json = serde_json::to_vec_pretty(&meta).map_err(|e| Error::Encoding {
-            what: format!("{META_FILE} of topic `{name}`"),
-            message: e.to_string(),
-        })?;
+        let meta = TopicMeta { format: FORMAT, name: name.to_owned(), partitions };
+        let json = serde_json::to_vec_pretty(&meta)
+            .map_err(|e| Error::Encoding { what: format!("{META_FILE} of topic `{name}`"), message: e.to_string() })?;
         // Written last and renamed into place: a topic without topic.json is one
         // whose creation did not finish.
         let tmp = dir.join(format!("{META_FILE}.tmp"));
@@ -114,11 +97,7 @@ impl Topic {
         fs::rename(&tmp, &path).ctx("rename", &tmp)?;
         fsync_dir(&dir)?;
         fsync_dir(log_dir)?;
-        Ok(Topic {
-            dir,
-            name: name.to_owned(),
-            partitions,
-        })
+        Ok(Topic { dir, name: name.to_owned(), partitions })
     }
 
     /// Opens the existing topic `name` under `log_dir`.
@@ -131,22 +110,13 @@ impl Topic {
             Err(e) if e.kind() == ErrorKind::NotFound => {
                 return Err(Error::config(
                     "topic",
-                    format!(
-                        "no topic `{name}` in {} (no {})",
-                        log_dir.display(),
-                        path.display()
-                    ),
+                    format!("no topic `{name}` in {} (no {})", log_dir.display(), path.display()),
                 ));
             }
             Err(e) => return Err(Error::io("read", path, e)),
         };
-        let meta: TopicMeta = serde_json::from_slice(&bytes).map_err(|e| {
-            Error::corrupt(
-                &path,
-                0,
-                format!("expected {{format, name, partitions}}: {e}"),
-            )
-        })?;
+        let meta: TopicMeta = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::corrupt(&path, 0, format!("expected {{format, name, partitions}}: {e}")))?;
         if meta.format != FORMAT || meta.name != name || meta.partitions == 0 {
             return Err(Error::corrupt(
                 &path,
@@ -157,11 +127,7 @@ impl Topic {
                 ),
             ));
         }
-        Ok(Topic {
-            dir,
-            name: meta.name,
-            partitions: meta.partitions,
-        })
+        Ok(Topic { dir, name: meta.name, partitions: meta.partitions })
     }
 
     /// The topic name.
@@ -184,10 +150,7 @@ impl Topic {
         if partition >= self.partitions {
             return Err(Error::config(
                 "partition",
-                format!(
-                    "topic `{}` has partitions 0..{}, not {partition}",
-                    self.name, self.partitions
-                ),
+                format!("topic `{}` has partitions 0..{}, not {partition}", self.name, self.partitions),
             ));
         }
         Ok(self.dir.join(partition_dir_name(partition)))
@@ -199,27 +162,18 @@ impl Topic {
     }
 
     /// Opens a reader of `partition` from `from`, up to `until` (see [`LogReader::open`]).
-    pub fn reader(
-        &self,
-        partition: PartitionId,
-        from: Offset,
-        until: Option<Offset>,
-    ) -> Result<LogReader> {
+    pub fn reader(&self, partition: PartitionId, from: Offset, until: Option<Offset>) -> Result<LogReader> {
         LogReader::open(self.partition_dir(partition)?, partition, from, until)
     }
 
     /// The end offset (offset after the last valid record) of every partition.
     pub fn end_offsets(&self) -> Result<Vec<Offset>> {
-        (0..self.partitions)
-            .map(|p| partition::end_offset(&self.partition_dir(p)?))
-            .collect()
+        (0..self.partitions).map(|p| partition::end_offset(&self.partition_dir(p)?)).collect()
     }
 
     /// Start, end, segments and bytes of every partition.
     pub fn describe(&self) -> Result<Vec<PartitionInfo>> {
-        (0..self.partitions)
-            .map(|p| partition::info(&self.partition_dir(p)?, p))
-            .collect()
+        (0..self.partitions).map(|p| partition::info(&self.partition_dir(p)?, p)).collect()
     }
 }
 
@@ -233,9 +187,7 @@ pub struct LogSource {
 impl LogSource {
     /// The source of the existing topic `name` under `log_dir`.
     pub fn open(log_dir: &Path, name: &str) -> Result<LogSource> {
-        Ok(LogSource {
-            topic: Topic::open(log_dir, name)?,
-        })
+        Ok(LogSource { topic: Topic::open(log_dir, name)? })
     }
 
     /// The source of an opened topic.
@@ -256,18 +208,10 @@ impl Source for LogSource {
 
     fn partitions(&self) -> Result<Vec<PartitionSpec>> {
         let ends = self.topic.end_offsets()?;
-        Ok((0..)
-            .zip(ends)
-            .map(|(id, end)| PartitionSpec { id, start: 0, end })
-            .collect())
+        Ok((0..).zip(ends).map(|(id, end)| PartitionSpec { id, start: 0, end }).collect())
     }
 
-    fn open(
-        &self,
-        partition: PartitionId,
-        from: Offset,
-        until: Option<Offset>,
-    ) -> Result<Box<dyn PartitionReader>> {
+    fn open(&self, partition: PartitionId, from: Offset, until: Option<Offset>) -> Result<Box<dyn PartitionReader>> {
         Ok(Box::new(self.topic.reader(partition, from, until)?))
     }
 
@@ -293,29 +237,11 @@ mod tests {
         let again = Topic::create(dir.path(), "sensors", 3).unwrap_err();
         assert!(again.to_string().contains("already exists"), "{again}");
         for bad in ["", "../x", "a/b", ".hidden"] {
-            assert!(
-                Topic::create(dir.path(), bad, 1).is_err(),
-                "{bad:?} accepted"
-            );
+            assert!(Topic::create(dir.path(), bad, 1).is_err(), "{bad:?} accepted");
         }
-        assert!(
-            Topic::create(dir.path(), "none", 0)
-                .unwrap_err()
-                .to_string()
-                .contains("partitions")
-        );
-        assert!(
-            Topic::open(dir.path(), "missing")
-                .unwrap_err()
-                .to_string()
-                .contains("no topic")
-        );
-        assert!(
-            t.partition_dir(3)
-                .unwrap_err()
-                .to_string()
-                .contains("partition")
-        );
+        assert!(Topic::create(dir.path(), "none", 0).unwrap_err().to_string().contains("partitions"));
+        assert!(Topic::open(dir.path(), "missing").unwrap_err().to_string().contains("no topic"));
+        assert!(t.partition_dir(3).unwrap_err().to_string().contains("partition"));
         Ok(())
     }
 
@@ -328,23 +254,9 @@ mod tests {
         assert_eq!(source.name(), "s");
         assert_eq!(
             source.partitions()?,
-            vec![
-                PartitionSpec {
-                    id: 0,
-                    start: 0,
-                    end: 0
-                },
-                PartitionSpec {
-                    id: 1,
-                    start: 0,
-                    end: 2
-                },
-            ]
+            vec![PartitionSpec { id: 0, start: 0, end: 0 }, PartitionSpec { id: 1, start: 0, end: 2 },]
         );
-        assert_eq!(
-            source.fingerprint()?,
-            serde_json::json!({"topic": "s", "partitions": 2})
-        );
+        assert_eq!(source.fingerprint()?, serde_json::json!({"topic": "s", "partitions": 2}));
         let mut chunk = weir_core::record::Chunk::default();
         source.open(1, 1, Some(2))?.read(1 << 20, &mut chunk)?;
         assert_eq!(chunk.records().collect::<Vec<_>>(), vec![(1, &b"b"[..])]);

@@ -69,28 +69,16 @@ pub struct PartitionWriter {
 }
 
 fn fsync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .ctx("open", dir)?
-        .sync_all()
-        .ctx("fsync", dir)
+    File::open(dir).ctx("open", dir)?.sync_all().ctx("fsync", dir)
 }
 
 fn open_append(path: &Path) -> Result<File> {
-    OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(path)
-        .ctx("open", path)
+    OpenOptions::new().append(true).create(true).open(path).ctx("open", path)
 }
 
 fn lock(dir: &Path) -> Result<File> {
     let path = dir.join(LOCK_FILE);
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .ctx("open", &path)?;
+    let file = OpenOptions::new().create(true).truncate(false).write(true).open(&path).ctx("open", &path)?;
     match file.try_lock() {
         Ok(()) => Ok(file),
         Err(fs::TryLockError::WouldBlock) => Err(Error::Locked { path }),
@@ -186,19 +174,12 @@ impl PartitionWriter {
     }
 
     /// Truncates the damaged tail the scan of the last segment found, if any.
-    fn repair_tail(
-        path: &Path,
-        summary: &Summary,
-        config: &LogConfig,
-    ) -> Result<Option<TailRepair>> {
+    fn repair_tail(path: &Path, summary: &Summary, config: &LogConfig) -> Result<Option<TailRepair>> {
         let Some(damage) = &summary.damage else {
             return Ok(None);
         };
         check_tail(damage)?;
-        let file = OpenOptions::new()
-            .write(true)
-            .open(path)
-            .ctx("open", path)?;
+        let file = OpenOptions::new().write(true).open(path).ctx("open", path)?;
         let len = file.metadata().ctx("stat", path)?.len();
         file.set_len(damage.pos).ctx("truncate", path)?;
         if config.fsync != FsyncPolicy::Never {
@@ -235,23 +216,14 @@ impl PartitionWriter {
                 std::io::Error::other("an earlier write failed; reopen the writer"),
             ));
         }
-        if let Some((i, r)) = records
-            .iter()
-            .enumerate()
-            .find(|(_, r)| r.len() > MAX_RECORD_BYTES)
-        {
+        if let Some((i, r)) = records.iter().enumerate().find(|(_, r)| r.len() > MAX_RECORD_BYTES) {
             return Err(Error::Encoding {
                 what: format!("record {i} of a batch for {}", self.dir.display()),
-                message: format!(
-                    "{} bytes, expected at most {MAX_RECORD_BYTES} bytes per record",
-                    r.len()
-                ),
+                message: format!("{} bytes, expected at most {MAX_RECORD_BYTES} bytes per record", r.len()),
             });
         }
         let first = self.next;
-        let result = self
-            .append_frames(records)
-            .and_then(|()| self.sync_per_policy());
+        let result = self.append_frames(records).and_then(|()| self.sync_per_policy());
         if result.is_err() {
             self.failed = true;
         }
@@ -304,11 +276,7 @@ impl PartitionWriter {
             self.index.sync_data().ctx("fsync", ix)?;
         }
         let seg_path = segment_path(&self.dir, self.next);
-        self.segment = OpenOptions::new()
-            .append(true)
-            .create_new(true)
-            .open(&seg_path)
-            .ctx("create", &seg_path)?;
+        self.segment = OpenOptions::new().append(true).create_new(true).open(&seg_path).ctx("create", &seg_path)?;
         let ix_path = index_path(&self.dir, self.next);
         self.index = File::create(&ix_path).ctx("create", &ix_path)?;
         if self.config.fsync != FsyncPolicy::Never {

@@ -82,10 +82,8 @@ pub struct Manifest {
 impl Manifest {
     /// Serializes with the checksummed header.
     pub fn encode(&self) -> Result<Vec<u8>> {
-        let body = serde_json::to_vec_pretty(self).map_err(|e| Error::Encoding {
-            what: "manifest".into(),
-            message: e.to_string(),
-        })?;
+        let body = serde_json::to_vec_pretty(self)
+            .map_err(|e| Error::Encoding { what: "manifest".into(), message: e.to_string() })?;
         let crc = crc32fast::hash(&body);
         let mut out = format!("{MAGIC} {} {crc:08x}\n", self.version).into_bytes();
         out.extend_from_slice(&body);
@@ -98,8 +96,8 @@ impl Manifest {
             .iter()
             .position(|&b| b == b'\n')
             .ok_or_else(|| Error::corrupt(path, 0, "manifest header line missing"))?;
-        let header = std::str::from_utf8(&bytes[..nl])
-            .map_err(|_| Error::corrupt(path, 0, "manifest header is not UTF-8"))?;
+        let header =
+            std::str::from_utf8(&bytes[..nl]).map_err(|_| Error::corrupt(path, 0, "manifest header is not UTF-8"))?;
         let mut fields = header.split(' ');
         if fields.next() != Some(MAGIC) {
             return Err(Error::corrupt(path, 0, format!("expected `{MAGIC}` header")));
@@ -128,8 +126,7 @@ impl Manifest {
                 format!("manifest checksum {actual:08x}, header says {crc:08x}"),
             ));
         }
-        serde_json::from_slice(body)
-            .map_err(|e| Error::corrupt(path, nl as u64 + 1, format!("manifest body: {e}")))
+        serde_json::from_slice(body).map_err(|e| Error::corrupt(path, nl as u64 + 1, format!("manifest body: {e}")))
     }
 }
 
@@ -139,17 +136,9 @@ mod tests {
 
     #[test]
     fn roundtrip_and_damage() {
-        let mut m = Manifest {
-            version: FORMAT_VERSION,
-            pipeline: "p".into(),
-            epoch: 7,
-            ..Default::default()
-        };
+        let mut m = Manifest { version: FORMAT_VERSION, pipeline: "p".into(), epoch: 7, ..Default::default() };
         m.offsets.entry("src".into()).or_default().insert(3, 42);
-        m.state.insert(
-            "window-0".into(),
-            vec![FileEntry { path: "chk/x".into(), size: 9, crc32: 1 }],
-        );
+        m.state.insert("window-0".into(), vec![FileEntry { path: "chk/x".into(), size: 9, crc32: 1 }]);
         let bytes = m.encode().unwrap();
         let p = Path::new("MANIFEST");
         assert_eq!(Manifest::decode(&bytes, p).unwrap(), m);

@@ -231,13 +231,7 @@ mod tests {
         assert_eq!(m.offsets["s"][&1], 9);
         assert_eq!(m.state["w"], vec![file("a6"), file("b6")]);
         assert_eq!(m.counters["in"], 4);
-        let m2 = next_manifest(
-            Some(&m),
-            &t,
-            vec![part(9, 0, PartBody::Counters(vec![("in".into(), 1)]))],
-            9,
-            true,
-        );
+        let m2 = next_manifest(Some(&m), &t, vec![part(9, 0, PartBody::Counters(vec![("in".into(), 1)]))], 9, true);
         assert_eq!(m2.state["w"], m.state["w"]);
         assert_eq!(m2.counters["in"], 5);
         assert!(m2.complete && m2.outputs.is_empty());

@@ -76,8 +76,8 @@ impl<'a> StateReader<'a> {
             .checked_sub(8 + len)
             .filter(|&s| s >= 8)
             .ok_or_else(|| bad(bytes.len() - 8, "index length out of range"))?;
-        let index: Vec<(u32, u64, u64)> = bincode::deserialize(&bytes[start..bytes.len() - 8])
-            .map_err(|e| bad(start, &format!("index: {e}")))?;
+        let index: Vec<(u32, u64, u64)> =
+            bincode::deserialize(&bytes[start..bytes.len() - 8]).map_err(|e| bad(start, &format!("index: {e}")))?;
         for &(_, off, len) in &index {
             if off.checked_add(len).is_none_or(|end| end as usize > start) {
                 return Err(bad(off as usize, "block out of range"));

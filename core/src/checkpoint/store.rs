@@ -64,12 +64,8 @@ impl LocalStore {
         let dir = dir.into();
         fs::create_dir_all(&dir).ctx("create directory", &dir)?;
         let lock_path = dir.join("LOCK");
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .ctx("open", &lock_path)?;
+        let lock =
+            OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).ctx("open", &lock_path)?;
         match lock.try_lock() {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) => return Err(Error::Locked { path: lock_path }),
@@ -93,10 +89,7 @@ impl LocalStore {
         for entry in fs::read_dir(&self.dir).ctx("list", &self.dir)? {
             let entry = entry.ctx("list", &self.dir)?;
             let name = entry.file_name();
-            let Some(epoch) = name
-                .to_str()
-                .and_then(|n| n.strip_prefix("chk-"))
-                .and_then(|n| n.parse::<Epoch>().ok())
+            let Some(epoch) = name.to_str().and_then(|n| n.strip_prefix("chk-")).and_then(|n| n.parse::<Epoch>().ok())
             else {
                 continue;
             };
@@ -276,12 +269,13 @@ mod tests {
         let mut m = manifest(5);
         m.state.insert("w".into(), vec![old.clone()]);
         store.commit(&m).unwrap();
-        store.commit(&{
-            let mut m = manifest(8);
-            m.state.insert("w".into(), vec![old.clone()]);
-            m
-        })
-        .unwrap();
+        store
+            .commit(&{
+                let mut m = manifest(8);
+                m.state.insert("w".into(), vec![old.clone()]);
+                m
+            })
+            .unwrap();
         store.retain(1).unwrap();
         assert_eq!(store.read_part(&old).unwrap(), b"state");
     }

@@ -13,7 +13,7 @@ use timely::dataflow::operators::{Concatenate, Probe};
 use crate::checkpoint::protocol::{next_manifest, publish};
 use crate::checkpoint::{Manifest, Part};
 use crate::error::Result;
-use crate::flow::{unconsumed_dead_letters, Dataflow};
+use crate::flow::{Dataflow, unconsumed_dead_letters};
 use crate::runtime::ctx::Shared;
 use crate::time::Epoch;
 
@@ -77,55 +77,53 @@ impl<'s> Dataflow<'s> {
         let mut pending: Vec<Part> = Vec::new();
         let mut done = ctx.start_epoch();
         let mut max_seen: Epoch = 0;
-        parts
-            .unary_frontier::<timely::container::CapacityContainerBuilder<Vec<()>>, _, _, _>(
-                Exchange::new(|_: &Part| 0u64),
-                "Commit",
-                move |_cap, _| {
-                    move |(input, frontier), _output| {
-                        input.for_each(|_, data: &mut Vec<Part>| {
-                            for p in data.drain(..) {
-                                max_seen = max_seen.max(p.epoch);
-                                pending.push(p);
-                            }
-                        });
-                        if shared.aborted() || !is_leader {
-                            return;
+        parts.unary_frontier::<timely::container::CapacityContainerBuilder<Vec<()>>, _, _, _>(
+            Exchange::new(|_: &Part| 0u64),
+            "Commit",
+            move |_cap, _| {
+                move |(input, frontier), _output| {
+                    input.for_each(|_, data: &mut Vec<Part>| {
+                        for p in data.drain(..) {
+                            max_seen = max_seen.max(p.epoch);
+                            pending.push(p);
                         }
-                        let f = frontier.frontier().iter().min().copied();
-                        let result = match f {
-                            Some(f) if f > done => {
-                                let newest = schedule.between(done, f).last();
-                                done = f;
-                                match newest {
-                                    Some(c) => {
-                                        let (now, later): (Vec<_>, Vec<_>) =
-                                            pending.drain(..).partition(|p| p.epoch <= c);
-                                        pending = later;
-                                        committer.commit(now, c, false)
-                                    }
-                                    None => Ok(()),
-                                }
-                            }
-                            None if done != Epoch::MAX => {
-                                done = Epoch::MAX;
-                                if restored_complete {
-                                    Ok(())
-                                } else {
-                                    let prev = committer.last.as_ref().map_or(0, |m| m.epoch + 1);
-                                    let epoch = max_seen.max(prev);
-                                    let now = std::mem::take(&mut pending);
-                                    committer.commit(now, epoch, bounded)
-                                }
-                            }
-                            _ => Ok(()),
-                        };
-                        if let Err(e) = result {
-                            shared.fail(e);
-                        }
+                    });
+                    if shared.aborted() || !is_leader {
+                        return;
                     }
-                },
-            );
+                    let f = frontier.frontier().iter().min().copied();
+                    let result = match f {
+                        Some(f) if f > done => {
+                            let newest = schedule.between(done, f).last();
+                            done = f;
+                            match newest {
+                                Some(c) => {
+                                    let (now, later): (Vec<_>, Vec<_>) = pending.drain(..).partition(|p| p.epoch <= c);
+                                    pending = later;
+                                    committer.commit(now, c, false)
+                                }
+                                None => Ok(()),
+                            }
+                        }
+                        None if done != Epoch::MAX => {
+                            done = Epoch::MAX;
+                            if restored_complete {
+                                Ok(())
+                            } else {
+                                let prev = committer.last.as_ref().map_or(0, |m| m.epoch + 1);
+                                let epoch = max_seen.max(prev);
+                                let now = std::mem::take(&mut pending);
+                                committer.commit(now, epoch, bounded)
+                            }
+                        }
+                        _ => Ok(()),
+                    };
+                    if let Err(e) = result {
+                        shared.fail(e);
+                    }
+                }
+            },
+        );
         Ok(())
     }
 }

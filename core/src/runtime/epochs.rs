@@ -63,13 +63,10 @@ impl<D> EpochDriver<D> {
             None => BTreeMap::new(),
         };
         let ready = std::mem::replace(&mut self.stash, later);
-        let mut ckpts = if frontier.is_some() {
-            self.schedule.between(self.done, until).collect::<Vec<_>>()
-        } else {
-            Vec::new()
-        }
-        .into_iter()
-        .peekable();
+        let mut ckpts =
+            if frontier.is_some() { self.schedule.between(self.done, until).collect::<Vec<_>>() } else { Vec::new() }
+                .into_iter()
+                .peekable();
         for (epoch, data) in ready {
             while let Some(&c) = ckpts.peek().filter(|&&c| c < epoch) {
                 steps.push(EpochStep { epoch: c, data: Vec::new(), checkpoint: true });
@@ -100,10 +97,7 @@ mod tests {
         d.push(2, 'a');
         d.push(9, 'c');
         let steps: Vec<_> = d.advance(Some(9)).into_iter().map(|s| (s.epoch, s.data, s.checkpoint)).collect();
-        assert_eq!(
-            steps,
-            vec![(2, vec!['a'], false), (4, vec![], true), (5, vec!['b'], false), (8, vec![], true)]
-        );
+        assert_eq!(steps, vec![(2, vec!['a'], false), (4, vec![], true), (5, vec!['b'], false), (8, vec![], true)]);
         assert!(d.advance(Some(9)).is_empty());
         let rest: Vec<_> = d.advance(None).into_iter().map(|s| (s.epoch, s.data)).collect();
         assert_eq!(rest, vec![(9, vec!['c'])]);

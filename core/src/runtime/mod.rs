@@ -7,9 +7,9 @@
 //! worker sets a shared abort flag that every worker's step loop checks, so
 //! the process never waits forever and the run returns the first error.
 
+mod commit;
 pub mod ctx;
 pub mod epochs;
-mod commit;
 mod source_op;
 
 use std::collections::BTreeMap;
@@ -258,10 +258,7 @@ impl Pipeline {
         let restored_from = restored.as_ref().map(|m| m.epoch);
         let run_id = format!(
             "{:x}{:05x}",
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_micros())
-                .unwrap_or(0),
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros()).unwrap_or(0),
             std::process::id() & 0xfffff
         );
         let shared = Arc::new(Shared {

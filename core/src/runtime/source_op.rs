@@ -10,15 +10,14 @@ use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use timely::container::CapacityContainerBuilder;
-use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 
 use crate::checkpoint::manifest::InputBound;
 use crate::checkpoint::protocol::check_input;
 use crate::checkpoint::{Part, PartBody};
 use crate::error::{Error, Result};
-use crate::flow::{Dataflow, InputInfo, PartitionEvent, Raw};
+use crate::flow::{Dataflow, InputInfo, PartitionEvent, Raw, VecOutput};
 use crate::record::{Chunk, Offset, PartitionId};
 use crate::source::{PartitionReader, ReadOrder, ReadStatus, Source};
 use crate::time::{Epoch, EpochPolicy};
@@ -81,10 +80,9 @@ impl<'s> Dataflow<'s> {
         let (data_out, data) = builder.new_output::<Vec<Chunk>>();
         let (event_out, events) = builder.new_output::<Vec<PartitionEvent>>();
         let (part_out, parts) = builder.new_output::<Vec<Part>>();
-        let mut data_out: OutputBuilder<Epoch, CapacityContainerBuilder<Vec<Chunk>>> = OutputBuilder::from(data_out);
-        let mut event_out: OutputBuilder<Epoch, CapacityContainerBuilder<Vec<PartitionEvent>>> =
-            OutputBuilder::from(event_out);
-        let mut part_out: OutputBuilder<Epoch, CapacityContainerBuilder<Vec<Part>>> = OutputBuilder::from(part_out);
+        let mut data_out: VecOutput<Chunk> = OutputBuilder::from(data_out);
+        let mut event_out: VecOutput<PartitionEvent> = OutputBuilder::from(event_out);
+        let mut part_out: VecOutput<Part> = OutputBuilder::from(part_out);
         let activator = scope.activator_for(info.address.clone());
         let probe = ctx.probe().clone();
         let failure = ctx.failure();

@@ -9,12 +9,12 @@ use rustc_hash::FxHashMap;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use timely::ExchangeData;
-use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
-use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use weir_core::checkpoint::state::{GLOBAL_GROUP, StateReader, StateWriter};
 use weir_core::checkpoint::{FileEntry, Part, PartBody};
+use weir_core::flow::VecOutput;
 use weir_core::flow::WatermarkUpdate;
 use weir_core::record::{DeadLetter, EventTime, Meta, Rec};
 use weir_core::runtime::epochs::EpochDriver;
@@ -112,11 +112,9 @@ where
         let (res_out, results) = builder.new_output::<Vec<Rec<WindowResult<K, A::Out>>>>();
         let (part_out, parts) = builder.new_output::<Vec<Part>>();
         let (late_out, lates) = builder.new_output::<Vec<DeadLetter>>();
-        let mut res_out: OutputBuilder<Epoch, CapacityContainerBuilder<Vec<Rec<WindowResult<K, A::Out>>>>> =
-            OutputBuilder::from(res_out);
-        let mut part_out: OutputBuilder<Epoch, CapacityContainerBuilder<Vec<Part>>> = OutputBuilder::from(part_out);
-        let mut late_out: OutputBuilder<Epoch, CapacityContainerBuilder<Vec<DeadLetter>>> =
-            OutputBuilder::from(late_out);
+        let mut res_out: VecOutput<Rec<WindowResult<K, A::Out>>> = OutputBuilder::from(res_out);
+        let mut part_out: VecOutput<Part> = OutputBuilder::from(part_out);
+        let mut late_out: VecOutput<DeadLetter> = OutputBuilder::from(late_out);
         let mut driver: EpochDriver<Input<K, T>> = EpochDriver::new(ctx.start_epoch(), ctx.schedule());
         let part_name = format!("{op}.w{worker}.part");
 
@@ -139,10 +137,7 @@ where
                 if failure.aborted() {
                     return;
                 }
-                let f = frontiers
-                    .iter()
-                    .flat_map(|f| f.frontier().iter().copied().collect::<Vec<_>>())
-                    .min();
+                let f = frontiers.iter().flat_map(|f| f.frontier().iter().copied().collect::<Vec<_>>()).min();
                 let mut res_h = res_out.activate();
                 let mut part_h = part_out.activate();
                 let mut late_h = late_out.activate();

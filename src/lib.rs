@@ -48,6 +48,11 @@ pub use weir_core::{Error, Result};
 
 pub mod sensor;
 
+/// The README's examples, compiled as doc-tests so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 /// Everything a pipeline author needs.
 pub mod prelude {
     pub use weir_connectors::log::LogSource;

@@ -10,12 +10,28 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use weir::connectors::log::{LogConfig, Producer, Topic};
 use weir::sensor::{SplitMix, generate, reference};
 
-fn spawn(dir: &Path, workers: usize) -> anyhow::Result<Child> {
+/// Where the killed pipeline reads from.
+#[derive(Clone, Copy)]
+enum Feed {
+    File,
+    Log,
+}
+
+const FILE_ARGS: &[&str] = &["--input", "in.jsonl"];
+const LOG_ARGS: &[&str] = &["--log-dir", "log", "--topic", "sensors", "--bounded"];
+
+fn spawn(dir: &Path, workers: usize, feed: Feed) -> anyhow::Result<Child> {
+    let input = match feed {
+        Feed::File => FILE_ARGS,
+        Feed::Log => LOG_ARGS,
+    };
     Command::new(env!("CARGO_BIN_EXE_weir"))
         .arg("sensor")
-        .args(["--input", "in.jsonl", "--output", "out", "--dead-letter", "dlq", "--state", "state"])
+        .args(input)
+        .args(["--output", "out", "--dead-letter", "dlq", "--state", "state"])
         .args(["--workers", &workers.to_string()])
         .env("WEIR_EPOCH_RECORDS", "1500")
         .env("RUST_LOG", "error")
@@ -34,34 +50,61 @@ fn wait(child: Child) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn setup(dir: &Path, input: &[u8], feed: Feed) -> anyhow::Result<()> {
+    match feed {
+        Feed::File => std::fs::write(dir.join("in.jsonl"), input)?,
+        Feed::Log => {
+            let topic = Topic::create(&dir.join("log"), "sensors", 5)?;
+            let mut producer = Producer::new(&topic, LogConfig::default())?;
+            for line in input.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+                let key = line.split(|&b| b == b'"').nth(3);
+                producer.send(key, line)?;
+            }
+            producer.flush()?;
+        }
+    }
+    Ok(())
+}
+
 #[test]
-fn killed_at_random_moments_output_is_exact() -> anyhow::Result<()> {
+fn file_pipeline_killed_at_random_moments_output_is_exact() -> anyhow::Result<()> {
+    killed_at_random_moments(Feed::File, 4)
+}
+
+#[test]
+fn log_pipeline_killed_at_random_moments_output_is_exact() -> anyhow::Result<()> {
+    killed_at_random_moments(Feed::Log, 2)
+}
+
+fn killed_at_random_moments(feed: Feed, scenarios: usize) -> anyhow::Result<()> {
     let mut input = Vec::new();
-    generate(120_000, 11, 500, &mut input)?;
+    generate(200_000, 11, 500, &mut input)?;
     let (expected, malformed) = reference(&input);
 
     // How long an undisturbed run takes here, to spread kills over it.
     let base = tempfile::tempdir()?;
-    std::fs::write(base.path().join("in.jsonl"), &input)?;
+    setup(base.path(), &input, feed)?;
     let started = Instant::now();
-    wait(spawn(base.path(), 2)?)?;
+    wait(spawn(base.path(), 2, feed)?)?;
     let full = started.elapsed();
     support::compare(&expected, &support::read_rows(&base.path().join("out"))?)?;
 
     let mut rng = SplitMix::new(7);
-    for scenario in 0..4 {
+    let mut mid_run_kills = 0;
+    for scenario in 0..scenarios {
         let dir = tempfile::tempdir()?;
-        std::fs::write(dir.path().join("in.jsonl"), &input)?;
+        setup(dir.path(), &input, feed)?;
         let mut kills = 0;
         let mut committed_before_kill = 0;
         let mut attempts = 0;
         loop {
             attempts += 1;
             let workers = 1 + rng.below(3) as usize;
-            let mut child = spawn(dir.path(), workers)?;
+            let mut child = spawn(dir.path(), workers, feed)?;
             // Kill the first few runs at a random moment; let the last one finish.
             if kills < 3 && attempts < 8 {
-                let delay = Duration::from_micros(rng.below(full.as_micros() as u64 + 1));
+                // Restarts resume from a checkpoint and finish sooner: aim early.
+                let delay = Duration::from_micros(rng.below(full.as_micros() as u64 / 2 + 1));
                 let deadline = Instant::now() + delay;
                 let mut exited = None;
                 while Instant::now() < deadline {
@@ -90,6 +133,7 @@ fn killed_at_random_moments_output_is_exact() -> anyhow::Result<()> {
             }
         }
         eprintln!("scenario {scenario}: {kills} kills, {committed_before_kill} after a commit");
+        mid_run_kills += committed_before_kill;
         let got = support::read_rows(&dir.path().join("out"))?;
         support::compare(&expected, &got).with_context(|| format!("scenario {scenario} after {kills} kills"))?;
         let dead = support::read_dead_letters(&dir.path().join("dlq"))?;
@@ -102,11 +146,12 @@ fn killed_at_random_moments_output_is_exact() -> anyhow::Result<()> {
         // Run again after completion: nothing changes.
         let before =
             (support::visible_files(&dir.path().join("out"))?, support::visible_files(&dir.path().join("dlq"))?);
-        wait(spawn(dir.path(), 2)?)?;
+        wait(spawn(dir.path(), 2, feed)?)?;
         let after =
             (support::visible_files(&dir.path().join("out"))?, support::visible_files(&dir.path().join("dlq"))?);
         assert_eq!(before, after, "scenario {scenario}: a completed run changed its output");
     }
+    assert!(mid_run_kills > 0, "no kill landed after a checkpoint: the test did not exercise recovery");
     Ok(())
 }
 

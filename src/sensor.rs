@@ -9,16 +9,20 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 use weir_core::Dataflow;
 
 use crate::prelude::*;
 
 /// One input line.
+///
+/// `device` is a [`CompactString`]: names up to 24 bytes live inline, so
+/// decoding and keying a reading allocate nothing.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Reading {
     /// Device name, `dev-NNNNN`.
-    pub device: String,
+    pub device: CompactString,
     /// Event time, ms since the Unix epoch.
     pub ts: i64,
     /// Temperature (°C); out-of-range values are filtered.
@@ -74,7 +78,7 @@ pub fn build(p: &mut Dataflow<'_>, input: &Input, output: &Path, dead_letters: &
         .window(Tumbling::minutes(1))
         .aggregate((Count, Min(|r: &Reading| r.temp), Max(|r: &Reading| r.temp), Mean(|r: &Reading| r.temp)))?
         .map(|w| WindowRow {
-            device: w.key,
+            device: w.key.into(),
             window_start: w.start,
             count: w.value.0 as i64,
             min: w.value.1,
@@ -103,7 +107,7 @@ pub fn reference(input: &[u8]) -> (BTreeMap<(String, i64), WindowRow>, u64) {
             continue;
         }
         let ws = r.ts - r.ts.rem_euclid(WINDOW_MS);
-        let e = rows.entry((r.device, ws)).or_insert((0, f64::INFINITY, f64::NEG_INFINITY, 0.0));
+        let e = rows.entry((r.device.into(), ws)).or_insert((0, f64::INFINITY, f64::NEG_INFINITY, 0.0));
         e.0 += 1;
         e.1 = e.1.min(r.temp);
         e.2 = e.2.max(r.temp);

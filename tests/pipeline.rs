@@ -62,7 +62,7 @@ fn run(
                 .window(Tumbling::minutes(1))
                 .aggregate((Count, Min(|r: &Reading| r.temp), Max(|r: &Reading| r.temp), Mean(|r: &Reading| r.temp)))?
                 .map(|w| WindowRow {
-                    device: w.key,
+                    device: w.key.into(),
                     window_start: w.start,
                     count: w.value.0 as i64,
                     min: w.value.1,
@@ -150,7 +150,7 @@ fn without_state_output_is_not_mixed_with_an_earlier_run() -> anyhow::Result<()>
                 .window(Tumbling::seconds(10))
                 .aggregate(Count)?
                 .map(|w| WindowRow {
-                    device: w.key,
+                    device: w.key.into(),
                     window_start: w.start,
                     count: w.value as i64,
                     min: 0.0,
@@ -180,4 +180,50 @@ fn dead_letters_need_a_sink() {
         })
         .expect_err("dead letters without a sink must be refused");
     assert!(err.to_string().contains("dead_letters"), "{err}");
+}
+
+/// With disorder beyond the allowed delay some events are late: each becomes
+/// exactly one `late` dead letter, and the output equals the reference over
+/// every other valid reading (nothing lost, nothing counted twice).
+#[test]
+fn late_events_become_dead_letters_and_the_rest_is_exact() -> anyhow::Result<()> {
+    let mut rng = SplitMix::new(99);
+    let mut total_late = 0;
+    for case in 0..8 {
+        let mut input = Vec::new();
+        let mut ts: i64 = 1_700_000_000_000;
+        for _ in 0..6000 {
+            ts += rng.below(200) as i64;
+            // Up to 3 minutes of disorder against a 2 s delay.
+            let t = if rng.below(10) == 0 { ts - rng.below(180_000) as i64 } else { ts };
+            let line =
+                format!("{{\"device\":\"dev-{}\",\"ts\":{t},\"temp\":{:?}}}\n", rng.below(20), rng.below(100) as f64);
+            input.extend_from_slice(line.as_bytes());
+        }
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("in.jsonl");
+        std::fs::write(&path, &input)?;
+        let workers = 1 + rng.below(3) as usize;
+        let summary = run(dir.path(), &path, 16 * 1024, workers, 1 + rng.below(300), 2)?;
+        let dead = support::read_dead_letters(&dir.path().join("dlq"))?;
+        let late: std::collections::BTreeSet<u64> =
+            dead.iter().filter(|d| d["stage"] == "late").filter_map(|d| d["offset"].as_u64()).collect();
+        assert_eq!(late.len(), dead.len(), "case {case}: only late dead letters expected");
+        assert_eq!(late.len() as u64, summary.counter("dead_letters.late"), "case {case}");
+        total_late += late.len();
+        // The reference over every line that was not dead-lettered.
+        let mut kept = Vec::new();
+        let mut offset = 0u64;
+        for line in input.split_inclusive(|&b| b == b'\n') {
+            if !late.contains(&offset) {
+                kept.extend_from_slice(line);
+            }
+            offset += line.len() as u64;
+        }
+        let (expected, _) = reference(&kept);
+        support::compare(&expected, &support::read_rows(&dir.path().join("out"))?)
+            .map_err(|e| anyhow::anyhow!("case {case} ({workers} workers): {e}"))?;
+    }
+    assert!(total_late > 0, "the inputs produced no late events");
+    Ok(())
 }

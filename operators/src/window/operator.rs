@@ -1,24 +1,37 @@
-//! The window operator: keyed state per window, fired by the watermark,
-//! checkpointed per key group.
+//! The window operator, in two stages:
+//!
+//! 1. **combine** (on the worker that read the records, no shuffle): records
+//!    of each complete epoch are checked for lateness and pre-aggregated per
+//!    key and window into partial accumulators. Only partials cross workers,
+//!    which cuts the shuffle by the number of records per key and window and
+//!    epoch (Flink's local-global aggregation).
+//! 2. **window** (after the shuffle by key group): partials are merged into
+//!    the keyed window state, windows fire when the watermark passes their
+//!    end, and the state is checkpointed per key group.
+//!
+//! Both stages track the same watermark table from the same broadcast stream
+//! and apply epoch `e`'s records before epoch `e`'s watermarks, so lateness is
+//! decided identically and exactly once, in the combiner.
 
 use std::collections::BTreeMap;
 use std::hash::Hash;
 use std::sync::atomic::Ordering;
 
 use rustc_hash::FxHashMap;
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use timely::ExchangeData;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::progress::frontier::MutableAntichain;
 use weir_core::checkpoint::state::{GLOBAL_GROUP, StateReader, StateWriter};
 use weir_core::checkpoint::{FileEntry, Part, PartBody};
 use weir_core::flow::VecOutput;
 use weir_core::flow::WatermarkUpdate;
 use weir_core::record::{DeadLetter, EventTime, Meta, Rec};
 use weir_core::runtime::epochs::EpochDriver;
-use weir_core::time::Epoch;
+use weir_core::time::{CheckpointSchedule, Epoch};
 use weir_core::{Error, Flow, Result};
 
 use super::{Tumbling, WindowResult};
@@ -30,27 +43,84 @@ pub struct Windowed<'s, K, T> {
     pub(super) spec: Tumbling,
 }
 
-enum Input<K, T> {
-    Records(Vec<Rec<(K, T)>>),
+/// A partial aggregate of one key and window, from one worker and epoch.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Partial<K, Acc> {
+    key: K,
+    start: EventTime,
+    acc: Acc,
+}
+
+enum Input<D> {
+    Data(Vec<D>),
     Watermarks(Vec<WatermarkUpdate>),
 }
 
-/// Keyed window state of one worker.
-struct WindowState<K, Acc> {
-    /// Open windows by start, then key.
-    windows: BTreeMap<EventTime, FxHashMap<K, Acc>>,
-    /// Latest watermark per input partition.
+/// An epoch's inputs in the order they must be applied: every record of the
+/// epoch first, then its watermarks (which already account for those records).
+fn data_then_watermarks<D>(inputs: Vec<Input<D>>) -> impl Iterator<Item = Input<D>> {
+    let (data, wms): (Vec<_>, Vec<_>) = inputs.into_iter().partition(|i| matches!(i, Input::Data(_)));
+    data.into_iter().chain(wms)
+}
+
+/// The latest watermark of every input partition; the window watermark is their minimum.
+#[derive(Clone, Debug)]
+struct Watermarks {
     table: Vec<EventTime>,
-    /// Minimum of `table`: windows ending at or below it have fired.
-    watermark: EventTime,
+    current: EventTime,
+}
+
+impl Watermarks {
+    fn new(partitions: u32) -> Self {
+        let table = vec![EventTime::MIN; partitions as usize];
+        let current = if table.is_empty() { EventTime::MAX } else { EventTime::MIN };
+        Watermarks { table, current }
+    }
+
+    /// Applies updates; returns the new window watermark if it advanced.
+    fn apply(&mut self, updates: &[WatermarkUpdate]) -> Option<EventTime> {
+        for u in updates {
+            if let Some(slot) = self.table.get_mut(u.partition as usize) {
+                *slot = (*slot).max(u.watermark);
+            }
+        }
+        let wm = self.table.iter().copied().min().unwrap_or(EventTime::MAX);
+        (wm > self.current).then(|| {
+            self.current = wm;
+            wm
+        })
+    }
+
+    fn merge(&mut self, other: &[EventTime]) {
+        for (mine, theirs) in self.table.iter_mut().zip(other) {
+            *mine = (*mine).max(*theirs);
+        }
+        self.current = self.table.iter().copied().min().unwrap_or(EventTime::MAX);
+    }
 }
 
 type GroupEntries<K, Acc> = Vec<(EventTime, K, Acc)>;
 
+/// What the combiner collected for one epoch.
+struct Combined<K, T, Acc> {
+    partials: FxHashMap<(K, EventTime), Acc>,
+    lates: Vec<Rec<(K, T)>>,
+}
+
+impl<K, T, Acc> Default for Combined<K, T, Acc> {
+    fn default() -> Self {
+        Combined { partials: FxHashMap::default(), lates: Vec::new() }
+    }
+}
+
+fn frontier_min(frontiers: &[MutableAntichain<Epoch>]) -> Option<Epoch> {
+    frontiers.iter().filter_map(|f| f.frontier().iter().min().copied()).min()
+}
+
 impl<'s, K, T> Windowed<'s, K, T>
 where
     K: ExchangeData + Hash + Eq + Clone + Serialize + DeserializeOwned,
-    T: ExchangeData + Serialize,
+    T: 'static + Serialize,
 {
     /// Aggregates every window with `agg`; emits one [`WindowResult`] per key and
     /// window when the watermark passes the window's end.
@@ -71,18 +141,13 @@ where
         let peers = ctx.peers();
         let groups = ctx.key_groups();
         let store = ctx.store();
-        let failure = ctx.failure();
-        let source = info.source.clone();
-        let fired = ctx.counter(&format!("{op}.fired"));
-        let late = ctx.counter("dead_letters.late");
         let size = spec.size;
+        let agg = std::rc::Rc::new(agg);
 
-        // Restore this worker's key groups (any worker count wrote them).
-        let mut state: WindowState<K, A::Acc> = WindowState {
-            windows: BTreeMap::new(),
-            table: vec![EventTime::MIN; info.partitions as usize],
-            watermark: EventTime::MIN,
-        };
+        // Restore: the watermark table (every worker), and this worker's key groups
+        // (whatever worker count wrote them).
+        let mut watermarks = Watermarks::new(info.partitions);
+        let mut windows: BTreeMap<EventTime, FxHashMap<K, A::Acc>> = BTreeMap::new();
         if let (Some(m), Some(store)) = (ctx.restored(), store.as_ref())
             && let Some(files) = m.state.get(&op)
         {
@@ -90,32 +155,151 @@ where
             for file in files {
                 let bytes = store.read_part(file)?;
                 let reader = StateReader::new(&bytes, &file.path)?;
-                if let Some((table, _)) = reader.read::<(Vec<EventTime>, EventTime)>(GLOBAL_GROUP)? {
-                    for (mine, theirs) in state.table.iter_mut().zip(table) {
-                        *mine = (*mine).max(theirs);
-                    }
+                if let Some(table) = reader.read::<Vec<EventTime>>(GLOBAL_GROUP)? {
+                    watermarks.merge(&table);
                 }
                 for g in reader.groups().filter(|g| mine.contains(g)).collect::<Vec<_>>() {
                     let entries: GroupEntries<K, A::Acc> = reader.read(g)?.unwrap_or_default();
                     for (start, key, acc) in entries {
-                        state.windows.entry(start).or_default().insert(key, acc);
+                        windows.entry(start).or_default().insert(key, acc);
                     }
                 }
             }
-            state.watermark = state.table.iter().copied().min().unwrap_or(EventTime::MAX);
         }
 
-        let route = move |r: &Rec<(K, T)>| groups.owner(groups.group_of(&r.value.0), peers) as u64;
+        // Stage 1: combine on the reading worker.
+        let (partials, lates) = {
+            let mut builder = OperatorBuilder::new(format!("Combine({op})"), ctx.scope());
+            let mut records = builder.new_input(flow.stream, Pipeline);
+            let mut wms = builder.new_input(wm_stream.clone(), Pipeline);
+            let (partial_out, partials) = builder.new_output::<Vec<Partial<K, A::Acc>>>();
+            let (late_out, lates) = builder.new_output::<Vec<DeadLetter>>();
+            let mut partial_out: VecOutput<Partial<K, A::Acc>> = OutputBuilder::from(partial_out);
+            let mut late_out: VecOutput<DeadLetter> = OutputBuilder::from(late_out);
+            let mut driver: EpochDriver<Input<Rec<(K, T)>>> =
+                EpochDriver::new(ctx.start_epoch(), CheckpointSchedule::default());
+            let mut watermarks = watermarks.clone();
+            let agg = agg.clone();
+            let source = info.source.clone();
+            let late = ctx.counter("dead_letters.late");
+            builder.build(move |caps| {
+                let mut caps = Some(caps);
+                // Per open epoch: partial aggregates and late records. Records of the
+                // first open epoch are classified on arrival (the watermark after the
+                // epochs before it is known); later epochs' records wait in `driver`.
+                let mut open: BTreeMap<Epoch, Combined<K, T, A::Acc>> = BTreeMap::new();
+                let classify = move |c: &mut Combined<K, T, A::Acc>, recs: Vec<Rec<(K, T)>>, wm: EventTime| {
+                    for r in recs {
+                        let start = spec.start_of(r.meta.event_time);
+                        if start.saturating_add(size) <= wm {
+                            c.lates.push(r);
+                            continue;
+                        }
+                        let (key, value) = r.value;
+                        let acc = c.partials.entry((key, start)).or_insert_with(|| agg.init());
+                        agg.add(acc, &value);
+                    }
+                };
+                move |frontiers| {
+                    let now = driver.done();
+                    records.for_each(|cap, data: &mut Vec<Rec<(K, T)>>| {
+                        let Some(&t) = cap.least() else { return };
+                        if t == now {
+                            classify(open.entry(t).or_default(), std::mem::take(data), watermarks.current);
+                        } else {
+                            driver.push(t, Input::Data(std::mem::take(data)));
+                        }
+                    });
+                    wms.for_each(|cap, data: &mut Vec<WatermarkUpdate>| {
+                        if let Some(&t) = cap.least() {
+                            driver.push(t, Input::Watermarks(std::mem::take(data)));
+                        }
+                    });
+                    let Some(held) = caps.as_mut() else { return };
+                    let f = frontier_min(frontiers);
+                    let mut partial_h = partial_out.activate();
+                    let mut late_h = late_out.activate();
+                    let mut flush = |epoch: Epoch, c: Combined<K, T, A::Acc>, wm: EventTime| {
+                        if !c.partials.is_empty() {
+                            let cap = held[0].delayed(&epoch);
+                            partial_h.session(&cap).give_iterator(
+                                c.partials.into_iter().map(|((key, start), acc)| Partial { key, start, acc }),
+                            );
+                        }
+                        if !c.lates.is_empty() {
+                            late.fetch_add(c.lates.len() as u64, Ordering::Relaxed);
+                            let cap = held[1].delayed(&epoch);
+                            let mut session = late_h.session(&cap);
+                            for r in c.lates {
+                                session.give(DeadLetter {
+                                    payload: serde_json::to_vec(&r.value.1).unwrap_or_default(),
+                                    error: format!(
+                                        "late event: time {} is behind the watermark {wm}",
+                                        r.meta.event_time
+                                    ),
+                                    stage: "late".into(),
+                                    source: source.clone(),
+                                    partition: r.meta.partition,
+                                    offset: r.meta.offset,
+                                    event_time: Some(r.meta.event_time),
+                                });
+                            }
+                        }
+                    };
+                    for step in driver.advance(f) {
+                        let wm = watermarks.current;
+                        // Epochs before this one are complete: flush them.
+                        let later = open.split_off(&step.epoch);
+                        for (e, c) in std::mem::replace(&mut open, later) {
+                            flush(e, c, wm);
+                        }
+                        let mut c = open.remove(&step.epoch).unwrap_or_default();
+                        for input in data_then_watermarks(step.data) {
+                            match input {
+                                Input::Data(recs) => classify(&mut c, recs, wm),
+                                Input::Watermarks(updates) => {
+                                    watermarks.apply(&updates);
+                                }
+                            }
+                        }
+                        flush(step.epoch, c, wm);
+                    }
+                    let later = match f {
+                        Some(f) => open.split_off(&f),
+                        None => BTreeMap::new(),
+                    };
+                    let wm = watermarks.current;
+                    for (e, c) in std::mem::replace(&mut open, later) {
+                        flush(e, c, wm);
+                    }
+                    drop((partial_h, late_h));
+                    match f {
+                        Some(f) => {
+                            for c in held.iter_mut() {
+                                if f > *c.time() {
+                                    c.downgrade(&f);
+                                }
+                            }
+                        }
+                        None => caps = None,
+                    }
+                }
+            });
+            (partials, lates)
+        };
+
+        // Stage 2: merge partials per key group, fire, checkpoint.
+        let failure = ctx.failure();
+        let fired = ctx.counter(&format!("{op}.fired"));
+        let route = move |p: &Partial<K, A::Acc>| groups.owner(groups.group_of(&p.key), peers) as u64;
         let mut builder = OperatorBuilder::new(format!("Window({op})"), ctx.scope());
-        let mut records = builder.new_input(flow.stream, Exchange::new(route));
+        let mut input = builder.new_input(partials, Exchange::new(route));
         let mut wms = builder.new_input(wm_stream, Pipeline);
         let (res_out, results) = builder.new_output::<Vec<Rec<WindowResult<K, A::Out>>>>();
         let (part_out, parts) = builder.new_output::<Vec<Part>>();
-        let (late_out, lates) = builder.new_output::<Vec<DeadLetter>>();
         let mut res_out: VecOutput<Rec<WindowResult<K, A::Out>>> = OutputBuilder::from(res_out);
         let mut part_out: VecOutput<Part> = OutputBuilder::from(part_out);
-        let mut late_out: VecOutput<DeadLetter> = OutputBuilder::from(late_out);
-        let mut driver: EpochDriver<Input<K, T>> = EpochDriver::new(ctx.start_epoch(), ctx.schedule());
+        let mut driver: EpochDriver<Input<Partial<K, A::Acc>>> = EpochDriver::new(ctx.start_epoch(), ctx.schedule());
         let part_name = format!("{op}.w{worker}.part");
 
         builder.build(move |caps| {
@@ -123,9 +307,9 @@ where
             let mut last_snapshot: Option<FileEntry> = None;
             let mut dirty = true;
             move |frontiers| {
-                records.for_each(|cap, data: &mut Vec<Rec<(K, T)>>| {
+                input.for_each(|cap, data: &mut Vec<Partial<K, A::Acc>>| {
                     if let Some(&t) = cap.least() {
-                        driver.push(t, Input::Records(std::mem::take(data)));
+                        driver.push(t, Input::Data(std::mem::take(data)));
                     }
                 });
                 wms.for_each(|cap, data: &mut Vec<WatermarkUpdate>| {
@@ -137,85 +321,52 @@ where
                 if failure.aborted() {
                     return;
                 }
-                let f = frontiers.iter().flat_map(|f| f.frontier().iter().copied().collect::<Vec<_>>()).min();
+                let f = frontier_min(frontiers);
                 let mut res_h = res_out.activate();
                 let mut part_h = part_out.activate();
-                let mut late_h = late_out.activate();
-                let mut run = || -> Result<()> {
-                    let mut fire = |state: &mut WindowState<K, A::Acc>, epoch: Epoch, upto: EventTime| {
-                        let cap = held[0].delayed(&epoch);
-                        let mut session = res_h.session(&cap);
-                        while let Some(entry) = state.windows.first_entry() {
-                            let start = *entry.key();
-                            if start.saturating_add(size) > upto {
-                                break;
-                            }
-                            let keys = entry.remove();
-                            fired.fetch_add(keys.len() as u64, Ordering::Relaxed);
-                            let end = start + size;
-                            for (key, acc) in keys {
-                                session.give(Rec {
-                                    meta: Meta::derived(end - 1),
-                                    value: WindowResult { key, start, end, value: agg.finish(&acc) },
-                                });
-                            }
+                let mut fire = |windows: &mut BTreeMap<EventTime, FxHashMap<K, A::Acc>>, epoch: Epoch, upto| {
+                    let cap = held[0].delayed(&epoch);
+                    let mut session = res_h.session(&cap);
+                    while let Some(entry) = windows.first_entry() {
+                        let start = *entry.key();
+                        if start.saturating_add(size) > upto {
+                            break;
                         }
-                    };
+                        let keys = entry.remove();
+                        fired.fetch_add(keys.len() as u64, Ordering::Relaxed);
+                        let end = start + size;
+                        session.give_iterator(keys.into_iter().map(|(key, acc)| Rec {
+                            meta: Meta::derived(end - 1),
+                            value: WindowResult { key, start, end, value: agg.finish(&acc) },
+                        }));
+                    }
+                };
+                let mut run = || -> Result<()> {
                     for step in driver.advance(f) {
                         let epoch = step.epoch;
-                        for input in step.data {
+                        for input in data_then_watermarks(step.data) {
                             dirty = true;
                             match input {
-                                Input::Records(recs) => {
-                                    let mut lates = Vec::new();
-                                    for r in recs {
-                                        let t = r.meta.event_time;
-                                        let start = spec.start_of(t);
-                                        if start.saturating_add(size) <= state.watermark {
-                                            lates.push(r);
-                                            continue;
+                                Input::Data(partials) => {
+                                    for p in partials {
+                                        if !windows.contains_key(&p.start) {
+                                            // Size a new window like the largest open one: no rehashing.
+                                            let hint = windows.values().map(|w| w.len()).max().unwrap_or(0);
+                                            let map = FxHashMap::with_capacity_and_hasher(hint, Default::default());
+                                            windows.insert(p.start, map);
                                         }
-                                        let (key, value) = &r.value;
-                                        let window = state.windows.entry(start).or_default();
-                                        match window.get_mut(key) {
-                                            Some(acc) => agg.add(acc, value),
+                                        let Some(window) = windows.get_mut(&p.start) else { continue };
+                                        match window.get_mut(&p.key) {
+                                            Some(acc) => agg.merge(acc, &p.acc),
                                             None => {
-                                                let mut acc = agg.init();
-                                                agg.add(&mut acc, value);
-                                                window.insert(key.clone(), acc);
+                                                window.insert(p.key, p.acc);
                                             }
-                                        }
-                                    }
-                                    if !lates.is_empty() {
-                                        late.fetch_add(lates.len() as u64, Ordering::Relaxed);
-                                        let cap = held[2].delayed(&epoch);
-                                        let mut session = late_h.session(&cap);
-                                        for r in lates {
-                                            session.give(DeadLetter {
-                                                payload: serde_json::to_vec(&r.value.1).unwrap_or_default(),
-                                                error: format!(
-                                                    "late event: time {} is behind the watermark {}",
-                                                    r.meta.event_time, state.watermark
-                                                ),
-                                                stage: "late".into(),
-                                                source: source.clone(),
-                                                partition: r.meta.partition,
-                                                offset: r.meta.offset,
-                                                event_time: Some(r.meta.event_time),
-                                            });
                                         }
                                     }
                                 }
                                 Input::Watermarks(updates) => {
-                                    for u in updates {
-                                        if let Some(slot) = state.table.get_mut(u.partition as usize) {
-                                            *slot = (*slot).max(u.watermark);
-                                        }
-                                    }
-                                    let wm = state.table.iter().copied().min().unwrap_or(EventTime::MAX);
-                                    if wm > state.watermark {
-                                        state.watermark = wm;
-                                        fire(&mut state, epoch, wm);
+                                    if let Some(wm) = watermarks.apply(&updates) {
+                                        fire(&mut windows, epoch, wm);
                                     }
                                 }
                             }
@@ -225,10 +376,7 @@ where
                         {
                             let file = match (&last_snapshot, dirty) {
                                 (Some(file), false) => file.clone(),
-                                _ => {
-                                    let bytes = snapshot(&state, groups)?;
-                                    store.write_part(epoch, &part_name, &bytes)?
-                                }
+                                _ => store.write_part(epoch, &part_name, &snapshot(&windows, &watermarks, groups)?)?,
                             };
                             dirty = false;
                             last_snapshot = Some(file.clone());
@@ -243,9 +391,9 @@ where
                     if f.is_none() {
                         // Input finished: flush every window, then the final snapshot.
                         let at = *held[0].time();
-                        fire(&mut state, at, EventTime::MAX);
+                        fire(&mut windows, at, EventTime::MAX);
                         if let Some(store) = &store {
-                            let bytes = snapshot(&state, groups)?;
+                            let bytes = snapshot(&windows, &watermarks, groups)?;
                             let file = store.write_part(at, &format!("{part_name}.final"), &bytes)?;
                             let cap = held[1].delayed(&at);
                             part_h.session(&cap).give(Part {
@@ -261,7 +409,7 @@ where
                     failure.fail(e);
                     return;
                 }
-                drop((res_h, part_h, late_h));
+                drop((res_h, part_h));
                 match f {
                     Some(f) => {
                         for c in held.iter_mut() {
@@ -280,18 +428,19 @@ where
     }
 }
 
-fn snapshot<K: Hash + Serialize + Clone, Acc: Serialize + Clone>(
-    state: &WindowState<K, Acc>,
+fn snapshot<K: Hash + Serialize, Acc: Serialize>(
+    windows: &BTreeMap<EventTime, FxHashMap<K, Acc>>,
+    watermarks: &Watermarks,
     groups: weir_core::keygroup::KeyGroups,
 ) -> Result<Vec<u8>> {
     let mut by_group: BTreeMap<u32, GroupEntries<&K, &Acc>> = BTreeMap::new();
-    for (&start, keys) in &state.windows {
+    for (&start, keys) in windows {
         for (key, acc) in keys {
             by_group.entry(groups.group_of(key)).or_default().push((start, key, acc));
         }
     }
     let mut w = StateWriter::default();
-    w.group(GLOBAL_GROUP, &(&state.table, state.watermark))?;
+    w.group(GLOBAL_GROUP, &watermarks.table)?;
     for (g, entries) in by_group {
         w.group(g, &entries)?;
     }

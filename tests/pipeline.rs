@@ -125,6 +125,11 @@ fn rescaled_restart_reads_state_by_key_group() -> anyhow::Result<()> {
     let path = dir.path().join("in.jsonl");
     std::fs::write(&path, &input)?;
     run(dir.path(), &path, 4096, 3, 100, 2)?;
+    // The checkpoint records who read what (the previous assignment for `sticky`).
+    let m = weir::core::checkpoint::store::read_latest(&dir.path().join("state"))?.expect("a manifest");
+    let assignment = &m.assignments[&path.display().to_string()];
+    assert_eq!(assignment.len(), 3);
+    assert_eq!(assignment.iter().map(Vec::len).sum::<usize>(), m.inputs[&path.display().to_string()].ends.len());
     let again = run(dir.path(), &path, 4096, 1, 100, 2)?;
     assert!(again.already_complete);
     support::compare(&expected, &support::read_rows(&dir.path().join("out"))?)?;

@@ -69,6 +69,10 @@ pub struct Manifest {
     pub key_groups: u32,
     /// Bounded inputs per source name.
     pub inputs: BTreeMap<String, InputBound>,
+    /// Which worker read which partitions, per source (the previous assignment
+    /// the `sticky` assignor keeps as much of as it can after a rescale).
+    #[serde(default)]
+    pub assignments: BTreeMap<String, Vec<Vec<PartitionId>>>,
     /// Next offset to read per source name and partition.
     pub offsets: BTreeMap<String, BTreeMap<PartitionId, Offset>>,
     /// State part files per operator id.

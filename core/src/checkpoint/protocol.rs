@@ -82,6 +82,7 @@ pub fn next_manifest(
         workers: template.workers,
         key_groups: template.key_groups,
         inputs: template.inputs.clone(),
+        assignments: template.assignments.clone(),
         offsets: BTreeMap::new(),
         state: BTreeMap::new(),
         outputs: Vec::new(),

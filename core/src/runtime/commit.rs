@@ -29,6 +29,9 @@ impl Committer {
         if let Ok(inputs) = self.shared.inputs.lock() {
             self.template.inputs = inputs.clone();
         }
+        if let Ok(assignments) = self.shared.assignments.lock() {
+            self.template.assignments = assignments.clone();
+        }
         let m = next_manifest(self.last.as_ref(), &self.template, parts, epoch, complete);
         if let Some(store) = &self.shared.store {
             store.commit(&m)?;

@@ -42,6 +42,7 @@ pub(crate) struct Shared {
     pub error: Mutex<Option<Error>>,
     pub counters: Mutex<BTreeMap<String, Arc<AtomicU64>>>,
     pub inputs: Mutex<BTreeMap<String, InputBound>>,
+    pub assignments: Mutex<BTreeMap<String, Vec<Vec<crate::record::PartitionId>>>>,
     pub stats: Mutex<CommitStats>,
 }
 

@@ -270,6 +270,7 @@ impl Pipeline {
             error: Mutex::new(None),
             counters: Default::default(),
             inputs: Default::default(),
+            assignments: Default::default(),
             stats: Default::default(),
         });
         let sh = shared.clone();

@@ -64,7 +64,14 @@ impl<'s> Dataflow<'s> {
         }
 
         let ids: Vec<PartitionId> = specs.iter().map(|s| s.id).collect();
-        let assignment = cfg.assignor.assign(&ids, ctx.peers(), None)?;
+        // The previous run's assignment, so `sticky` moves as few partitions as possible.
+        let previous = restored
+            .and_then(|m| m.assignments.get(&name))
+            .and_then(|a| crate::partition::Assignment::from_workers(a.clone()).ok());
+        let assignment = cfg.assignor.assign(&ids, ctx.peers(), previous.as_ref())?;
+        if let Ok(mut all) = shared.assignments.lock() {
+            all.insert(name.clone(), assignment.clone().into());
+        }
         let mut owned = Vec::new();
         for &id in assignment.partitions_of(ctx.worker()) {
             let Some(spec) = specs.iter().find(|s| s.id == id) else { continue };

@@ -36,8 +36,8 @@ pub struct Args {
     /// Time between checkpoints (100ms, 1s, ...).
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     checkpoint_interval: Duration,
-    /// Epoch length (100ms, ...): how often windows can fire.
-    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    /// Epoch length (20ms, ...): how often windows can fire; shorter epochs keep less data in flight.
+    #[arg(long, default_value = "20ms", value_parser = parse_duration)]
     epoch_interval: Duration,
     /// Read from this embedded-log directory instead of a file.
     #[arg(long)]

@@ -57,6 +57,28 @@ pub struct InputInfo<'s> {
     pub events: StreamVec<'s, Epoch, PartitionEvent>,
 }
 
+/// Recycles chunk buffers between a source and the stage that consumes its
+/// chunks on the same worker, so reading allocates no new buffers in steady
+/// state (fresh large buffers cost page faults on every read).
+#[derive(Clone, Default)]
+pub struct ChunkPool(std::rc::Rc<std::cell::RefCell<Vec<Chunk>>>);
+
+impl ChunkPool {
+    /// A cleared chunk, recycled when one is available.
+    pub fn get(&self) -> Chunk {
+        self.0.borrow_mut().pop().unwrap_or_default()
+    }
+
+    /// Returns a chunk's buffers for reuse.
+    pub fn put(&self, mut chunk: Chunk) {
+        let mut pool = self.0.borrow_mut();
+        if pool.len() < 64 {
+            chunk.clear();
+            pool.push(chunk);
+        }
+    }
+}
+
 /// One worker's view of the pipeline being built.
 pub struct Dataflow<'s> {
     pub(crate) ctx: Ctx<'s>,
@@ -101,6 +123,8 @@ pub struct Raw<'s> {
     pub ctx: Ctx<'s>,
     /// The source.
     pub input: InputInfo<'s>,
+    /// Where consumers return chunks for the source to reuse.
+    pub pool: ChunkPool,
 }
 
 /// Everything a [`Flow`] carries besides its records.

@@ -82,6 +82,14 @@ pub struct Chunk {
 }
 
 impl Chunk {
+    /// Empties the chunk, keeping its buffers.
+    pub fn clear(&mut self) {
+        self.data.clear();
+        self.ends.clear();
+        self.first = 0;
+        self.next = 0;
+    }
+
     /// Number of records in the chunk.
     pub fn len(&self) -> usize {
         self.ends.len()

@@ -14,7 +14,8 @@ pub type Epoch = u64;
 /// When a source closes its current epoch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EpochPolicy {
-    /// After this much processing time (default 100 ms).
+    /// After this much processing time (default 20 ms: short epochs keep the
+    /// data in flight, and so memory and hash-table sizes, small).
     Time(Duration),
     /// After this many records read by one source worker (deterministic tests).
     Records(u64),
@@ -22,7 +23,7 @@ pub enum EpochPolicy {
 
 impl Default for EpochPolicy {
     fn default() -> Self {
-        EpochPolicy::Time(Duration::from_millis(100))
+        EpochPolicy::Time(Duration::from_millis(20))
     }
 }
 

@@ -45,6 +45,7 @@ impl<'s> Decode<'s> for Raw<'s> {
         let mut ok_out: VecOutput<Rec<T>> = OutputBuilder::from(ok_out);
         let mut err_out: VecOutput<DeadLetter> = OutputBuilder::from(err_out);
         let source = self.input.source.clone();
+        let pool = self.pool.clone();
         let dead = ctx.counter("dead_letters.decode");
         let decoded = ctx.counter("decoded");
         let _marker: PhantomData<T> = PhantomData;
@@ -79,6 +80,7 @@ impl<'s> Decode<'s> for Raw<'s> {
                                 }
                             }
                         }
+                        pool.put(chunk);
                     }
                     ok_h.session(&cap).give_container(&mut batch);
                     decoded.fetch_add(n_ok, Ordering::Relaxed);

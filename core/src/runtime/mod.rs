@@ -55,6 +55,8 @@ pub struct PipelineConfig {
     pub retain: usize,
     /// Bytes a source reads from one partition per read.
     pub read_batch_bytes: usize,
+    /// Epochs a source may run ahead of the commit operator's input (flow control).
+    pub epochs_in_flight: u64,
 }
 
 impl Default for PipelineConfig {
@@ -71,6 +73,7 @@ impl Default for PipelineConfig {
             key_groups: KeyGroups::default(),
             retain: 3,
             read_batch_bytes: 256 * 1024,
+            epochs_in_flight: 4,
         }
     }
 }
@@ -92,11 +95,13 @@ impl PipelineConfig {
     }
 
     /// How far sources may run ahead of the commit operator, in epochs.
+    ///
+    /// The commit operator's input frontier moves every epoch (every operator
+    /// emits or downgrades its part stream each epoch), so this bounds the
+    /// data in flight to a few epochs whatever the checkpoint interval, and so
+    /// also keeps the uncommitted checkpoint intervals bounded.
     pub fn max_epochs_in_flight(&self) -> u64 {
-        match self.schedule().every {
-            Some(k) => (3 * k).max(4),
-            None => 10,
-        }
+        self.epochs_in_flight
     }
 
     fn validate(&self) -> Result<()> {
@@ -121,6 +126,9 @@ impl PipelineConfig {
         }
         if self.retain == 0 {
             return Err(Error::config("retain", "keep at least one checkpoint"));
+        }
+        if self.epochs_in_flight < 2 {
+            return Err(Error::config("epochs_in_flight", "must be at least 2"));
         }
         if self.read_batch_bytes < 1024 {
             return Err(Error::config("read_batch_bytes", "must be at least 1024"));

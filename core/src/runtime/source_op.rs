@@ -101,6 +101,8 @@ impl<'s> Dataflow<'s> {
         let records_in = ctx.counter("records_in");
         let bytes_in = ctx.counter("bytes_in");
         let mut epoch: Epoch = ctx.start_epoch();
+        let pool = crate::flow::ChunkPool::default();
+        let source_pool = pool.clone();
         let source_name = name.clone();
 
         builder.build(move |caps| {
@@ -157,7 +159,7 @@ impl<'s> Dataflow<'s> {
                             idle_rounds += 1;
                             continue;
                         }
-                        let mut chunk = Chunk::default();
+                        let mut chunk = source_pool.get();
                         let status = match o.reader.read(limit, &mut chunk) {
                             Ok(s) => s,
                             Err(e) => {
@@ -174,6 +176,7 @@ impl<'s> Dataflow<'s> {
                             progressed = true;
                             idle_rounds = 0;
                         } else {
+                            source_pool.put(chunk);
                             idle_rounds += 1;
                         }
                         match status {
@@ -214,6 +217,7 @@ impl<'s> Dataflow<'s> {
                         part.epoch = epoch;
                         part_h.session(&held[2]).give(part);
                     }
+                    tracing::trace!(worker, epoch, records = epoch_records, "epoch closed");
                     epoch += 1;
                     for c in held.iter_mut() {
                         c.downgrade(&epoch);
@@ -234,6 +238,7 @@ impl<'s> Dataflow<'s> {
             stream: data,
             ctx: ctx.clone(),
             input: InputInfo { source: name, partitions: specs.len() as u32, events },
+            pool,
         })
         .inspect(|_| ctx.register_parts(parts))
     }

@@ -188,6 +188,13 @@ where
                 // first open epoch are classified on arrival (the watermark after the
                 // epochs before it is known); later epochs' records wait in `driver`.
                 let mut open: BTreeMap<Epoch, Combined<K, T, A::Acc>> = BTreeMap::new();
+                // Flushed epochs' maps, kept with their capacity: a new epoch's map
+                // does not grow (and rehash) from empty again.
+                let spare: std::rc::Rc<std::cell::RefCell<Vec<Combined<K, T, A::Acc>>>> = Default::default();
+                let fresh = {
+                    let spare = spare.clone();
+                    move || spare.borrow_mut().pop().unwrap_or_default()
+                };
                 let classify = move |c: &mut Combined<K, T, A::Acc>, recs: Vec<Rec<(K, T)>>, wm: EventTime| {
                     for r in recs {
                         let start = spec.start_of(r.meta.event_time);
@@ -205,7 +212,7 @@ where
                     records.for_each(|cap, data: &mut Vec<Rec<(K, T)>>| {
                         let Some(&t) = cap.least() else { return };
                         if t == now {
-                            classify(open.entry(t).or_default(), std::mem::take(data), watermarks.current);
+                            classify(open.entry(t).or_insert_with(&fresh), std::mem::take(data), watermarks.current);
                         } else {
                             driver.push(t, Input::Data(std::mem::take(data)));
                         }
@@ -219,18 +226,18 @@ where
                     let f = frontier_min(frontiers);
                     let mut partial_h = partial_out.activate();
                     let mut late_h = late_out.activate();
-                    let mut flush = |epoch: Epoch, c: Combined<K, T, A::Acc>, wm: EventTime| {
+                    let mut flush = |epoch: Epoch, mut c: Combined<K, T, A::Acc>, wm: EventTime| {
                         if !c.partials.is_empty() {
                             let cap = held[0].delayed(&epoch);
                             partial_h.session(&cap).give_iterator(
-                                c.partials.into_iter().map(|((key, start), acc)| Partial { key, start, acc }),
+                                c.partials.drain().map(|((key, start), acc)| Partial { key, start, acc }),
                             );
                         }
                         if !c.lates.is_empty() {
                             late.fetch_add(c.lates.len() as u64, Ordering::Relaxed);
                             let cap = held[1].delayed(&epoch);
                             let mut session = late_h.session(&cap);
-                            for r in c.lates {
+                            for r in c.lates.drain(..) {
                                 session.give(DeadLetter {
                                     payload: serde_json::to_vec(&r.value.1).unwrap_or_default(),
                                     error: format!(
@@ -245,6 +252,7 @@ where
                                 });
                             }
                         }
+                        spare.borrow_mut().push(c);
                     };
                     for step in driver.advance(f) {
                         let wm = watermarks.current;
@@ -253,7 +261,7 @@ where
                         for (e, c) in std::mem::replace(&mut open, later) {
                             flush(e, c, wm);
                         }
-                        let mut c = open.remove(&step.epoch).unwrap_or_default();
+                        let mut c = open.remove(&step.epoch).unwrap_or_else(&fresh);
                         for input in data_then_watermarks(step.data) {
                             match input {
                                 Input::Data(recs) => classify(&mut c, recs, wm),

@@ -1,0 +1,650 @@
+//! End-to-end throughput suite for the sensor-window workload.
+//!
+//! `cargo bench --bench throughput` (a few minutes):
+//!
+//! 1. builds the release examples `sensor_aggregation` and `raw_timely`;
+//! 2. makes the 2,000,000-event input once under `target/weir-bench/`, with the
+//!    workload's `gen_data.py` when `<repo>/../shared/workloads/` has it, else
+//!    with `weir::sensor::generate`;
+//! 3. runs every configuration `WEIR_BENCH_WARMUP` times untimed (default 1), then
+//!    `WEIR_BENCH_RUNS` times (default 3), as a child process with fresh
+//!    output/state directories, and reports the median wall
+//!    time, events/s, the child's peak RSS (from `wait4`), and Weir's
+//!    checkpoint count and total checkpoint time (parsed from its stdout);
+//! 4. after all timings, checks the last run's output of each configuration with the workload's
+//!    `check.py` when it is there (expected rows from `reference.py`, cached);
+//! 5. prints a table and ratios, and writes them to `target/weir-bench/results.md`.
+//!
+//! Configurations: Weir with 1 and 2 workers, checkpoints off and every 1 s
+//! (plus 2 workers every 100 ms: a 2M-event run is shorter than 1 s);
+//! the raw-timely baseline (`examples/raw_timely.rs`) with 1 and 2 workers;
+//! DuckDB (`SET threads=2`, query timed inside Python) when `import duckdb` works.
+
+use std::fmt::Write as _;
+use std::io::{BufWriter, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Events in the input file.
+const EVENTS: u64 = 2_000_000;
+/// Seed of the input file.
+const SEED: u64 = 42;
+
+type Result<T> = std::result::Result<T, String>;
+
+fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --all-targets` runs bench targets without it.
+    // The suite takes minutes and needs release builds, so under `cargo test` only check the
+    // output parsers.
+    if !std::env::args().any(|a| a == "--bench") {
+        self_test();
+        println!("throughput: parsers ok; run the suite with `cargo bench --bench throughput`");
+        return;
+    }
+    if let Err(e) = run() {
+        eprintln!("throughput bench failed: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// Paths and tools of one bench session.
+struct Env {
+    repo: PathBuf,
+    bench_dir: PathBuf,
+    examples: PathBuf,
+    workloads: Option<PathBuf>,
+    runs: usize,
+    warmup: usize,
+}
+
+/// One configuration to measure.
+struct Config {
+    name: String,
+    kind: Kind,
+}
+
+enum Kind {
+    /// `checkpoint`: `--checkpoint-interval` with a fresh `--state`, or `None` for no `--state`.
+    Weir {
+        workers: usize,
+        checkpoint: Option<&'static str>,
+    },
+    Raw {
+        workers: usize,
+    },
+    Duck,
+}
+
+/// One measured child process.
+struct Run {
+    wall: Duration,
+    /// The program's own timing (Weir's `elapsed:`, raw timely's `in X s`, DuckDB's query time).
+    self_timed: Option<f64>,
+    maxrss_kib: u64,
+    checkpoints: Option<(u64, f64)>,
+}
+
+/// A configuration's summary.
+struct Row {
+    name: String,
+    /// Per run, the time the comparison uses.
+    times: Vec<f64>,
+    /// Median of the time the comparison uses (wall time; DuckDB: the query time inside Python).
+    median_s: f64,
+    median_self_s: Option<f64>,
+    /// Median wall time of the child process.
+    median_wall_s: f64,
+    peak_rss_mib: f64,
+    checkpoints: Option<(u64, f64)>,
+    check: String,
+    /// The last run's output, checked after all configurations ran.
+    check_target: Option<PathBuf>,
+    /// The configuration's scratch directory.
+    dir: PathBuf,
+    command: String,
+}
+
+fn run() -> Result<()> {
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| repo.join("target"), PathBuf::from);
+    let target = if target.is_absolute() { target } else { repo.join(target) };
+    let bench_dir = target.join("weir-bench");
+    std::fs::create_dir_all(&bench_dir).map_err(|e| format!("create {}: {e}", bench_dir.display()))?;
+    let workloads = repo.join("../shared/workloads");
+    let workloads = workloads.join("gen_data.py").is_file().then_some(workloads);
+    let runs = match std::env::var("WEIR_BENCH_RUNS") {
+        Ok(v) => v.trim().parse::<usize>().map_err(|_| format!("WEIR_BENCH_RUNS={v:?} is not a number"))?.max(1),
+        Err(_) => 3,
+    };
+    let warmup = match std::env::var("WEIR_BENCH_WARMUP") {
+        Ok(v) => v.trim().parse::<usize>().map_err(|_| format!("WEIR_BENCH_WARMUP={v:?} is not a number"))?,
+        Err(_) => 1,
+    };
+    let env = Env { examples: target.join("release/examples"), repo, bench_dir, workloads, runs, warmup };
+    let mut commands = Vec::new();
+
+    // 1. The release examples.
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let build = ["build", "--release", "--example", "sensor_aggregation", "--example", "raw_timely"];
+    commands.push(format!("cargo {}", build.join(" ")));
+    println!("== building: cargo {}", build.join(" "));
+    let status = Command::new(&cargo)
+        .args(build)
+        .current_dir(&env.repo)
+        .status()
+        .map_err(|e| format!("cannot run {cargo}: {e}"))?;
+    if !status.success() {
+        return Err(format!("cargo build failed ({status})"));
+    }
+
+    // 2. The input (and the expected rows, when the workload's checker is there).
+    let (input, source) = make_input(&env, &mut commands)?;
+    let expected = expected_rows(&env, &input, &mut commands)?;
+    let hardware = hardware();
+    println!("== input: {} ({EVENTS} events, {source})", input.display());
+    println!("== hardware: {hardware}");
+    println!(
+        "== {} warm-up + {} timed run(s) per configuration (WEIR_BENCH_WARMUP, WEIR_BENCH_RUNS)",
+        env.warmup, env.runs
+    );
+
+    // 3. The configurations.
+    let mut configs = Vec::new();
+    for workers in [1, 2] {
+        for checkpoint in [None, Some("1s")] {
+            let name =
+                format!("weir {workers}w, {}", checkpoint.map_or("ckpt off".into(), |i| format!("ckpt every {i}")));
+            configs.push(Config { name, kind: Kind::Weir { workers, checkpoint } });
+        }
+    }
+    // Extra: at 2M events a run is shorter than 1 s, so `--checkpoint-interval 1s`
+    // takes only the final checkpoint; 100ms (the default epoch length) shows the cost
+    // of checkpoints taken while the data flows.
+    configs.push(Config {
+        name: "weir 2w, ckpt every 100ms".into(),
+        kind: Kind::Weir { workers: 2, checkpoint: Some("100ms") },
+    });
+    for workers in [1, 2] {
+        configs.push(Config { name: format!("raw timely {workers}w"), kind: Kind::Raw { workers } });
+    }
+    let duck = Command::new("python3")
+        .args(["-c", "import duckdb"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if duck {
+        configs.push(Config { name: "duckdb threads=2".into(), kind: Kind::Duck });
+    } else {
+        println!("== duckdb: `python3 -c 'import duckdb'` failed; skipping it");
+    }
+
+    let mut rows = Vec::new();
+    for config in &configs {
+        let row = measure(&env, config, &input)?;
+        commands.push(row.command.clone());
+        rows.push(row);
+    }
+    // Checks run after all timings: a Python process reading 760,000 rows disturbs the next run.
+    for row in &mut rows {
+        if let (Some(expected), Some(w), Some(target)) = (&expected, &env.workloads, &row.check_target) {
+            row.check = run_check(&w.join("check.py"), expected, target);
+            println!("== check {}: {}", row.name, row.check);
+        }
+        let _ = std::fs::remove_dir_all(&row.dir);
+    }
+
+    // 4. Report.
+    let report = report(&rows, &hardware, &input, &source, &env, &commands);
+    println!();
+    print!("{report}");
+    let md = env.bench_dir.join("results.md");
+    std::fs::write(&md, &report).map_err(|e| format!("write {}: {e}", md.display()))?;
+    println!("\n(written to {})", md.display());
+    if rows.iter().any(|r| r.check.starts_with("FAIL")) {
+        return Err("some outputs failed the workload check (see the table)".into());
+    }
+    Ok(())
+}
+
+/// Makes the input once; returns its path and how it was made.
+fn make_input(env: &Env, commands: &mut Vec<String>) -> Result<(PathBuf, String)> {
+    let path = env.bench_dir.join("sensor-2m.jsonl");
+    let stamp = env.bench_dir.join("sensor-2m.jsonl.source");
+    let source = match &env.workloads {
+        Some(w) => format!("gen_data.py --n {EVENTS} --seed {SEED} ({})", w.join("gen_data.py").display()),
+        None => format!("weir::sensor::generate({EVENTS}, {SEED}, 10_000, ..) (no ../shared/workloads/gen_data.py)"),
+    };
+    let fresh = path.is_file() && std::fs::read_to_string(&stamp).is_ok_and(|s| s == source);
+    if let Some(w) = &env.workloads {
+        commands.push(format!(
+            "python3 {} --n {EVENTS} --seed {SEED} --out {}",
+            w.join("gen_data.py").display(),
+            path.display()
+        ));
+    }
+    if fresh {
+        println!("== input: reusing {}", path.display());
+        return Ok((path, source));
+    }
+    let _ = std::fs::remove_file(&stamp);
+    println!("== generating {} with {source}", path.display());
+    let started = Instant::now();
+    match &env.workloads {
+        Some(w) => {
+            let status = Command::new("python3")
+                .arg(w.join("gen_data.py"))
+                .args(["--n", &EVENTS.to_string(), "--seed", &SEED.to_string(), "--out"])
+                .arg(&path)
+                .status()
+                .map_err(|e| format!("python3 gen_data.py: {e}"))?;
+            if !status.success() {
+                return Err(format!("gen_data.py failed ({status})"));
+            }
+        }
+        None => {
+            let file = std::fs::File::create(&path).map_err(|e| format!("create {}: {e}", path.display()))?;
+            let mut out = BufWriter::with_capacity(1 << 20, file);
+            weir::sensor::generate(EVENTS, SEED, 10_000, &mut out).map_err(|e| format!("generate: {e}"))?;
+            out.flush().map_err(|e| format!("write {}: {e}", path.display()))?;
+        }
+    }
+    std::fs::write(&stamp, &source).map_err(|e| format!("write {}: {e}", stamp.display()))?;
+    println!("   done in {:.1?}", started.elapsed());
+    Ok((path, source))
+}
+
+/// The expected rows (CSV from the workload's `reference.py`), made once; `None` without the workload scripts.
+fn expected_rows(env: &Env, input: &Path, commands: &mut Vec<String>) -> Result<Option<PathBuf>> {
+    let Some(w) = &env.workloads else { return Ok(None) };
+    if !w.join("reference.py").is_file() || !w.join("check.py").is_file() {
+        return Ok(None);
+    }
+    let csv = env.bench_dir.join("sensor-2m.expected.csv");
+    commands.push(format!(
+        "python3 {} --input {} --output {}",
+        w.join("reference.py").display(),
+        input.display(),
+        csv.display()
+    ));
+    let input_time = std::fs::metadata(input).and_then(|m| m.modified()).ok();
+    let csv_time = std::fs::metadata(&csv).and_then(|m| m.modified()).ok();
+    if let (Some(i), Some(c)) = (input_time, csv_time)
+        && c >= i
+    {
+        return Ok(Some(csv));
+    }
+    println!("== expected rows: reference.py -> {}", csv.display());
+    let status = Command::new("python3")
+        .arg(w.join("reference.py"))
+        .arg("--input")
+        .arg(input)
+        .arg("--output")
+        .arg(&csv)
+        .stdout(Stdio::null())
+        .status()
+        .map_err(|e| format!("python3 reference.py: {e}"))?;
+    if !status.success() {
+        let _ = std::fs::remove_file(&csv);
+        return Err(format!("reference.py failed ({status})"));
+    }
+    Ok(Some(csv))
+}
+
+/// Runs one configuration `env.warmup` times untimed, then `env.runs` times timed; leaves
+/// the last run's output in place for the check.
+fn measure(env: &Env, config: &Config, input: &Path) -> Result<Row> {
+    let slug: String = config.name.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
+    let dir = env.bench_dir.join("runs").join(&slug);
+    let (out, dlq, state) = (dir.join("out"), dir.join("dlq"), dir.join("state"));
+    let duck_out = out.join("duck.parquet");
+    let mut command = String::new();
+    let mut runs = Vec::new();
+    println!("== {}", config.name);
+    for i in 0..env.warmup + env.runs {
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(|e| format!("remove {}: {e}", dir.display()))?;
+        }
+        std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+        let mut cmd = match config.kind {
+            Kind::Weir { workers, checkpoint } => {
+                let mut c = Command::new(env.examples.join("sensor_aggregation"));
+                c.arg("--input").arg(input).arg("--output").arg(&out).arg("--dead-letter").arg(&dlq);
+                c.args(["--workers", &workers.to_string()]);
+                if let Some(interval) = checkpoint {
+                    c.arg("--state").arg(&state).args(["--checkpoint-interval", interval]);
+                }
+                c
+            }
+            Kind::Raw { workers } => {
+                let mut c = Command::new(env.examples.join("raw_timely"));
+                c.arg("--input").arg(input).arg("--output").arg(&out).args(["--workers", &workers.to_string()]);
+                c
+            }
+            Kind::Duck => {
+                std::fs::create_dir_all(&out).map_err(|e| format!("create {}: {e}", out.display()))?;
+                let mut c = Command::new("python3");
+                c.args(["-c", DUCK_SCRIPT]).arg(input).arg(&duck_out);
+                c
+            }
+        };
+        if i == 0 {
+            command = display_command(&cmd);
+            println!("   $ {command}");
+        }
+        let (run, stdout) = run_child(&mut cmd, &dir.join("stderr.log"))?;
+        let run = Run { self_timed: self_timed(&config.kind, &stdout), checkpoints: parse_checkpoints(&stdout), ..run };
+        let label = if i < env.warmup { "warm-up".to_string() } else { format!("run {}", i - env.warmup + 1) };
+        println!(
+            "   {label}: {:.3} s wall{}, peak RSS {:.0} MiB{}",
+            run.wall.as_secs_f64(),
+            run.self_timed.map_or(String::new(), |s| format!(" ({s:.3} s self-timed)")),
+            run.maxrss_kib as f64 / 1024.0,
+            run.checkpoints.map_or(String::new(), |(n, ms)| format!(", {n} checkpoints ({ms:.1} ms)"))
+        );
+        if i >= env.warmup {
+            runs.push(run);
+        }
+    }
+    let is_duck = matches!(config.kind, Kind::Duck);
+    let times: Vec<f64> = runs
+        .iter()
+        .map(|r| if is_duck { r.self_timed.unwrap_or(r.wall.as_secs_f64()) } else { r.wall.as_secs_f64() })
+        .collect();
+    let median_s = median(&times);
+    let selfs: Vec<f64> = runs.iter().filter_map(|r| r.self_timed).collect();
+    let median_self_s = (!selfs.is_empty()).then(|| median(&selfs));
+    // Checkpoint figures of the run closest to the median time.
+    let mid = times
+        .iter()
+        .enumerate()
+        .min_by(|a, b| (a.1 - median_s).abs().total_cmp(&(b.1 - median_s).abs()))
+        .map_or(0, |(i, _)| i);
+    Ok(Row {
+        name: config.name.clone(),
+        median_s,
+        median_self_s,
+        median_wall_s: median(&runs.iter().map(|r| r.wall.as_secs_f64()).collect::<Vec<_>>()),
+        peak_rss_mib: runs.iter().map(|r| r.maxrss_kib).max().unwrap_or(0) as f64 / 1024.0,
+        checkpoints: runs[mid].checkpoints,
+        times,
+        check: "-".into(),
+        check_target: Some(if matches!(config.kind, Kind::Duck) { duck_out } else { out }),
+        dir,
+        command,
+    })
+}
+
+/// DuckDB's run: argv[1] = input, argv[2] = output file; prints the query time.
+const DUCK_SCRIPT: &str = r#"
+import sys, time, duckdb
+inp, out = sys.argv[1], sys.argv[2]
+q = ("COPY (SELECT device, ts - ts % 60000 AS window_start, count(*) AS count, min(temp) AS min, "
+     "max(temp) AS max, avg(temp) AS mean FROM read_json('" + inp + "', format='newline_delimited', "
+     "ignore_errors=true, columns={'device':'VARCHAR','ts':'BIGINT','temp':'DOUBLE'}) "
+     "WHERE device IS NOT NULL AND ts IS NOT NULL AND temp BETWEEN -50 AND 150 GROUP BY ALL) "
+     "TO '" + out + "' (FORMAT parquet)")
+con = duckdb.connect()
+con.execute("SET threads=2")
+t = time.perf_counter()
+con.execute(q)
+print("duckdb: %.6f s" % (time.perf_counter() - t))
+"#;
+
+/// Spawns `cmd` with stdout captured to memory (via a file) and stderr to `stderr_log`;
+/// waits with `wait4` for the wall time and the peak RSS.
+fn run_child(cmd: &mut Command, stderr_log: &Path) -> Result<(Run, String)> {
+    let stdout_log = stderr_log.with_file_name("stdout.log");
+    let out = std::fs::File::create(&stdout_log).map_err(|e| format!("create {}: {e}", stdout_log.display()))?;
+    let err = std::fs::File::create(stderr_log).map_err(|e| format!("create {}: {e}", stderr_log.display()))?;
+    let started = Instant::now();
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", display_command(cmd)))?;
+    let pid = child.id() as libc::pid_t;
+    let mut status: libc::c_int = 0;
+    // SAFETY: an all-zero `rusage` is a valid value; `wait4` fills it in.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: `pid` is our child (not yet reaped: `child` is never waited on), and
+        // `status`/`usage` are valid for writes.
+        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+        if r == pid {
+            break;
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(format!("wait4: {e}"));
+        }
+    }
+    let wall = started.elapsed();
+    drop(child); // already reaped; dropping a `Child` neither waits nor kills
+    let stdout = std::fs::read_to_string(&stdout_log).unwrap_or_default();
+    if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
+        let stderr = std::fs::read_to_string(stderr_log).unwrap_or_default();
+        let tail: Vec<&str> = stderr.lines().rev().take(20).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        return Err(format!(
+            "{} failed (wait status {status:#x})\nstdout:\n{stdout}\nstderr (tail):\n{}",
+            display_command(cmd),
+            tail.join("\n")
+        ));
+    }
+    // Linux reports ru_maxrss in KiB.
+    let maxrss_kib = usage.ru_maxrss.max(0) as u64;
+    Ok((Run { wall, self_timed: None, maxrss_kib, checkpoints: None }, stdout))
+}
+
+/// `checkpoints:   N (total X ms, max Y ms)` → (N, X).
+fn parse_checkpoints(stdout: &str) -> Option<(u64, f64)> {
+    stdout.lines().find_map(|line| {
+        let rest = line.strip_prefix("checkpoints:")?.trim();
+        let (n, rest) = rest.split_once(" (total ")?;
+        let (ms, _) = rest.split_once(" ms")?;
+        Some((n.trim().parse().ok()?, ms.trim().parse().ok()?))
+    })
+}
+
+/// The program's own timing from its stdout.
+fn self_timed(kind: &Kind, stdout: &str) -> Option<f64> {
+    let number_before_s = |s: &str| s.trim().strip_suffix(" s").and_then(|n| n.trim().parse::<f64>().ok());
+    stdout.lines().find_map(|line| match kind {
+        Kind::Weir { .. } => number_before_s(line.strip_prefix("elapsed:")?),
+        Kind::Raw { .. } => {
+            let rest = line.strip_prefix("raw-timely: ")?;
+            let (_, rest) = rest.split_once(" events in ")?;
+            let (secs, _) = rest.split_once(" s")?;
+            secs.trim().parse().ok()
+        }
+        Kind::Duck => number_before_s(line.strip_prefix("duckdb:")?),
+    })
+}
+
+/// Runs the workload's checker; a one-word verdict.
+fn run_check(check_py: &Path, expected: &Path, output: &Path) -> String {
+    let result = Command::new("python3")
+        .arg(check_py)
+        .arg("--expected")
+        .arg(expected)
+        .arg("--output")
+        .arg(output)
+        .stdin(Stdio::null())
+        .output();
+    match result {
+        Ok(o) if o.status.success() => "ok".into(),
+        Ok(o) => {
+            let text = String::from_utf8_lossy(&o.stdout);
+            format!("FAIL: {}", text.lines().next().unwrap_or("").trim())
+        }
+        Err(e) => format!("FAIL: cannot run check.py: {e}"),
+    }
+}
+
+fn median(xs: &[f64]) -> f64 {
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n == 0 {
+        f64::NAN
+    } else if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn display_command(cmd: &Command) -> String {
+    let quote = |s: &str| {
+        if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c)) {
+            s.to_string()
+        } else {
+            format!("'{}'", s.replace('\'', r"'\''"))
+        }
+    };
+    let program = cmd.get_program().to_string_lossy();
+    let mut parts = vec![quote(&program)];
+    for a in cmd.get_args() {
+        let a = a.to_string_lossy();
+        // Keep the table readable: the DuckDB script is shown in the source, not inline.
+        if a.contains('\n') {
+            parts.push("<DUCK_SCRIPT in benches/throughput.rs>".into())
+        } else {
+            parts.push(quote(&a))
+        }
+    }
+    parts.join(" ")
+}
+
+/// `CPU model, N cores (M available), X GiB RAM`.
+fn hardware() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')).map(|(_, m)| m.trim().to_string()))
+        .unwrap_or_else(|| "unknown CPU".into());
+    let logical = cpuinfo.lines().filter(|l| l.starts_with("processor")).count();
+    let available = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|r| r.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(String::new(), |kb| format!(", {:.1} GiB RAM", kb / 1024.0 / 1024.0));
+    format!("{model}, {logical} logical CPUs in /proc/cpuinfo ({available} available to this process){mem_gib}")
+}
+
+fn report(rows: &[Row], hardware: &str, input: &Path, source: &str, env: &Env, commands: &[String]) -> String {
+    let mut s = String::new();
+    let size_mb = std::fs::metadata(input).map_or(0.0, |m| m.len() as f64 / 1e6);
+    let _ = writeln!(s, "# Weir throughput: sensor-window, {EVENTS} events\n");
+    let _ = writeln!(s, "- hardware: {hardware}");
+    let _ = writeln!(s, "- input: `{}` ({size_mb:.0} MB; {source})", input.display());
+    let _ = writeln!(
+        s,
+        "- {} untimed warm-up + {} timed run(s) per configuration; time = median wall time of the child process \
+         (DuckDB: median query time measured inside Python); peak RSS = largest `ru_maxrss` over the runs",
+        env.warmup, env.runs
+    );
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "| configuration | median s | events/s | self-timed s | peak RSS MiB | checkpoints | ckpt total ms | all runs s | check |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---|---|");
+    for r in rows {
+        let all: Vec<String> = r.times.iter().map(|t| format!("{t:.3}")).collect();
+        let (n, ms) = r.checkpoints.map_or(("-".into(), "-".into()), |(n, ms)| (n.to_string(), format!("{ms:.1}")));
+        let _ = writeln!(
+            s,
+            "| {} | {:.3} | {:.0} | {} | {:.0} | {} | {} | {} | {} |",
+            r.name,
+            r.median_s,
+            EVENTS as f64 / r.median_s,
+            r.median_self_s.map_or("-".into(), |x| format!("{x:.3}")),
+            r.peak_rss_mib,
+            n,
+            ms,
+            all.join(", "),
+            r.check
+        );
+    }
+    if let Some(d) = rows.iter().find(|r| r.name == "duckdb threads=2") {
+        let _ = writeln!(
+            s,
+            "\nDuckDB's process (Python start, `import duckdb`, query): median wall {:.3} s.",
+            d.median_wall_s
+        );
+    }
+    let _ = writeln!(s);
+    let find = |name: &str| rows.iter().find(|r| r.name == name).map(|r| r.median_s);
+    let _ = writeln!(s, "Ratios (by median time):\n");
+    if let (Some(w), Some(raw)) = (find("weir 2w, ckpt off"), find("raw timely 2w")) {
+        let _ = writeln!(
+            s,
+            "- Weir 2 workers (ckpt off) vs raw timely 2 workers: {:.2}x the time ({:.0}% of raw timely's throughput)",
+            w / raw,
+            100.0 * raw / w
+        );
+    }
+    if let (Some(w), Some(raw)) = (find("weir 1w, ckpt off"), find("raw timely 1w")) {
+        let _ = writeln!(s, "- Weir 1 worker (ckpt off) vs raw timely 1 worker: {:.2}x the time", w / raw);
+    }
+    for (workers, interval) in [(1, "1s"), (2, "1s"), (2, "100ms")] {
+        let off = find(&format!("weir {workers}w, ckpt off"));
+        let on = find(&format!("weir {workers}w, ckpt every {interval}"));
+        if let (Some(off), Some(on)) = (off, on) {
+            let _ = writeln!(
+                s,
+                "- Weir {workers} worker{}: checkpoints every {interval} vs off: {:+.1}% time",
+                if workers == 1 { "" } else { "s" },
+                100.0 * (on / off - 1.0)
+            );
+        }
+    }
+    if let Some(duck) = find("duckdb threads=2") {
+        for ckpt in ["ckpt off", "ckpt every 1s"] {
+            if let Some(w) = find(&format!("weir 2w, {ckpt}")) {
+                let _ = writeln!(
+                    s,
+                    "- Weir 2 workers ({ckpt}) vs DuckDB (threads=2): {:.2}x the time (DuckDB {:.3} s)",
+                    w / duck,
+                    duck
+                );
+            }
+        }
+    }
+    let _ = writeln!(
+        s,
+        "\n`checkpoints` is Weir's own `checkpoints:` line; with no `--state` it still counts the final \
+         commit of the output. A run shorter than the interval checkpoints only at the end."
+    );
+    let _ = writeln!(s, "\nCommands:\n");
+    for c in commands {
+        let _ = writeln!(s, "    {c}");
+    }
+    let _ = writeln!(s, "\nDuckDB script (argv: input, output file):\n");
+    for line in DUCK_SCRIPT.trim().lines() {
+        let _ = writeln!(s, "    {line}");
+    }
+    s
+}
+
+/// What `cargo test` checks: the stdout parsers and the median.
+fn self_test() {
+    let weir = "events in:     2000000\nelapsed:       0.602 s\nevents/s:      3322259\n\
+                checkpoints:   7 (total 12.5 ms, max 3.1 ms)\ncheckpoints:   /tmp/state\n";
+    assert_eq!(parse_checkpoints(weir), Some((7, 12.5)));
+    assert_eq!(self_timed(&Kind::Weir { workers: 2, checkpoint: None }, weir), Some(0.602));
+    let raw = "windows out:   760000\nraw-timely: 2000000 events in 0.284 s (7042253 events/s)\n";
+    assert_eq!(self_timed(&Kind::Raw { workers: 2 }, raw), Some(0.284));
+    assert_eq!(parse_checkpoints(raw), None);
+    assert_eq!(self_timed(&Kind::Duck, "duckdb: 0.383000 s\n"), Some(0.383));
+    assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+    assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+}

@@ -107,6 +107,9 @@ struct Combined<K, T, Acc> {
     lates: Vec<Rec<(K, T)>>,
 }
 
+/// Flushed [`Combined`]s kept for reuse.
+type Spare<K, T, Acc> = std::rc::Rc<std::cell::RefCell<Vec<Combined<K, T, Acc>>>>;
+
 impl<K, T, Acc> Default for Combined<K, T, Acc> {
     fn default() -> Self {
         Combined { partials: FxHashMap::default(), lates: Vec::new() }
@@ -190,7 +193,7 @@ where
                 let mut open: BTreeMap<Epoch, Combined<K, T, A::Acc>> = BTreeMap::new();
                 // Flushed epochs' maps, kept with their capacity: a new epoch's map
                 // does not grow (and rehash) from empty again.
-                let spare: std::rc::Rc<std::cell::RefCell<Vec<Combined<K, T, A::Acc>>>> = Default::default();
+                let spare: Spare<K, T, A::Acc> = Default::default();
                 let fresh = {
                     let spare = spare.clone();
                     move || spare.borrow_mut().pop().unwrap_or_default()

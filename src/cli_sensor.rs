@@ -39,6 +39,9 @@ pub struct Args {
     /// Epoch length (20ms, ...): how often windows can fire; shorter epochs keep less data in flight.
     #[arg(long, default_value = "20ms", value_parser = parse_duration)]
     epoch_interval: Duration,
+    /// Epochs sources may run ahead of the commit (flow control: bounds memory).
+    #[arg(long, default_value_t = 4)]
+    epochs_in_flight: u64,
     /// Read from this embedded-log directory instead of a file.
     #[arg(long)]
     log_dir: Option<PathBuf>,
@@ -104,6 +107,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         .workers(args.workers)
         .checkpoint_every(args.checkpoint_interval)
         .epoch_every(args.epoch_interval)
+        .epochs_in_flight(args.epochs_in_flight)
         .bounded(bounded)
         .assignor(args.assignor);
     if let Some(state) = &state {

@@ -223,6 +223,12 @@ impl Pipeline {
         self
     }
 
+    /// How many epochs sources may run ahead of the commit operator (flow control; at least 2).
+    pub fn epochs_in_flight(mut self, epochs: u64) -> Self {
+        self.config.epochs_in_flight = epochs;
+        self
+    }
+
     /// Partition assignor.
     pub fn assignor(mut self, assignor: Assignor) -> Self {
         self.config.assignor = assignor;

@@ -69,25 +69,44 @@ pub struct WindowResult<K, V> {
 
 /// Adds `key_by` to flows.
 pub trait KeyBy<'s, T: 'static> {
-    /// Pairs every record with its key.
-    fn key_by<K: Hash + Eq + 'static>(self, key: impl Fn(&T) -> K + 'static) -> Flow<'s, (K, T)>;
+    /// Keys every record with `key` for the keyed stage that follows (`window`).
+    /// The key is computed where that stage needs it, so keying costs no extra
+    /// pass over the records; [`Keyed::into_flow`] materializes `(key, record)` pairs.
+    fn key_by<K, F>(self, key: F) -> Keyed<'s, T, F>
+    where
+        K: Hash + Eq + 'static,
+        F: Fn(&T) -> K + 'static;
 }
 
 impl<'s, T: 'static> KeyBy<'s, T> for Flow<'s, T> {
-    fn key_by<K: Hash + Eq + 'static>(self, key: impl Fn(&T) -> K + 'static) -> Flow<'s, (K, T)> {
-        self.map(move |v| (key(&v), v))
+    fn key_by<K, F>(self, key: F) -> Keyed<'s, T, F>
+    where
+        K: Hash + Eq + 'static,
+        F: Fn(&T) -> K + 'static,
+    {
+        Keyed { flow: self, key }
     }
 }
 
-/// Adds `window` to keyed flows.
-pub trait WindowExt<'s, K, T> {
-    /// Groups the keyed records into tumbling event-time windows.
-    fn window(self, spec: Tumbling) -> Windowed<'s, K, T>;
+/// A flow with a key function.
+pub struct Keyed<'s, T, F> {
+    flow: Flow<'s, T>,
+    key: F,
 }
 
-impl<'s, K: 'static, T: 'static> WindowExt<'s, K, T> for Flow<'s, (K, T)> {
-    fn window(self, spec: Tumbling) -> Windowed<'s, K, T> {
-        Windowed { flow: self, spec }
+impl<'s, T: 'static, F> Keyed<'s, T, F> {
+    /// Groups the keyed records into tumbling event-time windows.
+    pub fn window(self, spec: Tumbling) -> Windowed<'s, T, F> {
+        Windowed { flow: self.flow, key: self.key, spec }
+    }
+
+    /// The `(key, record)` pairs as a flow.
+    pub fn into_flow<K: 'static>(self) -> Flow<'s, (K, T)>
+    where
+        F: Fn(&T) -> K + 'static,
+    {
+        let key = self.key;
+        self.flow.map(move |v| (key(&v), v))
     }
 }
 

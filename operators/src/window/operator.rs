@@ -38,8 +38,9 @@ use super::{Tumbling, WindowResult};
 use crate::aggregate::Aggregator;
 
 /// A keyed flow with a window spec; `aggregate` builds the operator.
-pub struct Windowed<'s, K, T> {
-    pub(super) flow: Flow<'s, (K, T)>,
+pub struct Windowed<'s, T, F> {
+    pub(super) flow: Flow<'s, T>,
+    pub(super) key: F,
     pub(super) spec: Tumbling,
 }
 
@@ -104,7 +105,7 @@ type GroupEntries<K, Acc> = Vec<(EventTime, K, Acc)>;
 /// What the combiner collected for one epoch.
 struct Combined<K, T, Acc> {
     partials: FxHashMap<(K, EventTime), Acc>,
-    lates: Vec<Rec<(K, T)>>,
+    lates: Vec<Rec<T>>,
 }
 
 /// Flushed [`Combined`]s kept for reuse.
@@ -120,18 +121,19 @@ fn frontier_min(frontiers: &[MutableAntichain<Epoch>]) -> Option<Epoch> {
     frontiers.iter().filter_map(|f| f.frontier().iter().min().copied()).min()
 }
 
-impl<'s, K, T> Windowed<'s, K, T>
+impl<'s, T, F> Windowed<'s, T, F>
 where
-    K: ExchangeData + Hash + Eq + Clone + Serialize + DeserializeOwned,
     T: 'static + Serialize,
 {
     /// Aggregates every window with `agg`; emits one [`WindowResult`] per key and
     /// window when the watermark passes the window's end.
-    pub fn aggregate<A: Aggregator<T>>(self, agg: A) -> Result<Flow<'s, WindowResult<K, A::Out>>>
+    pub fn aggregate<K, A: Aggregator<T>>(self, agg: A) -> Result<Flow<'s, WindowResult<K, A::Out>>>
     where
+        K: ExchangeData + Hash + Eq + Clone + Serialize + DeserializeOwned,
+        F: Fn(&T) -> K + 'static,
         A::Out: 'static,
     {
-        let Windowed { flow, spec } = self;
+        let Windowed { flow, key: key_of, spec } = self;
         let ctx = flow.ctx.clone();
         let (Some(info), Some(wm_stream)) = (flow.input.clone(), flow.watermarks.clone()) else {
             return Err(Error::config(
@@ -179,7 +181,7 @@ where
             let (late_out, lates) = builder.new_output::<Vec<DeadLetter>>();
             let mut partial_out: VecOutput<Partial<K, A::Acc>> = OutputBuilder::from(partial_out);
             let mut late_out: VecOutput<DeadLetter> = OutputBuilder::from(late_out);
-            let mut driver: EpochDriver<Input<Rec<(K, T)>>> =
+            let mut driver: EpochDriver<Input<Rec<T>>> =
                 EpochDriver::new(ctx.start_epoch(), CheckpointSchedule::default());
             let mut watermarks = watermarks.clone();
             let agg = agg.clone();
@@ -198,21 +200,20 @@ where
                     let spare = spare.clone();
                     move || spare.borrow_mut().pop().unwrap_or_default()
                 };
-                let classify = move |c: &mut Combined<K, T, A::Acc>, recs: Vec<Rec<(K, T)>>, wm: EventTime| {
+                let classify = move |c: &mut Combined<K, T, A::Acc>, recs: Vec<Rec<T>>, wm: EventTime| {
                     for r in recs {
                         let start = spec.start_of(r.meta.event_time);
                         if start.saturating_add(size) <= wm {
                             c.lates.push(r);
                             continue;
                         }
-                        let (key, value) = r.value;
-                        let acc = c.partials.entry((key, start)).or_insert_with(|| agg.init());
-                        agg.add(acc, &value);
+                        let acc = c.partials.entry((key_of(&r.value), start)).or_insert_with(|| agg.init());
+                        agg.add(acc, &r.value);
                     }
                 };
                 move |frontiers| {
                     let now = driver.done();
-                    records.for_each(|cap, data: &mut Vec<Rec<(K, T)>>| {
+                    records.for_each(|cap, data: &mut Vec<Rec<T>>| {
                         let Some(&t) = cap.least() else { return };
                         if t == now {
                             classify(open.entry(t).or_insert_with(&fresh), std::mem::take(data), watermarks.current);
@@ -242,7 +243,7 @@ where
                             let mut session = late_h.session(&cap);
                             for r in c.lates.drain(..) {
                                 session.give(DeadLetter {
-                                    payload: serde_json::to_vec(&r.value.1).unwrap_or_default(),
+                                    payload: serde_json::to_vec(&r.value).unwrap_or_default(),
                                     error: format!(
                                         "late event: time {} is behind the watermark {wm}",
                                         r.meta.event_time

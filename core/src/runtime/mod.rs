@@ -72,7 +72,7 @@ impl Default for PipelineConfig {
             assignor: Assignor::Range,
             key_groups: KeyGroups::default(),
             retain: 3,
-            read_batch_bytes: 256 * 1024,
+            read_batch_bytes: 64 * 1024,
             epochs_in_flight: 4,
         }
     }

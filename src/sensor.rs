@@ -71,6 +71,13 @@ pub fn build(p: &mut Dataflow<'_>, input: &Input, output: &Path, dead_letters: &
         Input::File(path) => p.source(LinesFile::open(path)?)?,
         Input::Log { dir, topic } => p.source(LogSource::open(dir, topic)?)?,
     };
+    aggregate(raw, Parquet::dir(output))?;
+    p.dead_letters().sink(DeadLetters::dir(dead_letters))
+}
+
+/// The sensor-window stages from raw lines to Parquet rows (dead letters are
+/// registered with the dataflow; send them to a sink with `p.dead_letters()`).
+pub fn aggregate(raw: Raw<'_>, output: Parquet) -> weir_core::Result<()> {
     raw.decode::<Reading>(Json)
         .filter(|r| TEMP_RANGE.contains(&r.temp))
         .event_time(|r| r.ts, Duration::from_secs(2))?
@@ -85,8 +92,7 @@ pub fn build(p: &mut Dataflow<'_>, input: &Input, output: &Path, dead_letters: &
             max: w.value.2,
             mean: w.value.3,
         })
-        .sink(Parquet::dir(output))?;
-    p.dead_letters().sink(DeadLetters::dir(dead_letters))
+        .sink(output)
 }
 
 /// The plain reference: expected rows keyed by (device, window start), and the

@@ -54,22 +54,10 @@ fn run(
     let (input, out, dlq) = (input.to_path_buf(), dir.join("out"), dir.join("dlq"));
     Pipeline::new("randomized").workers(workers).state(dir.join("state")).epoch_records(epoch_records, ckpt).run(
         move |p| {
-            p.source(LinesFile::with_split_bytes(&input, split)?)?
-                .decode::<Reading>(Json)
-                .filter(|r| (-50.0..=150.0).contains(&r.temp))
-                .event_time(|r| r.ts, Duration::from_secs(2))?
-                .key_by(|r| r.device.clone())
-                .window(Tumbling::minutes(1))
-                .aggregate((Count, Min(|r: &Reading| r.temp), Max(|r: &Reading| r.temp), Mean(|r: &Reading| r.temp)))?
-                .map(|w| WindowRow {
-                    device: w.key.into(),
-                    window_start: w.start,
-                    count: w.value.0 as i64,
-                    min: w.value.1,
-                    max: w.value.2,
-                    mean: w.value.3,
-                })
-                .sink(Parquet::dir(&out).rows_per_file(500))?;
+            weir::sensor::aggregate(
+                p.source(LinesFile::with_split_bytes(&input, split)?)?,
+                Parquet::dir(&out).rows_per_file(500),
+            )?;
             p.dead_letters().sink(DeadLetters::dir(&dlq))
         },
     )

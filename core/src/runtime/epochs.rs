@@ -8,7 +8,24 @@
 
 use std::collections::BTreeMap;
 
+use timely::dataflow::operators::Capability;
+
 use crate::time::{CheckpointSchedule, Epoch};
+
+/// Moves held capabilities forward to the input frontier `f`, or drops them
+/// when the input is finished (`None`). Never moves one backwards: an
+/// operator's first view of its frontier can lag the times it already holds.
+pub fn follow_frontier(caps: &mut Option<Vec<Capability<Epoch>>>, f: Option<Epoch>) {
+    match (caps.as_mut(), f) {
+        (Some(held), Some(f)) => {
+            for c in held.iter_mut().filter(|c| f > *c.time()) {
+                c.downgrade(&f);
+            }
+        }
+        (_, None) => *caps = None,
+        (None, Some(_)) => {}
+    }
+}
 
 /// Stashes input by epoch and releases it in epoch order.
 #[derive(Debug)]

@@ -30,7 +30,7 @@ use weir_core::checkpoint::{FileEntry, Part, PartBody};
 use weir_core::flow::VecOutput;
 use weir_core::flow::WatermarkUpdate;
 use weir_core::record::{DeadLetter, EventTime, Meta, Rec};
-use weir_core::runtime::epochs::EpochDriver;
+use weir_core::runtime::epochs::{EpochDriver, follow_frontier};
 use weir_core::time::{CheckpointSchedule, Epoch};
 use weir_core::{Error, Flow, Result};
 
@@ -285,16 +285,7 @@ where
                         flush(e, c, wm);
                     }
                     drop((partial_h, late_h));
-                    match f {
-                        Some(f) => {
-                            for c in held.iter_mut() {
-                                if f > *c.time() {
-                                    c.downgrade(&f);
-                                }
-                            }
-                        }
-                        None => caps = None,
-                    }
+                    follow_frontier(&mut caps, f);
                 }
             });
             (partials, lates)
@@ -422,16 +413,7 @@ where
                     return;
                 }
                 drop((res_h, part_h));
-                match f {
-                    Some(f) => {
-                        for c in held.iter_mut() {
-                            if f > *c.time() {
-                                c.downgrade(&f);
-                            }
-                        }
-                    }
-                    None => caps = None,
-                }
+                follow_frontier(&mut caps, f);
             }
         });
         ctx.register_parts(parts);

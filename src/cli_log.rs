@@ -108,9 +108,9 @@ pub fn topic_describe(log_dir: &Path, name: &str) -> anyhow::Result<String> {
     Ok(out)
 }
 
+/// Only `\n` ends a line: a `\r` before it stays in the payload (lossless).
 fn trim_line_end(line: &[u8]) -> &[u8] {
-    let line = line.strip_suffix(b"\n").unwrap_or(line);
-    line.strip_suffix(b"\r").unwrap_or(line)
+    line.strip_suffix(b"\n").unwrap_or(line)
 }
 
 /// The key of a JSON-object line: the string or number at top-level `field`.

@@ -108,6 +108,9 @@ struct Combined<K, T, Acc> {
     lates: Vec<Rec<T>>,
 }
 
+/// Fired windows' emptied maps, kept for reuse.
+type SpareWindows<K, Acc> = std::rc::Rc<std::cell::RefCell<Vec<FxHashMap<K, Acc>>>>;
+
 /// Flushed [`Combined`]s kept for reuse.
 type Spare<K, T, Acc> = std::rc::Rc<std::cell::RefCell<Vec<Combined<K, T, Acc>>>>;
 
@@ -309,6 +312,7 @@ where
             let mut caps: Option<Vec<_>> = Some(caps);
             let mut last_snapshot: Option<FileEntry> = None;
             let mut dirty = true;
+            let spare_windows: SpareWindows<K, A::Acc> = Default::default();
             move |frontiers| {
                 input.for_each(|cap, data: &mut Vec<Partial<K, A::Acc>>| {
                     if let Some(&t) = cap.least() {
@@ -335,13 +339,18 @@ where
                         if start.saturating_add(size) > upto {
                             break;
                         }
-                        let keys = entry.remove();
+                        let mut keys = entry.remove();
                         fired.fetch_add(keys.len() as u64, Ordering::Relaxed);
                         let end = start + size;
-                        session.give_iterator(keys.into_iter().map(|(key, acc)| Rec {
+                        session.give_iterator(keys.drain().map(|(key, acc)| Rec {
                             meta: Meta::derived(end - 1),
                             value: WindowResult { key, start, end, value: agg.finish(&acc) },
                         }));
+                        // Keep the emptied map (and its capacity) for the next window.
+                        let mut spare = spare_windows.borrow_mut();
+                        if spare.len() < 4 {
+                            spare.push(keys);
+                        }
                     }
                 };
                 let mut run = || -> Result<()> {
@@ -354,8 +363,11 @@ where
                                     for p in partials {
                                         if !windows.contains_key(&p.start) {
                                             // Size a new window like the largest open one: no rehashing.
-                                            let hint = windows.values().map(|w| w.len()).max().unwrap_or(0);
-                                            let map = FxHashMap::with_capacity_and_hasher(hint, Default::default());
+                                            let recycled = spare_windows.borrow_mut().pop();
+                                            let map = recycled.unwrap_or_else(|| {
+                                                let hint = windows.values().map(|w| w.len()).max().unwrap_or(0);
+                                                FxHashMap::with_capacity_and_hasher(hint, Default::default())
+                                            });
                                             windows.insert(p.start, map);
                                         }
                                         let Some(window) = windows.get_mut(&p.start) else { continue };

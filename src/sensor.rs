@@ -32,8 +32,8 @@ pub struct Reading {
 /// One output row (the workload's columns).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct WindowRow {
-    /// Device name.
-    pub device: String,
+    /// Device name (written as Utf8, like a `String`).
+    pub device: CompactString,
     /// Window start, ms since the Unix epoch.
     pub window_start: i64,
     /// Readings in the window.
@@ -85,7 +85,7 @@ pub fn aggregate(raw: Raw<'_>, output: Parquet) -> weir_core::Result<()> {
         .window(Tumbling::minutes(1))
         .aggregate((Count, Min(|r: &Reading| r.temp), Max(|r: &Reading| r.temp), Mean(|r: &Reading| r.temp)))?
         .map(|w| WindowRow {
-            device: w.key.into(),
+            device: w.key,
             window_start: w.start,
             count: w.value.0 as i64,
             min: w.value.1,
@@ -113,7 +113,7 @@ pub fn reference(input: &[u8]) -> (BTreeMap<(String, i64), WindowRow>, u64) {
             continue;
         }
         let ws = r.ts - r.ts.rem_euclid(WINDOW_MS);
-        let e = rows.entry((r.device.into(), ws)).or_insert((0, f64::INFINITY, f64::NEG_INFINITY, 0.0));
+        let e = rows.entry((r.device.to_string(), ws)).or_insert((0, f64::INFINITY, f64::NEG_INFINITY, 0.0));
         e.0 += 1;
         e.1 = e.1.min(r.temp);
         e.2 = e.2.max(r.temp);
@@ -122,8 +122,14 @@ pub fn reference(input: &[u8]) -> (BTreeMap<(String, i64), WindowRow>, u64) {
     let rows = rows
         .into_iter()
         .map(|((device, ws), (c, mn, mx, s))| {
-            let row =
-                WindowRow { device: device.clone(), window_start: ws, count: c, min: mn, max: mx, mean: s / c as f64 };
+            let row = WindowRow {
+                device: device.as_str().into(),
+                window_start: ws,
+                count: c,
+                min: mn,
+                max: mx,
+                mean: s / c as f64,
+            };
             ((device, ws), row)
         })
         .collect();

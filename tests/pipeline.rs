@@ -143,7 +143,7 @@ fn without_state_output_is_not_mixed_with_an_earlier_run() -> anyhow::Result<()>
                 .window(Tumbling::seconds(10))
                 .aggregate(Count)?
                 .map(|w| WindowRow {
-                    device: w.key.into(),
+                    device: w.key,
                     window_start: w.start,
                     count: w.value as i64,
                     min: 0.0,

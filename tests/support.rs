@@ -47,14 +47,14 @@ pub fn read_rows(dir: &Path) -> anyhow::Result<BTreeMap<(String, i64), WindowRow
             let mean = col("mean")?.as_any().downcast_ref::<Float64Array>().context("mean")?;
             for i in 0..batch.num_rows() {
                 let row = WindowRow {
-                    device: device.value(i).to_string(),
+                    device: device.value(i).into(),
                     window_start: ws.value(i),
                     count: count.value(i),
                     min: min.value(i),
                     max: max.value(i),
                     mean: mean.value(i),
                 };
-                let key = (row.device.clone(), row.window_start);
+                let key = (row.device.to_string(), row.window_start);
                 if rows.insert(key.clone(), row).is_some() {
                     bail!("duplicate row for {key:?} (in {})", path.display());
                 }

@@ -112,7 +112,7 @@ pub fn reference(input: &[u8]) -> (BTreeMap<(String, i64), WindowRow>, u64) {
         if !TEMP_RANGE.contains(&r.temp) {
             continue;
         }
-        let ws = r.ts - r.ts.rem_euclid(WINDOW_MS);
+        let ws = r.ts.saturating_sub(r.ts.rem_euclid(WINDOW_MS));
         let e = rows.entry((r.device.to_string(), ws)).or_insert((0, f64::INFINITY, f64::NEG_INFINITY, 0.0));
         e.0 += 1;
         e.1 = e.1.min(r.temp);

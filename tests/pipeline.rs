@@ -220,3 +220,31 @@ fn late_events_become_dead_letters_and_the_rest_is_exact() -> anyhow::Result<()>
     assert!(total_late > 0, "the inputs produced no late events");
     Ok(())
 }
+
+/// Event times at the ends of the `i64` range neither panic nor overflow: the
+/// run completes, and what is not dead-lettered equals the reference.
+#[test]
+fn extreme_event_times_do_not_break_the_pipeline() -> anyhow::Result<()> {
+    let mut input = Vec::new();
+    for (i, ts) in [1_700_000_000_000i64, i64::MIN, 1_700_000_001_000, i64::MAX, 1_700_000_002_000].iter().enumerate() {
+        input.extend_from_slice(format!("{{\"device\":\"d{}\",\"ts\":{ts},\"temp\":1.5}}\n", i % 2).as_bytes());
+    }
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("in.jsonl");
+    std::fs::write(&path, &input)?;
+    run(dir.path(), &path, 1 << 20, 2, 1, 1)?;
+    let dead = support::read_dead_letters(&dir.path().join("dlq"))?;
+    let late: std::collections::BTreeSet<u64> = dead.iter().filter_map(|d| d["offset"].as_u64()).collect();
+    let mut kept = Vec::new();
+    let mut offset = 0u64;
+    for line in input.split_inclusive(|&b| b == b'\n') {
+        if !late.contains(&offset) {
+            kept.extend_from_slice(line);
+        }
+        offset += line.len() as u64;
+    }
+    let (expected, _) = reference(&kept);
+    support::compare(&expected, &support::read_rows(&dir.path().join("out"))?)?;
+    assert!(!expected.is_empty());
+    Ok(())
+}

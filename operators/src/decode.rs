@@ -2,7 +2,6 @@
 //! that does not decode becomes a [`DeadLetter`] with stage `decode`, the
 //! parser's message, and its source position; it never stops the pipeline.
 
-use std::marker::PhantomData;
 use std::sync::atomic::Ordering;
 
 use serde::de::DeserializeOwned;
@@ -48,7 +47,6 @@ impl<'s> Decode<'s> for Raw<'s> {
         let pool = self.pool.clone();
         let dead = ctx.counter("dead_letters.decode");
         let decoded = ctx.counter("decoded");
-        let _marker: PhantomData<T> = PhantomData;
         builder.build(move |_caps| {
             let mut batch: Vec<Rec<T>> = Vec::new();
             move |_frontiers| {

@@ -67,7 +67,7 @@ mod tests;
 pub use config::{FsyncPolicy, LogConfig};
 pub use frame::MAX_RECORD_BYTES;
 pub use partition::{PartitionInfo, partition_dir_name};
-pub use producer::{Producer, fnv1a64, partition_for_key};
+pub use producer::{Producer, partition_for_key};
 pub use reader::LogReader;
 pub use topic::{LogSource, Topic};
 pub use writer::{PartitionWriter, TailRepair};

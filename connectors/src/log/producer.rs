@@ -7,26 +7,16 @@ use weir_core::record::PartitionId;
 
 use super::config::LogConfig;
 use super::frame::MAX_RECORD_BYTES;
+use weir_core::keygroup::stable_hash;
+
 use super::topic::Topic;
 use super::writer::PartitionWriter;
 
-/// FNV-1a, 64-bit, over `bytes` (offset basis `0xcbf29ce484222325`, prime
-/// `0x100000001b3`). Written out here rather than taken from a crate because the
-/// partition of a key is part of the log's format: it must never change.
-pub fn fnv1a64(bytes: &[u8]) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in bytes {
-        hash ^= u64::from(b);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    hash
-}
-
 /// The partition of records with `key` in a topic of `partitions` partitions:
-/// `fnv1a64(key) % partitions`. Stable forever (across versions, platforms and
+/// `stable_hash(key) % partitions` (FNV-1a 64, [`weir_core::keygroup::stable_hash`]). Stable forever (across versions, platforms and
 /// runs); `partitions` of 0 is treated as 1.
 pub fn partition_for_key(key: &[u8], partitions: u32) -> PartitionId {
-    (fnv1a64(key) % u64::from(partitions.max(1))) as PartitionId
+    (stable_hash(key) % u64::from(partitions.max(1))) as PartitionId
 }
 
 /// Records waiting for their partition's next append.
@@ -167,10 +157,10 @@ mod tests {
     use weir_core::error::IoContext;
 
     #[test]
-    fn fnv1a64_matches_the_reference_vectors() {
-        assert_eq!(fnv1a64(b""), 0xcbf29ce484222325);
-        assert_eq!(fnv1a64(b"a"), 0xaf63dc4c8601ec8c);
-        assert_eq!(fnv1a64(b"foobar"), 0x85944171f73967e8);
+    fn partition_hash_is_fnv1a_64() {
+        assert_eq!(stable_hash(b""), 0xcbf29ce484222325);
+        assert_eq!(stable_hash(b"a"), 0xaf63dc4c8601ec8c);
+        assert_eq!(stable_hash(b"foobar"), 0x85944171f73967e8);
         assert_eq!(partition_for_key(b"foobar", 7), (0x85944171f73967e8u64 % 7) as u32);
     }
 

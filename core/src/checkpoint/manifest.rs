@@ -79,8 +79,6 @@ pub struct Manifest {
     pub state: BTreeMap<String, Vec<FileEntry>>,
     /// Output files published by this checkpoint.
     pub outputs: Vec<Publish>,
-    /// Counters carried across restarts (records in, dead letters, rows out, ...).
-    pub counters: BTreeMap<String, u64>,
 }
 
 impl Manifest {

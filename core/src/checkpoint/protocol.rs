@@ -54,8 +54,6 @@ pub enum PartBody {
         /// Files to publish once the checkpoint commits.
         files: Vec<Publish>,
     },
-    /// Counter increments since the previous part of the same operator instance.
-    Counters(Vec<(String, u64)>),
 }
 
 /// Folds `parts` (all parts of epochs `<= epoch` not yet committed, in any order)
@@ -86,12 +84,10 @@ pub fn next_manifest(
         offsets: BTreeMap::new(),
         state: BTreeMap::new(),
         outputs: Vec::new(),
-        counters: BTreeMap::new(),
     };
     if let Some(prev) = prev {
         m.offsets = prev.offsets.clone();
         m.state = prev.state.clone();
-        m.counters = prev.counters.clone();
         if !prev.inputs.is_empty() {
             m.inputs = prev.inputs.clone();
         }
@@ -120,11 +116,6 @@ pub fn next_manifest(
                 }
             }
             PartBody::Output { files, .. } => m.outputs.extend(files.iter().cloned()),
-            PartBody::Counters(counters) => {
-                for (name, n) in counters {
-                    *m.counters.entry(name.clone()).or_default() += n;
-                }
-            }
         }
     }
     for (operator, files) in fresh {
@@ -225,16 +216,15 @@ mod tests {
             part(3, 0, PartBody::State { operator: "w".into(), file: file("a3") }),
             part(6, 0, PartBody::State { operator: "w".into(), file: file("a6") }),
             part(6, 1, PartBody::State { operator: "w".into(), file: file("b6") }),
-            part(6, 0, PartBody::Counters(vec![("in".into(), 4)])),
         ];
         let m = next_manifest(None, &t, parts, 6, false);
         assert_eq!(m.offsets["s"][&0], 10);
         assert_eq!(m.offsets["s"][&1], 9);
         assert_eq!(m.state["w"], vec![file("a6"), file("b6")]);
-        assert_eq!(m.counters["in"], 4);
-        let m2 = next_manifest(Some(&m), &t, vec![part(9, 0, PartBody::Counters(vec![("in".into(), 1)]))], 9, true);
+        let offsets = PartBody::Offsets { source: "s".into(), offsets: vec![(0, 12)] };
+        let m2 = next_manifest(Some(&m), &t, vec![part(9, 0, offsets)], 9, true);
         assert_eq!(m2.state["w"], m.state["w"]);
-        assert_eq!(m2.counters["in"], 5);
+        assert_eq!((m2.offsets["s"][&0], m2.offsets["s"][&1]), (12, 9));
         assert!(m2.complete && m2.outputs.is_empty());
     }
 

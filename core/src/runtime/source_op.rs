@@ -128,8 +128,8 @@ impl<'s> Dataflow<'s> {
                 let mut data_h = data_out.activate();
                 let mut event_h = event_out.activate();
                 let mut part_h = part_out.activate();
-                let offsets_part = |owned: &[Owned]| Part {
-                    epoch: 0,
+                let offsets_part = |owned: &[Owned], epoch: Epoch| Part {
+                    epoch,
                     worker,
                     body: PartBody::Offsets {
                         source: source_name.clone(),
@@ -199,9 +199,7 @@ impl<'s> Dataflow<'s> {
 
                 let all_finished = owned.iter().all(|o| o.finished);
                 if all_finished {
-                    let mut part = offsets_part(&owned);
-                    part.epoch = epoch;
-                    part_h.session(&held[2]).give(part);
+                    part_h.session(&held[2]).give(offsets_part(&owned, epoch));
                     drop((data_h, event_h, part_h));
                     caps = None;
                     return;
@@ -213,9 +211,7 @@ impl<'s> Dataflow<'s> {
                 };
                 if epoch_over && !gated {
                     if schedule.is_checkpoint(epoch) {
-                        let mut part = offsets_part(&owned);
-                        part.epoch = epoch;
-                        part_h.session(&held[2]).give(part);
+                        part_h.session(&held[2]).give(offsets_part(&owned, epoch));
                     }
                     tracing::trace!(worker, epoch, records = epoch_records, "epoch closed");
                     epoch += 1;
@@ -243,6 +239,3 @@ impl<'s> Dataflow<'s> {
         .inspect(|_| ctx.register_parts(parts))
     }
 }
-
-#[allow(dead_code)]
-fn _assert_send(_: &dyn PartitionReader) {}

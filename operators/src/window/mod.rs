@@ -50,7 +50,13 @@ impl Tumbling {
 
     /// Start of the window holding event time `t`.
     pub fn start_of(&self, t: EventTime) -> EventTime {
-        t - t.rem_euclid(self.size)
+        // Saturates instead of overflowing for times within a window of `i64::MIN`.
+        t.saturating_sub(t.rem_euclid(self.size))
+    }
+
+    /// End (exclusive) of the window starting at `start`, saturating at `i64::MAX`.
+    pub fn end_of(&self, start: EventTime) -> EventTime {
+        start.saturating_add(self.size)
     }
 }
 
@@ -121,5 +127,8 @@ mod tests {
         assert_eq!(w.start_of(60_000), 60_000);
         assert_eq!(w.start_of(59_999), 0);
         assert_eq!(w.start_of(-1), -60_000);
+        // Extreme times from the data never overflow.
+        assert_eq!(w.start_of(i64::MIN), i64::MIN);
+        assert_eq!(w.end_of(w.start_of(i64::MAX)), i64::MAX);
     }
 }

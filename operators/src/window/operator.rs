@@ -149,7 +149,6 @@ where
         let peers = ctx.peers();
         let groups = ctx.key_groups();
         let store = ctx.store();
-        let size = spec.size;
         let agg = std::rc::Rc::new(agg);
 
         // Restore: the watermark table (every worker), and this worker's key groups
@@ -206,7 +205,7 @@ where
                 let classify = move |c: &mut Combined<K, T, A::Acc>, recs: Vec<Rec<T>>, wm: EventTime| {
                     for r in recs {
                         let start = spec.start_of(r.meta.event_time);
-                        if start.saturating_add(size) <= wm {
+                        if spec.end_of(start) <= wm {
                             c.lates.push(r);
                             continue;
                         }
@@ -336,14 +335,14 @@ where
                     let mut session = res_h.session(&cap);
                     while let Some(entry) = windows.first_entry() {
                         let start = *entry.key();
-                        if start.saturating_add(size) > upto {
+                        if spec.end_of(start) > upto {
                             break;
                         }
                         let mut keys = entry.remove();
                         fired.fetch_add(keys.len() as u64, Ordering::Relaxed);
-                        let end = start + size;
+                        let end = spec.end_of(start);
                         session.give_iterator(keys.drain().map(|(key, acc)| Rec {
-                            meta: Meta::derived(end - 1),
+                            meta: Meta::derived(end.saturating_sub(1)),
                             value: WindowResult { key, start, end, value: agg.finish(&acc) },
                         }));
                         // Keep the emptied map (and its capacity) for the next window.

@@ -5,6 +5,7 @@
 //! - [`parquet`]: the Parquet sink; [`dead_letter`]: the dead-letter sink.
 //!   Both stage files and publish them after the checkpoint commits ([`staging`]).
 
+pub mod columns;
 pub mod dead_letter;
 pub mod file;
 pub mod log;

@@ -4,6 +4,10 @@
 //! written to rolling `*.parquet` files that stay in `_staging/` until the
 //! checkpoint that covers them commits. Exactly-once: a reader of the output
 //! directory only ever sees committed files, each row once.
+//!
+//! Rows whose fields are all flat (numbers, bools, strings, options of them)
+//! go straight into Arrow builders ([`crate::columns::Columns`]); other row
+//! types are buffered and converted by `serde_arrow`.
 
 use std::marker::PhantomData;
 use std::path::PathBuf;
@@ -21,6 +25,7 @@ use weir_core::error::{Error, Result};
 use weir_core::sink::{Sink, SinkContext, SinkWriter};
 use weir_core::time::Epoch;
 
+use crate::columns::Columns;
 use crate::staging::{CrcFile, StagedFile, Staging};
 
 /// A Parquet output directory.
@@ -59,6 +64,7 @@ impl<T: Serialize + DeserializeOwned + 'static> Sink<T> for Parquet {
         let staging = Staging::open(&self.dir, "part", ctx)?;
         Ok(Box::new(ParquetWriter {
             schema: Arc::new(Schema::new(fields.clone())),
+            columns: Columns::for_fields(&fields, self.rows_per_batch),
             fields,
             staging,
             current: None,
@@ -80,6 +86,8 @@ struct Open {
 
 struct ParquetWriter<T> {
     fields: Vec<FieldRef>,
+    /// The fast path, for flat row types; `buffer` collects the rows otherwise.
+    columns: Option<Columns>,
     schema: Arc<Schema>,
     staging: Staging,
     current: Option<Open>,
@@ -93,7 +101,8 @@ struct ParquetWriter<T> {
 
 impl<T: Serialize> ParquetWriter<T> {
     fn flush_batch(&mut self) -> Result<()> {
-        if self.buffer.is_empty() {
+        let rows = self.columns.as_ref().map_or(self.buffer.len(), Columns::len);
+        if rows == 0 {
             return Ok(());
         }
         if self.current.is_none() {
@@ -104,10 +113,14 @@ impl<T: Serialize> ParquetWriter<T> {
             self.current = Some(Open { file, writer, rows: 0 });
         }
         let Some(open) = self.current.as_mut() else { return Ok(()) };
-        let batch =
-            serde_arrow::to_record_batch(&self.fields, &self.buffer).map_err(|e| arrow_err(&open.file.staged, e))?;
+        let batch = match self.columns.as_mut() {
+            Some(columns) => columns.finish(&self.schema).map_err(|e| arrow_err(&open.file.staged, e))?,
+            None => {
+                serde_arrow::to_record_batch(&self.fields, &self.buffer).map_err(|e| arrow_err(&open.file.staged, e))?
+            }
+        };
         open.writer.write(&batch).map_err(|e| arrow_err(&open.file.staged, e))?;
-        open.rows += self.buffer.len();
+        open.rows += rows;
         self.buffer.clear();
         if open.rows >= self.rows_per_file {
             self.close_file()?;
@@ -126,6 +139,19 @@ impl<T: Serialize> ParquetWriter<T> {
 
 impl<T: Serialize> SinkWriter<T> for ParquetWriter<T> {
     fn write(&mut self, rows: &mut Vec<T>) -> Result<()> {
+        if self.columns.is_some() {
+            for row in rows.drain(..) {
+                let Some(columns) = self.columns.as_mut() else { break };
+                columns.push(&row).map_err(|e| Error::Encoding {
+                    what: format!("parquet rows in {}", self.staging.dir().display()),
+                    message: e.to_string(),
+                })?;
+                if columns.len() >= self.rows_per_batch {
+                    self.flush_batch()?;
+                }
+            }
+            return Ok(());
+        }
         for row in rows.drain(..) {
             self.buffer.push(row);
             if self.buffer.len() >= self.rows_per_batch {

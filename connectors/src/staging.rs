@@ -129,4 +129,9 @@ impl Staging {
     pub fn sync(&self) -> Result<()> {
         File::open(&self.staging).ctx("open", &self.staging)?.sync_all().ctx("fsync", &self.staging)
     }
+
+    /// The output directory (where committed files are published).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
 }

@@ -8,7 +8,7 @@
 //!
 //! Each worker reads its share of the file's byte ranges (split into
 //! `workers * 4` ranges aligned to line starts), parses lines with
-//! `serde_json` (malformed lines are counted and dropped), keeps
+//! `serde_json` exactly as Weir's `Json` format does (malformed lines are counted and dropped), keeps
 //! `-50 <= temp <= 150`, exchanges readings by a hash of the device, and
 //! aggregates count/min/max/sum per (device, one-minute window) in a hash map.
 //! When its input is exhausted each worker writes its rows to
@@ -202,7 +202,13 @@ fn main() -> anyhow::Result<()> {
                                     continue;
                                 }
                                 n_lines += 1;
-                                match serde_json::from_slice::<Reading>(line) {
+                                // The same parse call as Weir's `Json` format: validate the
+                                // line's UTF-8 once, then parse it as text.
+                                let parsed = match std::str::from_utf8(line) {
+                                    Ok(text) => serde_json::from_str::<Reading>(text),
+                                    Err(_) => serde_json::from_slice::<Reading>(line),
+                                };
+                                match parsed {
                                     Ok(r) if (-50.0..=150.0).contains(&r.temp) => session.give(r),
                                     Ok(_) => n_out += 1,
                                     Err(_) => n_bad += 1,

@@ -39,7 +39,7 @@ pub struct Parquet {
 impl Parquet {
     /// Writes into `dir` (created if missing).
     pub fn dir(dir: impl Into<PathBuf>) -> Self {
-        Parquet { dir: dir.into(), rows_per_file: 4_000_000, rows_per_batch: 64 * 1024 }
+        Parquet { dir: dir.into(), rows_per_file: 4_000_000, rows_per_batch: 8 * 1024 }
     }
 
     /// Starts a new file after this many rows (files also close at every checkpoint).

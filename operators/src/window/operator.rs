@@ -203,6 +203,9 @@ where
                     move || spare.borrow_mut().pop().unwrap_or_default()
                 };
                 let classify = move |c: &mut Combined<K, T, A::Acc>, recs: Vec<Rec<T>>, wm: EventTime| {
+                    // Room for every record's key at once: one allocation instead of a chain
+                    // of doublings (each a fresh table the kernel must zero, plus a rehash).
+                    c.partials.reserve(recs.len());
                     for r in recs {
                         let start = spec.start_of(r.meta.event_time);
                         if spec.end_of(start) <= wm {
@@ -312,6 +315,8 @@ where
             let mut last_snapshot: Option<FileEntry> = None;
             let mut dirty = true;
             let spare_windows: SpareWindows<K, A::Acc> = Default::default();
+            // The most keys a fired window had.
+            let biggest = std::cell::Cell::new(0usize);
             move |frontiers| {
                 input.for_each(|cap, data: &mut Vec<Partial<K, A::Acc>>| {
                     if let Some(&t) = cap.least() {
@@ -340,6 +345,7 @@ where
                         }
                         let mut keys = entry.remove();
                         fired.fetch_add(keys.len() as u64, Ordering::Relaxed);
+                        biggest.set(biggest.get().max(keys.len()));
                         let end = spec.end_of(start);
                         session.give_iterator(keys.drain().map(|(key, acc)| Rec {
                             meta: Meta::derived(end.saturating_sub(1)),
@@ -347,7 +353,7 @@ where
                         }));
                         // Keep the emptied map (and its capacity) for the next window.
                         let mut spare = spare_windows.borrow_mut();
-                        if spare.len() < 4 {
+                        if spare.len() < 16 {
                             spare.push(keys);
                         }
                     }
@@ -361,12 +367,13 @@ where
                                 Input::Data(partials) => {
                                     for p in partials {
                                         if !windows.contains_key(&p.start) {
-                                            // Size a new window like the largest open one: no rehashing.
+                                            // Size a new window like the largest one so far (open or
+                                            // fired): no rehashing while it fills.
+                                            let hint = windows.values().map(|w| w.len()).max().unwrap_or(0);
+                                            let hint = hint.max(biggest.get());
                                             let recycled = spare_windows.borrow_mut().pop();
-                                            let map = recycled.unwrap_or_else(|| {
-                                                let hint = windows.values().map(|w| w.len()).max().unwrap_or(0);
-                                                FxHashMap::with_capacity_and_hasher(hint, Default::default())
-                                            });
+                                            let mut map = recycled.unwrap_or_default();
+                                            map.reserve(hint);
                                             windows.insert(p.start, map);
                                         }
                                         let Some(window) = windows.get_mut(&p.start) else { continue };

@@ -100,3 +100,67 @@ impl<'s> Decode<'s> for Raw<'s> {
         Flow { stream: ok, ctx, input: Some(self.input), watermarks: None }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(serde::Deserialize)]
+    struct One {
+        v: f64,
+    }
+
+    fn decode_f64(literal: &str) -> Result<f64, String> {
+        Format::<One>::decode(&Json, format!("{{\"v\":{literal}}}").as_bytes()).map(|o| o.v)
+    }
+
+    /// Numbers decode to the correctly rounded double, bit for bit (serde_json's
+    /// default fast path is one step off on some of these; Weir enables `float_roundtrip`).
+    #[test]
+    fn hard_floats_are_correctly_rounded() {
+        for literal in [
+            "2.2250738585072011e-308",
+            "7.038531e-26",
+            "2.4703282292062328e-324",
+            "1.00000000000000011102230246251565404236316680908203125",
+            "1.00000000000000011102230246251565404236316680908203124",
+            "1.7976931348623157e308",
+            "-0.0",
+            "21.50000000000000001",
+            "0.1",
+        ] {
+            let expected: f64 = literal.parse().unwrap();
+            let got = decode_f64(literal).unwrap();
+            assert_eq!(got.to_bits(), expected.to_bits(), "{literal}: {got:e} vs {expected:e}");
+        }
+    }
+
+    #[test]
+    fn invalid_utf8_is_decoded_or_rejected_like_from_slice() {
+        // Invalid UTF-8 inside an ignored value: serde_json's slice reader skips it.
+        let line = b"{\"v\":1.5,\"x\":\"\xff\"}";
+        assert_eq!(Format::<One>::decode(&Json, line).map(|o| o.v), Ok(1.5));
+        let bad = b"{\"v\":\"\xff\"}";
+        assert!(Format::<One>::decode(&Json, bad).is_err());
+    }
+
+    proptest! {
+        /// Any decimal literal decodes exactly as Rust's own (correctly rounded) parser.
+        #[test]
+        fn decimals_match_the_std_parser(mantissa in any::<u64>(), digits in 0u32..20, exp in -330i32..310, neg in any::<bool>()) {
+            let m = mantissa.to_string();
+            let point = (digits as usize).min(m.len());
+            let (int, frac) = m.split_at(m.len() - point);
+            let int = if int.is_empty() { "0" } else { int };
+            let sign = if neg { "-" } else { "" };
+            let literal = if frac.is_empty() { format!("{sign}{int}e{exp}") } else { format!("{sign}{int}.{frac}e{exp}") };
+            let expected: f64 = literal.parse().unwrap();
+            match decode_f64(&literal) {
+                Ok(got) => prop_assert_eq!(got.to_bits(), expected.to_bits(), "{}", literal),
+                // Out of range for a finite double: serde_json refuses it, std gives infinity.
+                Err(_) => prop_assert!(expected.is_infinite(), "{} rejected", literal),
+            }
+        }
+    }
+}

@@ -7,16 +7,21 @@
 //!    workload's `gen_data.py` when `<repo>/../shared/workloads/` has it, else
 //!    with `weir::sensor::generate`;
 //! 3. runs every configuration `WEIR_BENCH_WARMUP` times untimed (default 1), then
-//!    `WEIR_BENCH_RUNS` times (default 3), as a child process with fresh
-//!    output/state directories, and reports the median wall
-//!    time, events/s, the child's peak RSS (from `wait4`), and Weir's
-//!    checkpoint count and total checkpoint time (parsed from its stdout);
+//!    `WEIR_BENCH_RUNS` rounds (default 3) in which every configuration runs once,
+//!    in turn: runs are interleaved, so a burst of noise on these shared machines
+//!    hits every configuration alike instead of one configuration's whole block.
+//!    Each run is a child process with fresh output/state directories; the report
+//!    gives the median wall time, events/s, the child's peak RSS (from `wait4`), and
+//!    Weir's checkpoint count and total checkpoint time (parsed from its stdout);
 //! 4. after all timings, checks the last run's output of each configuration with the workload's
 //!    `check.py` when it is there (expected rows from `reference.py`, cached);
 //! 5. prints a table and ratios, and writes them to `target/weir-bench/results.md`.
 //!
 //! Configurations: Weir with 1 and 2 workers, checkpoints off and every 1 s
 //! (plus 2 workers every 100 ms: a 2M-event run is shorter than 1 s);
+//! Weir with 2 workers on a 10,000,000-event file (same generator and seed),
+//! checkpoints off and every 1 s, for the checkpoint overhead (`WEIR_BENCH_LONG=0`
+//! skips these two);
 //! the raw-timely baseline (`examples/raw_timely.rs`) with 1 and 2 workers;
 //! DuckDB (`SET threads=2`, query timed inside Python) when `import duckdb` works.
 
@@ -26,8 +31,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Events in the input file.
+/// Events in the main input file.
 const EVENTS: u64 = 2_000_000;
+/// Events in the long input file (checkpoint overhead).
+const LONG_EVENTS: u64 = 10_000_000;
 /// Seed of the input file.
 const SEED: u64 = 42;
 
@@ -62,6 +69,16 @@ struct Env {
 struct Config {
     name: String,
     kind: Kind,
+    /// Whether it reads the long input.
+    long: bool,
+}
+
+/// An input file and its expected rows.
+struct Input {
+    path: PathBuf,
+    events: u64,
+    source: String,
+    expected: Option<PathBuf>,
 }
 
 enum Kind {
@@ -88,6 +105,7 @@ struct Run {
 /// A configuration's summary.
 struct Row {
     name: String,
+    events: u64,
     /// Per run, the time the comparison uses.
     times: Vec<f64>,
     /// Median of the time the comparison uses (wall time; DuckDB: the query time inside Python).
@@ -102,7 +120,6 @@ struct Row {
     check_target: Option<PathBuf>,
     /// The configuration's scratch directory.
     dir: PathBuf,
-    command: String,
 }
 
 fn run() -> Result<()> {
@@ -139,10 +156,15 @@ fn run() -> Result<()> {
     }
 
     // 2. The input (and the expected rows, when the workload's checker is there).
-    let (input, source) = make_input(&env, &mut commands)?;
-    let expected = expected_rows(&env, &input, &mut commands)?;
+    let long = std::env::var("WEIR_BENCH_LONG").map_or(true, |v| v.trim() != "0");
+    let mut inputs = vec![make_input(&env, EVENTS, &mut commands)?];
+    if long {
+        inputs.push(make_input(&env, LONG_EVENTS, &mut commands)?);
+    }
     let hardware = hardware();
-    println!("== input: {} ({EVENTS} events, {source})", input.display());
+    for i in &inputs {
+        println!("== input: {} ({} events, {})", i.path.display(), i.events, i.source);
+    }
     println!("== hardware: {hardware}");
     println!(
         "== {} warm-up + {} timed run(s) per configuration (WEIR_BENCH_WARMUP, WEIR_BENCH_RUNS)",
@@ -155,7 +177,7 @@ fn run() -> Result<()> {
         for checkpoint in [None, Some("1s")] {
             let name =
                 format!("weir {workers}w, {}", checkpoint.map_or("ckpt off".into(), |i| format!("ckpt every {i}")));
-            configs.push(Config { name, kind: Kind::Weir { workers, checkpoint } });
+            configs.push(Config { name, kind: Kind::Weir { workers, checkpoint }, long: false });
         }
     }
     // Extra: at 2M events a run is shorter than 1 s, so `--checkpoint-interval 1s`
@@ -164,9 +186,16 @@ fn run() -> Result<()> {
     configs.push(Config {
         name: "weir 2w, ckpt every 100ms".into(),
         kind: Kind::Weir { workers: 2, checkpoint: Some("100ms") },
+        long: false,
     });
+    if long {
+        for checkpoint in [None, Some("1s")] {
+            let name = format!("weir 2w, {}, 10M", checkpoint.map_or("ckpt off".into(), |i| format!("ckpt every {i}")));
+            configs.push(Config { name, kind: Kind::Weir { workers: 2, checkpoint }, long: true });
+        }
+    }
     for workers in [1, 2] {
-        configs.push(Config { name: format!("raw timely {workers}w"), kind: Kind::Raw { workers } });
+        configs.push(Config { name: format!("raw timely {workers}w"), kind: Kind::Raw { workers }, long: false });
     }
     let duck = Command::new("python3")
         .args(["-c", "import duckdb"])
@@ -175,20 +204,36 @@ fn run() -> Result<()> {
         .status()
         .is_ok_and(|s| s.success());
     if duck {
-        configs.push(Config { name: "duckdb threads=2".into(), kind: Kind::Duck });
+        configs.push(Config { name: "duckdb threads=2".into(), kind: Kind::Duck, long: false });
     } else {
         println!("== duckdb: `python3 -c 'import duckdb'` failed; skipping it");
     }
 
+    let input_of = |c: &Config| if c.long { &inputs[inputs.len() - 1] } else { &inputs[0] };
+    let mut runs: Vec<Vec<Run>> = configs.iter().map(|_| Vec::new()).collect();
+    let mut shown: Vec<String> = vec![String::new(); configs.len()];
+    for w in 0..env.warmup {
+        for (c, config) in configs.iter().enumerate() {
+            let (_, command) = run_once(&env, config, &input_of(config).path, &format!("warm-up {}", w + 1))?;
+            shown[c] = command;
+        }
+    }
+    for r in 0..env.runs {
+        for (c, config) in configs.iter().enumerate() {
+            let (run, command) = run_once(&env, config, &input_of(config).path, &format!("round {}", r + 1))?;
+            shown[c] = command;
+            runs[c].push(run);
+        }
+    }
     let mut rows = Vec::new();
-    for config in &configs {
-        let row = measure(&env, config, &input)?;
-        commands.push(row.command.clone());
-        rows.push(row);
+    for ((config, runs), command) in configs.iter().zip(runs).zip(shown) {
+        commands.push(command);
+        rows.push(summarize(&env, config, input_of(config), runs));
     }
     // Checks run after all timings: a Python process reading 760,000 rows disturbs the next run.
     for row in &mut rows {
-        if let (Some(expected), Some(w), Some(target)) = (&expected, &env.workloads, &row.check_target) {
+        let expected = inputs.iter().find(|i| i.events == row.events).and_then(|i| i.expected.as_ref());
+        if let (Some(expected), Some(w), Some(target)) = (expected, &env.workloads, &row.check_target) {
             row.check = run_check(&w.join("check.py"), expected, target);
             println!("== check {}: {}", row.name, row.check);
         }
@@ -196,7 +241,7 @@ fn run() -> Result<()> {
     }
 
     // 4. Report.
-    let report = report(&rows, &hardware, &input, &source, &env, &commands);
+    let report = report(&rows, &hardware, &inputs, &env, &commands);
     println!();
     print!("{report}");
     let md = env.bench_dir.join("results.md");
@@ -208,18 +253,27 @@ fn run() -> Result<()> {
     Ok(())
 }
 
-/// Makes the input once; returns its path and how it was made.
-fn make_input(env: &Env, commands: &mut Vec<String>) -> Result<(PathBuf, String)> {
-    let path = env.bench_dir.join("sensor-2m.jsonl");
-    let stamp = env.bench_dir.join("sensor-2m.jsonl.source");
+/// Makes an input of `events` events once (and its expected rows, when the workload's
+/// checker is there).
+fn make_input(env: &Env, events: u64, commands: &mut Vec<String>) -> Result<Input> {
+    let (path, source) = make_file(env, events, commands)?;
+    let expected = expected_rows(env, &path, events, commands)?;
+    Ok(Input { path, events, source, expected })
+}
+
+/// Makes the input file once; returns its path and how it was made.
+fn make_file(env: &Env, events: u64, commands: &mut Vec<String>) -> Result<(PathBuf, String)> {
+    let stem = format!("sensor-{}m", events / 1_000_000);
+    let path = env.bench_dir.join(format!("{stem}.jsonl"));
+    let stamp = env.bench_dir.join(format!("{stem}.jsonl.source"));
     let source = match &env.workloads {
-        Some(w) => format!("gen_data.py --n {EVENTS} --seed {SEED} ({})", w.join("gen_data.py").display()),
-        None => format!("weir::sensor::generate({EVENTS}, {SEED}, 10_000, ..) (no ../shared/workloads/gen_data.py)"),
+        Some(w) => format!("gen_data.py --n {events} --seed {SEED} ({})", w.join("gen_data.py").display()),
+        None => format!("weir::sensor::generate({events}, {SEED}, 10_000, ..) (no ../shared/workloads/gen_data.py)"),
     };
     let fresh = path.is_file() && std::fs::read_to_string(&stamp).is_ok_and(|s| s == source);
     if let Some(w) = &env.workloads {
         commands.push(format!(
-            "python3 {} --n {EVENTS} --seed {SEED} --out {}",
+            "python3 {} --n {events} --seed {SEED} --out {}",
             w.join("gen_data.py").display(),
             path.display()
         ));
@@ -235,7 +289,7 @@ fn make_input(env: &Env, commands: &mut Vec<String>) -> Result<(PathBuf, String)
         Some(w) => {
             let status = Command::new("python3")
                 .arg(w.join("gen_data.py"))
-                .args(["--n", &EVENTS.to_string(), "--seed", &SEED.to_string(), "--out"])
+                .args(["--n", &events.to_string(), "--seed", &SEED.to_string(), "--out"])
                 .arg(&path)
                 .status()
                 .map_err(|e| format!("python3 gen_data.py: {e}"))?;
@@ -246,7 +300,7 @@ fn make_input(env: &Env, commands: &mut Vec<String>) -> Result<(PathBuf, String)
         None => {
             let file = std::fs::File::create(&path).map_err(|e| format!("create {}: {e}", path.display()))?;
             let mut out = BufWriter::with_capacity(1 << 20, file);
-            weir::sensor::generate(EVENTS, SEED, 10_000, &mut out).map_err(|e| format!("generate: {e}"))?;
+            weir::sensor::generate(events, SEED, 10_000, &mut out).map_err(|e| format!("generate: {e}"))?;
             out.flush().map_err(|e| format!("write {}: {e}", path.display()))?;
         }
     }
@@ -256,12 +310,12 @@ fn make_input(env: &Env, commands: &mut Vec<String>) -> Result<(PathBuf, String)
 }
 
 /// The expected rows (CSV from the workload's `reference.py`), made once; `None` without the workload scripts.
-fn expected_rows(env: &Env, input: &Path, commands: &mut Vec<String>) -> Result<Option<PathBuf>> {
+fn expected_rows(env: &Env, input: &Path, events: u64, commands: &mut Vec<String>) -> Result<Option<PathBuf>> {
     let Some(w) = &env.workloads else { return Ok(None) };
     if !w.join("reference.py").is_file() || !w.join("check.py").is_file() {
         return Ok(None);
     }
-    let csv = env.bench_dir.join("sensor-2m.expected.csv");
+    let csv = env.bench_dir.join(format!("sensor-{}m.expected.csv", events / 1_000_000));
     commands.push(format!(
         "python3 {} --input {} --output {}",
         w.join("reference.py").display(),
@@ -292,61 +346,65 @@ fn expected_rows(env: &Env, input: &Path, commands: &mut Vec<String>) -> Result<
     Ok(Some(csv))
 }
 
-/// Runs one configuration `env.warmup` times untimed, then `env.runs` times timed; leaves
-/// the last run's output in place for the check.
-fn measure(env: &Env, config: &Config, input: &Path) -> Result<Row> {
+/// The scratch directory of a configuration.
+fn scratch(env: &Env, config: &Config) -> PathBuf {
     let slug: String = config.name.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
-    let dir = env.bench_dir.join("runs").join(&slug);
+    env.bench_dir.join("runs").join(slug)
+}
+
+/// Where a configuration's run writes its rows (checked after all timings).
+fn output_of(env: &Env, config: &Config) -> PathBuf {
+    let out = scratch(env, config).join("out");
+    if matches!(config.kind, Kind::Duck) { out.join("duck.parquet") } else { out }
+}
+
+/// Runs a configuration once in a fresh scratch directory (its output stays for the
+/// check); returns the run and the command line.
+fn run_once(env: &Env, config: &Config, input: &Path, label: &str) -> Result<(Run, String)> {
+    let dir = scratch(env, config);
     let (out, dlq, state) = (dir.join("out"), dir.join("dlq"), dir.join("state"));
-    let duck_out = out.join("duck.parquet");
-    let mut command = String::new();
-    let mut runs = Vec::new();
-    println!("== {}", config.name);
-    for i in 0..env.warmup + env.runs {
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir).map_err(|e| format!("remove {}: {e}", dir.display()))?;
-        }
-        std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
-        let mut cmd = match config.kind {
-            Kind::Weir { workers, checkpoint } => {
-                let mut c = Command::new(env.examples.join("sensor_aggregation"));
-                c.arg("--input").arg(input).arg("--output").arg(&out).arg("--dead-letter").arg(&dlq);
-                c.args(["--workers", &workers.to_string()]);
-                if let Some(interval) = checkpoint {
-                    c.arg("--state").arg(&state).args(["--checkpoint-interval", interval]);
-                }
-                c
-            }
-            Kind::Raw { workers } => {
-                let mut c = Command::new(env.examples.join("raw_timely"));
-                c.arg("--input").arg(input).arg("--output").arg(&out).args(["--workers", &workers.to_string()]);
-                c
-            }
-            Kind::Duck => {
-                std::fs::create_dir_all(&out).map_err(|e| format!("create {}: {e}", out.display()))?;
-                let mut c = Command::new("python3");
-                c.args(["-c", DUCK_SCRIPT]).arg(input).arg(&duck_out);
-                c
-            }
-        };
-        if i == 0 {
-            command = display_command(&cmd);
-            println!("   $ {command}");
-        }
-        let (run, stdout) = run_child(&mut cmd, &dir.join("stderr.log"))?;
-        let run = Run { self_timed: self_timed(&config.kind, &stdout), checkpoints: parse_checkpoints(&stdout), ..run };
-        let label = if i < env.warmup { "warm-up".to_string() } else { format!("run {}", i - env.warmup + 1) };
-        println!(
-            "   {label}: {:.3} s wall{}, peak RSS {:.0} MiB{}",
-            run.wall.as_secs_f64(),
-            run.self_timed.map_or(String::new(), |s| format!(" ({s:.3} s self-timed)")),
-            run.maxrss_kib as f64 / 1024.0,
-            run.checkpoints.map_or(String::new(), |(n, ms)| format!(", {n} checkpoints ({ms:.1} ms)"))
-        );
-        if i >= env.warmup {
-            runs.push(run);
-        }
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).map_err(|e| format!("remove {}: {e}", dir.display()))?;
     }
+    std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    let mut cmd = match config.kind {
+        Kind::Weir { workers, checkpoint } => {
+            let mut c = Command::new(env.examples.join("sensor_aggregation"));
+            c.arg("--input").arg(input).arg("--output").arg(&out).arg("--dead-letter").arg(&dlq);
+            c.args(["--workers", &workers.to_string()]);
+            if let Some(interval) = checkpoint {
+                c.arg("--state").arg(&state).args(["--checkpoint-interval", interval]);
+            }
+            c
+        }
+        Kind::Raw { workers } => {
+            let mut c = Command::new(env.examples.join("raw_timely"));
+            c.arg("--input").arg(input).arg("--output").arg(&out).args(["--workers", &workers.to_string()]);
+            c
+        }
+        Kind::Duck => {
+            std::fs::create_dir_all(&out).map_err(|e| format!("create {}: {e}", out.display()))?;
+            let mut c = Command::new("python3");
+            c.args(["-c", DUCK_SCRIPT]).arg(input).arg(output_of(env, config));
+            c
+        }
+    };
+    let command = display_command(&cmd);
+    let (run, stdout) = run_child(&mut cmd, &dir.join("stderr.log"))?;
+    let run = Run { self_timed: self_timed(&config.kind, &stdout), checkpoints: parse_checkpoints(&stdout), ..run };
+    println!(
+        "   {label} {}: {:.3} s wall{}, peak RSS {:.0} MiB{}",
+        config.name,
+        run.wall.as_secs_f64(),
+        run.self_timed.map_or(String::new(), |s| format!(" ({s:.3} s self-timed)")),
+        run.maxrss_kib as f64 / 1024.0,
+        run.checkpoints.map_or(String::new(), |(n, ms)| format!(", {n} checkpoints ({ms:.1} ms)"))
+    );
+    Ok((run, command))
+}
+
+/// A configuration's row from its timed runs.
+fn summarize(env: &Env, config: &Config, input: &Input, runs: Vec<Run>) -> Row {
     let is_duck = matches!(config.kind, Kind::Duck);
     let times: Vec<f64> = runs
         .iter()
@@ -360,20 +418,20 @@ fn measure(env: &Env, config: &Config, input: &Path) -> Result<Row> {
         .iter()
         .enumerate()
         .min_by(|a, b| (a.1 - median_s).abs().total_cmp(&(b.1 - median_s).abs()))
-        .map_or(0, |(i, _)| i);
-    Ok(Row {
+        .map(|(i, _)| i);
+    Row {
         name: config.name.clone(),
+        events: input.events,
         median_s,
         median_self_s,
         median_wall_s: median(&runs.iter().map(|r| r.wall.as_secs_f64()).collect::<Vec<_>>()),
         peak_rss_mib: runs.iter().map(|r| r.maxrss_kib).max().unwrap_or(0) as f64 / 1024.0,
-        checkpoints: runs[mid].checkpoints,
+        checkpoints: mid.and_then(|i| runs[i].checkpoints),
         times,
         check: "-".into(),
-        check_target: Some(if matches!(config.kind, Kind::Duck) { duck_out } else { out }),
-        dir,
-        command,
-    })
+        check_target: Some(output_of(env, config)),
+        dir: scratch(env, config),
+    }
 }
 
 /// DuckDB's run: argv[1] = input, argv[2] = output file; prints the query time.
@@ -539,15 +597,18 @@ fn hardware() -> String {
     format!("{model}, {logical} logical CPUs in /proc/cpuinfo ({available} available to this process){mem_gib}")
 }
 
-fn report(rows: &[Row], hardware: &str, input: &Path, source: &str, env: &Env, commands: &[String]) -> String {
+fn report(rows: &[Row], hardware: &str, inputs: &[Input], env: &Env, commands: &[String]) -> String {
     let mut s = String::new();
-    let size_mb = std::fs::metadata(input).map_or(0.0, |m| m.len() as f64 / 1e6);
     let _ = writeln!(s, "# Weir throughput: sensor-window, {EVENTS} events\n");
     let _ = writeln!(s, "- hardware: {hardware}");
-    let _ = writeln!(s, "- input: `{}` ({size_mb:.0} MB; {source})", input.display());
+    for input in inputs {
+        let size_mb = std::fs::metadata(&input.path).map_or(0.0, |m| m.len() as f64 / 1e6);
+        let _ = writeln!(s, "- input: `{}` ({size_mb:.0} MB; {})", input.path.display(), input.source);
+    }
     let _ = writeln!(
         s,
-        "- {} untimed warm-up + {} timed run(s) per configuration; time = median wall time of the child process \
+        "- {} untimed warm-up + {} timed run(s) per configuration, interleaved (each round runs every \
+         configuration once); time = median wall time of the child process \
          (DuckDB: median query time measured inside Python); peak RSS = largest `ru_maxrss` over the runs",
         env.warmup, env.runs
     );
@@ -565,7 +626,7 @@ fn report(rows: &[Row], hardware: &str, input: &Path, source: &str, env: &Env, c
             "| {} | {:.3} | {:.0} | {} | {:.0} | {} | {} | {} | {} |",
             r.name,
             r.median_s,
-            EVENTS as f64 / r.median_s,
+            r.events as f64 / r.median_s,
             r.median_self_s.map_or("-".into(), |x| format!("{x:.3}")),
             r.peak_rss_mib,
             n,
@@ -606,6 +667,13 @@ fn report(rows: &[Row], hardware: &str, input: &Path, source: &str, env: &Env, c
                 100.0 * (on / off - 1.0)
             );
         }
+    }
+    if let (Some(off), Some(on)) = (find("weir 2w, ckpt off, 10M"), find("weir 2w, ckpt every 1s, 10M")) {
+        let _ = writeln!(
+            s,
+            "- Weir 2 workers, {LONG_EVENTS} events: checkpoints every 1s vs off: {:+.1}% time",
+            100.0 * (on / off - 1.0)
+        );
     }
     if let Some(duck) = find("duckdb threads=2") {
         for ckpt in ["ckpt off", "ckpt every 1s"] {

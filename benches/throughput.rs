@@ -1,29 +1,40 @@
 //! End-to-end throughput suite for the sensor-window workload.
 //!
-//! `cargo bench --bench throughput` (a few minutes):
+//! `cargo bench --bench throughput` (a few minutes; the first run also generates the inputs):
 //!
 //! 1. builds the release examples `sensor_aggregation` and `raw_timely`;
-//! 2. makes the 2,000,000-event input once under `target/weir-bench/`, with the
-//!    workload's `gen_data.py` when `<repo>/../shared/workloads/` has it, else
-//!    with `weir::sensor::generate`;
-//! 3. runs every configuration `WEIR_BENCH_WARMUP` times untimed (default 1), then
-//!    `WEIR_BENCH_RUNS` rounds (default 3) in which every configuration runs once,
-//!    in turn: runs are interleaved, so a burst of noise on these shared machines
-//!    hits every configuration alike instead of one configuration's whole block.
-//!    Each run is a child process with fresh output/state directories; the report
-//!    gives the median wall time, events/s, the child's peak RSS (from `wait4`), and
-//!    Weir's checkpoint count and total checkpoint time (parsed from its stdout);
-//! 4. after all timings, checks the last run's output of each configuration with the workload's
-//!    `check.py` when it is there (expected rows from `reference.py`, cached);
+//! 2. makes each input once under `target/weir-bench/`: `sensor-2m.jsonl` (2,000,000 events)
+//!    and, for the long rows, `sensor-10m.jsonl` (10,000,000 events, same generator and
+//!    seed 42), with the workload's `gen_data.py --n N --seed 42` when
+//!    `<repo>/../shared/workloads/` has it, else with `weir::sensor::generate`. A file is
+//!    reused while its `.source` stamp names the same generator; the expected rows
+//!    (`sensor-2m.expected.csv`, `sensor-10m.expected.csv`, from `reference.py`) are
+//!    remade when older than their input;
+//! 3. runs every configuration `WEIR_BENCH_WARMUP` times untimed (default 1; the warm-up
+//!    rounds come first, each configuration in turn), then `WEIR_BENCH_RUNS` timed rounds
+//!    (default 3) in which every configuration runs once, in the same order. Runs are
+//!    interleaved so that a burst of noise on these shared machines (steal time) hits
+//!    every configuration alike instead of one configuration's whole block.
+//!    Each run is a child process in a fresh scratch directory (output, dead letters,
+//!    state); the report gives per configuration the median wall time, events/s (of that
+//!    row's own input), the program's self-timed median, the child's peak RSS (from
+//!    `wait4`), Weir's checkpoint count and total checkpoint time (parsed from its stdout,
+//!    of the run closest to the median) and every run's time;
+//! 4. after all timings, checks the last run's output of each configuration with the
+//!    workload's `check.py` when it is there, against the expected rows of its own input;
 //! 5. prints a table and ratios, and writes them to `target/weir-bench/results.md`.
 //!
-//! Configurations: Weir with 1 and 2 workers, checkpoints off and every 1 s
-//! (plus 2 workers every 100 ms: a 2M-event run is shorter than 1 s);
-//! Weir with 2 workers on a 10,000,000-event file (same generator and seed),
-//! checkpoints off and every 1 s, for the checkpoint overhead (`WEIR_BENCH_LONG=0`
-//! skips these two);
-//! the raw-timely baseline (`examples/raw_timely.rs`) with 1 and 2 workers;
+//! Configurations, in run order: Weir with 1 and 2 workers, checkpoints off and every 1 s,
+//! plus 2 workers every 100 ms (all on the 2M input; a 2M-event run is shorter than 1 s,
+//! so "every 1s" takes only the final checkpoint); Weir with 2 workers on the 10M input,
+//! checkpoints off and every 1 s, for the checkpoint overhead of a run that lasts several
+//! intervals; the raw-timely baseline (`examples/raw_timely.rs`) with 1 and 2 workers;
 //! DuckDB (`SET threads=2`, query timed inside Python) when `import duckdb` works.
+//!
+//! Environment: `WEIR_BENCH_RUNS` (timed rounds, default 3), `WEIR_BENCH_WARMUP` (warm-up
+//! rounds, default 1), `WEIR_BENCH_LONG` (default on; `0`, `false`, `no` or `off` skips
+//! the two 10M rows and does not make the 10M input). A quick end-to-end check:
+//! `WEIR_BENCH_RUNS=1 WEIR_BENCH_WARMUP=0 cargo bench --bench throughput`.
 
 use std::fmt::Write as _;
 use std::io::{BufWriter, Write as _};
@@ -33,9 +44,9 @@ use std::time::{Duration, Instant};
 
 /// Events in the main input file.
 const EVENTS: u64 = 2_000_000;
-/// Events in the long input file (checkpoint overhead).
+/// Events in the long input file (the checkpoint-overhead rows; `WEIR_BENCH_LONG=0` skips them).
 const LONG_EVENTS: u64 = 10_000_000;
-/// Seed of the input file.
+/// Seed of the input files.
 const SEED: u64 = 42;
 
 type Result<T> = std::result::Result<T, String>;
@@ -69,8 +80,8 @@ struct Env {
 struct Config {
     name: String,
     kind: Kind,
-    /// Whether it reads the long input.
-    long: bool,
+    /// Events in the input it reads (`EVENTS` or `LONG_EVENTS`).
+    events: u64,
 }
 
 /// An input file and its expected rows.
@@ -156,7 +167,7 @@ fn run() -> Result<()> {
     }
 
     // 2. The input (and the expected rows, when the workload's checker is there).
-    let long = std::env::var("WEIR_BENCH_LONG").map_or(true, |v| v.trim() != "0");
+    let long = std::env::var("WEIR_BENCH_LONG").map_or(true, |v| flag_on(&v));
     let mut inputs = vec![make_input(&env, EVENTS, &mut commands)?];
     if long {
         inputs.push(make_input(&env, LONG_EVENTS, &mut commands)?);
@@ -167,8 +178,12 @@ fn run() -> Result<()> {
     }
     println!("== hardware: {hardware}");
     println!(
-        "== {} warm-up + {} timed run(s) per configuration (WEIR_BENCH_WARMUP, WEIR_BENCH_RUNS)",
-        env.warmup, env.runs
+        "== {} warm-up + {} timed round(s), interleaved: each round runs every configuration once \
+         (WEIR_BENCH_WARMUP, WEIR_BENCH_RUNS); {} rows {} (WEIR_BENCH_LONG)",
+        env.warmup,
+        env.runs,
+        count_label(LONG_EVENTS),
+        if long { "on" } else { "skipped" }
     );
 
     // 3. The configurations.
@@ -177,7 +192,7 @@ fn run() -> Result<()> {
         for checkpoint in [None, Some("1s")] {
             let name =
                 format!("weir {workers}w, {}", checkpoint.map_or("ckpt off".into(), |i| format!("ckpt every {i}")));
-            configs.push(Config { name, kind: Kind::Weir { workers, checkpoint }, long: false });
+            configs.push(Config { name, kind: Kind::Weir { workers, checkpoint }, events: EVENTS });
         }
     }
     // Extra: at 2M events a run is shorter than 1 s, so `--checkpoint-interval 1s`
@@ -186,16 +201,18 @@ fn run() -> Result<()> {
     configs.push(Config {
         name: "weir 2w, ckpt every 100ms".into(),
         kind: Kind::Weir { workers: 2, checkpoint: Some("100ms") },
-        long: false,
+        events: EVENTS,
     });
+    // The checkpoint overhead needs a run of several checkpoint intervals: the 10M input.
     if long {
         for checkpoint in [None, Some("1s")] {
-            let name = format!("weir 2w, {}, 10M", checkpoint.map_or("ckpt off".into(), |i| format!("ckpt every {i}")));
-            configs.push(Config { name, kind: Kind::Weir { workers: 2, checkpoint }, long: true });
+            let ckpt = checkpoint.map_or("ckpt off".into(), |i| format!("ckpt every {i}"));
+            let name = format!("weir 2w, {ckpt}, {}", count_label(LONG_EVENTS));
+            configs.push(Config { name, kind: Kind::Weir { workers: 2, checkpoint }, events: LONG_EVENTS });
         }
     }
     for workers in [1, 2] {
-        configs.push(Config { name: format!("raw timely {workers}w"), kind: Kind::Raw { workers }, long: false });
+        configs.push(Config { name: format!("raw timely {workers}w"), kind: Kind::Raw { workers }, events: EVENTS });
     }
     let duck = Command::new("python3")
         .args(["-c", "import duckdb"])
@@ -204,31 +221,43 @@ fn run() -> Result<()> {
         .status()
         .is_ok_and(|s| s.success());
     if duck {
-        configs.push(Config { name: "duckdb threads=2".into(), kind: Kind::Duck, long: false });
+        configs.push(Config { name: "duckdb threads=2".into(), kind: Kind::Duck, events: EVENTS });
     } else {
         println!("== duckdb: `python3 -c 'import duckdb'` failed; skipping it");
     }
 
-    let input_of = |c: &Config| if c.long { &inputs[inputs.len() - 1] } else { &inputs[0] };
+    // Each configuration's input, resolved before any run.
+    let config_inputs = configs
+        .iter()
+        .map(|c| {
+            inputs
+                .iter()
+                .find(|i| i.events == c.events)
+                .ok_or_else(|| format!("{}: no input of {} events", c.name, c.events))
+        })
+        .collect::<Result<Vec<&Input>>>()?;
+    // Interleaved: all warm-ups (config order), then `runs` rounds of every configuration once.
     let mut runs: Vec<Vec<Run>> = configs.iter().map(|_| Vec::new()).collect();
     let mut shown: Vec<String> = vec![String::new(); configs.len()];
     for w in 0..env.warmup {
-        for (c, config) in configs.iter().enumerate() {
-            let (_, command) = run_once(&env, config, &input_of(config).path, &format!("warm-up {}", w + 1))?;
+        println!("== warm-up round {}/{}", w + 1, env.warmup);
+        for (c, (config, input)) in configs.iter().zip(&config_inputs).enumerate() {
+            let (_, command) = run_once(&env, config, &input.path, &format!("warm-up {}", w + 1))?;
             shown[c] = command;
         }
     }
     for r in 0..env.runs {
-        for (c, config) in configs.iter().enumerate() {
-            let (run, command) = run_once(&env, config, &input_of(config).path, &format!("round {}", r + 1))?;
+        println!("== round {}/{}", r + 1, env.runs);
+        for (c, (config, input)) in configs.iter().zip(&config_inputs).enumerate() {
+            let (run, command) = run_once(&env, config, &input.path, &format!("round {}", r + 1))?;
             shown[c] = command;
             runs[c].push(run);
         }
     }
     let mut rows = Vec::new();
-    for ((config, runs), command) in configs.iter().zip(runs).zip(shown) {
+    for (((config, input), runs), command) in configs.iter().zip(&config_inputs).zip(runs).zip(shown) {
         commands.push(command);
-        rows.push(summarize(&env, config, input_of(config), runs));
+        rows.push(summarize(&env, config, input, runs));
     }
     // Checks run after all timings: a Python process reading 760,000 rows disturbs the next run.
     for row in &mut rows {
@@ -263,7 +292,7 @@ fn make_input(env: &Env, events: u64, commands: &mut Vec<String>) -> Result<Inpu
 
 /// Makes the input file once; returns its path and how it was made.
 fn make_file(env: &Env, events: u64, commands: &mut Vec<String>) -> Result<(PathBuf, String)> {
-    let stem = format!("sensor-{}m", events / 1_000_000);
+    let stem = input_stem(events);
     let path = env.bench_dir.join(format!("{stem}.jsonl"));
     let stamp = env.bench_dir.join(format!("{stem}.jsonl.source"));
     let source = match &env.workloads {
@@ -315,7 +344,7 @@ fn expected_rows(env: &Env, input: &Path, events: u64, commands: &mut Vec<String
     if !w.join("reference.py").is_file() || !w.join("check.py").is_file() {
         return Ok(None);
     }
-    let csv = env.bench_dir.join(format!("sensor-{}m.expected.csv", events / 1_000_000));
+    let csv = env.bench_dir.join(format!("{}.expected.csv", input_stem(events)));
     commands.push(format!(
         "python3 {} --input {} --output {}",
         w.join("reference.py").display(),
@@ -344,6 +373,25 @@ fn expected_rows(env: &Env, input: &Path, events: u64, commands: &mut Vec<String
         return Err(format!("reference.py failed ({status})"));
     }
     Ok(Some(csv))
+}
+
+/// `WEIR_BENCH_LONG`'s value: on unless `0`, `false`, `no` or `off` (any case).
+fn flag_on(value: &str) -> bool {
+    !matches!(value.trim().to_ascii_lowercase().as_str(), "0" | "false" | "no" | "off")
+}
+
+/// `2M` for 2,000,000 events; the exact count when it is not whole millions.
+fn count_label(events: u64) -> String {
+    if events >= 1_000_000 && events.is_multiple_of(1_000_000) {
+        format!("{}M", events / 1_000_000)
+    } else {
+        events.to_string()
+    }
+}
+
+/// The input's file stem under the bench directory: `sensor-2m`, `sensor-10m`.
+fn input_stem(events: u64) -> String {
+    format!("sensor-{}", count_label(events).to_ascii_lowercase())
 }
 
 /// The scratch directory of a configuration.
@@ -599,7 +647,8 @@ fn hardware() -> String {
 
 fn report(rows: &[Row], hardware: &str, inputs: &[Input], env: &Env, commands: &[String]) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "# Weir throughput: sensor-window, {EVENTS} events\n");
+    let counts: Vec<String> = inputs.iter().map(|i| i.events.to_string()).collect();
+    let _ = writeln!(s, "# Weir throughput: sensor-window, {} events\n", counts.join(" and "));
     let _ = writeln!(s, "- hardware: {hardware}");
     for input in inputs {
         let size_mb = std::fs::metadata(&input.path).map_or(0.0, |m| m.len() as f64 / 1e6);
@@ -668,10 +717,13 @@ fn report(rows: &[Row], hardware: &str, inputs: &[Input], env: &Env, commands: &
             );
         }
     }
-    if let (Some(off), Some(on)) = (find("weir 2w, ckpt off, 10M"), find("weir 2w, ckpt every 1s, 10M")) {
+    let long = count_label(LONG_EVENTS);
+    if let (Some(off), Some(on)) =
+        (find(&format!("weir 2w, ckpt off, {long}")), find(&format!("weir 2w, ckpt every 1s, {long}")))
+    {
         let _ = writeln!(
             s,
-            "- Weir 2 workers, {LONG_EVENTS} events: checkpoints every 1s vs off: {:+.1}% time",
+            "- Weir 2 workers, {long} events: checkpoints every 1s vs off: {:+.1}% time",
             100.0 * (on / off - 1.0)
         );
     }
@@ -703,7 +755,7 @@ fn report(rows: &[Row], hardware: &str, inputs: &[Input], env: &Env, commands: &
     s
 }
 
-/// What `cargo test` checks: the stdout parsers and the median.
+/// What `cargo test` checks: the stdout parsers, the median, the flag and the input names.
 fn self_test() {
     let weir = "events in:     2000000\nelapsed:       0.602 s\nevents/s:      3322259\n\
                 checkpoints:   7 (total 12.5 ms, max 3.1 ms)\ncheckpoints:   /tmp/state\n";
@@ -715,4 +767,16 @@ fn self_test() {
     assert_eq!(self_timed(&Kind::Duck, "duckdb: 0.383000 s\n"), Some(0.383));
     assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
     assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+    for on in ["1", "", "yes", "true", " 1 "] {
+        assert!(flag_on(on), "{on:?}");
+    }
+    for off in ["0", " 0\n", "false", "No", "OFF"] {
+        assert!(!flag_on(off), "{off:?}");
+    }
+    assert_eq!(count_label(EVENTS), "2M");
+    assert_eq!(count_label(LONG_EVENTS), "10M");
+    assert_eq!(count_label(2_500_000), "2500000");
+    assert_eq!(count_label(1000), "1000");
+    assert_eq!(input_stem(EVENTS), "sensor-2m");
+    assert_eq!(input_stem(LONG_EVENTS), "sensor-10m");
 }

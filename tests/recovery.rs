@@ -20,21 +20,34 @@ enum Feed {
     Log,
 }
 
+/// How the killed pipeline's epochs end.
+#[derive(Clone, Copy)]
+enum Epochs {
+    /// Every 1,500 records, a checkpoint every 2 epochs (deterministic).
+    Records,
+    /// Every 1 ms of processing time, a checkpoint every 10 ms: epoch numbers
+    /// follow the clock, so each worker skips numbers, never checkpoint epochs.
+    Timed,
+}
+
 const FILE_ARGS: &[&str] = &["--input", "in.jsonl"];
 const LOG_ARGS: &[&str] = &["--log-dir", "log", "--topic", "sensors", "--bounded"];
 
-fn spawn(dir: &Path, workers: usize, feed: Feed) -> anyhow::Result<Child> {
+fn spawn(dir: &Path, workers: usize, feed: Feed, epochs: Epochs) -> anyhow::Result<Child> {
     let input = match feed {
         Feed::File => FILE_ARGS,
         Feed::Log => LOG_ARGS,
     };
-    Command::new(env!("CARGO_BIN_EXE_weir"))
-        .arg("sensor")
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
+    cmd.arg("sensor")
         .args(input)
         .args(["--output", "out", "--dead-letter", "dlq", "--state", "state"])
-        .args(["--workers", &workers.to_string()])
-        .env("WEIR_EPOCH_RECORDS", "1500")
-        .env("RUST_LOG", "error")
+        .args(["--workers", &workers.to_string()]);
+    match epochs {
+        Epochs::Records => cmd.env("WEIR_EPOCH_RECORDS", "1500"),
+        Epochs::Timed => cmd.args(["--epoch-interval", "1ms", "--checkpoint-interval", "10ms"]),
+    };
+    cmd.env("RUST_LOG", "error")
         .current_dir(dir)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -68,15 +81,20 @@ fn setup(dir: &Path, input: &[u8], feed: Feed) -> anyhow::Result<()> {
 
 #[test]
 fn file_pipeline_killed_at_random_moments_output_is_exact() -> anyhow::Result<()> {
-    killed_at_random_moments(Feed::File, 4)
+    killed_at_random_moments(Feed::File, 4, Epochs::Records)
+}
+
+#[test]
+fn timed_epochs_killed_at_random_moments_output_is_exact() -> anyhow::Result<()> {
+    killed_at_random_moments(Feed::File, 2, Epochs::Timed)
 }
 
 #[test]
 fn log_pipeline_killed_at_random_moments_output_is_exact() -> anyhow::Result<()> {
-    killed_at_random_moments(Feed::Log, 2)
+    killed_at_random_moments(Feed::Log, 2, Epochs::Records)
 }
 
-fn killed_at_random_moments(feed: Feed, scenarios: usize) -> anyhow::Result<()> {
+fn killed_at_random_moments(feed: Feed, scenarios: usize, epochs: Epochs) -> anyhow::Result<()> {
     let mut input = Vec::new();
     generate(200_000, 11, 500, &mut input)?;
     let (expected, malformed) = reference(&input);
@@ -85,7 +103,7 @@ fn killed_at_random_moments(feed: Feed, scenarios: usize) -> anyhow::Result<()> 
     let base = tempfile::tempdir()?;
     setup(base.path(), &input, feed)?;
     let started = Instant::now();
-    wait(spawn(base.path(), 2, feed)?)?;
+    wait(spawn(base.path(), 2, feed, epochs)?)?;
     let full = started.elapsed();
     support::compare(&expected, &support::read_rows(&base.path().join("out"))?)?;
 
@@ -100,7 +118,7 @@ fn killed_at_random_moments(feed: Feed, scenarios: usize) -> anyhow::Result<()> 
         loop {
             attempts += 1;
             let workers = 1 + rng.below(3) as usize;
-            let mut child = spawn(dir.path(), workers, feed)?;
+            let mut child = spawn(dir.path(), workers, feed, epochs)?;
             // Kill the first few runs at a random moment; let the last one finish.
             if kills < 3 && attempts < 8 {
                 // Restarts resume from a checkpoint and finish sooner: aim early.
@@ -146,7 +164,7 @@ fn killed_at_random_moments(feed: Feed, scenarios: usize) -> anyhow::Result<()> 
         // Run again after completion: nothing changes.
         let before =
             (support::visible_files(&dir.path().join("out"))?, support::visible_files(&dir.path().join("dlq"))?);
-        wait(spawn(dir.path(), 2, feed)?)?;
+        wait(spawn(dir.path(), 2, feed, epochs)?)?;
         let after =
             (support::visible_files(&dir.path().join("out"))?, support::visible_files(&dir.path().join("dlq"))?);
         assert_eq!(before, after, "scenario {scenario}: a completed run changed its output");

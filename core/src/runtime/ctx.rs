@@ -44,6 +44,8 @@ pub(crate) struct Shared {
     pub inputs: Mutex<BTreeMap<String, InputBound>>,
     pub assignments: Mutex<BTreeMap<String, Vec<Vec<crate::record::PartitionId>>>>,
     pub stats: Mutex<CommitStats>,
+    /// When the run started: time-based epochs are numbered from it, the same on every worker.
+    pub started: std::time::Instant,
 }
 
 impl Shared {

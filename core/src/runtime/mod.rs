@@ -286,6 +286,7 @@ impl Pipeline {
             inputs: Default::default(),
             assignments: Default::default(),
             stats: Default::default(),
+            started: std::time::Instant::now(),
         });
         let sh = shared.clone();
         let build = Arc::new(build);

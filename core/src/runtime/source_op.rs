@@ -5,6 +5,12 @@
 //! Flow control: a source does not start a new epoch while the commit
 //! operator's input is more than `max_epochs_in_flight` epochs behind, so a
 //! slow sink cannot make memory grow without bound.
+//!
+//! Time-based epochs are numbered by the time since the run started: an epoch
+//! that ran long (a busy worker, flow control) is followed by the number the
+//! clock has reached, so epoch numbers, and with them the checkpoint schedule
+//! (every k-th epoch), follow wall-clock time on every worker alike. A source
+//! never skips a checkpoint epoch: every source reports its offsets at each.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -101,6 +107,8 @@ impl<'s> Dataflow<'s> {
         let records_in = ctx.counter("records_in");
         let bytes_in = ctx.counter("bytes_in");
         let mut epoch: Epoch = ctx.start_epoch();
+        let first_epoch = epoch;
+        let started = shared.started;
         let pool = crate::flow::ChunkPool::default();
         let source_pool = pool.clone();
         let source_name = name.clone();
@@ -117,6 +125,9 @@ impl<'s> Dataflow<'s> {
             let mut epoch_started = Instant::now();
             let mut epoch_records = 0u64;
             let mut turn = 0usize;
+            // The epochs opened most recently (at most `max_in_flight`): flow control
+            // waits for the oldest, however epoch numbers advanced.
+            let mut opened: std::collections::VecDeque<Epoch> = std::collections::VecDeque::from([epoch]);
             // Sequential sources first read one small chunk of every partition.
             let mut priming = if sequential { owned.len() } else { 0 };
             move |_frontiers| {
@@ -138,7 +149,8 @@ impl<'s> Dataflow<'s> {
                 };
 
                 // Flow control: wait while the pipeline is too far behind.
-                let gated = epoch + 1 >= max_in_flight && probe.less_than(&(epoch + 1 - max_in_flight));
+                let gated = opened.len() as u64 >= max_in_flight
+                    && opened.front().is_some_and(|oldest| probe.less_than(oldest));
                 let mut progressed = false;
                 if !gated {
                     let deadline = Instant::now() + Duration::from_millis(5);
@@ -214,7 +226,11 @@ impl<'s> Dataflow<'s> {
                         part_h.session(&held[2]).give(offsets_part(&owned, epoch));
                     }
                     tracing::trace!(worker, epoch, records = epoch_records, "epoch closed");
-                    epoch += 1;
+                    epoch = next_epoch(epoch, policy, schedule, first_epoch, started.elapsed());
+                    opened.push_back(epoch);
+                    while opened.len() as u64 > max_in_flight.max(1) {
+                        opened.pop_front();
+                    }
                     for c in held.iter_mut() {
                         c.downgrade(&epoch);
                     }
@@ -237,5 +253,55 @@ impl<'s> Dataflow<'s> {
             pool,
         })
         .inspect(|_| ctx.register_parts(parts))
+    }
+}
+
+/// The epoch after `epoch`: the next number for record-counted epochs; for
+/// time-based ones, the number the clock has reached since the run started
+/// (`first` at `elapsed = 0`), but never past the next checkpoint epoch.
+fn next_epoch(
+    epoch: Epoch,
+    policy: EpochPolicy,
+    schedule: crate::time::CheckpointSchedule,
+    first: Epoch,
+    elapsed: Duration,
+) -> Epoch {
+    let next = epoch + 1;
+    let EpochPolicy::Time(d) = policy else { return next };
+    let ticks = elapsed.as_nanos() / d.as_nanos().max(1);
+    let by_clock = first.saturating_add(u64::try_from(ticks).unwrap_or(u64::MAX));
+    let mut to = by_clock.max(next);
+    if let Some(k) = schedule.every.filter(|&k| k > 0) {
+        // The first checkpoint epoch after `epoch`.
+        to = to.min((epoch / k + 1).saturating_mul(k));
+    }
+    to
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::time::CheckpointSchedule;
+
+    #[test]
+    fn time_epochs_follow_the_clock_and_stop_at_checkpoints() {
+        let ms = Duration::from_millis;
+        let time = EpochPolicy::Time(ms(20));
+        let every5 = CheckpointSchedule { every: Some(5) };
+        let none = CheckpointSchedule { every: None };
+        // On time: the next number.
+        assert_eq!(next_epoch(0, time, every5, 0, ms(25)), 1);
+        // Behind the clock: jump to where the clock is...
+        assert_eq!(next_epoch(1, time, none, 0, ms(80)), 4);
+        // ...but stop at the next checkpoint epoch, never past it.
+        assert_eq!(next_epoch(1, time, every5, 0, ms(200)), 5);
+        assert_eq!(next_epoch(5, time, every5, 0, ms(200)), 10);
+        assert_eq!(next_epoch(7, time, every5, 0, ms(300)), 10);
+        // Ahead of the clock: still the next number.
+        assert_eq!(next_epoch(9, time, every5, 0, ms(10)), 10);
+        // A restored run counts from its first epoch.
+        assert_eq!(next_epoch(100, time, none, 100, ms(61)), 103);
+        // Record-counted epochs are consecutive.
+        assert_eq!(next_epoch(3, EpochPolicy::Records(10), every5, 0, ms(10_000)), 4);
     }
 }

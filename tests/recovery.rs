@@ -123,9 +123,20 @@ fn killed_at_random_moments(feed: Feed, scenarios: usize, epochs: Epochs) -> any
             if kills < 3 && attempts < 8 {
                 // Restarts resume from a checkpoint and finish sooner: aim early.
                 let delay = Duration::from_micros(rng.below(full.as_micros() as u64 / 2 + 1));
-                let deadline = Instant::now() + delay;
                 let mut exited = None;
-                while Instant::now() < deadline {
+                if matches!(epochs, Epochs::Timed) {
+                    // Timed checkpoints depend on the machine's speed: count the delay
+                    // from the first commit, so kills land mid-run on slow builds too.
+                    while !has_manifest(&dir.path().join("state")) {
+                        if let Some(status) = child.try_wait()? {
+                            exited = Some(status);
+                            break;
+                        }
+                        std::thread::yield_now();
+                    }
+                }
+                let deadline = Instant::now() + delay;
+                while exited.is_none() && Instant::now() < deadline {
                     if let Some(status) = child.try_wait()? {
                         exited = Some(status);
                         break;

@@ -309,6 +309,51 @@ macro_rules! reject {
     };
 }
 
+/// The compound types neither serializer accepts (`$err` says why).
+macro_rules! reject_compound {
+    ($err:ident) => {
+        fn serialize_newtype_variant<T: Serialize + ?Sized>(
+            self,
+            _: &'static str,
+            _: u32,
+            _: &'static str,
+            _: &T,
+        ) -> Result<(), ColumnsError> {
+            Err($err("an enum"))
+        }
+        fn serialize_seq(self, _: Option<usize>) -> Result<Self::SerializeSeq, ColumnsError> {
+            Err($err("a sequence"))
+        }
+        fn serialize_tuple(self, _: usize) -> Result<Self::SerializeTuple, ColumnsError> {
+            Err($err("a tuple"))
+        }
+        fn serialize_tuple_struct(self, _: &'static str, _: usize) -> Result<Self::SerializeTupleStruct, ColumnsError> {
+            Err($err("a tuple struct"))
+        }
+        fn serialize_tuple_variant(
+            self,
+            _: &'static str,
+            _: u32,
+            _: &'static str,
+            _: usize,
+        ) -> Result<Self::SerializeTupleVariant, ColumnsError> {
+            Err($err("an enum"))
+        }
+        fn serialize_map(self, _: Option<usize>) -> Result<Self::SerializeMap, ColumnsError> {
+            Err($err("a map"))
+        }
+        fn serialize_struct_variant(
+            self,
+            _: &'static str,
+            _: u32,
+            _: &'static str,
+            _: usize,
+        ) -> Result<Self::SerializeStructVariant, ColumnsError> {
+            Err($err("an enum"))
+        }
+    };
+}
+
 impl<'a> ser::Serializer for RowSer<'a> {
     type Ok = ();
     type Error = ColumnsError;
@@ -339,45 +384,7 @@ impl<'a> ser::Serializer for RowSer<'a> {
     fn serialize_some<T: Serialize + ?Sized>(self, _: &T) -> Result<(), ColumnsError> {
         Err(not_a_row("an option"))
     }
-    fn serialize_newtype_variant<T: Serialize + ?Sized>(
-        self,
-        _: &'static str,
-        _: u32,
-        _: &'static str,
-        _: &T,
-    ) -> Result<(), ColumnsError> {
-        Err(not_a_row("an enum"))
-    }
-    fn serialize_seq(self, _: Option<usize>) -> Result<Self::SerializeSeq, ColumnsError> {
-        Err(not_a_row("a sequence"))
-    }
-    fn serialize_tuple(self, _: usize) -> Result<Self::SerializeTuple, ColumnsError> {
-        Err(not_a_row("a tuple"))
-    }
-    fn serialize_tuple_struct(self, _: &'static str, _: usize) -> Result<Self::SerializeTupleStruct, ColumnsError> {
-        Err(not_a_row("a tuple struct"))
-    }
-    fn serialize_tuple_variant(
-        self,
-        _: &'static str,
-        _: u32,
-        _: &'static str,
-        _: usize,
-    ) -> Result<Self::SerializeTupleVariant, ColumnsError> {
-        Err(not_a_row("an enum"))
-    }
-    fn serialize_map(self, _: Option<usize>) -> Result<Self::SerializeMap, ColumnsError> {
-        Err(not_a_row("a map"))
-    }
-    fn serialize_struct_variant(
-        self,
-        _: &'static str,
-        _: u32,
-        _: &'static str,
-        _: usize,
-    ) -> Result<Self::SerializeStructVariant, ColumnsError> {
-        Err(not_a_row("an enum"))
-    }
+    reject_compound!(not_a_row);
 }
 
 impl ser::SerializeStruct for FieldsSer<'_> {
@@ -532,47 +539,9 @@ impl ser::Serializer for ValueSer<'_> {
     fn serialize_unit_variant(self, _: &'static str, _: u32, _: &'static str) -> Result<(), ColumnsError> {
         Err(not_flat("an enum"))
     }
-    fn serialize_newtype_variant<T: Serialize + ?Sized>(
-        self,
-        _: &'static str,
-        _: u32,
-        _: &'static str,
-        _: &T,
-    ) -> Result<(), ColumnsError> {
-        Err(not_flat("an enum"))
-    }
-    fn serialize_seq(self, _: Option<usize>) -> Result<Self::SerializeSeq, ColumnsError> {
-        Err(not_flat("a sequence"))
-    }
-    fn serialize_tuple(self, _: usize) -> Result<Self::SerializeTuple, ColumnsError> {
-        Err(not_flat("a tuple"))
-    }
-    fn serialize_tuple_struct(self, _: &'static str, _: usize) -> Result<Self::SerializeTupleStruct, ColumnsError> {
-        Err(not_flat("a tuple struct"))
-    }
-    fn serialize_tuple_variant(
-        self,
-        _: &'static str,
-        _: u32,
-        _: &'static str,
-        _: usize,
-    ) -> Result<Self::SerializeTupleVariant, ColumnsError> {
-        Err(not_flat("an enum"))
-    }
-    fn serialize_map(self, _: Option<usize>) -> Result<Self::SerializeMap, ColumnsError> {
-        Err(not_flat("a map"))
-    }
+    reject_compound!(not_flat);
     fn serialize_struct(self, _: &'static str, _: usize) -> Result<Self::SerializeStruct, ColumnsError> {
         Err(not_flat("a struct"))
-    }
-    fn serialize_struct_variant(
-        self,
-        _: &'static str,
-        _: u32,
-        _: &'static str,
-        _: usize,
-    ) -> Result<Self::SerializeStructVariant, ColumnsError> {
-        Err(not_flat("an enum"))
     }
 }
 

@@ -55,6 +55,10 @@ pub struct PipelineConfig {
     pub retain: usize,
     /// Bytes a source reads from one partition per read.
     pub read_batch_bytes: usize,
+    /// Bytes a source hands downstream per activation before it yields, so
+    /// that the operators after it take each batch while it is still in the
+    /// core's cache. At least one read happens per activation.
+    pub activation_bytes: usize,
     /// Epochs a source may run ahead of the commit operator's input (flow control).
     pub epochs_in_flight: u64,
 }
@@ -73,6 +77,7 @@ impl Default for PipelineConfig {
             key_groups: KeyGroups::default(),
             retain: 3,
             read_batch_bytes: 64 * 1024,
+            activation_bytes: 256 * 1024,
             epochs_in_flight: 4,
         }
     }
@@ -132,6 +137,9 @@ impl PipelineConfig {
         }
         if self.read_batch_bytes < 1024 {
             return Err(Error::config("read_batch_bytes", "must be at least 1024"));
+        }
+        if self.activation_bytes == 0 {
+            return Err(Error::config("activation_bytes", "must be positive"));
         }
         Ok(())
     }

@@ -78,11 +78,17 @@ pub fn build(p: &mut Dataflow<'_>, input: &Input, output: &Path, dead_letters: &
 /// The sensor-window stages from raw lines to Parquet rows (dead letters are
 /// registered with the dataflow; send them to a sink with `p.dead_letters()`).
 pub fn aggregate(raw: Raw<'_>, output: Parquet) -> weir_core::Result<()> {
+    aggregate_with(raw, output, Combine::Adaptive)
+}
+
+/// [`aggregate`] with a choice of pre-aggregation (the results are the same).
+pub fn aggregate_with(raw: Raw<'_>, output: Parquet, combine: Combine) -> weir_core::Result<()> {
     raw.decode::<Reading>(Json)
         .filter(|r| TEMP_RANGE.contains(&r.temp))
         .event_time(|r| r.ts, Duration::from_secs(2))?
         .key_by(|r| r.device.clone())
         .window(Tumbling::minutes(1))
+        .combine(combine)
         .aggregate((Count, Min(|r: &Reading| r.temp), Max(|r: &Reading| r.temp), Mean(|r: &Reading| r.temp)))?
         .map(|w| WindowRow {
             device: w.key,

@@ -51,12 +51,25 @@ fn run(
     epoch_records: u64,
     ckpt: u64,
 ) -> weir::Result<RunSummary> {
+    run_with(dir, input, split, workers, epoch_records, ckpt, Combine::Adaptive)
+}
+
+fn run_with(
+    dir: &Path,
+    input: &Path,
+    split: u64,
+    workers: usize,
+    epoch_records: u64,
+    ckpt: u64,
+    combine: Combine,
+) -> weir::Result<RunSummary> {
     let (input, out, dlq) = (input.to_path_buf(), dir.join("out"), dir.join("dlq"));
     Pipeline::new("randomized").workers(workers).state(dir.join("state")).epoch_records(epoch_records, ckpt).run(
         move |p| {
-            weir::sensor::aggregate(
+            weir::sensor::aggregate_with(
                 p.source(LinesFile::with_split_bytes(&input, split)?)?,
                 Parquet::dir(&out).rows_per_file(500),
+                combine,
             )?;
             p.dead_letters().sink(DeadLetters::dir(&dlq))
         },
@@ -77,9 +90,13 @@ fn randomized_inputs_match_the_reference() -> anyhow::Result<()> {
         let workers = 1 + rng.below(4) as usize;
         let epoch = 1 + rng.below(500);
         let ckpt = 1 + rng.below(4);
-        let what = format!("case {case}: {lines} lines, split {split}, {workers} workers, epoch {epoch}, ckpt {ckpt}");
-        let summary =
-            run(dir.path(), &path, split, workers, epoch, ckpt).map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
+        // Both ways of pre-aggregating must give the reference's rows.
+        let combine = [Combine::Adaptive, Combine::Always, Combine::Never][case % 3];
+        let what = format!(
+            "case {case}: {lines} lines, split {split}, {workers} workers, epoch {epoch}, ckpt {ckpt}, {combine:?}"
+        );
+        let summary = run_with(dir.path(), &path, split, workers, epoch, ckpt, combine)
+            .map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
         let got = support::read_rows(&dir.path().join("out"))?;
         support::compare(&expected, &got).map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
         let dead = support::read_dead_letters(&dir.path().join("dlq"))?;
@@ -97,6 +114,26 @@ fn randomized_inputs_match_the_reference() -> anyhow::Result<()> {
             }
             assert_eq!(d["stage"], "decode");
         }
+    }
+    Ok(())
+}
+
+/// Adaptive pre-aggregation switches on the key distribution, and its
+/// results are exact either way: with thousands of devices and big epochs it
+/// passes most records through; with three devices it combines them all.
+#[test]
+fn adaptive_combining_follows_the_keys_and_stays_exact() -> anyhow::Result<()> {
+    for (devices, passes) in [(5000, true), (3, false)] {
+        let mut input = Vec::new();
+        weir::sensor::generate(40_000, 3, devices, &mut input)?;
+        let (expected, _) = reference(&input);
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("in.jsonl");
+        std::fs::write(&path, &input)?;
+        let summary = run(dir.path(), &path, 1 << 20, 2, 4000, 3)?;
+        support::compare(&expected, &support::read_rows(&dir.path().join("out"))?)?;
+        let passed = summary.counter("window-0.passed_through");
+        assert_eq!(passed > 0, passes, "{devices} devices: {passed} records passed through");
     }
     Ok(())
 }

@@ -19,5 +19,5 @@ pub mod prelude {
     pub use crate::decode::{Decode, Format, Json};
     pub use crate::event_time::EventTimeExt;
     pub use crate::transform::Transform;
-    pub use crate::window::{KeyBy, Keyed, Tumbling, WindowResult};
+    pub use crate::window::{Combine, KeyBy, Keyed, Tumbling, WindowResult};
 }

@@ -60,6 +60,22 @@ impl Tumbling {
     }
 }
 
+/// Whether the window operator pre-aggregates records on the worker that
+/// read them, before the shuffle by key (see [`Windowed::combine`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Combine {
+    /// Combine while it pays: each combining epoch measures how many partial
+    /// aggregates it makes per record, and when keys seldom repeat within an
+    /// epoch the next epochs send records on without combining, then measure
+    /// again.
+    #[default]
+    Adaptive,
+    /// Always combine (best when a few keys have many records per epoch).
+    Always,
+    /// Never combine: one partial aggregate per record.
+    Never,
+}
+
 /// One window's result for one key.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct WindowResult<K, V> {
@@ -103,7 +119,7 @@ pub struct Keyed<'s, T, F> {
 impl<'s, T: 'static, F> Keyed<'s, T, F> {
     /// Groups the keyed records into tumbling event-time windows.
     pub fn window(self, spec: Tumbling) -> Windowed<'s, T, F> {
-        Windowed { flow: self.flow, key: self.key, spec }
+        Windowed { flow: self.flow, key: self.key, spec, combine: Combine::default() }
     }
 
     /// The `(key, record)` pairs as a flow.

@@ -14,6 +14,7 @@
 //! decided identically and exactly once, in the combiner.
 
 use std::collections::BTreeMap;
+use std::collections::hash_map::Entry;
 use std::hash::Hash;
 use std::sync::atomic::Ordering;
 
@@ -34,7 +35,7 @@ use weir_core::runtime::epochs::{EpochDriver, follow_frontier};
 use weir_core::time::{CheckpointSchedule, Epoch};
 use weir_core::{Error, Flow, Result};
 
-use super::{Tumbling, WindowResult};
+use super::{Combine, Tumbling, WindowResult};
 use crate::aggregate::Aggregator;
 
 /// A keyed flow with a window spec; `aggregate` builds the operator.
@@ -42,6 +43,16 @@ pub struct Windowed<'s, T, F> {
     pub(super) flow: Flow<'s, T>,
     pub(super) key: F,
     pub(super) spec: Tumbling,
+    pub(super) combine: Combine,
+}
+
+impl<'s, T, F> Windowed<'s, T, F> {
+    /// Sets whether records are pre-aggregated before the shuffle (default
+    /// [`Combine::Adaptive`]). The results are the same either way.
+    pub fn combine(mut self, mode: Combine) -> Self {
+        self.combine = mode;
+        self
+    }
 }
 
 /// A partial aggregate of one key and window, from one worker and epoch.
@@ -104,8 +115,69 @@ type GroupEntries<K, Acc> = Vec<(EventTime, K, Acc)>;
 
 /// What the combiner collected for one epoch.
 struct Combined<K, T, Acc> {
+    /// Pre-aggregated per key and window (combining epochs).
     partials: FxHashMap<(K, EventTime), Acc>,
+    /// One partial per record (pass-through epochs, see [`Adaptive`]).
+    direct: Vec<Partial<K, Acc>>,
+    /// Whether this epoch passes records through instead of combining them.
+    pass_through: bool,
+    /// Records added (not late).
+    records: usize,
     lates: Vec<Rec<T>>,
+}
+
+/// Adaptive pre-aggregation ([`Combine::Adaptive`]). Combining costs a
+/// hash-map update per record and pays off only when keys repeat within an
+/// epoch; when most records of an epoch have a key and window of their own
+/// (10,000 sensors, a reading every few seconds each), the combiner's map
+/// does the window stage's work twice. So each combining epoch measures its
+/// reduction (partials per record) and, when it is poor, the next
+/// [`Adaptive::PASS_EPOCHS`] epochs send one partial per record without the
+/// map; then an epoch combines again to measure anew (Trino's adaptive
+/// partial aggregation works the same way).
+///
+/// Measured on the sensor workload, 2M readings, 20 ms epochs: at 0.07
+/// partials per record combining took 0.77x the time of passing through; at
+/// 0.21 the two were even; at 0.45 (10,000 devices) passing through took 0.74x.
+#[derive(Clone, Copy, Debug)]
+struct Adaptive {
+    mode: Combine,
+    /// Pass-through epochs left before the next measuring epoch.
+    pass_left: u32,
+}
+
+impl Adaptive {
+    /// Pass-through epochs after a poor measurement.
+    const PASS_EPOCHS: u32 = 31;
+    /// Partials per record above which combining is not worth its map.
+    const MAX_RATIO: f64 = 0.2;
+    /// Fewer records than this say little about the key distribution.
+    const MIN_RECORDS: usize = 1024;
+
+    fn new(mode: Combine) -> Self {
+        Adaptive { mode, pass_left: 0 }
+    }
+
+    /// Whether the next epoch passes records through.
+    fn next_epoch(&mut self) -> bool {
+        match self.mode {
+            Combine::Always => false,
+            Combine::Never => true,
+            Combine::Adaptive if self.pass_left > 0 => {
+                self.pass_left -= 1;
+                true
+            }
+            Combine::Adaptive => false,
+        }
+    }
+
+    /// Learns from a combining epoch's reduction.
+    fn measured(&mut self, records: usize, partials: usize) {
+        if records >= Self::MIN_RECORDS {
+            let ratio = partials as f64 / records as f64;
+            self.pass_left = if ratio > Self::MAX_RATIO { Self::PASS_EPOCHS } else { 0 };
+        }
+    }
 }
 
 /// Fired windows' emptied maps, kept for reuse.
@@ -116,7 +188,13 @@ type Spare<K, T, Acc> = std::rc::Rc<std::cell::RefCell<Vec<Combined<K, T, Acc>>>
 
 impl<K, T, Acc> Default for Combined<K, T, Acc> {
     fn default() -> Self {
-        Combined { partials: FxHashMap::default(), lates: Vec::new() }
+        Combined {
+            partials: FxHashMap::default(),
+            direct: Vec::new(),
+            pass_through: false,
+            records: 0,
+            lates: Vec::new(),
+        }
     }
 }
 
@@ -136,7 +214,7 @@ where
         F: Fn(&T) -> K + 'static,
         A::Out: 'static,
     {
-        let Windowed { flow, key: key_of, spec } = self;
+        let Windowed { flow, key: key_of, spec, combine } = self;
         let ctx = flow.ctx.clone();
         let (Some(info), Some(wm_stream)) = (flow.input.clone(), flow.watermarks.clone()) else {
             return Err(Error::config(
@@ -189,6 +267,8 @@ where
             let agg = agg.clone();
             let source = info.source.clone();
             let late = ctx.counter("dead_letters.late");
+            // Records sent on without combining (see `Adaptive`).
+            let passed = ctx.counter(&format!("{op}.passed_through"));
             builder.build(move |caps| {
                 let mut caps = Some(caps);
                 // Per open epoch: partial aggregates and late records. Records of the
@@ -198,22 +278,41 @@ where
                 // Flushed epochs' maps, kept with their capacity: a new epoch's map
                 // does not grow (and rehash) from empty again.
                 let spare: Spare<K, T, A::Acc> = Default::default();
+                let adaptive = std::rc::Rc::new(std::cell::Cell::new(Adaptive::new(combine)));
                 let fresh = {
                     let spare = spare.clone();
-                    move || spare.borrow_mut().pop().unwrap_or_default()
+                    let adaptive = adaptive.clone();
+                    move || {
+                        let mut c: Combined<K, T, A::Acc> = spare.borrow_mut().pop().unwrap_or_default();
+                        let mut a = adaptive.get();
+                        c.pass_through = a.next_epoch();
+                        adaptive.set(a);
+                        c
+                    }
                 };
                 let classify = move |c: &mut Combined<K, T, A::Acc>, recs: Vec<Rec<T>>, wm: EventTime| {
-                    // Room for every record's key at once: one allocation instead of a chain
-                    // of doublings (each a fresh table the kernel must zero, plus a rehash).
-                    c.partials.reserve(recs.len());
+                    // Room for every record at once: one allocation instead of a chain of
+                    // doublings (each a fresh table the kernel must zero, plus a rehash).
+                    if c.pass_through {
+                        c.direct.reserve(recs.len());
+                    } else {
+                        c.partials.reserve(recs.len());
+                    }
                     for r in recs {
                         let start = spec.start_of(r.meta.event_time);
                         if spec.end_of(start) <= wm {
                             c.lates.push(r);
                             continue;
                         }
-                        let acc = c.partials.entry((key_of(&r.value), start)).or_insert_with(|| agg.init());
-                        agg.add(acc, &r.value);
+                        c.records += 1;
+                        if c.pass_through {
+                            let mut acc = agg.init();
+                            agg.add(&mut acc, &r.value);
+                            c.direct.push(Partial { key: key_of(&r.value), start, acc });
+                        } else {
+                            let acc = c.partials.entry((key_of(&r.value), start)).or_insert_with(|| agg.init());
+                            agg.add(acc, &r.value);
+                        }
                     }
                 };
                 move |frontiers| {
@@ -236,11 +335,23 @@ where
                     let mut partial_h = partial_out.activate();
                     let mut late_h = late_out.activate();
                     let mut flush = |epoch: Epoch, mut c: Combined<K, T, A::Acc>, wm: EventTime| {
+                        if c.pass_through {
+                            passed.fetch_add(c.records as u64, Ordering::Relaxed);
+                        } else {
+                            let mut a = adaptive.get();
+                            a.measured(c.records, c.partials.len());
+                            adaptive.set(a);
+                        }
+                        c.records = 0;
                         if !c.partials.is_empty() {
                             let cap = held[0].delayed(&epoch);
                             partial_h.session(&cap).give_iterator(
                                 c.partials.drain().map(|((key, start), acc)| Partial { key, start, acc }),
                             );
+                        }
+                        if !c.direct.is_empty() {
+                            let cap = held[0].delayed(&epoch);
+                            partial_h.session(&cap).give_iterator(c.direct.drain(..));
                         }
                         if !c.lates.is_empty() {
                             late.fetch_add(c.lates.len() as u64, Ordering::Relaxed);
@@ -377,10 +488,10 @@ where
                                             windows.insert(p.start, map);
                                         }
                                         let Some(window) = windows.get_mut(&p.start) else { continue };
-                                        match window.get_mut(&p.key) {
-                                            Some(acc) => agg.merge(acc, &p.acc),
-                                            None => {
-                                                window.insert(p.key, p.acc);
+                                        match window.entry(p.key) {
+                                            Entry::Occupied(mut e) => agg.merge(e.get_mut(), &p.acc),
+                                            Entry::Vacant(e) => {
+                                                e.insert(p.acc);
                                             }
                                         }
                                     }
@@ -457,4 +568,43 @@ fn snapshot<K: Hash + Serialize, Acc: Serialize>(
         w.group(g, &entries)?;
     }
     w.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fixed_modes_ignore_measurements() {
+        let mut always = Adaptive::new(Combine::Always);
+        let mut never = Adaptive::new(Combine::Never);
+        for _ in 0..3 {
+            always.measured(10_000, 10_000);
+            never.measured(10_000, 1);
+            assert!(!always.next_epoch());
+            assert!(never.next_epoch());
+        }
+    }
+
+    #[test]
+    fn adaptive_passes_through_after_a_poor_reduction_then_measures_again() {
+        let mut a = Adaptive::new(Combine::Adaptive);
+        assert!(!a.next_epoch(), "the first epoch combines, to measure");
+        a.measured(4096, 4000);
+        let passed = (0..Adaptive::PASS_EPOCHS).filter(|_| a.next_epoch()).count();
+        assert_eq!(passed as u32, Adaptive::PASS_EPOCHS);
+        assert!(!a.next_epoch(), "then one epoch combines again");
+        // A good reduction keeps combining.
+        a.measured(4096, 100);
+        assert!(!a.next_epoch());
+        assert!(!a.next_epoch());
+        // Too few records to judge: no change.
+        a.measured(Adaptive::MIN_RECORDS - 1, Adaptive::MIN_RECORDS - 1);
+        assert!(!a.next_epoch());
+        // At the threshold combining goes on; just above it, it stops.
+        a.measured(5000, 1000);
+        assert!(!a.next_epoch());
+        a.measured(5000, 1001);
+        assert!(a.next_epoch());
+    }
 }

@@ -12,7 +12,8 @@
 //!    remade when older than their input;
 //! 3. runs every configuration `WEIR_BENCH_WARMUP` times untimed (default 1; the warm-up
 //!    rounds come first, each configuration in turn), then `WEIR_BENCH_RUNS` timed rounds
-//!    (default 3) in which every configuration runs once, in the same order. Runs are
+//!    (default 3) in which every configuration runs once, each round starting one
+//!    configuration later than the one before (so order effects average out). Runs are
 //!    interleaved so that a burst of noise on these shared machines (steal time) hits
 //!    every configuration alike instead of one configuration's whole block.
 //!    Each run is a child process in a fresh scratch directory (output, dead letters,
@@ -248,7 +249,13 @@ fn run() -> Result<()> {
     }
     for r in 0..env.runs {
         println!("== round {}/{}", r + 1, env.runs);
-        for (c, (config, input)) in configs.iter().zip(&config_inputs).enumerate() {
+        // Each round starts one configuration later, so no configuration always
+        // runs right after the same other one (a run can leave the page cache,
+        // the allocator's arenas or the disk's write-back in a state that helps
+        // or hurts the next).
+        for k in 0..configs.len() {
+            let c = (r + k) % configs.len();
+            let (config, input) = (&configs[c], config_inputs[c]);
             let (run, command) = run_once(&env, config, &input.path, &format!("round {}", r + 1))?;
             shown[c] = command;
             runs[c].push(run);
@@ -657,7 +664,7 @@ fn report(rows: &[Row], hardware: &str, inputs: &[Input], env: &Env, commands: &
     let _ = writeln!(
         s,
         "- {} untimed warm-up + {} timed run(s) per configuration, interleaved (each round runs every \
-         configuration once); time = median wall time of the child process \
+         configuration once, starting one configuration later than the round before); time = median wall time of the child process \
          (DuckDB: median query time measured inside Python); peak RSS = largest `ru_maxrss` over the runs",
         env.warmup, env.runs
     );

@@ -50,17 +50,6 @@ fn run(
     workers: usize,
     epoch_records: u64,
     ckpt: u64,
-) -> weir::Result<RunSummary> {
-    run_with(dir, input, split, workers, epoch_records, ckpt, Combine::Adaptive)
-}
-
-fn run_with(
-    dir: &Path,
-    input: &Path,
-    split: u64,
-    workers: usize,
-    epoch_records: u64,
-    ckpt: u64,
     combine: Combine,
 ) -> weir::Result<RunSummary> {
     let (input, out, dlq) = (input.to_path_buf(), dir.join("out"), dir.join("dlq"));
@@ -95,8 +84,8 @@ fn randomized_inputs_match_the_reference() -> anyhow::Result<()> {
         let what = format!(
             "case {case}: {lines} lines, split {split}, {workers} workers, epoch {epoch}, ckpt {ckpt}, {combine:?}"
         );
-        let summary = run_with(dir.path(), &path, split, workers, epoch, ckpt, combine)
-            .map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
+        let summary =
+            run(dir.path(), &path, split, workers, epoch, ckpt, combine).map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
         let got = support::read_rows(&dir.path().join("out"))?;
         support::compare(&expected, &got).map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
         let dead = support::read_dead_letters(&dir.path().join("dlq"))?;
@@ -130,7 +119,7 @@ fn adaptive_combining_follows_the_keys_and_stays_exact() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("in.jsonl");
         std::fs::write(&path, &input)?;
-        let summary = run(dir.path(), &path, 1 << 20, 2, 4000, 3)?;
+        let summary = run(dir.path(), &path, 1 << 20, 2, 4000, 3, Combine::Adaptive)?;
         support::compare(&expected, &support::read_rows(&dir.path().join("out"))?)?;
         let passed = summary.counter("window-0.passed_through");
         assert_eq!(passed > 0, passes, "{devices} devices: {passed} records passed through");
@@ -149,18 +138,18 @@ fn rescaled_restart_reads_state_by_key_group() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("in.jsonl");
     std::fs::write(&path, &input)?;
-    run(dir.path(), &path, 4096, 3, 100, 2)?;
+    run(dir.path(), &path, 4096, 3, 100, 2, Combine::Adaptive)?;
     // The checkpoint records who read what (the previous assignment for `sticky`).
     let m = weir::core::checkpoint::store::read_latest(&dir.path().join("state"))?.expect("a manifest");
     let assignment = &m.assignments[&path.display().to_string()];
     assert_eq!(assignment.len(), 3);
     assert_eq!(assignment.iter().map(Vec::len).sum::<usize>(), m.inputs[&path.display().to_string()].ends.len());
-    let again = run(dir.path(), &path, 4096, 1, 100, 2)?;
+    let again = run(dir.path(), &path, 4096, 1, 100, 2, Combine::Adaptive)?;
     assert!(again.already_complete);
     support::compare(&expected, &support::read_rows(&dir.path().join("out"))?)?;
     // A different input with the same state directory is refused.
     std::fs::write(&path, b"{}\n")?;
-    let err = run(dir.path(), &path, 4096, 1, 100, 2).expect_err("a changed input must be refused");
+    let err = run(dir.path(), &path, 4096, 1, 100, 2, Combine::Adaptive).expect_err("a changed input must be refused");
     assert!(err.to_string().contains("different input"), "{err}");
     Ok(())
 }
@@ -234,7 +223,7 @@ fn late_events_become_dead_letters_and_the_rest_is_exact() -> anyhow::Result<()>
         let path = dir.path().join("in.jsonl");
         std::fs::write(&path, &input)?;
         let workers = 1 + rng.below(3) as usize;
-        let summary = run(dir.path(), &path, 16 * 1024, workers, 1 + rng.below(300), 2)?;
+        let summary = run(dir.path(), &path, 16 * 1024, workers, 1 + rng.below(300), 2, Combine::Adaptive)?;
         let dead = support::read_dead_letters(&dir.path().join("dlq"))?;
         let late: std::collections::BTreeSet<u64> =
             dead.iter().filter(|d| d["stage"] == "late").filter_map(|d| d["offset"].as_u64()).collect();
@@ -261,7 +250,7 @@ fn extreme_event_times_do_not_break_the_pipeline() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("in.jsonl");
     std::fs::write(&path, &input)?;
-    run(dir.path(), &path, 1 << 20, 2, 1, 1)?;
+    run(dir.path(), &path, 1 << 20, 2, 1, 1, Combine::Adaptive)?;
     let dead = support::read_dead_letters(&dir.path().join("dlq"))?;
     let late: std::collections::BTreeSet<u64> = dead.iter().filter_map(|d| d["offset"].as_u64()).collect();
     let (expected, _) = reference(&without_lines_at(&input, &late));

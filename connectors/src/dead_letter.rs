@@ -14,7 +14,7 @@ use serde::Serialize;
 use weir_core::checkpoint::Publish;
 use weir_core::error::{Error, IoContext, Result};
 use weir_core::record::DeadLetter;
-use weir_core::sink::{Sink, SinkContext, SinkWriter};
+use weir_core::sink::{Rejected, Sink, SinkContext, SinkWriter};
 use weir_core::time::Epoch;
 
 use crate::staging::{CrcFile, StagedFile, Staging};
@@ -49,6 +49,10 @@ impl Sink<DeadLetter> for DeadLetters {
         "dead-letters"
     }
 
+    fn rejects_rows(&self) -> bool {
+        false
+    }
+
     fn open(&self, ctx: &SinkContext) -> Result<Box<dyn SinkWriter<DeadLetter>>> {
         Ok(Box::new(DeadLetterWriter {
             staging: Staging::open(&self.dir, "dead-letters", ctx)?,
@@ -67,7 +71,7 @@ struct DeadLetterWriter {
 }
 
 impl SinkWriter<DeadLetter> for DeadLetterWriter {
-    fn write(&mut self, rows: &mut Vec<DeadLetter>) -> Result<()> {
+    fn write(&mut self, rows: &mut Vec<DeadLetter>, _rejected: &mut Vec<Rejected<DeadLetter>>) -> Result<()> {
         if rows.is_empty() {
             return Ok(());
         }

@@ -47,6 +47,9 @@ impl LinesFile {
             return Err(Error::config("split_bytes", "must be positive"));
         }
         let file = File::open(&path).ctx("open", &path)?;
+        // The source is identified by its canonical absolute path: `./in.jsonl`
+        // and `in.jsonl`, or the same file from another working directory, are one input.
+        let path = std::fs::canonicalize(&path).ctx("resolve", &path)?;
         let meta = file.metadata().ctx("stat", &path)?;
         if !meta.is_file() {
             return Err(Error::config("input", format!("{} is not a regular file", path.display())));

@@ -233,9 +233,8 @@ where
         // (whatever worker count wrote them).
         let mut watermarks = Watermarks::new(info.partitions);
         let mut windows: BTreeMap<EventTime, FxHashMap<K, A::Acc>> = BTreeMap::new();
-        if let (Some(m), Some(store)) = (ctx.restored(), store.as_ref())
-            && let Some(files) = m.state.get(&op)
-        {
+        let files = ctx.restored_state(&op);
+        if let (false, Some(store)) = (files.is_empty(), store.as_ref()) {
             let mine = groups.groups_of(worker, peers);
             for file in files {
                 let bytes = store.read_part(file)?;
@@ -265,7 +264,7 @@ where
                 EpochDriver::new(ctx.start_epoch(), CheckpointSchedule::default());
             let mut watermarks = watermarks.clone();
             let agg = agg.clone();
-            let source = info.source.clone();
+            let origin = info.origin.clone();
             let late = ctx.counter("dead_letters.late");
             // Records sent on without combining (see `Adaptive`).
             let passed = ctx.counter(&format!("{op}.passed_through"));
@@ -358,18 +357,9 @@ where
                             let cap = held[1].delayed(&epoch);
                             let mut session = late_h.session(&cap);
                             for r in c.lates.drain(..) {
-                                session.give(DeadLetter {
-                                    payload: serde_json::to_vec(&r.value).unwrap_or_default(),
-                                    error: format!(
-                                        "late event: time {} is behind the watermark {wm}",
-                                        r.meta.event_time
-                                    ),
-                                    stage: "late".into(),
-                                    source: source.clone(),
-                                    partition: r.meta.partition,
-                                    offset: r.meta.offset,
-                                    event_time: Some(r.meta.event_time),
-                                });
+                                let error =
+                                    format!("late event: time {} is behind the watermark {wm}", r.meta.event_time);
+                                session.give(origin.dead_letter(&r.meta, "late", error, &r.value));
                             }
                         }
                         spare.borrow_mut().push(c);

@@ -143,12 +143,21 @@ pub fn check_restore(m: &Manifest, plan: &Plan, name: &str, bounded: bool, state
     let mut stateful: Vec<&String> = m.state.keys().chain(m.steps.keys()).collect();
     stateful.sort();
     stateful.dedup();
-    if let Some(step) = stateful.into_iter().find(|s| !plan.steps.contains_key(*s)) {
-        let kind = m.steps.get(step).map_or(String::new(), |k| format!(" ({k})"));
+    let lacking: Vec<String> = stateful
+        .into_iter()
+        .filter(|s| !plan.steps.contains_key(*s))
+        .map(|s| match m.steps.get(s) {
+            Some(kind) => format!("`{s}` ({kind})"),
+            None => format!("`{s}`"),
+        })
+        .collect();
+    if !lacking.is_empty() {
         return Err(refuse(
             state_dir,
             format!(
-                "the checkpoint has state of step `{step}`{kind}, which this pipeline lacks (its steps: {})",
+                "the checkpoint has state of step {}, which this pipeline lacks (its steps: {}); steps are \
+                 numbered in the order they are built, so adding or removing one renumbers those after it",
+                lacking.join(", "),
                 list(plan.steps.keys())
             ),
         ));

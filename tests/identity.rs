@@ -258,3 +258,66 @@ fn a_panic_on_one_worker_of_three_stops_the_run() -> anyhow::Result<()> {
     assert!(started.elapsed() < Duration::from_secs(30));
     Ok(())
 }
+
+/// An unbounded run on a log with an empty partition: after `idle_timeout` the
+/// empty partition stops holding the watermark, so windows fire and commit;
+/// with record-counted epochs, the worker that owns only the empty partition
+/// still closes epochs, so checkpoints go on. Every row written is exact.
+#[test]
+fn an_empty_partition_does_not_stop_windows_forever() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data = input(30_000, 8)?;
+    let topic = Topic::create(&dir.path().join("log"), "sensors", 3)?;
+    let mut writers: Vec<_> = (0..2).map(|p| topic.writer(p, LogConfig::default())).collect::<Result<_, _>>()?;
+    let mut newest = [i64::MIN; 2];
+    for line in data.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        // Partition by device; partition 2 stays empty.
+        let key = line.split(|&b| b == b'"').nth(3).unwrap_or_default();
+        let p = (weir::core::keygroup::stable_hash(key) % 2) as usize;
+        writers[p].append(&[line])?;
+        if let Ok(r) = serde_json::from_slice::<weir::sensor::Reading>(line) {
+            newest[p] = newest[p].max(r.ts);
+        }
+    }
+    for w in &mut writers {
+        w.sync()?;
+    }
+    drop(writers);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .arg("sensor")
+        .args(["--log-dir", "log", "--topic", "sensors", "--workers", "2", "--assignor", "range"])
+        .args(["--idle-timeout", "300ms"])
+        .args(OUT)
+        .env("WEIR_EPOCH_RECORDS", "1000")
+        .env("RUST_LOG", "error")
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let (expected, _) = reference(&data);
+    // An unbounded run fires the windows that end at or below the watermark
+    // (the least newest event time of the partitions with data, minus 2 s).
+    let watermark = newest[0].min(newest[1]) - 2_000;
+    let fireable = expected.keys().filter(|(_, start)| start + 60_000 <= watermark).count();
+    assert!(fireable > 0);
+    let started = Instant::now();
+    let mut rows = BTreeMap::new();
+    while started.elapsed() < Duration::from_secs(60) {
+        if let Some(status) = child.try_wait()? {
+            anyhow::bail!("the unbounded run exited: {status}");
+        }
+        rows = support::read_rows(&dir.path().join("out")).unwrap_or_default();
+        if rows.len() >= fireable {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child.kill()?;
+    child.wait()?;
+    assert_eq!(rows.len(), fireable, "windows fired");
+    for (k, row) in &rows {
+        let e = expected.get(k).with_context(|| format!("unexpected row {k:?}"))?;
+        assert_eq!((e.count, e.min.to_bits(), e.max.to_bits()), (row.count, row.min.to_bits(), row.max.to_bits()));
+    }
+    Ok(())
+}

@@ -36,6 +36,11 @@ pub type VecOutput<D> =
 pub enum PartitionEvent {
     /// The partition has no more input (bounded runs): it stops holding the watermark back.
     Finished(PartitionId),
+    /// The partition had no data for the pipeline's `idle_timeout` (unbounded
+    /// runs): it stops holding the watermark back until it has data again.
+    Idle(PartitionId),
+    /// An idle partition has data again (sent before that data, in the same epoch).
+    Active(PartitionId),
 }
 
 /// A partition's watermark, broadcast to every worker once per epoch it changed in.
@@ -46,6 +51,9 @@ pub struct WatermarkUpdate {
     /// No event time at or below this is expected from the partition any more
     /// (`EventTime::MAX` once it finished).
     pub watermark: EventTime,
+    /// The partition is idle: the window watermark is the minimum over the
+    /// partitions that are not (records it sends later may then be late).
+    pub idle: bool,
 }
 
 /// What the stages after a source know about it.

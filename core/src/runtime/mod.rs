@@ -64,6 +64,10 @@ pub struct PipelineConfig {
     pub activation_bytes: usize,
     /// Epochs a source may run ahead of the commit operator's input (flow control).
     pub epochs_in_flight: u64,
+    /// In an unbounded run, a partition without data for this long stops holding
+    /// the window watermark back until it has data again (`None`: never).
+    /// Bounded runs never release a partition that still has unread data.
+    pub idle_timeout: Option<Duration>,
 }
 
 impl Default for PipelineConfig {
@@ -82,6 +86,7 @@ impl Default for PipelineConfig {
             read_batch_bytes: 64 * 1024,
             activation_bytes: 256 * 1024,
             epochs_in_flight: 4,
+            idle_timeout: Some(Duration::from_secs(10)),
         }
     }
 }
@@ -140,6 +145,9 @@ impl PipelineConfig {
         }
         if self.read_batch_bytes < 1024 {
             return Err(Error::config("read_batch_bytes", "must be at least 1024"));
+        }
+        if self.idle_timeout.is_some_and(|d| d.is_zero()) {
+            return Err(Error::config("idle_timeout", "must be positive (or none)"));
         }
         if self.activation_bytes == 0 {
             return Err(Error::config("activation_bytes", "must be positive"));
@@ -237,6 +245,13 @@ impl Pipeline {
     /// How many epochs sources may run ahead of the commit operator (flow control; at least 2).
     pub fn epochs_in_flight(mut self, epochs: u64) -> Self {
         self.config.epochs_in_flight = epochs;
+        self
+    }
+
+    /// In an unbounded run, how long a partition may have no data before it
+    /// stops holding the window watermark back (`None`: it always holds it).
+    pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.config.idle_timeout = timeout;
         self
     }
 

@@ -34,7 +34,15 @@ struct Owned {
     reader: Box<dyn PartitionReader>,
     next: Offset,
     finished: bool,
+    /// When the partition last had data (idle detection, unbounded runs).
+    last_data: Instant,
+    /// Whether it was reported idle.
+    idle: bool,
 }
+
+/// With record-counted epochs, a source worker whose partitions have had no
+/// data for this long closes its epoch anyway, so checkpoints go on.
+const IDLE_EPOCH: Duration = Duration::from_millis(10);
 
 impl<'s> Dataflow<'s> {
     /// Adds a source: this worker reads the partitions assigned to it.
@@ -110,7 +118,7 @@ impl<'s> Dataflow<'s> {
             let from = committed.get(&id).copied().unwrap_or(spec.start);
             let until = if cfg.bounded { ends.get(&id).copied() } else { None };
             let reader = src.open(id, from, until)?;
-            owned.push(Owned { id, reader, next: from, finished: false });
+            owned.push(Owned { id, reader, next: from, finished: false, last_data: Instant::now(), idle: false });
         }
 
         let mut builder = OperatorBuilder::new(format!("Source({name})"), scope);
@@ -130,6 +138,7 @@ impl<'s> Dataflow<'s> {
         let max_in_flight = cfg.max_epochs_in_flight();
         let batch_bytes = cfg.read_batch_bytes;
         let activation_bytes = cfg.activation_bytes;
+        let idle_timeout = if cfg.bounded { None } else { cfg.idle_timeout };
         let records_in = ctx.counter("records_in");
         let bytes_in = ctx.counter("bytes_in");
         let mut epoch: Epoch = ctx.start_epoch();
@@ -178,6 +187,7 @@ impl<'s> Dataflow<'s> {
                 let gated = opened.len() as u64 >= max_in_flight
                     && opened.front().is_some_and(|oldest| probe.less_than(oldest));
                 let mut progressed = false;
+                let mut got_data = false;
                 if !gated {
                     let deadline = Instant::now() + Duration::from_millis(5);
                     let n = owned.len();
@@ -212,6 +222,12 @@ impl<'s> Dataflow<'s> {
                             }
                         };
                         if !chunk.is_empty() {
+                            o.last_data = Instant::now();
+                            got_data = true;
+                            if o.idle {
+                                o.idle = false;
+                                event_h.session(&held[1]).give(PartitionEvent::Active(o.id));
+                            }
                             o.next = chunk.next;
                             epoch_records += chunk.len() as u64;
                             records_in.fetch_add(chunk.len() as u64, Ordering::Relaxed);
@@ -223,6 +239,14 @@ impl<'s> Dataflow<'s> {
                         } else {
                             source_pool.put(chunk);
                             idle_rounds += 1;
+                            if let Some(timeout) = idle_timeout
+                                && !o.idle
+                                && o.last_data.elapsed() >= timeout
+                            {
+                                o.idle = true;
+                                event_h.session(&held[1]).give(PartitionEvent::Idle(o.id));
+                                progressed = true;
+                            }
                         }
                         match status {
                             ReadStatus::End => {
@@ -251,7 +275,15 @@ impl<'s> Dataflow<'s> {
                 }
 
                 let epoch_over = match policy {
-                    EpochPolicy::Records(n) => epoch_records >= n,
+                    EpochPolicy::Records(n) => {
+                        // Idle: this activation read nothing and none of the partitions
+                        // had data for a while (a slow worker still finds data when it reads).
+                        epoch_records >= n
+                            || !gated
+                                && !got_data
+                                && epoch_started.elapsed() >= IDLE_EPOCH
+                                && owned.iter().filter(|o| !o.finished).all(|o| o.last_data.elapsed() >= IDLE_EPOCH)
+                    }
                     EpochPolicy::Time(d) => epoch_started.elapsed() >= d,
                 };
                 if epoch_over && !gated {

@@ -75,10 +75,14 @@ fn data_then_watermarks<D>(inputs: Vec<Input<D>>) -> impl Iterator<Item = Input<
     data.into_iter().chain(wms)
 }
 
-/// The latest watermark of every input partition; the window watermark is their minimum.
+/// The latest watermark of every input partition; the window watermark is
+/// their minimum over the partitions that are not idle. It never moves back
+/// (an idle partition that has data again may send late records), and it is
+/// checkpointed with the table, so a restore does not move it back either.
 #[derive(Clone, Debug)]
 struct Watermarks {
     table: Vec<EventTime>,
+    idle: Vec<bool>,
     current: EventTime,
 }
 
@@ -86,28 +90,39 @@ impl Watermarks {
     fn new(partitions: u32) -> Self {
         let table = vec![EventTime::MIN; partitions as usize];
         let current = if table.is_empty() { EventTime::MAX } else { EventTime::MIN };
-        Watermarks { table, current }
+        Watermarks { idle: vec![false; table.len()], table, current }
     }
 
     /// Applies updates; returns the new window watermark if it advanced.
     fn apply(&mut self, updates: &[WatermarkUpdate]) -> Option<EventTime> {
         for u in updates {
-            if let Some(slot) = self.table.get_mut(u.partition as usize) {
+            if let (Some(slot), Some(idle)) =
+                (self.table.get_mut(u.partition as usize), self.idle.get_mut(u.partition as usize))
+            {
                 *slot = (*slot).max(u.watermark);
+                *idle = u.idle;
             }
         }
-        let wm = self.table.iter().copied().min().unwrap_or(EventTime::MAX);
+        let active = self.table.iter().zip(&self.idle).filter(|(_, idle)| !**idle).map(|(w, _)| *w);
+        let wm = match active.min() {
+            Some(wm) => wm,
+            // Every partition idle: nothing moves the watermark (but a finished table is done).
+            None if self.table.iter().all(|&w| w == EventTime::MAX) => EventTime::MAX,
+            None => self.current,
+        };
         (wm > self.current).then(|| {
             self.current = wm;
             wm
         })
     }
 
-    fn merge(&mut self, other: &[EventTime]) {
+    /// Folds in a checkpointed table and window watermark.
+    fn merge(&mut self, (other, current): &(Vec<EventTime>, EventTime)) {
         for (mine, theirs) in self.table.iter_mut().zip(other) {
             *mine = (*mine).max(*theirs);
         }
-        self.current = self.table.iter().copied().min().unwrap_or(EventTime::MAX);
+        let least = self.table.iter().copied().min().unwrap_or(EventTime::MAX);
+        self.current = self.current.max(least).max(*current);
     }
 }
 
@@ -239,7 +254,7 @@ where
             for file in files {
                 let bytes = store.read_part(file)?;
                 let reader = StateReader::new(&bytes, &file.path)?;
-                if let Some(table) = reader.read::<Vec<EventTime>>(GLOBAL_GROUP)? {
+                if let Some(table) = reader.read::<(Vec<EventTime>, EventTime)>(GLOBAL_GROUP)? {
                     watermarks.merge(&table);
                 }
                 for g in reader.groups().filter(|g| mine.contains(g)).collect::<Vec<_>>() {
@@ -553,7 +568,7 @@ fn snapshot<K: Hash + Serialize, Acc: Serialize>(
         }
     }
     let mut w = StateWriter::default();
-    w.group(GLOBAL_GROUP, &watermarks.table)?;
+    w.group(GLOBAL_GROUP, &(&watermarks.table, watermarks.current))?;
     for (g, entries) in by_group {
         w.group(g, &entries)?;
     }

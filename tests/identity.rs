@@ -72,16 +72,8 @@ fn a_path_spelled_differently_is_the_same_input_and_a_complete_rerun_writes_noth
     // From another working directory, with absolute paths.
     let abs = |p: &str| dir.path().join(p).display().to_string();
     let elsewhere = tempfile::tempdir()?;
-    let args = [
-        "--input",
-        &abs("in.jsonl"),
-        "--output",
-        &abs("out"),
-        "--dead-letter",
-        &abs("dlq"),
-        "--state",
-        &abs("state"),
-    ];
+    let args =
+        ["--input", &abs("in.jsonl"), "--output", &abs("out"), "--dead-letter", &abs("dlq"), "--state", &abs("state")];
     let stdout = ok(sensor(elsewhere.path(), &args)?)?;
     assert!(stdout.contains("already complete"), "{stdout}");
     assert_eq!(snapshot(dir.path()), before, "a rerun of a complete run changed files");

@@ -71,4 +71,11 @@ pub trait Source: Send + Sync + 'static {
     fn read_order(&self) -> ReadOrder {
         ReadOrder::Interleaved
     }
+
+    /// The original bytes of the record at `offset` of `partition` (a file line without its `\n`,
+    /// a log record's payload), for dead letters of later stages; `None` when the source cannot re-read.
+    fn record_at(&self, partition: PartitionId, offset: Offset) -> Result<Option<Vec<u8>>> {
+        let _ = (partition, offset);
+        Ok(None)
+    }
 }

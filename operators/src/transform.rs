@@ -89,8 +89,11 @@ impl<'s, T: 'static> Transform<'s, T> for Flow<'s, T> {
                             Ok(value) => oks.give(Rec { meta: r.meta, value }),
                             Err(e) => {
                                 dead.fetch_add(1, Ordering::Relaxed);
+                                let payload = serde_json::to_vec(&r.value).unwrap_or_default();
                                 errs.give(DeadLetter {
-                                    payload: serde_json::to_vec(&r.value).unwrap_or_default(),
+                                    payload_truncated: false,
+                                    payload_length: payload.len() as u64,
+                                    payload,
                                     error: e.to_string(),
                                     stage: stage.clone(),
                                     source: source.clone(),

@@ -358,8 +358,11 @@ where
                             let cap = held[1].delayed(&epoch);
                             let mut session = late_h.session(&cap);
                             for r in c.lates.drain(..) {
+                                let payload = serde_json::to_vec(&r.value).unwrap_or_default();
                                 session.give(DeadLetter {
-                                    payload: serde_json::to_vec(&r.value).unwrap_or_default(),
+                                    payload_truncated: false,
+                                    payload_length: payload.len() as u64,
+                                    payload,
                                     error: format!(
                                         "late event: time {} is behind the watermark {wm}",
                                         r.meta.event_time

@@ -172,7 +172,9 @@ fn rows_a_sink_cannot_encode_are_dead_letters_not_a_poison_pill() -> anyhow::Res
     let run = |workers: usize| {
         let (path, out, dlq) = (path.clone(), dir.path().join("out"), dir.path().join("dlq"));
         Pipeline::new("rows").workers(workers).state(dir.path().join("state")).epoch_records(300, 2).run(move |p| {
-            p.source(LinesFile::with_split_bytes(&path, 8192)?)?.decode::<Row>(Json).sink(Parquet::dir(&out))?;
+            p.source(LinesFile::with_split_bytes(&path, 8192)?.with_max_record_bytes(128 << 20)?)?
+                .decode::<Row>(Json)
+                .sink(Parquet::dir(&out))?;
             p.dead_letters().sink(DeadLetters::dir(&dlq))
         })
     };

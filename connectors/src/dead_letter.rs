@@ -3,8 +3,9 @@
 //!
 //! Each line: `payload` (the raw input without its `\n`), `payload_encoding`
 //! (`utf8`, or `base64` when the bytes are not valid UTF-8: lossless either
-//! way), `error`, `stage`, `source`, `partition`, `offset`, `event_time`
-//! (ms or null).
+//! way), `payload_truncated` (true when `payload` is only the first 1 KiB of an
+//! oversize record), `payload_length` (the whole record's length in bytes),
+//! `error`, `stage`, `source`, `partition`, `offset`, `event_time` (ms or null).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -36,6 +37,8 @@ impl DeadLetters {
 struct Line<'a> {
     payload: std::borrow::Cow<'a, str>,
     payload_encoding: &'static str,
+    payload_truncated: bool,
+    payload_length: u64,
     error: &'a str,
     stage: &'a str,
     source: &'a str,
@@ -87,6 +90,8 @@ impl SinkWriter<DeadLetter> for DeadLetterWriter {
             let line = Line {
                 payload,
                 payload_encoding,
+                payload_truncated: d.payload_truncated,
+                payload_length: d.payload_length,
                 error: &d.error,
                 stage: &d.stage,
                 source: &d.source,

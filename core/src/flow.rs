@@ -301,6 +301,8 @@ impl DeadLetter {
             Err(e) => (Vec::new(), format!("{error} (the row could not be written as JSON either: {e})")),
         };
         DeadLetter {
+            payload_truncated: false,
+            payload_length: payload.len() as u64,
             payload,
             error,
             stage: stage.to_string(),
@@ -328,6 +330,8 @@ impl Origin {
         };
         let mut d = match original {
             Some(payload) => DeadLetter {
+                payload_truncated: false,
+                payload_length: payload.len() as u64,
                 payload,
                 error,
                 stage: stage.to_string(),

@@ -9,6 +9,8 @@
 pub mod columns;
 pub mod dead_letter;
 pub mod file;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod log;
 pub mod parquet;
 pub mod record_limit;

@@ -24,26 +24,40 @@ pub trait Format<T>: Clone + 'static {
 }
 
 /// JSON (one object per record) through serde_json.
+///
+/// A record is rejected, with a reason that says why, when it is not UTF-8 (JSON
+/// text is, RFC 8259; even bad bytes in a field the type ignores mean the record is
+/// damaged), empty, or not an object: serde's derived structs would otherwise also
+/// accept an array of their fields in order, a format nobody writes on purpose.
+/// Everything else is serde_json's own message (with line and column): wrong
+/// types, missing and duplicate fields, numbers out of range, `NaN`, nesting
+/// deeper than serde_json's recursion limit (128).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Json;
 
 impl<T: DeserializeOwned> Format<T> for Json {
     fn decode(&self, bytes: &[u8]) -> Result<T, String> {
-        // JSON text is UTF-8 (RFC 8259), so a record that is not is rejected
-        // whole, even when the bad bytes sit in a field `T` ignores: such a
-        // record is damaged, and decoding it anyway would make that damage vanish.
         // Validating once is also cheaper than serde_json checking every string.
         let text = std::str::from_utf8(bytes)
             .map_err(|e| format!("record is not valid UTF-8: invalid byte at offset {}", e.valid_up_to()))?;
-        serde_json::from_str(text).map_err(|e| {
-            // Only on the error path: an empty line's parser message ("EOF while
-            // parsing a value at line 1 column 0") would not say what is wrong.
-            if e.is_eof() && text.bytes().all(|b| b.is_ascii_whitespace()) {
-                if text.is_empty() { "empty record".to_owned() } else { "empty record (only whitespace)".to_owned() }
-            } else {
-                e.to_string()
+        // Nearly always the first byte: one comparison on the hot path.
+        match text.bytes().find(|b| !b.is_ascii_whitespace()) {
+            Some(b'{') => {}
+            None if text.is_empty() => return Err("empty record".to_owned()),
+            None => return Err("empty record (only whitespace)".to_owned()),
+            Some(first) => {
+                serde_json::from_str::<serde::de::IgnoredAny>(text).map_err(|e| e.to_string())?;
+                let found = match first {
+                    b'[' => "an array",
+                    b'"' => "a string",
+                    b'n' => "null",
+                    b't' | b'f' => "a boolean",
+                    _ => "a number",
+                };
+                return Err(format!("expected a JSON object, found {found}"));
             }
-        })
+        }
+        serde_json::from_str(text).map_err(|e| e.to_string())
     }
 }
 
@@ -221,6 +235,11 @@ mod tests {
         );
         // A cut record is not empty: the parser's message stays.
         assert!(Format::<One>::decode(&Json, b"{\"v\":").is_err_and(|e| e.contains("EOF")));
+        for (record, found) in [(&b"[1.5]"[..], "an array"), (b" 2", "a number"), (b"\"x\"", "a string"), (b"null", "null")] {
+            assert_eq!(Format::<One>::decode(&Json, record).map(|o| o.v), Err(format!("expected a JSON object, found {found}")));
+        }
+        // Not JSON at all: serde_json's message.
+        assert!(Format::<One>::decode(&Json, b"#x").is_err_and(|e| e.contains("expected value")));
     }
 
     #[test]

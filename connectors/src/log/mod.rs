@@ -100,6 +100,7 @@ mod tests;
 
 pub use config::{FsyncPolicy, LogConfig};
 pub use frame::MAX_RECORD_BYTES;
+pub(crate) use partition::end_offset as partition_end_offset;
 pub use partition::{PartitionInfo, partition_dir_name};
 pub use producer::{Producer, partition_for_key};
 pub use reader::LogReader;

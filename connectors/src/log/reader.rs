@@ -195,6 +195,12 @@ impl LogReader {
                         self.sealed = true;
                         continue;
                     }
+                    if partial == 0 && self.until.is_some_and(|u| self.next < u) && later_segment(false)? {
+                        // A bounded read that would wait forever: a later segment exists
+                        // but none starts where this one ends.
+                        let what = format!("the segment ends at offset {}, but no segment starts there", self.next);
+                        return Err(scanner.damage(what).into_error("later segments exist, so records are missing"));
+                    }
                     if self.sealed {
                         if partial > 0 {
                             let what = frame::describe_incomplete(len, partial);

@@ -31,8 +31,8 @@ use weir_core::error::{Error, IoContext, Result};
 use weir_core::record::{Chunk, Offset, OffsetKind, PartitionId, TRUNCATED_PREFIX_BYTES};
 use weir_core::source::{PartitionReader, PartitionSpec, ReadOrder, ReadStatus, Source};
 
-pub use crate::record_limit::{DEFAULT_MAX_RECORD_BYTES, MAX_RECORD_BYTES_LIMIT};
 use crate::record_limit::check_max_record_bytes;
+pub use crate::record_limit::{DEFAULT_MAX_RECORD_BYTES, MAX_RECORD_BYTES_LIMIT};
 
 /// Default split size: 4 MiB.
 pub const DEFAULT_SPLIT_BYTES: u64 = 4 << 20;

@@ -9,8 +9,8 @@ use weir_core::error::{IoContext, Result};
 use weir_core::record::{Offset, PartitionId};
 
 use super::index::{self, IndexEntry, Loaded};
-use super::synced;
 use super::segment::{self, Verdict, check_tail, index_path, list_segments, segment_path};
+use super::synced;
 
 /// Directory name of partition `p` inside its topic: `p-00000`, `p-00001`, ...
 pub fn partition_dir_name(p: PartitionId) -> String {

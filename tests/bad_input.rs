@@ -59,19 +59,40 @@ fn each_bad_line_is_a_dead_letter_with_a_precise_reason() -> anyhow::Result<()> 
     let deep = format!("{{\"device\":{}{},\"ts\":1,\"temp\":1.5}}", "[".repeat(200), "]".repeat(200));
     let deep_array = format!("{}{}", "[".repeat(300), "]".repeat(300));
     let cases: Vec<(Vec<u8>, &str)> = vec![
-        (b"{\"device\":\"d\",\xff\"ts\":1,\"temp\":1.5}".to_vec(), "record is not valid UTF-8: invalid byte at offset 14"),
-        (b"{\"device\":\"d\xffe\",\"ts\":1,\"temp\":1.5}".to_vec(), "record is not valid UTF-8: invalid byte at offset 12"),
-        (b"{\"device\":\"d\",\"ts\":1,\"temp\":1.5,\"note\":\"\xc3\"}".to_vec(), "record is not valid UTF-8: invalid byte at offset 40"),
+        (
+            b"{\"device\":\"d\",\xff\"ts\":1,\"temp\":1.5}".to_vec(),
+            "record is not valid UTF-8: invalid byte at offset 14",
+        ),
+        (
+            b"{\"device\":\"d\xffe\",\"ts\":1,\"temp\":1.5}".to_vec(),
+            "record is not valid UTF-8: invalid byte at offset 12",
+        ),
+        (
+            b"{\"device\":\"d\",\"ts\":1,\"temp\":1.5,\"note\":\"\xc3\"}".to_vec(),
+            "record is not valid UTF-8: invalid byte at offset 40",
+        ),
         (deep.into_bytes(), "invalid type: sequence, expected a string at line 1 column 10"),
         (deep_array.into_bytes(), "expected a JSON object, found an array"),
         (b"{\"device\":\"d\",\"ts\":1,\"temp\":NaN}".to_vec(), "expected value at line 1 column 29"),
         (b"{\"device\":\"d\",\"ts\":1,\"temp\":Infinity}".to_vec(), "expected value at line 1 column 29"),
         (b"{\"device\":\"d\",\"ts\":1,\"temp\":-Infinity}".to_vec(), "invalid number at line 1 column 30"),
         (b"{\"device\":\"d\",\"ts\":1,\"temp\":1e400}".to_vec(), "number out of range at line 1 column 33"),
-        (b"{\"device\":\"d\",\"ts\":\"1\",\"temp\":1.5}".to_vec(), "invalid type: string \"1\", expected i64 at line 1 column 22"),
-        (b"{\"device\":7,\"ts\":1,\"temp\":1.5}".to_vec(), "invalid type: integer `7`, expected a string at line 1 column 11"),
-        (b"{\"device\":\"d\",\"ts\":1,\"temp\":\"hot\"}".to_vec(), "invalid type: string \"hot\", expected f64 at line 1 column 33"),
-        (b"{\"device\":\"d\",\"ts\":1.5,\"temp\":1.5}".to_vec(), "invalid type: floating point `1.5`, expected i64 at line 1 column 22"),
+        (
+            b"{\"device\":\"d\",\"ts\":\"1\",\"temp\":1.5}".to_vec(),
+            "invalid type: string \"1\", expected i64 at line 1 column 22",
+        ),
+        (
+            b"{\"device\":7,\"ts\":1,\"temp\":1.5}".to_vec(),
+            "invalid type: integer `7`, expected a string at line 1 column 11",
+        ),
+        (
+            b"{\"device\":\"d\",\"ts\":1,\"temp\":\"hot\"}".to_vec(),
+            "invalid type: string \"hot\", expected f64 at line 1 column 33",
+        ),
+        (
+            b"{\"device\":\"d\",\"ts\":1.5,\"temp\":1.5}".to_vec(),
+            "invalid type: floating point `1.5`, expected i64 at line 1 column 22",
+        ),
         (b"{\"device\":\"d\",\"ts\":1}".to_vec(), "missing field `temp` at line 1 column 21"),
         (b"{}".to_vec(), "missing field `device` at line 1 column 2"),
         (b"{\"device\":\"d\",\"ts\":1,\"ts\":2,\"temp\":1.5}".to_vec(), "duplicate field `ts` at line 1 column 25"),
@@ -108,7 +129,8 @@ fn each_bad_line_is_a_dead_letter_with_a_precise_reason() -> anyhow::Result<()> 
 /// recursion limit (128 levels); values it ignores are skipped without recursion.
 #[test]
 fn deep_nesting_is_bounded() -> anyhow::Result<()> {
-    let nested = |n: usize| format!("{{\"device\":\"d\",\"ts\":1,\"temp\":1.5,\"x\":{}{}}}", "[".repeat(n), "]".repeat(n));
+    let nested =
+        |n: usize| format!("{{\"device\":\"d\",\"ts\":1,\"temp\":1.5,\"x\":{}{}}}", "[".repeat(n), "]".repeat(n));
     let value: Result<serde_json::Value, String> = Format::decode(&Json, nested(200).as_bytes());
     assert_eq!(value.err().as_deref(), Some("recursion limit exceeded at line 1 column 163"));
     let (ok, dead) = decode_text(format!("{}\n", nested(100_000)).as_bytes())?;

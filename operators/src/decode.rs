@@ -235,8 +235,13 @@ mod tests {
         );
         // A cut record is not empty: the parser's message stays.
         assert!(Format::<One>::decode(&Json, b"{\"v\":").is_err_and(|e| e.contains("EOF")));
-        for (record, found) in [(&b"[1.5]"[..], "an array"), (b" 2", "a number"), (b"\"x\"", "a string"), (b"null", "null")] {
-            assert_eq!(Format::<One>::decode(&Json, record).map(|o| o.v), Err(format!("expected a JSON object, found {found}")));
+        for (record, found) in
+            [(&b"[1.5]"[..], "an array"), (b" 2", "a number"), (b"\"x\"", "a string"), (b"null", "null")]
+        {
+            assert_eq!(
+                Format::<One>::decode(&Json, record).map(|o| o.v),
+                Err(format!("expected a JSON object, found {found}"))
+            );
         }
         // Not JSON at all: serde_json's message.
         assert!(Format::<One>::decode(&Json, b"#x").is_err_and(|e| e.contains("expected value")));

@@ -315,3 +315,46 @@ fn an_empty_partition_does_not_stop_windows_forever() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Dead letters of later stages carry the record's original input bytes, not
+/// the value written out again (`21.50` stays `21.50`, key order and spaces stay).
+#[test]
+fn late_and_try_map_dead_letters_carry_the_original_bytes() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut lines = Vec::new();
+    for i in 0..400i64 {
+        lines.push(format!("{{\"device\":\"d{}\",\"ts\":{},\"temp\":21.50}}", i % 3, 1_700_000_000_000 + i * 1000));
+    }
+    // Late: far behind the watermark once the lines before it were read (inside
+    // the last split, past the part read first to learn where each split starts).
+    lines.insert(380, "{ \"temp\": 1.250, \"ts\": 1699999000000, \"device\": \"d1\" }".to_string());
+    // Rejected by the try_map stage below.
+    lines.insert(381, "{\"device\":\"reject-me\",\"ts\":1700000400000,\"temp\":3.10}".to_string());
+    let text = lines.join("\n") + "\n";
+    let path = dir.path().join("in.jsonl");
+    std::fs::write(&path, &text)?;
+    let (p, out, dlq) = (path.clone(), dir.path().join("out"), dir.path().join("dlq"));
+    let summary = Pipeline::new("bytes").epoch_records(50, 2).state(dir.path().join("state")).run(move |pf| {
+        pf.source(LinesFile::with_split_bytes(&p, 4000)?)?
+            .decode::<weir::sensor::Reading>(Json)
+            .try_map("validate", |r: &weir::sensor::Reading| {
+                if r.device.as_str() == "reject-me" { Err("rejected device") } else { Ok(r.clone()) }
+            })
+            .event_time(|r| r.ts, Duration::from_secs(2))?
+            .key_by(|r| r.device.clone())
+            .window(Tumbling::minutes(1))
+            .aggregate(Count)?
+            .map(|w| (w.key.to_string(), w.start, w.value))
+            .sink(Parquet::dir(&out))?;
+        pf.dead_letters().sink(DeadLetters::dir(&dlq))
+    })?;
+    assert_eq!(summary.counter("dead_letters.late"), 1);
+    let dead = support::read_dead_letters(&dir.path().join("dlq"))?;
+    let by_stage: BTreeMap<String, String> = dead
+        .iter()
+        .map(|d| (d["stage"].as_str().unwrap_or("").to_string(), d["payload"].as_str().unwrap_or("").to_string()))
+        .collect();
+    assert_eq!(by_stage.get("late"), Some(&lines[380]), "{dead:?}");
+    assert_eq!(by_stage.get("validate"), Some(&lines[381]), "{dead:?}");
+    Ok(())
+}

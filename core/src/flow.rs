@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 use crate::record::{Chunk, DeadLetter, EventTime, PartitionId, Rec};
 use crate::runtime::Ctx;
 use crate::runtime::epochs::EpochDriver;
-use crate::sink::{Sink, SinkContext};
+use crate::sink::Sink;
 use crate::time::Epoch;
 
 /// An operator output of `Vec<D>` batches at epochs (what every Weir operator builds).
@@ -169,13 +169,7 @@ impl<'s, T: 'static> Flow<'s, T> {
     pub fn sink<S: Sink<T>>(self, sink: S) -> Result<()> {
         let ctx = self.ctx.clone();
         let operator = ctx.operator_id(sink.kind());
-        let sctx = SinkContext {
-            worker: ctx.worker(),
-            peers: ctx.peers(),
-            run_id: ctx.run_id().to_string(),
-            checkpointed: ctx.store().is_some(),
-            operator: operator.clone(),
-        };
+        let sctx = ctx.sink_context(&operator);
         let mut writer = sink.open(&sctx)?;
         let failure = ctx.failure();
         let worker = ctx.worker();

@@ -27,6 +27,7 @@ use crate::error::{Error, Result};
 use crate::flow::Dataflow;
 use crate::keygroup::KeyGroups;
 use crate::partition::Assignor;
+use crate::storage::Storage;
 use crate::time::{CheckpointSchedule, Epoch, EpochPolicy};
 use ctx::{CtxInner, Shared};
 
@@ -61,6 +62,9 @@ pub struct PipelineConfig {
     pub activation_bytes: usize,
     /// Epochs a source may run ahead of the commit operator's input (flow control).
     pub epochs_in_flight: u64,
+    /// Where checkpoints, staged and published output are written (the local
+    /// file system by default; tests inject faults here).
+    pub storage: Arc<dyn Storage>,
 }
 
 impl Default for PipelineConfig {
@@ -79,6 +83,7 @@ impl Default for PipelineConfig {
             read_batch_bytes: 64 * 1024,
             activation_bytes: 256 * 1024,
             epochs_in_flight: 4,
+            storage: crate::storage::local(),
         }
     }
 }
@@ -237,6 +242,12 @@ impl Pipeline {
         self
     }
 
+    /// The storage everything the pipeline writes goes through (default: the local file system).
+    pub fn storage(mut self, storage: Arc<dyn Storage>) -> Self {
+        self.config.storage = storage;
+        self
+    }
+
     /// Partition assignor.
     pub fn assignor(mut self, assignor: Assignor) -> Self {
         self.config.assignor = assignor;
@@ -254,7 +265,7 @@ impl Pipeline {
         let started = Instant::now();
         let (store, restored) = match &cfg.state_dir {
             Some(dir) => {
-                let store = LocalStore::open(dir)?;
+                let store = LocalStore::open_in(cfg.storage.clone(), dir)?;
                 let latest = store.latest()?;
                 if let Some(m) = &latest {
                     if m.key_groups != cfg.key_groups.count() {
@@ -268,7 +279,7 @@ impl Pipeline {
                         });
                     }
                     // Replay the publish step of the newest commit (idempotent).
-                    publish(&m.outputs)?;
+                    publish(&*cfg.storage, &m.outputs)?;
                     tracing::info!(epoch = m.epoch, complete = m.complete, "restoring from checkpoint");
                 }
                 store.discard_after(latest.as_ref().map(|m| m.epoch))?;
@@ -294,6 +305,7 @@ impl Pipeline {
             inputs: Default::default(),
             assignments: Default::default(),
             stats: Default::default(),
+            dir_locks: Default::default(),
             started: std::time::Instant::now(),
         });
         let sh = shared.clone();

@@ -15,7 +15,9 @@
 //!
 //! A failed fsync poisons its file or directory the way Linux does: the data
 //! stays visible but is never written back, and later fsyncs report success.
-//! That is why an fsync error must be fatal and never retried.
+//! That is why an fsync error must be fatal and never retried. The poison
+//! survives a [`Crash::KeepAll`] (the kernel outlives the process) and is
+//! cleared by a [`Crash::DropUnsynced`] (a reboot).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ffi::OsString;
@@ -287,7 +289,8 @@ impl State {
                 Ops::Mutating => kind.mutates(),
                 Ops::Kind(k) => k == kind,
             };
-            let path_ok = rule.under.as_ref().is_none_or(|u| path.starts_with(u) || to.is_some_and(|t| t.starts_with(u)));
+            let path_ok =
+                rule.under.as_ref().is_none_or(|u| path.starts_with(u) || to.is_some_and(|t| t.starts_with(u)));
             let call_ok = rule.call.is_none_or(|c| c == seq);
             if !(kind_ok && path_ok && call_ok) || rule.times == Some(0) {
                 continue;
@@ -486,16 +489,8 @@ impl FaultFs {
         let s = self.lock();
         let nodes = match mode {
             Crash::DropUnsynced => s.durable_image(),
-            Crash::KeepAll => s
-                .nodes
-                .iter()
-                .map(|(&ino, n)| {
-                    let mut n = n.clone();
-                    let (Node::File { poisoned, .. } | Node::Dir { poisoned, .. }) = &mut n;
-                    *poisoned = false;
-                    (ino, n)
-                })
-                .collect(),
+            // The kernel outlives the process: what a failed fsync dropped stays dropped.
+            Crash::KeepAll => s.nodes.clone(),
         };
         FaultFs { state: Arc::new(Mutex::new(State::fresh(nodes, s.next, s.cwd.clone()))) }
     }

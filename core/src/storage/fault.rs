@@ -86,6 +86,7 @@ pub enum Fault {
     Error(Errno),
     /// A write keeps only its first `keep` bytes, then the storage crashes
     /// (this and every later call fail; [`FaultFs::crash`] gives the image).
+    /// It applies to writes only: any other call it matches is unaffected.
     Torn {
         /// Bytes of the write that reach the file.
         keep: usize,
@@ -194,7 +195,7 @@ impl Inject {
         Inject::new(Ops::Mutating, fault)
     }
 
-    /// Only calls on paths at or below `path` (a rename: either side).
+    /// Only calls on paths at or below `path`, an absolute path (a rename: either side).
     pub fn under(mut self, path: impl Into<PathBuf>) -> Inject {
         self.under = Some(path.into());
         self

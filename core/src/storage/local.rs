@@ -45,7 +45,12 @@ impl Storage for LocalFs {
     }
 
     fn open(&self, path: &Path) -> io::Result<Box<dyn Read + Send>> {
-        Ok(Box::new(io::BufReader::with_capacity(1 << 20, File::open(path)?)))
+        // Unbuffered: callers read in large pieces.
+        Ok(Box::new(File::open(path)?))
+    }
+
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        fs::read(path)
     }
 
     fn sync_dir(&self, path: &Path) -> io::Result<()> {

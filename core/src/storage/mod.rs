@@ -7,8 +7,10 @@
 //! last fsync, directory entries as of their parent's last fsync) and injects
 //! crashes, I/O errors and torn writes. The trait is small, object-safe and
 //! speaks `std::io`, so other writers (the embedded log, an object store) can
-//! move onto it without changing its callers. Inputs a pipeline only reads
-//! (a JSON-lines file) do not go through it.
+//! move onto it without changing its callers; the log will need three more
+//! calls (open an existing file for appending, positional reads, truncating
+//! a torn tail), each added with its `FaultFs` model. Inputs a pipeline only
+//! reads (a JSON-lines file) do not go through it.
 //!
 //! Durability is the caller's business and follows POSIX: a file's data is
 //! durable once [`StorageFile::sync`] returns, a create, rename or remove only

@@ -62,18 +62,10 @@ fn bad_inputs_and_outputs_are_startup_errors_that_touch_nothing() -> anyhow::Res
     refused(d, &[&["sensor", "--input", "adir"], SINKS].concat(), &["adir"])?;
     // An output path that is a file.
     std::fs::write(d.join("file-out"), b"x")?;
-    refused(
-        d,
-        &["sensor", "--input", "in.jsonl", "--output", "file-out", "--dead-letter", "dlq"],
-        &["file-out"],
-    )?;
+    refused(d, &["sensor", "--input", "in.jsonl", "--output", "file-out", "--dead-letter", "dlq"], &["file-out"])?;
     // An unknown topic of an existing log.
     assert!(weir(d, &["topic", "create", "sensors", "--partitions", "2", "--log-dir", "log"])?.status.success());
-    refused(
-        d,
-        &[&["sensor", "--log-dir", "log", "--topic", "nope", "--bounded"], SINKS].concat(),
-        &["nope", "log"],
-    )?;
+    refused(d, &[&["sensor", "--log-dir", "log", "--topic", "nope", "--bounded"], SINKS].concat(), &["nope", "log"])?;
     Ok(())
 }
 

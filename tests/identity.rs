@@ -334,20 +334,21 @@ fn late_and_try_map_dead_letters_carry_the_original_bytes() -> anyhow::Result<()
     let path = dir.path().join("in.jsonl");
     std::fs::write(&path, &text)?;
     let (p, out, dlq) = (path.clone(), dir.path().join("out"), dir.path().join("dlq"));
-    let summary = Pipeline::new("bytes").epoch_records(50, 2).state(dir.path().join("state")).run(move |pf| {
-        pf.source(LinesFile::with_split_bytes(&p, 4000)?)?
-            .decode::<weir::sensor::Reading>(Json)
-            .try_map("validate", |r: &weir::sensor::Reading| {
-                if r.device.as_str() == "reject-me" { Err("rejected device") } else { Ok(r.clone()) }
-            })
-            .event_time(|r| r.ts, Duration::from_secs(2))?
-            .key_by(|r| r.device.clone())
-            .window(Tumbling::minutes(1))
-            .aggregate(Count)?
-            .map(|w| (w.key.to_string(), w.start, w.value))
-            .sink(Parquet::dir(&out))?;
-        pf.dead_letters().sink(DeadLetters::dir(&dlq))
-    })?;
+    let summary =
+        Pipeline::new("bytes").epoch_records(50, 2).state(dir.path().join("state")).run(move |pf| {
+            pf.source(LinesFile::with_split_bytes(&p, 4000)?)?
+                .decode::<weir::sensor::Reading>(Json)
+                .try_map("validate", |r: &weir::sensor::Reading| {
+                    if r.device.as_str() == "reject-me" { Err("rejected device") } else { Ok(r.clone()) }
+                })
+                .event_time(|r| r.ts, Duration::from_secs(2))?
+                .key_by(|r| r.device.clone())
+                .window(Tumbling::minutes(1))
+                .aggregate(Count)?
+                .map(|w| (w.key.to_string(), w.start, w.value))
+                .sink(Parquet::dir(&out))?;
+            pf.dead_letters().sink(DeadLetters::dir(&dlq))
+        })?;
     assert_eq!(summary.counter("dead_letters.late"), 1);
     let dead = support::read_dead_letters(&dir.path().join("dlq"))?;
     let by_stage: BTreeMap<String, String> = dead

@@ -58,7 +58,7 @@ impl Sink<DeadLetter> for DeadLetters {
 
     fn open(&self, ctx: &SinkContext) -> Result<Box<dyn SinkWriter<DeadLetter>>> {
         Ok(Box::new(DeadLetterWriter {
-            staging: Staging::open(&self.dir, "dead-letters", ctx)?,
+            staging: Staging::open(&self.dir, ctx)?,
             current: None,
             staged: Vec::new(),
             epoch: 0,

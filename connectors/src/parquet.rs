@@ -61,7 +61,7 @@ impl<T: Serialize + DeserializeOwned + 'static> Sink<T> for Parquet {
     fn open(&self, ctx: &SinkContext) -> Result<Box<dyn SinkWriter<T>>> {
         let fields = Vec::<FieldRef>::from_type::<T>(TracingOptions::default().strings_as_large_utf8(false))
             .map_err(|e| Error::config("parquet", format!("cannot derive an Arrow schema from the row type: {e}")))?;
-        let staging = Staging::open(&self.dir, "part", ctx)?;
+        let staging = Staging::open(&self.dir, ctx)?;
         Ok(Box::new(ParquetWriter {
             schema: Arc::new(Schema::new(fields.clone())),
             columns: Columns::for_fields(&fields, self.rows_per_batch),

@@ -3,25 +3,42 @@
 //! the file durable when its checkpoint closes, and let the commit operator
 //! rename it into `<dir>/` after the manifest commits.
 //!
-//! Staged names carry the run id, so when worker 0 opens a sink it can discard
-//! every staged file of an earlier run (recovery already published the
-//! committed ones).
+//! All file I/O goes through the run's [`Storage`]. An output directory is
+//! owned by one pipeline at a time: the run holds an advisory lock on
+//! `<dir>/_weir.lock` (created once, never written) while it runs. `<dir>` and
+//! `<dir>/_staging` are fsynced into their parents before any file in them is
+//! listed in a manifest, and the paths handed to the manifest are canonical
+//! and absolute, so recovery works from any working directory.
+//!
+//! Staged names are `<operator>-w<worker>-<epoch>-<seq>-<run id>.<ext>`: the
+//! operator id keeps two sinks sharing a directory apart, and the run id lets
+//! worker 0 discard its operator's staged files of an earlier run when it
+//! opens (recovery already published the committed ones).
 
-use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use weir_core::checkpoint::Publish;
 use weir_core::error::{Error, IoContext, Result};
 use weir_core::sink::SinkContext;
+use weir_core::storage::{Storage, StorageFile, create_dir_durable};
 use weir_core::time::Epoch;
 
+/// The lock file that makes a pipeline the owner of an output directory.
+pub const LOCK_FILE: &str = "_weir.lock";
+
 /// A file writer that counts bytes and computes the CRC32 of what it writes.
-#[derive(Debug)]
 pub struct CrcFile {
-    file: io::BufWriter<File>,
+    file: io::BufWriter<Box<dyn StorageFile>>,
     hasher: crc32fast::Hasher,
     size: u64,
+}
+
+impl std::fmt::Debug for CrcFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CrcFile").field("size", &self.size).finish()
+    }
 }
 
 impl Write for CrcFile {
@@ -40,6 +57,7 @@ impl Write for CrcFile {
 /// One sink instance's staging area.
 #[derive(Debug)]
 pub struct Staging {
+    storage: Arc<dyn Storage>,
     dir: PathBuf,
     staging: PathBuf,
     prefix: String,
@@ -61,46 +79,51 @@ fn visible(name: &str) -> bool {
 }
 
 impl Staging {
-    /// Prepares `<dir>/_staging` for this worker. Worker 0 discards earlier
-    /// runs' staged files and, when the pipeline keeps no checkpoints, refuses
-    /// to mix its output with committed files already in `dir`.
-    pub fn open(dir: &Path, prefix: &str, ctx: &SinkContext) -> Result<Staging> {
+    /// Prepares `<dir>/_staging` for this worker's instance of the sink
+    /// `ctx.operator`, and makes the run the owner of `dir` ([`Error::Locked`]
+    /// if another pipeline is). Worker 0 refuses to mix the output of a run
+    /// that restored no checkpoint with committed files already in `dir`, and
+    /// discards its operator's staged files of earlier runs.
+    pub fn open(dir: &Path, ctx: &SinkContext) -> Result<Staging> {
+        let storage = ctx.storage.clone();
+        create_dir_durable(&*storage, dir)?;
+        let dir = storage.canonicalize(dir).ctx("canonicalize", dir)?;
+        // Ownership first: a refused run must not touch the owner's files.
+        ctx.dir_locks.acquire(&*storage, &dir.join(LOCK_FILE))?;
         let staging = dir.join("_staging");
-        fs::create_dir_all(&staging).ctx("create directory", &staging)?;
+        create_dir_durable(&*storage, &staging)?;
+        let prefix = format!("{}-", ctx.operator);
         if ctx.worker == 0 {
-            for entry in fs::read_dir(&staging).ctx("list", &staging)? {
-                let entry = entry.ctx("list", &staging)?;
-                let name = entry.file_name();
-                let name = name.to_string_lossy();
-                if name.starts_with(prefix) && !name.contains(&ctx.run_id) {
-                    let path = entry.path();
-                    fs::remove_file(&path).ctx("remove", &path)?;
-                }
-            }
-            if !ctx.checkpointed {
-                for entry in fs::read_dir(dir).ctx("list", dir)? {
-                    let entry = entry.ctx("list", dir)?;
-                    let name = entry.file_name();
-                    let name = name.to_string_lossy();
-                    if visible(&name) && name.starts_with(prefix) {
+            if !ctx.restored {
+                for entry in storage.list(&dir).ctx("list", &dir)? {
+                    let name = entry.name.to_string_lossy();
+                    if !entry.is_dir && visible(&name) {
                         return Err(Error::config(
                             "output",
                             format!(
-                                "{} already holds output of an earlier run ({name}); remove it, \
-                                 or run with a state directory to resume that run",
+                                "{} already holds output of an earlier run ({name}) and this run restores \
+                                 no checkpoint; remove it, or run with the state directory of the run that wrote it",
                                 dir.display()
                             ),
                         ));
                     }
                 }
             }
-            // The staging directory's own entry must be durable before files in it are listed.
-            File::open(dir).ctx("open", dir)?.sync_all().ctx("fsync", dir)?;
+            // Removals need no fsync: a discarded file that reappears after a
+            // crash carries an old run id and is discarded again.
+            for entry in storage.list(&staging).ctx("list", &staging)? {
+                let name = entry.name.to_string_lossy();
+                if name.starts_with(&prefix) && !name.contains(&ctx.run_id) {
+                    let path = staging.join(&entry.name);
+                    storage.remove_file(&path).ctx("remove", &path)?;
+                }
+            }
         }
         Ok(Staging {
-            dir: dir.to_path_buf(),
+            storage,
+            dir,
             staging,
-            prefix: format!("{prefix}-w{:03}", ctx.worker),
+            prefix: format!("{prefix}w{:03}", ctx.worker),
             run_id: ctx.run_id.clone(),
             seq: 0,
         })
@@ -111,26 +134,26 @@ impl Staging {
         let name = format!("{}-{epoch:010}-{:04}-{}.{ext}", self.prefix, self.seq, self.run_id);
         self.seq += 1;
         let staged = self.staging.join(&name);
-        let file = File::create(&staged).ctx("create", &staged)?;
+        let file = self.storage.create(&staged).ctx("create", &staged)?;
         let writer =
             CrcFile { file: io::BufWriter::with_capacity(1 << 20, file), hasher: crc32fast::Hasher::new(), size: 0 };
         Ok((StagedFile { staged, target: self.dir.join(name) }, writer))
     }
 
     /// Makes a finished file durable and describes it for the manifest.
-    pub fn finish(&self, file: StagedFile, mut writer: CrcFile) -> Result<Publish> {
-        writer.flush().ctx("write", &file.staged)?;
-        let inner = writer.file.into_inner().map_err(|e| Error::io("write", &file.staged, e.into_error()))?;
-        inner.sync_all().ctx("fsync", &file.staged)?;
-        Ok(Publish { staged: file.staged, target: file.target, size: writer.size, crc32: writer.hasher.finalize() })
+    pub fn finish(&self, file: StagedFile, writer: CrcFile) -> Result<Publish> {
+        let CrcFile { file: buffered, hasher, size } = writer;
+        let mut inner = buffered.into_inner().map_err(|e| Error::io("write", &file.staged, e.into_error()))?;
+        inner.sync().ctx("fsync", &file.staged)?;
+        Ok(Publish { staged: file.staged, target: file.target, size, crc32: hasher.finalize() })
     }
 
     /// Makes the staging directory's entries durable (call after finishing files).
     pub fn sync(&self) -> Result<()> {
-        File::open(&self.staging).ctx("open", &self.staging)?.sync_all().ctx("fsync", &self.staging)
+        self.storage.sync_dir(&self.staging).ctx("fsync", &self.staging)
     }
 
-    /// The output directory (where committed files are published).
+    /// The output directory (canonical: where committed files are published).
     pub fn dir(&self) -> &Path {
         &self.dir
     }

@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::record::{Chunk, DeadLetter, EventTime, Meta, PartitionId, Rec};
 use crate::runtime::Ctx;
 use crate::runtime::epochs::{EpochDriver, follow_frontier};
-use crate::sink::{Rejected, Sink, SinkContext};
+use crate::sink::{Rejected, Sink};
 use crate::source::Source;
 use crate::time::Epoch;
 
@@ -203,13 +203,7 @@ impl<'s, T: 'static> Flow<'s, T> {
             }
             return Ok(());
         }
-        let sctx = SinkContext {
-            worker: ctx.worker(),
-            peers: ctx.peers(),
-            run_id: ctx.run_id().to_string(),
-            checkpointed: ctx.store().is_some(),
-            operator: operator.clone(),
-        };
+        let sctx = ctx.sink_context(&operator);
         let mut writer = sink.open(&sctx)?;
         let failure = ctx.failure();
         let worker = ctx.worker();

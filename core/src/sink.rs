@@ -7,8 +7,11 @@
 //! it wrote; the commit operator publishes those files with
 //! [`crate::checkpoint::protocol::publish`].
 
+use std::sync::Arc;
+
 use crate::checkpoint::Publish;
 use crate::error::Result;
+use crate::storage::{DirLocks, Storage};
 use crate::time::Epoch;
 
 /// What a sink instance knows about where it runs.
@@ -21,11 +24,19 @@ pub struct SinkContext {
     /// Unique id of this process's run: staged file names carry it, so files
     /// of an earlier (crashed) run are recognised and discarded.
     pub run_id: String,
-    /// Whether the pipeline keeps checkpoints (`--state`). Without them a sink
-    /// refuses to mix its output with an earlier run's.
+    /// Whether the pipeline keeps checkpoints (`--state`).
     pub checkpointed: bool,
-    /// The sink's operator id.
+    /// Whether the run resumes from a committed checkpoint. A run that does
+    /// not (no `--state`, or a new or wiped state directory) refuses to mix
+    /// its output with committed files already in its output directory.
+    pub restored: bool,
+    /// The sink's operator id (`parquet-1`): staged and published file names
+    /// carry it, so two sinks in one directory never collide.
     pub operator: String,
+    /// The storage the sink writes through.
+    pub storage: Arc<dyn Storage>,
+    /// The run's output-directory locks (one lock per directory per run).
+    pub dir_locks: DirLocks,
 }
 
 /// A row a sink could not encode (a value that does not fit its schema, a row

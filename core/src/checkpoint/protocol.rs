@@ -8,7 +8,6 @@
 //! publish is repaired by replaying it.
 
 use std::collections::BTreeMap;
-use std::fs;
 use std::io::Read;
 use std::path::Path;
 
@@ -17,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::manifest::{FORMAT_VERSION, FileEntry, Manifest, Publish};
 use crate::error::{Error, IoContext, Result};
 use crate::record::{Offset, PartitionId};
+use crate::storage::Storage;
 use crate::time::Epoch;
 
 /// A part descriptor: one operator instance's contribution to a checkpoint.
@@ -125,8 +125,9 @@ pub fn next_manifest(
     m
 }
 
-fn file_crc(path: &Path) -> Result<(u64, u32)> {
-    let mut f = fs::File::open(path).ctx("open", path)?;
+/// Size and CRC32 of a file, read through `storage` in pieces.
+fn file_crc(storage: &dyn Storage, path: &Path) -> Result<(u64, u32)> {
+    let mut f = storage.open(path).ctx("open", path)?;
     let mut hasher = crc32fast::Hasher::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut size = 0u64;
@@ -141,26 +142,40 @@ fn file_crc(path: &Path) -> Result<(u64, u32)> {
     Ok((size, hasher.finalize()))
 }
 
+/// Checks that `path` holds what the manifest lists for `f`.
+fn verify(storage: &dyn Storage, path: &Path, f: &Publish, what: &str) -> Result<()> {
+    // The size first: a truncated file fails without being read.
+    let len = storage.metadata(path).ctx("stat", path)?.len;
+    let (size, crc) = if len == f.size { file_crc(storage, path)? } else { (len, 0) };
+    if size != f.size || crc != f.crc32 {
+        return Err(Error::corrupt(
+            path,
+            size.min(f.size),
+            format!(
+                "{what} file has size {size}{}, the manifest lists size {} crc {:08x}",
+                if size == f.size { format!(" crc {crc:08x}") } else { String::new() },
+                f.size,
+                f.crc32
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Moves committed staged files to their final names. Idempotent: a staged file
-/// present is renamed; a final file present with the listed size and checksum is
-/// done; neither is an error naming the file.
-pub fn publish(files: &[Publish]) -> Result<()> {
-    let mut dirs = Vec::new();
+/// present is verified against the manifest's size and CRC32 and renamed; a
+/// final file present with the listed size and checksum is done; anything else
+/// is an error naming the file. Then every directory whose entries changed is
+/// fsynced. An error (a rename's, an fsync's) fails the run: the next run
+/// replays this from the manifest, never retrying on the same file handle.
+pub fn publish(storage: &dyn Storage, files: &[Publish]) -> Result<()> {
+    let mut dirs: Vec<&Path> = Vec::new();
     for f in files {
-        if f.staged.exists() {
-            fs::rename(&f.staged, &f.target).ctx("rename", &f.target)?;
-        } else if f.target.exists() {
-            let (size, crc) = file_crc(&f.target)?;
-            if size != f.size || crc != f.crc32 {
-                return Err(Error::corrupt(
-                    &f.target,
-                    0,
-                    format!(
-                        "published file has size {size} crc {crc:08x}, the manifest lists size {} crc {:08x}",
-                        f.size, f.crc32
-                    ),
-                ));
-            }
+        if storage.exists(&f.staged).ctx("stat", &f.staged)? {
+            verify(storage, &f.staged, f, "staged")?;
+            storage.rename(&f.staged, &f.target).ctx("rename", &f.target)?;
+        } else if storage.exists(&f.target).ctx("stat", &f.target)? {
+            verify(storage, &f.target, f, "published")?;
         } else {
             return Err(Error::Checkpoint {
                 path: f.target.clone(),
@@ -171,13 +186,13 @@ pub fn publish(files: &[Publish]) -> Result<()> {
             });
         }
         if let Some(parent) = f.target.parent()
-            && !dirs.iter().any(|d: &std::path::PathBuf| d == parent)
+            && !dirs.contains(&parent)
         {
-            dirs.push(parent.to_path_buf());
+            dirs.push(parent);
         }
     }
     for d in dirs {
-        fs::File::open(&d).ctx("open", &d)?.sync_all().ctx("fsync", &d)?;
+        storage.sync_dir(d).ctx("fsync", d)?;
     }
     Ok(())
 }
@@ -217,6 +232,9 @@ mod tests {
 
     #[test]
     fn publish_is_idempotent() {
+        use std::fs;
+        let storage = crate::storage::LocalFs;
+        let publish = |files: &[Publish]| super::publish(&storage, files);
         let dir = tempfile::tempdir().unwrap();
         let staged = dir.path().join("_staging");
         fs::create_dir(&staged).unwrap();
@@ -234,5 +252,25 @@ mod tests {
         assert!(publish(std::slice::from_ref(&p)).is_err());
         fs::remove_file(dir.path().join("a")).unwrap();
         assert!(publish(&[p]).is_err());
+    }
+
+    #[test]
+    fn a_truncated_staged_file_is_never_published() {
+        use crate::storage::{FaultFs, Storage};
+        let fs = FaultFs::new();
+        fs.prepare_dir("/out/_staging");
+        let staged = std::path::PathBuf::from("/out/_staging/a");
+        let mut f = fs.create(&staged).unwrap();
+        std::io::Write::write_all(&mut f, b"da").unwrap();
+        let p = Publish { staged: staged.clone(), target: "/out/a".into(), size: 4, crc32: crc32fast::hash(b"data") };
+        // Publishing renamed it silently before it was verified.
+        let err = publish(&fs, std::slice::from_ref(&p)).unwrap_err();
+        assert!(matches!(err, Error::Corrupt { .. }) && err.to_string().contains("/out/_staging/a"), "{err}");
+        assert!(!fs.exists(std::path::Path::new("/out/a")).unwrap());
+        // Same size, other bytes: the checksum catches it.
+        let mut f = fs.create(&staged).unwrap();
+        std::io::Write::write_all(&mut f, b"datb").unwrap();
+        let err = publish(&fs, &[p]).unwrap_err().to_string();
+        assert!(err.contains("crc") && err.contains("/out/_staging/a"), "{err}");
     }
 }

@@ -8,19 +8,24 @@
 //!     MANIFEST                    the commit point (written as MANIFEST.tmp, fsynced, renamed)
 //! ```
 //!
-//! Durability rules: a part is fsynced before its descriptor is emitted; the
-//! commit fsyncs the checkpoint directory (so every part's entry is durable),
-//! writes `MANIFEST.tmp`, fsyncs it, renames it to `MANIFEST` and fsyncs the
-//! directory and the state directory. The return of the last fsync is the
-//! commit point. Any fsync or rename error is returned, never retried.
+//! All file I/O goes through a [`Storage`] (the local file system by default).
+//!
+//! Durability rules: the state directory is fsynced into its parent when it
+//! is opened; a part is fsynced before its descriptor is emitted; the commit
+//! fsyncs every checkpoint directory the manifest lists parts in and the
+//! state directory (so every entry the manifest names is durable), writes
+//! `MANIFEST.tmp`, fsyncs it, renames it to `MANIFEST` and fsyncs the
+//! checkpoint directory. The return of that last fsync is the commit point.
+//! Any fsync or rename error is returned and fails the run, never retried.
 
 use std::collections::BTreeSet;
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::checkpoint::manifest::{FileEntry, Manifest};
 use crate::error::{Error, IoContext, Result};
+use crate::storage::{self, Storage, StorageLock, create_dir_durable};
 use crate::time::Epoch;
 
 /// Storage for checkpoint parts and manifests.
@@ -31,7 +36,9 @@ pub trait CheckpointStore: Send + Sync {
     fn read_part(&self, entry: &FileEntry) -> Result<Vec<u8>>;
     /// Commits `manifest` (the commit point).
     fn commit(&self, manifest: &Manifest) -> Result<()>;
-    /// The newest committed manifest; an error if it is damaged (never an older one instead).
+    /// The newest committed manifest; an error if it is damaged (never an older
+    /// one instead). The owner of the store makes it durable before returning
+    /// it, since recovery acts on it.
     fn latest(&self) -> Result<Option<Manifest>>;
     /// Deletes checkpoints older than the `keep` newest committed ones (keeping
     /// part files a kept manifest still lists).
@@ -40,38 +47,45 @@ pub trait CheckpointStore: Send + Sync {
     fn discard_after(&self, epoch: Option<Epoch>) -> Result<()>;
 }
 
-/// A checkpoint store in a local directory, locked for one process.
+/// A checkpoint store in a directory of a [`Storage`], locked for one process.
 #[derive(Debug)]
 pub struct LocalStore {
     dir: PathBuf,
-    _lock: Option<File>,
+    storage: Arc<dyn Storage>,
+    _lock: Option<Box<dyn StorageLock>>,
 }
 
-fn fsync_dir(dir: &Path) -> Result<()> {
-    File::open(dir).ctx("open", dir)?.sync_all().ctx("fsync", dir)
+/// Creates `path` with `bytes` and fsyncs it (its directory entry is the caller's business).
+pub(crate) fn write_durable(storage: &dyn Storage, path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f = storage.create(path).ctx("create", path)?;
+    f.write_all(bytes).ctx("write", path)?;
+    f.sync().ctx("fsync", path)
 }
 
 /// Reads the newest committed manifest of a state directory without locking it
 /// (for tools such as `weir group describe` while a pipeline runs).
 pub fn read_latest(dir: &Path) -> Result<Option<Manifest>> {
-    let store = LocalStore { dir: dir.to_path_buf(), _lock: None };
+    let store = LocalStore { dir: dir.to_path_buf(), storage: storage::local(), _lock: None };
     store.latest()
 }
 
 impl LocalStore {
-    /// Opens (creating) the state directory and takes its lock.
+    /// Opens (creating) the state directory on the local file system and takes its lock.
     pub fn open(dir: impl Into<PathBuf>) -> Result<LocalStore> {
+        LocalStore::open_in(storage::local(), dir)
+    }
+
+    /// Opens (creating, durably) the state directory on `storage` and takes its lock.
+    pub fn open_in(storage: Arc<dyn Storage>, dir: impl Into<PathBuf>) -> Result<LocalStore> {
         let dir = dir.into();
-        fs::create_dir_all(&dir).ctx("create directory", &dir)?;
+        // The state directory's entry is durable before any checkpoint in it can commit:
+        // a lost state directory next to published output would replay that output.
+        create_dir_durable(&*storage, &dir)?;
         let lock_path = dir.join("LOCK");
-        let lock =
-            OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).ctx("open", &lock_path)?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => return Err(Error::Locked { path: lock_path }),
-            Err(fs::TryLockError::Error(e)) => return Err(Error::io("lock", lock_path, e)),
-        }
-        Ok(LocalStore { dir, _lock: Some(lock) })
+        let Some(lock) = storage.try_lock(&lock_path).ctx("lock", &lock_path)? else {
+            return Err(Error::Locked { path: lock_path });
+        };
+        Ok(LocalStore { dir, storage, _lock: Some(lock) })
     }
 
     /// The state directory.
@@ -86,14 +100,14 @@ impl LocalStore {
     /// Checkpoint epochs that have a directory, newest first, with whether they are committed.
     fn checkpoints(&self) -> Result<Vec<(Epoch, bool)>> {
         let mut out = Vec::new();
-        for entry in fs::read_dir(&self.dir).ctx("list", &self.dir)? {
-            let entry = entry.ctx("list", &self.dir)?;
-            let name = entry.file_name();
-            let Some(epoch) = name.to_str().and_then(|n| n.strip_prefix("chk-")).and_then(|n| n.parse::<Epoch>().ok())
+        for entry in self.storage.list(&self.dir).ctx("list", &self.dir)? {
+            let Some(epoch) =
+                entry.name.to_str().and_then(|n| n.strip_prefix("chk-")).and_then(|n| n.parse::<Epoch>().ok())
             else {
                 continue;
             };
-            out.push((epoch, entry.path().join("MANIFEST").exists()));
+            let manifest = self.dir.join(&entry.name).join("MANIFEST");
+            out.push((epoch, self.storage.exists(&manifest).ctx("stat", &manifest)?));
         }
         out.sort_unstable_by_key(|c| std::cmp::Reverse(c.0));
         Ok(out)
@@ -101,7 +115,7 @@ impl LocalStore {
 
     fn read_manifest(&self, epoch: Epoch) -> Result<Manifest> {
         let path = self.dir.join(Self::chk_name(epoch)).join("MANIFEST");
-        let bytes = fs::read(&path).ctx("read", &path)?;
+        let bytes = self.storage.read(&path).ctx("read", &path)?;
         let m = Manifest::decode(&bytes, &path)?;
         if m.epoch != epoch {
             return Err(Error::corrupt(
@@ -115,24 +129,26 @@ impl LocalStore {
 
     fn ensure_chk_dir(&self, epoch: Epoch) -> Result<PathBuf> {
         let dir = self.dir.join(Self::chk_name(epoch));
-        if !dir.exists() {
-            match fs::create_dir(&dir) {
+        if !self.storage.exists(&dir).ctx("stat", &dir)? {
+            match self.storage.create_dir(&dir) {
                 Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                // Another worker's part of the same epoch got there first.
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                 Err(e) => return Err(Error::io("create directory", dir, e)),
             }
         }
         Ok(dir)
+    }
+
+    fn sync_dir(&self, dir: &Path) -> Result<()> {
+        self.storage.sync_dir(dir).ctx("fsync", dir)
     }
 }
 
 impl CheckpointStore for LocalStore {
     fn write_part(&self, epoch: Epoch, name: &str, bytes: &[u8]) -> Result<FileEntry> {
         let dir = self.ensure_chk_dir(epoch)?;
-        let path = dir.join(name);
-        let mut f = File::create(&path).ctx("create", &path)?;
-        f.write_all(bytes).ctx("write", &path)?;
-        f.sync_all().ctx("fsync", &path)?;
+        write_durable(&*self.storage, &dir.join(name), bytes)?;
         Ok(FileEntry {
             path: format!("{}/{name}", Self::chk_name(epoch)),
             size: bytes.len() as u64,
@@ -142,7 +158,7 @@ impl CheckpointStore for LocalStore {
 
     fn read_part(&self, entry: &FileEntry) -> Result<Vec<u8>> {
         let path = self.dir.join(&entry.path);
-        let bytes = fs::read(&path).ctx("read", &path)?;
+        let bytes = self.storage.read(&path).ctx("read", &path)?;
         if bytes.len() as u64 != entry.size {
             return Err(Error::corrupt(
                 &path,
@@ -163,35 +179,48 @@ impl CheckpointStore for LocalStore {
 
     fn commit(&self, manifest: &Manifest) -> Result<()> {
         let dir = self.ensure_chk_dir(manifest.epoch)?;
-        // Every part's directory entry is durable before the manifest names it.
+        // Every part's directory entry, and the entry of every checkpoint
+        // directory holding one, is durable before the manifest names it.
+        let mut dirs = BTreeSet::new();
         for file in manifest.state.values().flatten() {
             if let Some((sub, _)) = file.path.split_once('/')
                 && sub != Self::chk_name(manifest.epoch)
             {
-                let other = self.dir.join(sub);
-                if other.exists() {
-                    fsync_dir(&other)?;
-                }
+                dirs.insert(sub.to_string());
             }
         }
-        fsync_dir(&dir)?;
+        for sub in dirs {
+            let other = self.dir.join(sub);
+            if self.storage.exists(&other).ctx("stat", &other)? {
+                self.sync_dir(&other)?;
+            }
+        }
+        self.sync_dir(&dir)?;
+        self.sync_dir(&self.dir)?;
         let tmp = dir.join("MANIFEST.tmp");
         let fin = dir.join("MANIFEST");
-        let bytes = manifest.encode()?;
-        let mut f = File::create(&tmp).ctx("create", &tmp)?;
-        f.write_all(&bytes).ctx("write", &tmp)?;
-        f.sync_all().ctx("fsync", &tmp)?;
-        drop(f);
-        fs::rename(&tmp, &fin).ctx("rename", &fin)?;
-        fsync_dir(&dir)?;
-        fsync_dir(&self.dir)
+        write_durable(&*self.storage, &tmp, &manifest.encode()?)?;
+        self.storage.rename(&tmp, &fin).ctx("rename", &fin)?;
+        // The commit point: the return of this fsync.
+        self.sync_dir(&dir)
     }
 
     fn latest(&self) -> Result<Option<Manifest>> {
-        match self.checkpoints()?.into_iter().find(|c| c.1) {
-            Some((epoch, _)) => self.read_manifest(epoch).map(Some),
-            None => Ok(None),
+        let Some((epoch, _)) = self.checkpoints()?.into_iter().find(|c| c.1) else {
+            return Ok(None);
+        };
+        let m = self.read_manifest(epoch)?;
+        if self._lock.is_some() {
+            // The owner is about to act on this manifest (publish its output,
+            // resume after it). A killed process may have renamed it without
+            // the fsync that makes the rename durable: make it durable now, or
+            // a later power loss would bring back an older checkpoint under
+            // output that is already published.
+            let dir = self.dir.join(Self::chk_name(epoch));
+            self.sync_dir(&dir)?;
+            self.sync_dir(&self.dir)?;
         }
+        Ok(Some(m))
     }
 
     fn retain(&self, keep: usize) -> Result<()> {
@@ -209,12 +238,14 @@ impl CheckpointStore for LocalStore {
                 }
             }
         }
+        // Removals need no directory fsync: an old checkpoint that reappears
+        // after a crash is older than the newest and removed again.
         for (epoch, _) in all.into_iter().filter(|c| c.0 < oldest_kept) {
             if referenced.contains(&Self::chk_name(epoch)) {
                 continue;
             }
             let dir = self.dir.join(Self::chk_name(epoch));
-            fs::remove_dir_all(&dir).ctx("remove", &dir)?;
+            self.storage.remove_dir_all(&dir).ctx("remove", &dir)?;
         }
         Ok(())
     }
@@ -223,7 +254,7 @@ impl CheckpointStore for LocalStore {
         for (e, _) in self.checkpoints()? {
             if epoch.is_none_or(|x| e > x) {
                 let dir = self.dir.join(Self::chk_name(e));
-                fs::remove_dir_all(&dir).ctx("remove", &dir)?;
+                self.storage.remove_dir_all(&dir).ctx("remove", &dir)?;
             }
         }
         Ok(())
@@ -233,7 +264,10 @@ impl CheckpointStore for LocalStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
+
     use crate::checkpoint::manifest::FORMAT_VERSION;
+    use crate::storage::{Crash, Errno, Fault, FaultFs, Inject, OpKind};
 
     fn manifest(epoch: Epoch) -> Manifest {
         Manifest { version: FORMAT_VERSION, epoch, ..Default::default() }
@@ -300,6 +334,64 @@ mod tests {
         // Never falls back to epoch 1.
         let err = store.latest().unwrap_err().to_string();
         assert!(err.contains("chk-00000000000000000002"), "{err}");
+    }
+
+    fn fault_store(fs: &FaultFs) -> LocalStore {
+        LocalStore::open_in(Arc::new(fs.clone()), "/s/state").unwrap()
+    }
+
+    #[test]
+    fn the_state_directory_survives_a_power_loss() {
+        let fs = FaultFs::new();
+        fs.prepare_dir("/s");
+        let store = fault_store(&fs);
+        store.write_part(1, "p", b"x").unwrap();
+        store.commit(&manifest(1)).unwrap();
+        drop(store);
+        // Before the state directory was fsynced into its parent, a power loss
+        // after the commit lost the whole directory.
+        let after = fs.crash(Crash::DropUnsynced);
+        assert_eq!(fault_store(&after).latest().unwrap().map(|m| m.epoch), Some(1));
+    }
+
+    #[test]
+    fn recovery_makes_a_manifest_a_killed_commit_renamed_durable() {
+        // Find the rename of a commit's call sequence, then crash right after it.
+        let probe = FaultFs::new();
+        probe.prepare_dir("/s");
+        let store = fault_store(&probe);
+        let before = probe.calls();
+        store.commit(&manifest(4)).unwrap();
+        let rename = probe.trace().iter().find(|o| o.kind == OpKind::Rename).map(|o| o.seq).unwrap();
+        assert!(rename > before);
+        drop(store);
+
+        let fs = FaultFs::new();
+        fs.prepare_dir("/s");
+        let store = fault_store(&fs);
+        fs.crash_after(rename);
+        assert!(store.commit(&manifest(4)).is_err());
+        drop(store);
+        let killed = fs.crash(Crash::KeepAll);
+        // Recovery acts on epoch 4 (publishes its output) ...
+        assert_eq!(fault_store(&killed).latest().unwrap().map(|m| m.epoch), Some(4));
+        // ... so a later power loss must not bring back an older state.
+        let lost = killed.crash(Crash::DropUnsynced);
+        assert_eq!(fault_store(&lost).latest().unwrap().map(|m| m.epoch), Some(4));
+    }
+
+    #[test]
+    fn a_failed_fsync_fails_the_commit_and_is_not_retried() {
+        let fs = FaultFs::new();
+        fs.prepare_dir("/s");
+        let store = fault_store(&fs);
+        fs.inject(Inject::op(OpKind::Sync, Fault::Error(Errno::Eio)).under("/s/state/chk-00000000000000000002"));
+        let err = store.commit(&manifest(2)).unwrap_err().to_string();
+        assert!(err.contains("fsync") && err.contains("MANIFEST.tmp"), "{err}");
+        let syncs = fs.trace().iter().filter(|o| o.kind == OpKind::Sync).count();
+        assert_eq!(syncs, 1, "the failed fsync was retried");
+        assert!(fs.trace().iter().all(|o| o.kind != OpKind::Rename), "renamed after a failed fsync");
+        assert!(store.latest().unwrap().is_none());
     }
 
     #[test]

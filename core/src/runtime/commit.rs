@@ -36,7 +36,7 @@ impl Committer {
         if let Some(store) = &self.shared.store {
             store.commit(&m)?;
         }
-        publish(&m.outputs)?;
+        publish(&*self.shared.cfg.storage, &m.outputs)?;
         if let Some(store) = &self.shared.store {
             store.retain(self.shared.cfg.retain)?;
         }

@@ -18,6 +18,8 @@ use crate::error::Error;
 use crate::keygroup::KeyGroups;
 use crate::record::DeadLetter;
 use crate::runtime::PipelineConfig;
+use crate::sink::SinkContext;
+use crate::storage::{DirLocks, Storage};
 use crate::time::{CheckpointSchedule, Epoch};
 
 /// Checkpoint timings of a run.
@@ -45,6 +47,8 @@ pub(crate) struct Shared {
     pub inputs: Mutex<BTreeMap<String, InputBound>>,
     pub assignments: Mutex<BTreeMap<String, Vec<Vec<crate::record::PartitionId>>>>,
     pub stats: Mutex<CommitStats>,
+    /// Locks on the output directories this run owns, held until it ends.
+    pub dir_locks: DirLocks,
     /// When the run started: time-based epochs are numbered from it, the same on every worker.
     pub started: std::time::Instant,
     /// Whether this is the planning pass: the build function runs once on a
@@ -167,6 +171,25 @@ impl<'s> Ctx<'s> {
     /// The checkpoint store, when the pipeline keeps checkpoints.
     pub fn store(&self) -> Option<Arc<dyn CheckpointStore>> {
         self.0.shared.store.clone()
+    }
+
+    /// The storage everything the pipeline writes goes through.
+    pub fn storage(&self) -> Arc<dyn Storage> {
+        self.0.shared.cfg.storage.clone()
+    }
+
+    /// What the sink with operator id `operator` on this worker is told about its run.
+    pub fn sink_context(&self, operator: &str) -> SinkContext {
+        SinkContext {
+            worker: self.worker(),
+            peers: self.peers(),
+            run_id: self.run_id().to_string(),
+            checkpointed: self.store().is_some(),
+            restored: self.restored().is_some(),
+            operator: operator.to_string(),
+            storage: self.storage(),
+            dir_locks: self.0.shared.dir_locks.clone(),
+        }
     }
 
     /// The manifest the run restores from, if any.

@@ -30,6 +30,7 @@ use crate::error::{Error, Result};
 use crate::flow::Dataflow;
 use crate::keygroup::KeyGroups;
 use crate::partition::Assignor;
+use crate::storage::Storage;
 use crate::time::{CheckpointSchedule, Epoch, EpochPolicy};
 use ctx::{CtxInner, Shared};
 
@@ -68,6 +69,9 @@ pub struct PipelineConfig {
     /// the window watermark back until it has data again (`None`: never).
     /// Bounded runs never release a partition that still has unread data.
     pub idle_timeout: Option<Duration>,
+    /// Where checkpoints, staged and published output are written (the local
+    /// file system by default; tests inject faults here).
+    pub storage: Arc<dyn Storage>,
 }
 
 impl Default for PipelineConfig {
@@ -87,6 +91,7 @@ impl Default for PipelineConfig {
             activation_bytes: 256 * 1024,
             epochs_in_flight: 4,
             idle_timeout: Some(Duration::from_secs(10)),
+            storage: crate::storage::local(),
         }
     }
 }
@@ -255,6 +260,12 @@ impl Pipeline {
         self
     }
 
+    /// The storage everything the pipeline writes goes through (default: the local file system).
+    pub fn storage(mut self, storage: Arc<dyn Storage>) -> Self {
+        self.config.storage = storage;
+        self
+    }
+
     /// Partition assignor.
     pub fn assignor(mut self, assignor: Assignor) -> Self {
         self.config.assignor = assignor;
@@ -272,7 +283,7 @@ impl Pipeline {
         let started = Instant::now();
         let (store, restored) = match &cfg.state_dir {
             Some(dir) => {
-                let store = LocalStore::open(dir)?;
+                let store = LocalStore::open_in(cfg.storage.clone(), dir)?;
                 let latest = store.latest()?;
                 if let Some(m) = &latest
                     && m.key_groups != cfg.key_groups.count()
@@ -297,7 +308,7 @@ impl Pipeline {
             check_restore(m, &plan, &cfg.name, cfg.bounded, dir)?;
             // Replay the publish step of the newest commit (idempotent: a no-op
             // unless the last run crashed between its commit and its publish).
-            publish(&m.outputs)?;
+            publish(&*cfg.storage, &m.outputs)?;
             tracing::info!(epoch = m.epoch, complete = m.complete, "restoring from checkpoint");
         }
         let already_complete = restored.as_ref().is_some_and(|m| m.complete);
@@ -342,6 +353,7 @@ impl Pipeline {
             inputs: Mutex::new(inputs),
             assignments: Default::default(),
             stats: Default::default(),
+            dir_locks: Default::default(),
             started: std::time::Instant::now(),
             planning: false,
             plan: Mutex::new(plan),

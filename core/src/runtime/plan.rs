@@ -33,6 +33,7 @@ where
         inputs: Default::default(),
         assignments: Default::default(),
         stats: Default::default(),
+        dir_locks: Default::default(),
         started: std::time::Instant::now(),
         planning: true,
         plan: Mutex::new(Plan::default()),

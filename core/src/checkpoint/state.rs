@@ -71,9 +71,10 @@ impl<'a> StateReader<'a> {
         let mut len = [0u8; 8];
         len.copy_from_slice(&bytes[bytes.len() - 8..]);
         let len = u64::from_le_bytes(len) as usize;
-        let start = bytes
-            .len()
-            .checked_sub(8 + len)
+        // `checked_add`: a forged length near usize::MAX must not wrap (found by fuzzing).
+        let start = len
+            .checked_add(8)
+            .and_then(|n| bytes.len().checked_sub(n))
             .filter(|&s| s >= 8)
             .ok_or_else(|| bad(bytes.len() - 8, "index length out of range"))?;
         let index: Vec<(u32, u64, u64)> =

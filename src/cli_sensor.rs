@@ -42,6 +42,10 @@ pub struct Args {
     /// Epochs sources may run ahead of the commit (flow control: bounds memory).
     #[arg(long, default_value_t = 4)]
     epochs_in_flight: u64,
+    /// Unbounded runs: a partition without data for this long stops holding
+    /// windows back until it has data again (`off`: it always holds them).
+    #[arg(long, default_value = "10s", value_parser = parse_idle)]
+    idle_timeout: IdleTimeout,
     /// Read from this embedded-log directory instead of a file.
     #[arg(long)]
     log_dir: Option<PathBuf>,
@@ -60,6 +64,14 @@ pub struct Args {
     /// Events to generate in the no-argument demo.
     #[arg(long, default_value_t = 1_000_000)]
     events: u64,
+}
+
+/// `--idle-timeout`: a duration or `off`.
+#[derive(Clone, Copy, Debug)]
+struct IdleTimeout(Option<Duration>);
+
+fn parse_idle(s: &str) -> Result<IdleTimeout, String> {
+    if s == "off" { Ok(IdleTimeout(None)) } else { parse_duration(s).map(|d| IdleTimeout(Some(d))) }
 }
 
 /// Parses `args` and runs.
@@ -108,6 +120,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         .checkpoint_every(args.checkpoint_interval)
         .epoch_every(args.epoch_interval)
         .epochs_in_flight(args.epochs_in_flight)
+        .idle_timeout(args.idle_timeout.0)
         .bounded(bounded)
         .assignor(args.assignor);
     if let Some(state) = &state {

@@ -111,7 +111,12 @@ pub fn reference(input: &[u8]) -> (BTreeMap<(String, i64), WindowRow>, u64) {
         lines.pop();
     }
     for line in lines {
-        let Ok(r) = serde_json::from_slice::<Reading>(line) else {
+        // A record is a JSON object in UTF-8 (as the pipeline's `Json` decodes it).
+        let parsed = std::str::from_utf8(line)
+            .ok()
+            .filter(|text| text.trim_start().starts_with('{'))
+            .and_then(|text| serde_json::from_str::<Reading>(text).ok());
+        let Some(r) = parsed else {
             malformed += 1;
             continue;
         };

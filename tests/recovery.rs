@@ -23,6 +23,8 @@ enum Feed {
 /// How the killed pipeline's epochs end.
 #[derive(Clone, Copy)]
 enum Epochs {
+    /// Every 10 ms, a checkpoint every 100 ms (the torture test).
+    Fast,
     /// Every 1,500 records, a checkpoint every 2 epochs (deterministic).
     Records,
     /// Every 1 ms of processing time, a checkpoint every 10 ms: epoch numbers
@@ -46,6 +48,7 @@ fn spawn(dir: &Path, workers: usize, feed: Feed, epochs: Epochs) -> anyhow::Resu
     match epochs {
         Epochs::Records => cmd.env("WEIR_EPOCH_RECORDS", "1500"),
         Epochs::Timed => cmd.args(["--epoch-interval", "1ms", "--checkpoint-interval", "10ms"]),
+        Epochs::Fast => cmd.args(["--epoch-interval", "10ms", "--checkpoint-interval", "100ms"]),
     };
     cmd.env("RUST_LOG", "error")
         .current_dir(dir)
@@ -186,4 +189,125 @@ fn killed_at_random_moments(feed: Feed, scenarios: usize, epochs: Epochs) -> any
 
 fn has_manifest(state: &Path) -> bool {
     std::fs::read_dir(state).map(|d| d.flatten().any(|e| e.path().join("MANIFEST").exists())).unwrap_or(false)
+}
+
+/// The torture test: SIGKILL at random moments, many times over, each restart
+/// with a random worker count from 1 to 4, checkpoints every 100 ms; half the
+/// kills aim at moments when a checkpoint commits or publishes (measured on an
+/// undisturbed run from its debug log). The final output and dead letters must
+/// equal the reference exactly. `WEIR_TORTURE_KILLS` (default 50) and
+/// `WEIR_TORTURE_SEED` set the size and the seed (`scripts/soak.sh` runs long ones);
+/// a failure names the seed.
+#[test]
+fn torture_many_kills_random_worker_counts_output_is_exact() -> anyhow::Result<()> {
+    let kills_wanted: usize = std::env::var("WEIR_TORTURE_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(50);
+    let seed: u64 = std::env::var("WEIR_TORTURE_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
+    });
+    eprintln!("torture: seed {seed} (replay with WEIR_TORTURE_SEED={seed}), {kills_wanted} kills");
+    torture(seed, kills_wanted).with_context(|| format!("torture failed with WEIR_TORTURE_SEED={seed}"))
+}
+
+fn torture(seed: u64, kills_wanted: usize) -> anyhow::Result<()> {
+    let mut input = Vec::new();
+    generate(400_000, seed % 1000, 300, &mut input)?;
+    let (expected, malformed) = reference(&input);
+
+    // An undisturbed run: its length, and when its commits happened.
+    let base = tempfile::tempdir()?;
+    setup(base.path(), &input, Feed::File)?;
+    let started = Instant::now();
+    let wall = std::time::SystemTime::now();
+    let child = spawn(base.path(), 2, Feed::File, Epochs::Fast)?;
+    let out = child.wait_with_output()?;
+    let full = started.elapsed();
+    anyhow::ensure!(out.status.success(), "undisturbed run failed: {}", String::from_utf8_lossy(&out.stderr));
+    support::compare(&expected, &support::read_rows(&base.path().join("out"))?)?;
+    let commits = commit_offsets(base.path(), wall)?;
+
+    let dir = tempfile::tempdir()?;
+    setup(dir.path(), &input, Feed::File)?;
+    let mut rng = SplitMix::new(seed);
+    let (mut kills, mut runs, mut after_commit) = (0usize, 0usize, 0usize);
+    let budget = Instant::now();
+    loop {
+        runs += 1;
+        let workers = 1 + rng.below(4) as usize;
+        let mut child = spawn(dir.path(), workers, Feed::File, Epochs::Fast)?;
+        if kills >= kills_wanted || budget.elapsed() > Duration::from_secs(300) {
+            wait(child).context("final run")?;
+            break;
+        }
+        // A third of the kills aim at a measured commit moment (give or take 3 ms),
+        // a third land soon after the run's first commit, the others anywhere early.
+        let mut exited = None;
+        let delay = match rng.below(3) {
+            0 if !commits.is_empty() => {
+                let at = commits[rng.below(commits.len() as u64) as usize];
+                (at + Duration::from_micros(rng.below(6_000))).saturating_sub(Duration::from_millis(3))
+            }
+            1 => {
+                while exited.is_none() && !has_manifest(&dir.path().join("state")) {
+                    exited = child.try_wait()?;
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                Duration::from_micros(rng.below(full.as_micros() as u64 / 4 + 1))
+            }
+            _ => Duration::from_micros(rng.below(full.as_micros() as u64 / 2 + 1)),
+        };
+        let deadline = Instant::now() + delay;
+        while exited.is_none() && Instant::now() < deadline {
+            if let Some(status) = child.try_wait()? {
+                exited = Some(status);
+                break;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        match exited {
+            Some(status) if status.success() => {
+                // Finished before the kill: start over on a fresh state (the run counts).
+                let got = support::read_rows(&dir.path().join("out"))?;
+                support::compare(&expected, &got).context("a run that finished between kills")?;
+                for sub in ["out", "dlq", "state"] {
+                    std::fs::remove_dir_all(dir.path().join(sub))?;
+                }
+            }
+            Some(_) => {
+                let out = child.wait_with_output()?;
+                bail!("run {runs} failed: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            None => {
+                child.kill()?;
+                child.wait()?;
+                kills += 1;
+                after_commit += usize::from(has_manifest(&dir.path().join("state")));
+            }
+        }
+    }
+    eprintln!("torture: {kills} kills in {runs} runs, {after_commit} after a commit (seed {seed})");
+    anyhow::ensure!(kills >= kills_wanted, "only {kills} kills landed");
+    anyhow::ensure!(after_commit * 3 >= kills, "too few kills after a commit: {after_commit} of {kills}");
+    support::compare(&expected, &support::read_rows(&dir.path().join("out"))?)?;
+    let dead = support::read_dead_letters(&dir.path().join("dlq"))?;
+    let mut offsets: Vec<u64> = dead.iter().filter_map(|d| d["offset"].as_u64()).collect();
+    offsets.sort_unstable();
+    offsets.dedup();
+    anyhow::ensure!(dead.len() as u64 == malformed, "{} dead letters, expected {malformed}", dead.len());
+    anyhow::ensure!(offsets.len() as u64 == malformed, "duplicate dead letters");
+    Ok(())
+}
+
+/// When an undisturbed run (started at `start`) staged its output: each output
+/// file is closed and fsynced just before the commit that publishes it.
+fn commit_offsets(dir: &Path, start: std::time::SystemTime) -> anyhow::Result<Vec<Duration>> {
+    let mut times = Vec::new();
+    for sub in ["out", "dlq"] {
+        for f in support::visible_files(&dir.join(sub))? {
+            if let Ok(d) = std::fs::metadata(&f)?.modified()?.duration_since(start) {
+                times.push(d);
+            }
+        }
+    }
+    times.sort();
+    Ok(times)
 }

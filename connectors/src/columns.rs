@@ -20,6 +20,13 @@ use arrow::record_batch::RecordBatch;
 use serde::Serialize;
 use serde::ser::{self, Impossible};
 
+/// The longest string one value may have (Arrow's `Utf8` offsets are 32-bit:
+/// a batch holds at most 2 GiB of string data).
+pub const MAX_STRING_BYTES: usize = 64 << 20;
+
+/// String bytes after which a batch should be finished, well inside `Utf8`'s 2 GiB.
+pub const BATCH_STRING_BYTES: usize = 1 << 30;
+
 /// Why a row could not be written into the columns.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -210,6 +217,18 @@ impl Columns {
         self.rows
     }
 
+    /// Bytes of string data in the batch being built.
+    pub fn string_bytes(&self) -> usize {
+        self.cols
+            .iter()
+            .map(|c| match c {
+                Col::Utf8(b) => b.values_slice().len(),
+                Col::LargeUtf8(b) => b.values_slice().len(),
+                _ => 0,
+            })
+            .sum()
+    }
+
     /// Whether no row was appended since the last [`Columns::finish`].
     pub fn is_empty(&self) -> bool {
         self.rows == 0
@@ -218,10 +237,10 @@ impl Columns {
     /// Appends one row (a struct whose fields are the columns, in any order;
     /// a skipped nullable field is null).
     ///
-    /// A row that does not fit the schema is an error, and the batch being
-    /// built is then unusable: the caller fails the pipeline (the schema was
-    /// traced from the row type, so this is a bug in a `Serialize` impl, not
-    /// bad input).
+    /// A row that does not fit the schema (a `Serialize` impl that does not
+    /// match the traced schema, an integer out of the column's range, a string
+    /// too long) is an error and is not counted: some columns may hold a value
+    /// of it, so call [`Columns::finish`] next, which keeps only the complete rows.
     pub fn push<T: Serialize + ?Sized>(&mut self, row: &T) -> Result<(), ColumnsError> {
         let mut complete = false;
         row.serialize(RowSer { columns: self, complete: &mut complete })?;
@@ -244,7 +263,16 @@ impl Columns {
 
     /// The appended rows as a record batch; the builders start empty again.
     pub fn finish(&mut self, schema: &SchemaRef) -> Result<RecordBatch, arrow::error::ArrowError> {
-        let arrays = self.cols.iter_mut().map(Col::finish).collect();
+        let rows = self.rows;
+        // After a rejected row some columns hold one value more: keep the complete rows.
+        let arrays = self
+            .cols
+            .iter_mut()
+            .map(|c| {
+                let a = c.finish();
+                if a.len() == rows { a } else { a.slice(0, rows) }
+            })
+            .collect();
         // The next batch is likely as large as this one (batches end at checkpoints too).
         let room = self.rows.clamp(1024.min(self.capacity), self.capacity);
         self.rows = 0;
@@ -502,6 +530,12 @@ impl ser::Serializer for ValueSer<'_> {
         }
     }
     fn serialize_str(self, v: &str) -> Result<(), ColumnsError> {
+        if v.len() > MAX_STRING_BYTES {
+            return Err(ColumnsError(format!(
+                "a string of {} bytes is longer than the {MAX_STRING_BYTES} bytes a Parquet value may have here",
+                v.len()
+            )));
+        }
         match self.col {
             Col::Utf8(b) => {
                 b.append_value(v);

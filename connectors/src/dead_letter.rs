@@ -3,8 +3,9 @@
 //!
 //! Each line: `payload` (the raw input without its `\n`), `payload_encoding`
 //! (`utf8`, or `base64` when the bytes are not valid UTF-8: lossless either
-//! way), `error`, `stage`, `source`, `partition`, `offset`, `event_time`
-//! (ms or null).
+//! way), `payload_truncated` (true when `payload` is only the first 1 KiB of an
+//! oversize record), `payload_length` (the whole record's length in bytes),
+//! `error`, `stage`, `source`, `partition`, `offset`, `event_time` (ms or null).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -14,7 +15,7 @@ use serde::Serialize;
 use weir_core::checkpoint::Publish;
 use weir_core::error::{Error, IoContext, Result};
 use weir_core::record::DeadLetter;
-use weir_core::sink::{Sink, SinkContext, SinkWriter};
+use weir_core::sink::{Rejected, Sink, SinkContext, SinkWriter};
 use weir_core::time::Epoch;
 
 use crate::staging::{CrcFile, StagedFile, Staging};
@@ -36,6 +37,8 @@ impl DeadLetters {
 struct Line<'a> {
     payload: std::borrow::Cow<'a, str>,
     payload_encoding: &'static str,
+    payload_truncated: bool,
+    payload_length: u64,
     error: &'a str,
     stage: &'a str,
     source: &'a str,
@@ -47,6 +50,10 @@ struct Line<'a> {
 impl Sink<DeadLetter> for DeadLetters {
     fn kind(&self) -> &str {
         "dead-letters"
+    }
+
+    fn rejects_rows(&self) -> bool {
+        false
     }
 
     fn open(&self, ctx: &SinkContext) -> Result<Box<dyn SinkWriter<DeadLetter>>> {
@@ -67,7 +74,7 @@ struct DeadLetterWriter {
 }
 
 impl SinkWriter<DeadLetter> for DeadLetterWriter {
-    fn write(&mut self, rows: &mut Vec<DeadLetter>) -> Result<()> {
+    fn write(&mut self, rows: &mut Vec<DeadLetter>, _rejected: &mut Vec<Rejected<DeadLetter>>) -> Result<()> {
         if rows.is_empty() {
             return Ok(());
         }
@@ -83,6 +90,8 @@ impl SinkWriter<DeadLetter> for DeadLetterWriter {
             let line = Line {
                 payload,
                 payload_encoding,
+                payload_truncated: d.payload_truncated,
+                payload_length: d.payload_length,
                 error: &d.error,
                 stage: &d.stage,
                 source: &d.source,

@@ -4,12 +4,16 @@
 //! - [`file`]: a JSON-lines file split into byte ranges read in parallel.
 //! - [`parquet`]: the Parquet sink; [`dead_letter`]: the dead-letter sink.
 //!   Both stage files and publish them after the checkpoint commits ([`staging`]).
+//! - [`record_limit`]: `max_record_bytes`, the longest record a source reads whole.
 
 pub mod columns;
 pub mod dead_letter;
 pub mod file;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod log;
 pub mod parquet;
+pub mod record_limit;
 pub mod staging;
 
 pub use dead_letter::DeadLetters;

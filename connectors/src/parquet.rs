@@ -22,10 +22,10 @@ use serde::de::DeserializeOwned;
 use serde_arrow::schema::{SchemaLike, TracingOptions};
 use weir_core::checkpoint::Publish;
 use weir_core::error::{Error, Result};
-use weir_core::sink::{Sink, SinkContext, SinkWriter};
+use weir_core::sink::{Rejected, Sink, SinkContext, SinkWriter};
 use weir_core::time::Epoch;
 
-use crate::columns::Columns;
+use crate::columns::{BATCH_STRING_BYTES, Columns};
 use crate::staging::{CrcFile, StagedFile, Staging};
 
 /// A Parquet output directory.
@@ -105,6 +105,19 @@ impl<T: Serialize> ParquetWriter<T> {
         if rows == 0 {
             return Ok(());
         }
+        let batch = match self.columns.as_mut() {
+            Some(columns) => columns.finish(&self.schema).map_err(|e| arrow_err(self.staging.dir(), e))?,
+            None => serde_arrow::to_record_batch(&self.fields, &self.buffer)
+                .map_err(|e| arrow_err(self.staging.dir(), e))?,
+        };
+        self.buffer.clear();
+        self.write_batch(&batch)
+    }
+
+    fn write_batch(&mut self, batch: &arrow::record_batch::RecordBatch) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
         if self.current.is_none() {
             let (file, out) = self.staging.create(self.epoch, "parquet")?;
             let props = WriterProperties::builder().set_compression(Compression::SNAPPY).build();
@@ -113,15 +126,8 @@ impl<T: Serialize> ParquetWriter<T> {
             self.current = Some(Open { file, writer, rows: 0 });
         }
         let Some(open) = self.current.as_mut() else { return Ok(()) };
-        let batch = match self.columns.as_mut() {
-            Some(columns) => columns.finish(&self.schema).map_err(|e| arrow_err(&open.file.staged, e))?,
-            None => {
-                serde_arrow::to_record_batch(&self.fields, &self.buffer).map_err(|e| arrow_err(&open.file.staged, e))?
-            }
-        };
-        open.writer.write(&batch).map_err(|e| arrow_err(&open.file.staged, e))?;
-        open.rows += rows;
-        self.buffer.clear();
+        open.writer.write(batch).map_err(|e| arrow_err(&open.file.staged, e))?;
+        open.rows += batch.num_rows();
         if open.rows >= self.rows_per_file {
             self.close_file()?;
         }
@@ -138,27 +144,39 @@ impl<T: Serialize> ParquetWriter<T> {
 }
 
 impl<T: Serialize> SinkWriter<T> for ParquetWriter<T> {
-    fn write(&mut self, rows: &mut Vec<T>) -> Result<()> {
+    fn write(&mut self, rows: &mut Vec<T>, rejected: &mut Vec<Rejected<T>>) -> Result<()> {
         if self.columns.is_some() {
             for row in rows.drain(..) {
                 let Some(columns) = self.columns.as_mut() else { break };
-                columns.push(&row).map_err(|e| Error::Encoding {
-                    what: format!("parquet rows in {}", self.staging.dir().display()),
-                    message: e.to_string(),
-                })?;
-                if columns.len() >= self.rows_per_batch {
+                if let Err(e) = columns.push(&row) {
+                    rejected.push(Rejected { row, reason: format!("cannot write the row as Parquet: {e}") });
+                    // The builders may hold part of the row: finish the batch of complete rows now.
+                    self.flush_batch()?;
+                    continue;
+                }
+                if columns.len() >= self.rows_per_batch || columns.string_bytes() >= BATCH_STRING_BYTES {
                     self.flush_batch()?;
                 }
             }
             return Ok(());
         }
+        // Nested row types: convert each write's rows at once (the Parquet writer
+        // gathers batches into row groups), so a row serde_arrow rejects is found
+        // here and becomes a dead letter of this epoch.
+        if rows.is_empty() {
+            return Ok(());
+        }
+        if let Ok(batch) = serde_arrow::to_record_batch(&self.fields, &*rows) {
+            rows.clear();
+            return self.write_batch(&batch);
+        }
         for row in rows.drain(..) {
-            self.buffer.push(row);
-            if self.buffer.len() >= self.rows_per_batch {
-                self.flush_batch()?;
+            match serde_arrow::to_record_batch(&self.fields, &std::slice::from_ref(&row)) {
+                Ok(_) => self.buffer.push(row),
+                Err(e) => rejected.push(Rejected { row, reason: format!("cannot write the row as Parquet: {e}") }),
             }
         }
-        Ok(())
+        self.flush_batch()
     }
 
     fn stage(&mut self, epoch: Epoch) -> Result<Vec<Publish>> {

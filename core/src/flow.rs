@@ -15,14 +15,16 @@ use serde::{Deserialize, Serialize};
 use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::Concatenate;
-use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::operators::generic::{Operator, OutputBuilder};
 
 use crate::checkpoint::{Part, PartBody};
 use crate::error::{Error, Result};
-use crate::record::{Chunk, DeadLetter, EventTime, PartitionId, Rec};
+use crate::record::{Chunk, DeadLetter, EventTime, Meta, PartitionId, Rec};
 use crate::runtime::Ctx;
-use crate::runtime::epochs::EpochDriver;
-use crate::sink::Sink;
+use crate::runtime::epochs::{EpochDriver, follow_frontier};
+use crate::sink::{Rejected, Sink};
+use crate::source::Source;
 use crate::time::Epoch;
 
 /// An operator output of `Vec<D>` batches at epochs (what every Weir operator builds).
@@ -34,6 +36,11 @@ pub type VecOutput<D> =
 pub enum PartitionEvent {
     /// The partition has no more input (bounded runs): it stops holding the watermark back.
     Finished(PartitionId),
+    /// The partition had no data for the pipeline's `idle_timeout` (unbounded
+    /// runs): it stops holding the watermark back until it has data again.
+    Idle(PartitionId),
+    /// An idle partition has data again (sent before that data, in the same epoch).
+    Active(PartitionId),
 }
 
 /// A partition's watermark, broadcast to every worker once per epoch it changed in.
@@ -44,6 +51,9 @@ pub struct WatermarkUpdate {
     /// No event time at or below this is expected from the partition any more
     /// (`EventTime::MAX` once it finished).
     pub watermark: EventTime,
+    /// The partition is idle: the window watermark is the minimum over the
+    /// partitions that are not (records it sends later may then be late).
+    pub idle: bool,
 }
 
 /// What the stages after a source know about it.
@@ -55,6 +65,18 @@ pub struct InputInfo<'s> {
     pub partitions: u32,
     /// Finished-partition events.
     pub events: StreamVec<'s, Epoch, PartitionEvent>,
+    /// The source itself, to re-read a record's original bytes for a dead letter.
+    pub origin: Origin,
+}
+
+/// A handle on a source that later stages keep to build dead letters that
+/// carry a record's original input bytes.
+#[derive(Clone)]
+pub struct Origin {
+    /// Source name (dead letters' `source`).
+    pub name: String,
+    /// The source.
+    pub source: std::sync::Arc<dyn Source>,
 }
 
 /// Recycles chunk buffers between a source and the stage that consumes its
@@ -165,62 +187,159 @@ impl<'s, T: 'static> Flow<'s, T> {
     }
 
     /// Sends the records to a transactional sink: each worker writes its share,
-    /// staged until the checkpoint that covers it commits.
-    pub fn sink<S: Sink<T>>(self, sink: S) -> Result<()> {
+    /// staged until the checkpoint that covers it commits. Rows the sink cannot
+    /// encode become dead letters (stage `sink`) at the epoch they were written in.
+    pub fn sink<S: Sink<T>>(self, sink: S) -> Result<()>
+    where
+        T: Serialize,
+    {
         let ctx = self.ctx.clone();
         let operator = ctx.operator_id(sink.kind());
+        let rejects = sink.rejects_rows();
+        if ctx.planning() {
+            // Nothing is opened or written while planning.
+            if rejects {
+                ctx.register_dead_letters(timely::dataflow::operators::generic::operator::empty(ctx.scope()));
+            }
+            return Ok(());
+        }
         let sctx = ctx.sink_context(&operator);
         let mut writer = sink.open(&sctx)?;
         let failure = ctx.failure();
         let worker = ctx.worker();
         let rows_out = ctx.counter(&format!("{operator}.rows"));
+        let dead = ctx.counter("dead_letters.sink");
+        let source = self.input.as_ref().map_or_else(|| operator.clone(), |i| i.source.clone());
         let mut driver: EpochDriver<Vec<T>> = EpochDriver::new(ctx.start_epoch(), ctx.schedule());
-        let parts = self.stream.unary_frontier(Pipeline, &format!("Sink({operator})"), move |cap, _| {
-            let mut cap = Some(cap);
-            move |(input, frontier), output| {
+        let mut builder = OperatorBuilder::new(format!("Sink({operator})"), ctx.scope());
+        let mut input = builder.new_input(self.stream, Pipeline);
+        let (part_out, parts) = builder.new_output::<Vec<Part>>();
+        let (dead_out, dead_letters) = builder.new_output::<Vec<DeadLetter>>();
+        let mut part_out: VecOutput<Part> = OutputBuilder::from(part_out);
+        let mut dead_out: VecOutput<DeadLetter> = OutputBuilder::from(dead_out);
+        builder.build(move |caps| {
+            let mut caps = Some(caps);
+            let mut rejected: Vec<Rejected<T>> = Vec::new();
+            move |frontiers| {
                 input.for_each(|time, data: &mut Vec<Rec<T>>| {
                     if let Some(&t) = time.least() {
                         driver.push(t, data.drain(..).map(|r| r.value).collect());
                     }
                 });
-                let Some(held) = cap.as_mut() else { return };
+                let Some(held) = caps.as_mut() else { return };
                 if failure.aborted() {
                     return;
                 }
-                let f = frontier.frontier().iter().min().copied();
-                let mut emit = |epoch: Epoch, files: Vec<crate::checkpoint::Publish>| {
-                    let part = Part { epoch, worker, body: PartBody::Output { operator: operator.clone(), files } };
-                    output.session(&held.delayed(&epoch)).give(part);
-                };
+                let f = frontiers.iter().filter_map(|f| f.frontier().iter().min().copied()).min();
+                let mut part_h = part_out.activate();
+                let mut dead_h = dead_out.activate();
                 let step = (|| -> Result<()> {
                     for step in driver.advance(f) {
                         for mut rows in step.data {
-                            rows_out.fetch_add(rows.len() as u64, Ordering::Relaxed);
-                            writer.write(&mut rows)?;
+                            let n = rows.len() as u64;
+                            writer.write(&mut rows, &mut rejected)?;
+                            rows_out.fetch_add(n - rejected.len() as u64, Ordering::Relaxed);
+                            if !rejected.is_empty() {
+                                dead.fetch_add(rejected.len() as u64, Ordering::Relaxed);
+                                let cap = held[1].delayed(&step.epoch);
+                                let mut session = dead_h.session(&cap);
+                                for r in rejected.drain(..) {
+                                    session.give(DeadLetter::of_row(&r.row, r.reason, "sink", &source));
+                                }
+                            }
                         }
                         if step.checkpoint {
-                            emit(step.epoch, writer.stage(step.epoch)?);
+                            let files = writer.stage(step.epoch)?;
+                            let part = Part {
+                                epoch: step.epoch,
+                                worker,
+                                body: PartBody::Output { operator: operator.clone(), files },
+                            };
+                            part_h.session(&held[0].delayed(&step.epoch)).give(part);
                         }
                     }
                     if f.is_none() {
-                        let at = *held.time();
-                        emit(at, writer.stage(at)?);
+                        let at = *held[0].time();
+                        let files = writer.stage(at)?;
+                        part_h.session(&held[0]).give(Part {
+                            epoch: at,
+                            worker,
+                            body: PartBody::Output { operator: operator.clone(), files },
+                        });
                     }
                     Ok(())
                 })();
+                drop((part_h, dead_h));
                 if let Err(e) = step {
                     failure.fail(e);
                     return;
                 }
-                match f {
-                    Some(f) if f > *held.time() => held.downgrade(&f),
-                    Some(_) => {}
-                    None => cap = None,
-                }
+                follow_frontier(&mut caps, f);
             }
         });
         ctx.register_parts(parts);
+        if rejects {
+            ctx.register_dead_letters(dead_letters);
+        }
         Ok(())
+    }
+}
+
+impl DeadLetter {
+    /// A dead letter for a derived row (no source position): its payload is the
+    /// row as JSON (or empty, with the encoder's message added to `error`, when
+    /// even that fails).
+    pub fn of_row<T: Serialize>(row: &T, error: String, stage: &str, source: &str) -> DeadLetter {
+        let (payload, error) = match serde_json::to_vec(row) {
+            Ok(p) => (p, error),
+            Err(e) => (Vec::new(), format!("{error} (the row could not be written as JSON either: {e})")),
+        };
+        DeadLetter {
+            payload_truncated: false,
+            payload_length: payload.len() as u64,
+            payload,
+            error,
+            stage: stage.to_string(),
+            source: source.to_string(),
+            partition: Meta::derived(0).partition,
+            offset: Meta::derived(0).offset,
+            event_time: None,
+        }
+    }
+}
+
+impl Origin {
+    /// A dead letter for the record at `meta` of this source, rejected by
+    /// `stage`: its payload is the record's original input bytes, re-read from
+    /// the source ([`Source::record_at`]); only when the source cannot re-read
+    /// them is it `value` as JSON.
+    pub fn dead_letter<T: Serialize>(&self, meta: &Meta, stage: &str, error: String, value: &T) -> DeadLetter {
+        let event_time = (meta.event_time != Meta::NO_TIME).then_some(meta.event_time);
+        let original = match self.source.record_at(meta.partition, meta.offset) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                tracing::warn!(source = %self.name, partition = meta.partition, offset = meta.offset, "cannot re-read a dead letter's input: {e}");
+                None
+            }
+        };
+        let mut d = match original {
+            Some(payload) => DeadLetter {
+                payload_truncated: false,
+                payload_length: payload.len() as u64,
+                payload,
+                error,
+                stage: stage.to_string(),
+                source: self.name.clone(),
+                partition: meta.partition,
+                offset: meta.offset,
+                event_time,
+            },
+            None => DeadLetter::of_row(value, error, stage, &self.name),
+        };
+        d.partition = meta.partition;
+        d.offset = meta.offset;
+        d.event_time = event_time;
+        d
     }
 }
 

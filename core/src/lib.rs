@@ -8,6 +8,8 @@
 pub mod checkpoint;
 pub mod error;
 pub mod flow;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod keygroup;
 pub mod partition;
 pub mod record;

@@ -57,12 +57,21 @@ pub enum OffsetKind {
     Records,
 }
 
+/// Bytes of an oversize record that a [`Chunk`] (and then its [`DeadLetter`]) keeps: 1 KiB.
+pub const TRUNCATED_PREFIX_BYTES: usize = 1024;
+
 /// A batch of raw records read from one source partition.
 ///
 /// Record `i` is `data[start(i)..ends[i]]` where `start(0) = 0` and
-/// `start(i) = ends[i - 1]`; line sources strip the trailing `\n` by storing
+/// `start(i) = ends[i - 1] + sep`; line sources strip the trailing `\n` by storing
 /// it outside the record (`ends` marks the end of the payload, and the next
 /// record starts after the separator: see [`Chunk::sep`]).
+///
+/// A record longer than the source's `max_record_bytes` is never read whole:
+/// `data` holds only its first [`TRUNCATED_PREFIX_BYTES`] and [`Chunk::truncated`]
+/// its full length, so decoding turns it into a dead letter. With byte offsets
+/// such a record is always the last of its chunk (later records' offsets are
+/// computed from their position in `data`, which no longer matches the file).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Chunk {
     /// The partition the records were read from.
@@ -79,6 +88,13 @@ pub struct Chunk {
     pub ends: Vec<u32>,
     /// Offset to resume from after this chunk.
     pub next: Offset,
+    /// Oversize records, sparse and in record order: `(record index, full length in bytes)`.
+    /// Their payload in `data` is only a prefix. Empty in nearly every chunk, so
+    /// consumers check `truncated.is_empty()` once per chunk.
+    pub truncated: Vec<(u32, u64)>,
+    /// The source's `max_record_bytes`, for the dead letters of `truncated` records
+    /// (set by the reader that truncated them; 0 when unknown).
+    pub max_record_bytes: u64,
 }
 
 impl Chunk {
@@ -86,6 +102,8 @@ impl Chunk {
     pub fn clear(&mut self) {
         self.data.clear();
         self.ends.clear();
+        self.truncated.clear();
+        self.max_record_bytes = 0;
         self.first = 0;
         self.next = 0;
     }
@@ -121,10 +139,15 @@ impl Chunk {
 /// A record that could not be processed, with the reason.
 ///
 /// Written by the dead-letter sink as one JSON object per line (see DESIGN.md).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct DeadLetter {
-    /// The raw input bytes (the line without its `\n`).
+    /// The raw input bytes (the line without its `\n`), or only their first
+    /// [`TRUNCATED_PREFIX_BYTES`] when `payload_truncated`.
     pub payload: Vec<u8>,
+    /// Whether `payload` is a prefix of the record (an oversize record is never held whole).
+    pub payload_truncated: bool,
+    /// Length of the whole record in bytes (`payload.len()` unless truncated).
+    pub payload_length: u64,
     /// What went wrong.
     pub error: String,
     /// The stage that rejected it (`decode`, `late`, a user stage name, ...).

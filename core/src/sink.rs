@@ -39,10 +39,27 @@ pub struct SinkContext {
     pub dir_locks: DirLocks,
 }
 
+/// A row a sink could not encode (a value that does not fit its schema, a row
+/// too large): the sink operator turns it into a dead letter with stage `sink`
+/// and the reason, so a bad row never stops the pipeline on every restart.
+#[derive(Debug)]
+pub struct Rejected<T> {
+    /// The row.
+    pub row: T,
+    /// Why it was rejected.
+    pub reason: String,
+}
+
 /// A sink type: opens one writer per worker.
 pub trait Sink<T>: Send + 'static {
     /// Short kind name used in operator ids (`parquet`, `dead-letters`).
     fn kind(&self) -> &str;
+    /// Whether the writer may reject rows ([`Rejected`]): the sink then produces
+    /// dead letters, which the pipeline must send somewhere. The dead-letter sink
+    /// itself rejects nothing (a dead letter it cannot write is a failure).
+    fn rejects_rows(&self) -> bool {
+        true
+    }
     /// Opens this worker's writer. Worker 0 also discards staged files of
     /// earlier runs (the committed ones were published during recovery).
     fn open(&self, ctx: &SinkContext) -> Result<Box<dyn SinkWriter<T>>>;
@@ -51,7 +68,9 @@ pub trait Sink<T>: Send + 'static {
 /// One worker's writer of a sink.
 pub trait SinkWriter<T> {
     /// Writes (drains) the rows of one complete epoch; epochs come in order.
-    fn write(&mut self, rows: &mut Vec<T>) -> Result<()>;
+    /// Rows it cannot encode go to `rejected` (they become dead letters); an
+    /// error is for what stops the pipeline (I/O).
+    fn write(&mut self, rows: &mut Vec<T>, rejected: &mut Vec<Rejected<T>>) -> Result<()>;
     /// Closes the files written since the last call, makes them durable in the
     /// staging area, and returns them (possibly none).
     fn stage(&mut self, epoch: Epoch) -> Result<Vec<Publish>>;

@@ -67,6 +67,13 @@ pub trait Source: Send + Sync + 'static {
     /// checkpoint and refuses to resume on a different input.
     fn fingerprint(&self) -> Result<serde_json::Value>;
 
+    /// The original bytes of the record at `offset` of `partition` (a file line without its `\n`,
+    /// a log record's payload), for dead letters of later stages; `None` when the source cannot re-read.
+    fn record_at(&self, partition: PartitionId, offset: Offset) -> Result<Option<Vec<u8>>> {
+        let _ = (partition, offset);
+        Ok(None)
+    }
+
     /// How a worker should schedule reads over the partitions it owns.
     fn read_order(&self) -> ReadOrder {
         ReadOrder::Interleaved

@@ -1,6 +1,11 @@
 //! `raw.decode::<T>(Json)`: turns raw records into typed records. A record
 //! that does not decode becomes a [`DeadLetter`] with stage `decode`, the
 //! parser's message, and its source position; it never stops the pipeline.
+//!
+//! An oversize record (one a source cut to a prefix, see [`Chunk::truncated`])
+//! is a dead letter without being parsed: `record of N bytes exceeds
+//! max_record_bytes`, its payload the prefix the chunk kept. [`decode_chunk`]
+//! is the whole per-chunk logic, shared by the operator, tests and fuzzing.
 
 use std::sync::atomic::Ordering;
 
@@ -19,19 +24,99 @@ pub trait Format<T>: Clone + 'static {
 }
 
 /// JSON (one object per record) through serde_json.
+///
+/// A record is rejected, with a reason that says why, when it is not UTF-8 (JSON
+/// text is, RFC 8259; even bad bytes in a field the type ignores mean the record is
+/// damaged), empty, or not an object: serde's derived structs would otherwise also
+/// accept an array of their fields in order, a format nobody writes on purpose.
+/// Everything else is serde_json's own message (with line and column): wrong
+/// types, missing and duplicate fields, numbers out of range, `NaN`, nesting
+/// deeper than serde_json's recursion limit (128).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Json;
 
 impl<T: DeserializeOwned> Format<T> for Json {
     fn decode(&self, bytes: &[u8]) -> Result<T, String> {
-        // Validating the whole record's UTF-8 once is cheaper than serde_json
-        // validating every key and string separately (`from_slice`); the
-        // result is the same. Invalid UTF-8 takes `from_slice` for its error.
-        match std::str::from_utf8(bytes) {
-            Ok(text) => serde_json::from_str(text),
-            Err(_) => serde_json::from_slice(bytes),
+        // Validating once is also cheaper than serde_json checking every string.
+        let text = std::str::from_utf8(bytes)
+            .map_err(|e| format!("record is not valid UTF-8: invalid byte at offset {}", e.valid_up_to()))?;
+        // Nearly always the first byte: one comparison on the hot path.
+        match text.bytes().find(|b| !b.is_ascii_whitespace()) {
+            Some(b'{') => {}
+            None if text.is_empty() => return Err("empty record".to_owned()),
+            None => return Err("empty record (only whitespace)".to_owned()),
+            Some(first) => {
+                serde_json::from_str::<serde::de::IgnoredAny>(text).map_err(|e| e.to_string())?;
+                let found = match first {
+                    b'[' => "an array",
+                    b'"' => "a string",
+                    b'n' => "null",
+                    b't' | b'f' => "a boolean",
+                    _ => "a number",
+                };
+                return Err(format!("expected a JSON object, found {found}"));
+            }
         }
-        .map_err(|e| e.to_string())
+        serde_json::from_str(text).map_err(|e| e.to_string())
+    }
+}
+
+/// The error of a dead letter for an oversize record.
+/// `max_record_bytes` 0 means unknown.
+pub fn oversize_error(length: u64, max_record_bytes: u64) -> String {
+    match max_record_bytes {
+        0 => format!("record of {length} bytes exceeds max_record_bytes"),
+        max => format!("record of {length} bytes exceeds max_record_bytes ({max})"),
+    }
+}
+
+/// Decodes every record of `chunk` with `format`: values go to `ok`, failures
+/// (and oversize records, see [`Chunk::truncated`]) to `dead` as dead letters
+/// with stage `decode` and source `source`.
+pub fn decode_chunk<T>(
+    format: &impl Format<T>,
+    chunk: &Chunk,
+    source: &str,
+    mut ok: impl FnMut(Rec<T>),
+    mut dead: impl FnMut(DeadLetter),
+) {
+    let dead_letter = |offset, payload: &[u8], error, length| DeadLetter {
+        payload: payload.to_vec(),
+        payload_truncated: (payload.len() as u64) < length,
+        payload_length: length,
+        error,
+        stage: "decode".into(),
+        source: source.to_owned(),
+        partition: chunk.partition,
+        offset,
+        event_time: None,
+    };
+    let one = |offset, payload: &[u8]| {
+        let meta = Meta { partition: chunk.partition, offset, event_time: Meta::NO_TIME };
+        format.decode(payload).map(|value| Rec { meta, value }).map_err(|error| {
+            let length = payload.len() as u64;
+            dead_letter(offset, payload, error, length)
+        })
+    };
+    if chunk.truncated.is_empty() {
+        for (offset, payload) in chunk.records() {
+            match one(offset, payload) {
+                Ok(rec) => ok(rec),
+                Err(letter) => dead(letter),
+            }
+        }
+        return;
+    }
+    let mut truncated = chunk.truncated.iter().peekable();
+    for (i, (offset, payload)) in chunk.records().enumerate() {
+        if let Some(&(_, length)) = truncated.next_if(|t| t.0 as usize == i) {
+            dead(dead_letter(offset, payload, oversize_error(length, chunk.max_record_bytes), length));
+            continue;
+        }
+        match one(offset, payload) {
+            Ok(rec) => ok(rec),
+            Err(letter) => dead(letter),
+        }
     }
 }
 
@@ -64,27 +149,19 @@ impl<'s> Decode<'s> for Raw<'s> {
                     let (mut n_ok, mut n_err) = (0u64, 0u64);
                     for chunk in data.drain(..) {
                         batch.reserve(chunk.len());
-                        for (offset, payload) in chunk.records() {
-                            let meta = Meta { partition: chunk.partition, offset, event_time: Meta::NO_TIME };
-                            match format.decode(payload) {
-                                Ok(value) => {
-                                    n_ok += 1;
-                                    batch.push(Rec { meta, value });
-                                }
-                                Err(error) => {
-                                    n_err += 1;
-                                    errs.give(DeadLetter {
-                                        payload: payload.to_vec(),
-                                        error,
-                                        stage: "decode".into(),
-                                        source: source.clone(),
-                                        partition: chunk.partition,
-                                        offset,
-                                        event_time: None,
-                                    });
-                                }
-                            }
-                        }
+                        decode_chunk(
+                            &format,
+                            &chunk,
+                            &source,
+                            |rec| {
+                                n_ok += 1;
+                                batch.push(rec);
+                            },
+                            |dead| {
+                                n_err += 1;
+                                errs.give(dead);
+                            },
+                        );
                         pool.put(chunk);
                         // One message per chunk: batches stay small enough (about a thousand
                         // records) for the allocator to reuse hot memory, where one batch of a
@@ -136,13 +213,60 @@ mod tests {
         }
     }
 
+    /// Invalid UTF-8 is a dead letter wherever it is, even inside a field the
+    /// type ignores (serde_json's slice reader would accept that record).
     #[test]
-    fn invalid_utf8_is_decoded_or_rejected_like_from_slice() {
-        // Invalid UTF-8 inside an ignored value: serde_json's slice reader skips it.
-        let line = b"{\"v\":1.5,\"x\":\"\xff\"}";
-        assert_eq!(Format::<One>::decode(&Json, line).map(|o| o.v), Ok(1.5));
+    fn invalid_utf8_is_rejected_with_its_position() {
+        let ignored = b"{\"v\":1.5,\"x\":\"\xff\"}";
+        assert_eq!(
+            Format::<One>::decode(&Json, ignored).map(|o| o.v),
+            Err("record is not valid UTF-8: invalid byte at offset 14".to_owned())
+        );
         let bad = b"{\"v\":\"\xff\"}";
-        assert!(Format::<One>::decode(&Json, bad).is_err());
+        assert!(Format::<One>::decode(&Json, bad).is_err_and(|e| e.contains("offset 6")));
+    }
+
+    #[test]
+    fn empty_records_say_so() {
+        assert_eq!(Format::<One>::decode(&Json, b"").map(|o| o.v), Err("empty record".to_owned()));
+        assert_eq!(
+            Format::<One>::decode(&Json, b" \r\t").map(|o| o.v),
+            Err("empty record (only whitespace)".to_owned())
+        );
+        // A cut record is not empty: the parser's message stays.
+        assert!(Format::<One>::decode(&Json, b"{\"v\":").is_err_and(|e| e.contains("EOF")));
+        for (record, found) in
+            [(&b"[1.5]"[..], "an array"), (b" 2", "a number"), (b"\"x\"", "a string"), (b"null", "null")]
+        {
+            assert_eq!(
+                Format::<One>::decode(&Json, record).map(|o| o.v),
+                Err(format!("expected a JSON object, found {found}"))
+            );
+        }
+        // Not JSON at all: serde_json's message.
+        assert!(Format::<One>::decode(&Json, b"#x").is_err_and(|e| e.contains("expected value")));
+    }
+
+    #[test]
+    fn truncated_records_become_dead_letters_without_parsing() {
+        let mut chunk = Chunk { partition: 3, first: 10, sep: 0, ..Chunk::default() };
+        for payload in [&b"{\"v\":1}"[..], b"{\"v\":", b"{\"v\":3}", b"xxxx"] {
+            chunk.data.extend_from_slice(payload);
+            chunk.ends.push(chunk.data.len() as u32);
+        }
+        // Record 2 is valid JSON but marked oversize: it must not be decoded.
+        chunk.truncated = vec![(2, 5000), (3, 4)];
+        chunk.max_record_bytes = 100;
+        let (mut ok, mut dead) = (Vec::new(), Vec::new());
+        decode_chunk(&Json, &chunk, "src", |r: Rec<One>| ok.push((r.meta.offset, r.value.v)), |d| dead.push(d));
+        assert_eq!(ok, vec![(10, 1.0)]);
+        let summary: Vec<_> = dead.iter().map(|d| (d.offset, d.payload_truncated, d.payload_length)).collect();
+        assert_eq!(summary, vec![(11, false, 5), (12, true, 5000), (13, false, 4)]);
+        assert_eq!(dead[1].error, "record of 5000 bytes exceeds max_record_bytes (100)");
+        assert_eq!(dead[1].payload, b"{\"v\":3}");
+        assert!(dead.iter().all(|d| d.stage == "decode" && d.source == "src" && d.partition == 3));
+        chunk.clear();
+        assert!(chunk.truncated.is_empty() && chunk.max_record_bytes == 0);
     }
 
     proptest! {

@@ -51,15 +51,17 @@ impl<'s, T: 'static> EventTimeExt<'s, T> for Flow<'s, T> {
             if let Some(c) = wm_cap.as_mut() {
                 c.downgrade(&start);
             }
-            // Per epoch: the largest event time per partition, and finished partitions.
-            let mut pending: BTreeMap<Epoch, FxHashMap<PartitionId, EventTime>> = BTreeMap::new();
-            let mut emitted: FxHashMap<PartitionId, EventTime> = FxHashMap::default();
+            // Per epoch: the largest event time per partition, finished partitions,
+            // and idleness changes in the order they happened.
+            type Pending = (FxHashMap<PartitionId, EventTime>, Vec<(PartitionId, bool)>);
+            let mut pending: BTreeMap<Epoch, Pending> = BTreeMap::new();
+            let mut emitted: FxHashMap<PartitionId, (EventTime, bool)> = FxHashMap::default();
             move |frontiers| {
                 let mut rec_h = rec_out.activate();
                 let mut wm_h = wm_out.activate();
                 records.for_each(|cap, data: &mut Vec<Rec<T>>| {
                     let Some(&epoch) = cap.least() else { return };
-                    let maxima = pending.entry(epoch).or_default();
+                    let maxima = &mut pending.entry(epoch).or_default().0;
                     for r in data.iter_mut() {
                         let t = time(&r.value);
                         r.meta.event_time = t;
@@ -72,9 +74,15 @@ impl<'s, T: 'static> EventTimeExt<'s, T> for Flow<'s, T> {
                 });
                 events.for_each(|cap, data: &mut Vec<PartitionEvent>| {
                     let Some(&epoch) = cap.least() else { return };
-                    let maxima = pending.entry(epoch).or_default();
-                    for PartitionEvent::Finished(p) in data.drain(..) {
-                        maxima.insert(p, EventTime::MAX);
+                    let (maxima, idleness) = pending.entry(epoch).or_default();
+                    for event in data.drain(..) {
+                        match event {
+                            PartitionEvent::Finished(p) => {
+                                maxima.insert(p, EventTime::MAX);
+                            }
+                            PartitionEvent::Idle(p) => idleness.push((p, true)),
+                            PartitionEvent::Active(p) => idleness.push((p, false)),
+                        }
                     }
                 });
                 let Some(held) = wm_cap.as_mut() else { return };
@@ -86,17 +94,26 @@ impl<'s, T: 'static> EventTimeExt<'s, T> for Flow<'s, T> {
                     }
                     None => std::mem::take(&mut pending),
                 };
-                for (epoch, maxima) in ready {
+                for (epoch, (maxima, idleness)) in ready {
                     let cap = held.delayed(&epoch);
                     let mut session = wm_h.session(&cap);
-                    let mut parts: Vec<_> = maxima.into_iter().collect();
-                    parts.sort_unstable();
-                    for (partition, max) in parts {
+                    let mut changed: FxHashMap<PartitionId, (EventTime, bool)> = FxHashMap::default();
+                    for (partition, max) in maxima {
                         let wm = if max == EventTime::MAX { max } else { max.saturating_sub(delay) };
-                        let prev = emitted.entry(partition).or_insert(EventTime::MIN);
-                        if wm > *prev {
-                            *prev = wm;
-                            session.give(WatermarkUpdate { partition, watermark: wm });
+                        let prev = emitted.get(&partition).copied().unwrap_or((EventTime::MIN, false));
+                        changed.insert(partition, (wm.max(prev.0), prev.1));
+                    }
+                    for (partition, idle) in idleness {
+                        let prev = emitted.get(&partition).copied().unwrap_or((EventTime::MIN, false));
+                        changed.entry(partition).or_insert(prev).1 = idle;
+                    }
+                    let mut parts: Vec<_> = changed.into_iter().collect();
+                    parts.sort_unstable_by_key(|p| p.0);
+                    for (partition, (watermark, idle)) in parts {
+                        let prev = emitted.entry(partition).or_insert((EventTime::MIN, false));
+                        if watermark > prev.0 || idle != prev.1 {
+                            *prev = (watermark, idle);
+                            session.give(WatermarkUpdate { partition, watermark, idle });
                         }
                     }
                 }

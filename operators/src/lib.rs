@@ -10,6 +10,8 @@
 pub mod aggregate;
 pub mod decode;
 pub mod event_time;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod transform;
 pub mod window;
 

@@ -18,8 +18,10 @@ pub trait Transform<'s, T: 'static> {
     fn filter(self, pred: impl Fn(&T) -> bool + 'static) -> Flow<'s, T>;
     /// Transforms every record.
     fn map<U: 'static>(self, f: impl Fn(T) -> U + 'static) -> Flow<'s, U>;
-    /// Transforms every record; an `Err` sends the record (as JSON) to the dead
-    /// letters with `stage` and the error's message.
+    /// Transforms every record; an `Err` sends the record to the dead letters
+    /// with `stage` and the error's message. The dead letter's payload is the
+    /// record's original input bytes (re-read from the source), or the record
+    /// as JSON when it has none (a derived record) or the source cannot re-read.
     fn try_map<U: 'static, E: std::fmt::Display>(
         self,
         stage: &str,
@@ -67,7 +69,7 @@ impl<'s, T: 'static> Transform<'s, T> for Flow<'s, T> {
         T: Serialize,
     {
         let ctx = self.ctx.clone();
-        let source = self.input.as_ref().map(|i| i.source.clone()).unwrap_or_default();
+        let origin = self.input.as_ref().map(|i| i.origin.clone());
         let (stream, meta) = self.into_parts();
         let mut builder = OperatorBuilder::new(format!("TryMap({stage})"), ctx.scope());
         let mut input = builder.new_input(stream, Pipeline);
@@ -89,15 +91,10 @@ impl<'s, T: 'static> Transform<'s, T> for Flow<'s, T> {
                             Ok(value) => oks.give(Rec { meta: r.meta, value }),
                             Err(e) => {
                                 dead.fetch_add(1, Ordering::Relaxed);
-                                errs.give(DeadLetter {
-                                    payload: serde_json::to_vec(&r.value).unwrap_or_default(),
-                                    error: e.to_string(),
-                                    stage: stage.clone(),
-                                    source: source.clone(),
-                                    partition: r.meta.partition,
-                                    offset: r.meta.offset,
-                                    event_time: (r.meta.event_time != weir_core::record::Meta::NO_TIME)
-                                        .then_some(r.meta.event_time),
+                                let error = e.to_string();
+                                errs.give(match &origin {
+                                    Some(info) => info.dead_letter(&r.meta, &stage, error, &r.value),
+                                    None => DeadLetter::of_row(&r.value, error, &stage, ""),
                                 });
                             }
                         }

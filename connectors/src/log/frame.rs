@@ -57,6 +57,16 @@ fn header(buf: &[u8]) -> Option<(usize, u32, [u8; 4])> {
     Some((u32::from_le_bytes(len_bytes) as usize, crc, len_bytes))
 }
 
+/// The payload length the header at the start of `buf` claims, when the header is complete.
+pub(crate) fn claimed_len(buf: &[u8]) -> Option<usize> {
+    header(buf).map(|h| h.0)
+}
+
+/// What a frame whose CRC does not match is reported as.
+pub(crate) fn crc_mismatch(stored: u32, len: usize, computed: u32) -> String {
+    format!("expected CRC-32 {stored:#010x} of a {len}-byte record, computed {computed:#010x}")
+}
+
 /// Parses the frame at the start of `buf`.
 pub(crate) fn parse(buf: &[u8]) -> Frame<'_> {
     let Some((len, stored, len_bytes)) = header(buf) else {
@@ -70,7 +80,7 @@ pub(crate) fn parse(buf: &[u8]) -> Frame<'_> {
     };
     let computed = checksum(len_bytes, payload);
     if computed != stored {
-        return Frame::Bad(format!("expected CRC-32 {stored:#010x} of a {len}-byte record, computed {computed:#010x}"));
+        return Frame::Bad(crc_mismatch(stored, len, computed));
     }
     Frame::Record(payload)
 }

@@ -9,7 +9,8 @@ use weir_core::error::{IoContext, Result};
 use weir_core::record::{Offset, PartitionId};
 
 use super::index::{self, IndexEntry, Loaded};
-use super::segment::{self, check_tail, index_path, list_segments, segment_path};
+use super::segment::{self, Verdict, check_tail, index_path, list_segments, segment_path};
+use super::synced;
 
 /// Directory name of partition `p` inside its topic: `p-00000`, `p-00001`, ...
 pub fn partition_dir_name(p: PartitionId) -> String {
@@ -32,28 +33,39 @@ pub struct PartitionInfo {
 }
 
 /// The end offset of the segment `base`, the last of the partition in `dir`:
-/// scans from the segment's last index entry to its end. Damage there is a torn
+/// scans from the segment's last index entry at or before the sync watermark to its end. Damage there is a torn
 /// tail (the end is before it) or, when valid records follow, an error.
 pub(crate) fn last_segment_end(dir: &Path, base: Offset) -> Result<Offset> {
     let path = segment_path(dir, base);
-    let seg_len = fs::metadata(&path).ctx("stat", &path)?.len();
-    let start = match index::load(&index_path(dir, base), seg_len)? {
-        Loaded::Entries(entries) => entries.last().copied(),
-        Loaded::Missing | Loaded::Damaged(_) => None,
-    };
-    let origin = IndexEntry { rel: 0, pos: 0 };
-    let mut summary = segment::scan_segment(path.clone(), start.unwrap_or(origin), None)?;
-    if let (Some(entry), Some(_)) = (start, &summary.damage)
-        && summary.end_rel == u64::from(entry.rel)
-    {
-        // The entry points at no valid frame (an index newer than its data):
-        // judge the damage from the segment start instead.
-        summary = segment::scan_segment(path, origin, None)?;
+    // A live writer can finish the damaged-looking frame meanwhile: then look again.
+    loop {
+        let seg_len = fs::metadata(&path).ctx("stat", &path)?.len();
+        // Everything after the sync watermark may be a torn append with valid
+        // frames (and index entries) after a hole, so the scan starts at or before
+        // it: the end is then where readers stop.
+        let trusted = match synced::load(dir)? {
+            Some(w) if w.base == base => Some(w.pos),
+            Some(_) => Some(0),
+            None => None,
+        };
+        let start = match index::load(&index_path(dir, base), seg_len)? {
+            Loaded::Entries(entries) => entries.iter().rev().find(|e| trusted.is_none_or(|t| e.pos <= t)).copied(),
+            Loaded::Missing | Loaded::Damaged(_) => None,
+        };
+        let origin = IndexEntry { rel: 0, pos: 0 };
+        let mut summary = segment::scan_segment(path.clone(), start.unwrap_or(origin), None)?;
+        if let (Some(entry), Some(_)) = (start, &summary.damage)
+            && summary.end_rel == u64::from(entry.rel)
+        {
+            // The entry points at no valid frame (an index newer than its data):
+            // judge the damage from the segment start instead.
+            summary = segment::scan_segment(path.clone(), origin, None)?;
+        }
+        match &summary.damage {
+            Some(damage) if check_tail(damage, base)? == Verdict::Changed => continue,
+            _ => return Ok(base + summary.end_rel),
+        }
     }
-    if let Some(damage) = &summary.damage {
-        check_tail(damage)?;
-    }
-    Ok(base + summary.end_rel)
 }
 
 /// The end offset of the partition in `dir` (0 when it has no segment yet).

@@ -5,6 +5,10 @@
 //! A reader never changes the log. At damage in the last segment it waits
 //! (a torn tail the next writer truncates, or a frame still being written);
 //! damage anywhere else is an error.
+//!
+//! A record longer than the reader's `max_record_bytes` is never read whole: its
+//! CRC is checked while streaming it in 1 MiB blocks and the chunk gets its first
+//! KiB as a truncated record ([`Chunk::truncated`]).
 
 use std::path::PathBuf;
 
@@ -14,7 +18,8 @@ use weir_core::source::{PartitionReader, ReadStatus};
 
 use super::frame::{self, HEADER, MAX_RECORD_BYTES};
 use super::index::{self, IndexEntry, Loaded};
-use super::segment::{Scanner, Step, check_tail, index_path, list_segments, segment_path};
+use super::segment::{READ_BLOCK, Scanner, Step, Verdict, check_tail, index_path, list_segments, segment_path};
+use crate::record_limit::{DEFAULT_MAX_RECORD_BYTES, check_max_record_bytes};
 
 /// Most payload bytes one chunk takes, so its `u32` ends cannot overflow.
 const CHUNK_LIMIT: usize = u32::MAX as usize - MAX_RECORD_BYTES;
@@ -32,6 +37,8 @@ pub struct LogReader {
     sealed: bool,
     next: Offset,
     until: Option<Offset>,
+    /// Records longer than this are handed over truncated.
+    max_record_bytes: usize,
 }
 
 /// Why [`LogReader::pump`] returned.
@@ -55,9 +62,24 @@ impl LogReader {
         from: Offset,
         until: Option<Offset>,
     ) -> Result<LogReader> {
+        Self::open_limited(dir, partition, from, until, DEFAULT_MAX_RECORD_BYTES)
+    }
+
+    /// [`LogReader::open`] handing over records longer than `max_record_bytes`
+    /// (1 byte to 1 GiB) as truncated chunk entries.
+    pub fn open_limited(
+        dir: impl Into<PathBuf>,
+        partition: PartitionId,
+        from: Offset,
+        until: Option<Offset>,
+        max_record_bytes: u64,
+    ) -> Result<LogReader> {
+        check_max_record_bytes(max_record_bytes)?;
         let dir = dir.into();
         let bases = list_segments(&dir)?;
-        let mut reader = LogReader { dir, partition, base: 0, scanner: None, sealed: false, next: 0, until };
+        let max_record_bytes = usize::try_from(max_record_bytes).unwrap_or(usize::MAX);
+        let mut reader =
+            LogReader { dir, partition, base: 0, scanner: None, sealed: false, next: 0, until, max_record_bytes };
         let Some(i) = bases.partition_point(|&b| b <= from).checked_sub(1) else {
             return match bases.first() {
                 Some(&first) => Err(reader.bad_offset(from, &format!("its first offset is {first}"))),
@@ -69,7 +91,7 @@ impl LogReader {
         let entry = reader.seek_entry(base, from - base)?;
         reader.base = base;
         reader.next = base + u64::from(entry.rel);
-        reader.scanner = Some(Scanner::open(segment_path(&reader.dir, base), entry.pos)?);
+        reader.scanner = Some(Scanner::open(segment_path(&reader.dir, base), entry.pos, max_record_bytes)?);
         if reader.pump(usize::MAX, from, None)? == Pump::Idle {
             let end = format!("its end offset is {}", reader.next);
             return Err(reader.bad_offset(from, &end));
@@ -99,8 +121,8 @@ impl LogReader {
         };
         let entry = index::lookup(&entries, rel);
         if entry.pos > 0 {
-            let mut scanner = Scanner::open(seg, entry.pos)?;
-            if !matches!(scanner.next()?, Step::Record(_)) {
+            let mut scanner = Scanner::open(seg, entry.pos, READ_BLOCK)?;
+            if !matches!(scanner.next()?, Step::Record(_) | Step::Oversize { .. }) {
                 tracing::warn!(
                     "ignoring the index {}: entry for record {} points at no valid frame",
                     ix_path.display(),
@@ -130,7 +152,7 @@ impl LogReader {
                 if !next_path.exists() {
                     return Ok(Pump::Idle);
                 }
-                self.scanner = Some(Scanner::open(next_path, 0)?);
+                self.scanner = Some(Scanner::open(next_path, 0, self.max_record_bytes)?);
                 self.base = self.next;
                 self.sealed = false;
                 continue;
@@ -149,6 +171,16 @@ impl LogReader {
                     taken = taken.saturating_add(HEADER + payload.len());
                     self.next += 1;
                 }
+                Step::Oversize { prefix, len } => {
+                    if let Some(out) = out.as_deref_mut() {
+                        out.truncated.push((out.ends.len() as u32, len as u64));
+                        out.max_record_bytes = self.max_record_bytes as u64;
+                        out.data.extend_from_slice(prefix);
+                        out.ends.push(out.data.len() as u32);
+                    }
+                    taken = taken.saturating_add(HEADER + len);
+                    self.next += 1;
+                }
                 Step::End { partial, len } => {
                     if partial > 0 && taken > 0 {
                         // Hand over the records read so far; the next call looks again.
@@ -163,6 +195,12 @@ impl LogReader {
                         self.sealed = true;
                         continue;
                     }
+                    if partial == 0 && self.until.is_some_and(|u| self.next < u) && later_segment(false)? {
+                        // A bounded read that would wait forever: a later segment exists
+                        // but none starts where this one ends.
+                        let what = format!("the segment ends at offset {}, but no segment starts there", self.next);
+                        return Err(scanner.damage(what).into_error("later segments exist, so records are missing"));
+                    }
                     if self.sealed {
                         if partial > 0 {
                             let what = frame::describe_incomplete(len, partial);
@@ -173,12 +211,13 @@ impl LogReader {
                         continue;
                     }
                     if partial > 0 {
-                        if partial >= HEADER {
-                            check_tail(&scanner.damage(frame::describe_incomplete(len, partial)))?;
-                        }
+                        let verdict = check_tail(&scanner.damage(frame::describe_incomplete(len, partial)), base)?;
                         // Drop the partial frame: it is re-read once complete (or rewritten).
                         let pos = scanner.pos();
                         scanner.reset_to(pos)?;
+                        if verdict == Verdict::Changed {
+                            continue;
+                        }
                     }
                     return Ok(Pump::Idle);
                 }
@@ -190,8 +229,11 @@ impl LogReader {
                     if later_segment(self.sealed)? {
                         return Err(damage.into_error("the segment is not the last one"));
                     }
-                    check_tail(&damage)?;
+                    let verdict = check_tail(&damage, base)?;
                     scanner.reset_to(damage.pos)?;
+                    if verdict == Verdict::Changed {
+                        continue;
+                    }
                     return Ok(Pump::Idle);
                 }
             }
@@ -211,6 +253,7 @@ impl PartitionReader for LogReader {
             out.kind = OffsetKind::Records;
             out.sep = 0;
             out.data.clear();
+            out.truncated.clear();
         }
         let before = out.len();
         let budget = max_bytes.min(CHUNK_LIMIT.saturating_sub(out.data.len()));

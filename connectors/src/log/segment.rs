@@ -1,20 +1,23 @@
 //! Segment files: their names, listing them, and [`Scanner`], which walks the
 //! frames of one segment with large buffered reads (1 MiB) and parses them from
-//! the buffer. Also the one decision about damage ([`check_tail`]): a torn tail
-//! or corruption.
+//! the buffer. A record longer than the scanner's limit is checked with a
+//! streaming CRC and handed over as its first KiB ([`Step::Oversize`]), so no
+//! frame header, valid or forged, makes a scan allocate more than the limit.
+//! Also the one decision about damage ([`check_tail`]): a torn tail or corruption.
 
 use std::fs::{self, File};
 use std::io::{ErrorKind, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use weir_core::error::{Error, IoContext, Result};
-use weir_core::record::Offset;
+use weir_core::record::{Offset, TRUNCATED_PREFIX_BYTES};
 
-use super::frame::{self, Frame, HEADER, RESYNC_BUDGET, Resync};
+use super::frame::{self, Frame, HEADER, MAX_RECORD_BYTES, RESYNC_BUDGET, Resync};
 use super::index::{IndexEntry, Indexer};
+use super::synced;
 
 /// Bytes asked from the OS per read.
-const READ_BLOCK: usize = 1 << 20;
+pub(crate) const READ_BLOCK: usize = 1 << 20;
 
 /// File name of the segment whose first record is `base`.
 pub(crate) fn segment_path(dir: &Path, base: Offset) -> PathBuf {
@@ -51,6 +54,9 @@ pub(crate) fn list_segments(dir: &Path) -> Result<Vec<Offset>> {
 pub(crate) enum Step<'a> {
     /// A valid record.
     Record(&'a [u8]),
+    /// A valid record longer than the scanner's limit: its first
+    /// [`TRUNCATED_PREFIX_BYTES`] and its length.
+    Oversize { prefix: &'a [u8], len: usize },
     /// The end of the file; `partial` bytes of an incomplete frame (whose header
     /// claims a payload of `len` bytes, when complete) follow the last record.
     End { partial: usize, len: Option<usize> },
@@ -71,14 +77,19 @@ pub(crate) struct Scanner {
     start: usize,
     end: usize,
     pos: u64,
+    /// Records longer than this are [`Step::Oversize`].
+    limit: usize,
+    /// The prefix of the last oversize record.
+    prefix: Vec<u8>,
 }
 
 impl Scanner {
-    /// Opens the segment at `path` positioned at byte `pos` (a frame start).
-    pub(crate) fn open(path: PathBuf, pos: u64) -> Result<Scanner> {
+    /// Opens the segment at `path` positioned at byte `pos` (a frame start);
+    /// records longer than `limit` bytes are returned as [`Step::Oversize`].
+    pub(crate) fn open(path: PathBuf, pos: u64, limit: usize) -> Result<Scanner> {
         let mut file = File::open(&path).ctx("open", &path)?;
         file.seek(SeekFrom::Start(pos)).ctx("seek", &path)?;
-        Ok(Scanner { path, file, buf: Vec::new(), start: 0, end: 0, pos })
+        Ok(Scanner { path, file, buf: Vec::new(), start: 0, end: 0, pos, limit, prefix: Vec::new() })
     }
 
     /// Byte position of the next frame.
@@ -99,6 +110,13 @@ impl Scanner {
     /// The next frame.
     pub(crate) fn next(&mut self) -> Result<Step<'_>> {
         loop {
+            let claimed = frame::claimed_len(&self.buf[self.start..self.end]);
+            if let Some(len) = claimed
+                && len > self.limit
+                && len <= MAX_RECORD_BYTES
+            {
+                return self.stream_oversize(len);
+            }
             match frame::parse(&self.buf[self.start..self.end]) {
                 Frame::Record(payload) => {
                     let len = payload.len();
@@ -115,6 +133,48 @@ impl Scanner {
                 }
             }
         }
+    }
+
+    /// Checks the frame of a `len`-byte payload at the buffer's start (its header
+    /// buffered) with a streaming CRC, reading [`READ_BLOCK`]s, and keeps only its
+    /// prefix. On damage or the end of the file the scanner is back at the frame.
+    fn stream_oversize(&mut self, len: usize) -> Result<Step<'_>> {
+        let frame_pos = self.pos;
+        let header = &self.buf[self.start..self.start + HEADER];
+        let len_bytes = [header[0], header[1], header[2], header[3]];
+        let stored = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+        let mut hasher = crc32fast::Hasher::new();
+        hasher.update(&len_bytes);
+        self.prefix.clear();
+        let mut at = self.start + HEADER;
+        let mut remaining = len;
+        loop {
+            let take = (self.end - at).min(remaining);
+            let piece = &self.buf[at..at + take];
+            hasher.update(piece);
+            let room = TRUNCATED_PREFIX_BYTES.saturating_sub(self.prefix.len()).min(take);
+            self.prefix.extend_from_slice(&piece[..room]);
+            at += take;
+            remaining -= take;
+            if remaining == 0 {
+                break;
+            }
+            self.start = at;
+            if !self.fill(READ_BLOCK)? {
+                let partial = HEADER + len - remaining;
+                self.reset_to(frame_pos)?;
+                return Ok(Step::End { partial, len: Some(len) });
+            }
+            at = self.start;
+        }
+        self.start = at;
+        let computed = hasher.finalize();
+        if computed != stored {
+            self.reset_to(frame_pos)?;
+            return Ok(Step::Bad(frame::crc_mismatch(stored, len, computed)));
+        }
+        self.pos += frame::frame_len(len);
+        Ok(Step::Oversize { prefix: &self.prefix, len })
     }
 
     /// Reads more of the file so that at least `need` bytes could be buffered;
@@ -164,20 +224,59 @@ impl Damage {
     }
 }
 
-/// Decides about damage in the **last** segment: `Ok` when it is a torn tail (no
-/// valid frame starts anywhere between it and the end of the file), the
-/// corruption error otherwise.
-pub(crate) fn check_tail(damage: &Damage) -> Result<()> {
-    let mut file = File::open(&damage.path).ctx("open", &damage.path)?;
-    file.seek(SeekFrom::Start(damage.pos)).ctx("seek", &damage.path)?;
-    let mut region = Vec::new();
-    file.read_to_end(&mut region).ctx("read", &damage.path)?;
-    let why = match frame::find_valid_frame(&region, RESYNC_BUDGET) {
-        Resync::NotFound => return Ok(()),
-        Resync::Found(at) => {
-            format!("a valid record follows at byte {}, so this is not a torn tail", damage.pos + at as u64)
+/// What [`check_tail`] decided about damage in the last segment.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// A torn tail: stop (readers) or truncate (the writer) there.
+    Tail,
+    /// Read again: the frame is valid now (a writer finished it since it was read).
+    Changed,
+}
+
+/// Decides about damage in the **last** segment `base` of its partition (the rule
+/// of the [module docs](super)): with a sync watermark, damage at or after it is a
+/// torn tail and damage before it corruption; without one (a partition from before
+/// watermarks, or a damaged watermark file), a torn tail when no valid frame
+/// starts anywhere between the damage and the end of the file.
+///
+/// Before calling damage before the watermark corruption, the frame is read again
+/// *after* the watermark was: a live writer stores the watermark only once the
+/// data it covers is written, so a frame still bad then is really damaged.
+pub(crate) fn check_tail(damage: &Damage, base: Offset) -> Result<Verdict> {
+    let dir = damage.path.parent().unwrap_or(Path::new("."));
+    let why = match synced::load(dir)? {
+        Some(w) if w.base > base => {
+            let path = synced::path(dir);
+            let what = format!(
+                "the sync watermark is in segment {}, after the last segment {base}: synced segments are missing",
+                w.base
+            );
+            return Err(Error::corrupt(path, 0, what));
         }
-        Resync::GaveUp => format!("could not tell a torn tail from corruption within {RESYNC_BUDGET} bytes of search"),
+        Some(w) if w.base == base && damage.pos < w.pos => {
+            let mut again = Scanner::open(damage.path.clone(), damage.pos, READ_BLOCK)?;
+            if matches!(again.next()?, Step::Record(_) | Step::Oversize { .. }) {
+                return Ok(Verdict::Changed);
+            }
+            format!("it is before byte {} up to which the segment was synced, so it is not a torn tail", w.pos)
+        }
+        Some(_) => return Ok(Verdict::Tail),
+        None => {
+            let mut file = File::open(&damage.path).ctx("open", &damage.path)?;
+            file.seek(SeekFrom::Start(damage.pos)).ctx("seek", &damage.path)?;
+            let mut region = Vec::new();
+            file.read_to_end(&mut region).ctx("read", &damage.path)?;
+            match frame::find_valid_frame(&region, RESYNC_BUDGET) {
+                Resync::NotFound => return Ok(Verdict::Tail),
+                Resync::Found(at) => format!(
+                    "a valid record follows at byte {} and the partition has no sync watermark, so this is not a torn tail",
+                    damage.pos + at as u64
+                ),
+                Resync::GaveUp => {
+                    format!("could not tell a torn tail from corruption within {RESYNC_BUDGET} bytes of search")
+                }
+            }
+        }
     };
     Err(damage.clone().into_error(&why))
 }
@@ -199,13 +298,14 @@ pub(crate) struct Summary {
 /// first damaged frame, counting records and, with an indexer, collecting the
 /// index entries of the records it passes.
 pub(crate) fn scan_segment(path: PathBuf, from: IndexEntry, mut indexer: Option<&mut Indexer>) -> Result<Summary> {
-    let mut scanner = Scanner::open(path, from.pos)?;
+    // Payloads are not needed: larger ones are only checksummed, with bounded buffers.
+    let mut scanner = Scanner::open(path, from.pos, READ_BLOCK)?;
     let mut rel = u64::from(from.rel);
     let mut entries = Vec::new();
     let damage = loop {
         let pos = scanner.pos();
         match scanner.next()? {
-            Step::Record(_) => {
+            Step::Record(_) | Step::Oversize { .. } => {
                 if let Some(ix) = indexer.as_deref_mut() {
                     entries.extend(ix.observe(rel as u32, pos));
                 }
@@ -255,12 +355,38 @@ mod tests {
         let path = dir.path().join("s.log");
         let big = vec![7u8; READ_BLOCK + 10];
         write_frames(&path, &[b"a", &big, b"c"])?;
-        let mut s = Scanner::open(path, 0)?;
+        let mut s = Scanner::open(path.clone(), 0, usize::MAX)?;
         assert!(matches!(s.next()?, Step::Record(b"a")));
         assert!(matches!(s.next()?, Step::Record(r) if r == &big[..]));
         assert!(matches!(s.next()?, Step::Record(b"c")));
         assert!(matches!(s.next()?, Step::End { partial: 0, len: None }));
+        // With a limit, the big record is checked by streaming and only its prefix kept.
+        let mut s = Scanner::open(path.clone(), 0, 100)?;
+        assert!(matches!(s.next()?, Step::Record(b"a")));
+        assert!(
+            matches!(s.next()?, Step::Oversize { prefix, len } if prefix == &big[..TRUNCATED_PREFIX_BYTES] && len == big.len())
+        );
+        assert!(s.buf.len() <= READ_BLOCK, "buffer {}", s.buf.len());
+        assert!(matches!(s.next()?, Step::Record(b"c")));
+        // A damaged or cut big record is reported like any other, at its frame.
+        let start = 9;
+        flip(&path, start + 8 + 500_000)?;
+        let mut s = Scanner::open(path.clone(), 0, 100)?;
+        assert!(matches!(s.next()?, Step::Record(b"a")));
+        assert!(matches!(s.next()?, Step::Bad(m) if m.contains("CRC-32")));
+        assert_eq!(s.pos(), start);
+        let f = fs::OpenOptions::new().write(true).open(&path).ctx("open", &path)?;
+        f.set_len(start + 600_000).ctx("truncate", &path)?;
+        let mut s = Scanner::open(path, start, 100)?;
+        assert!(matches!(s.next()?, Step::End { partial: 600_000, len: Some(n) } if n == big.len()));
+        assert_eq!(s.pos(), start);
         Ok(())
+    }
+
+    fn flip(path: &Path, at: u64) -> Result<()> {
+        let mut bytes = fs::read(path).ctx("read", path)?;
+        bytes[at as usize] ^= 1;
+        fs::write(path, bytes).ctx("write", path)
     }
 
     #[test]
@@ -276,7 +402,7 @@ mod tests {
         assert_eq!(summary.valid_len, starts[2]);
         let damage = summary.damage.ok_or_else(|| Error::Pipeline("no damage".into()))?;
         assert_eq!(damage.pos, starts[2]);
-        assert!(check_tail(&damage).is_ok());
+        assert_eq!(check_tail(&damage, 0)?, Verdict::Tail);
         Ok(())
     }
 }

@@ -215,7 +215,7 @@ fn assert_tail_repaired(dir: &Path, all: &[Vec<u8>], valid: usize, at: u64) -> R
     assert_eq!(super::partition::end_offset(dir)?, valid as Offset);
     assert_eq!(file_len(&last)?, len_before);
 
-    let (writer, warnings) = capture_warnings(|| PartitionWriter::open(dir, small(300)));
+    let (writer, warnings) = capture_warnings(|| PartitionWriter::open(dir, small(100_000)));
     let mut writer = writer?;
     let repair = writer.tail_repair().cloned().ok_or(Error::Pipeline("no repair".into()))?;
     assert_eq!((repair.file.as_path(), repair.offset), (last.as_path(), at));
@@ -266,19 +266,35 @@ fn zeroed_tail_is_truncated() -> Result<()> {
     assert_tail_repaired(dir.path(), &all, 10, len)
 }
 
+fn synced(fsync: FsyncPolicy, segment_bytes: u64) -> LogConfig {
+    LogConfig { fsync, ..small(segment_bytes) }
+}
+
+/// Byte position of record `i` in a single-segment partition of `all`.
+fn position(all: &[Vec<u8>], i: usize) -> u64 {
+    all[..i].iter().map(|r| 8 + r.len() as u64).sum()
+}
+
+fn overwrite(path: &Path, at: u64, bytes: &[u8]) -> Result<()> {
+    let mut content = fs::read(path).ctx("read", path)?;
+    content[at as usize..at as usize + bytes.len()].copy_from_slice(bytes);
+    fs::write(path, content).ctx("write", path)
+}
+
 #[test]
 fn corruption_before_the_tail_is_an_error_naming_file_and_offset() -> Result<()> {
     let dir = tempdir()?;
-    let all = write_records(dir.path(), small(100_000), 30, 30)?;
+    // Fsynced: every record is before the sync watermark.
+    let all = write_records(dir.path(), synced(FsyncPolicy::Always, 100_000), 30, 30)?;
     let seg = segment_path(dir.path(), 0);
-    let at: u64 = all[..10].iter().map(|r| 8 + r.len() as u64).sum();
+    let at = position(&all, 10);
     flip_byte(&seg, at + 9)?;
     let expected = Some((seg.clone(), at));
 
     let e = PartitionWriter::open(dir.path(), small(100_000)).unwrap_err();
     assert_eq!(corrupt_at(&e), expected, "{e}");
     assert!(e.to_string().contains(&seg.display().to_string()), "{e}");
-    assert!(e.to_string().contains("valid record follows"), "{e}");
+    assert!(e.to_string().contains("synced"), "{e}");
     // The end offset comes from the last index entry on (damage before it is
     // found by whoever reads there).
     assert_eq!(super::partition::end_offset(dir.path())?, 30);
@@ -289,7 +305,159 @@ fn corruption_before_the_tail_is_an_error_naming_file_and_offset() -> Result<()>
     let e = reader.read(1 << 20, &mut Chunk::default()).unwrap_err();
     assert_eq!(corrupt_at(&e), expected, "{e}");
     // Nothing was truncated.
-    assert_eq!(file_len(&seg)?, all.iter().map(|r| 8 + r.len() as u64).sum::<u64>());
+    assert_eq!(file_len(&seg)?, position(&all, 30));
+    Ok(())
+}
+
+/// Appends `n` records without fsyncing them (the state a crash mid-append can
+/// leave), after `synced_n` fsynced ones, in one segment. Returns all records
+/// and the byte where the unsynced append starts.
+fn synced_then_unsynced(dir: &Path, synced_n: usize, n: usize) -> Result<(Vec<Vec<u8>>, u64)> {
+    let all: Vec<Vec<u8>> = (0..synced_n + n).map(record).collect();
+    let refs: Vec<&[u8]> = all.iter().map(Vec::as_slice).collect();
+    PartitionWriter::open(dir, synced(FsyncPolicy::Always, 100_000))?.append(&refs[..synced_n])?;
+    PartitionWriter::open(dir, small(100_000))?.append(&refs[synced_n..])?;
+    let at = position(&all, synced_n);
+    Ok((all, at))
+}
+
+#[test]
+fn a_hole_followed_by_valid_frames_after_the_watermark_is_a_torn_tail() -> Result<()> {
+    for filler in [0u8, 0xab] {
+        let dir = tempdir()?;
+        let (all, at) = synced_then_unsynced(dir.path(), 12, 10)?;
+        // The first two frames of the unsynced append never reached the disk;
+        // its later pages (valid frames) did.
+        let hole = position(&all, 14) - at;
+        overwrite(&segment_path(dir.path(), 0), at, &vec![filler; hole as usize])?;
+        assert_tail_repaired(dir.path(), &all, 12, at)?;
+    }
+    Ok(())
+}
+
+#[test]
+fn damage_in_the_last_segment_after_a_roll_without_fsync_is_a_torn_tail() -> Result<()> {
+    let dir = tempdir()?;
+    let all: Vec<Vec<u8>> = (0..40).map(record).collect();
+    let refs: Vec<&[u8]> = all.iter().map(Vec::as_slice).collect();
+    PartitionWriter::open(dir.path(), synced(FsyncPolicy::Always, 300))?.append(&refs[..10])?;
+    // Unsynced appends roll into new segments: the watermark stays in an earlier one.
+    PartitionWriter::open(dir.path(), small(300))?.append(&refs[10..])?;
+    let segments = list_segments(dir.path())?;
+    let last = *segments.last().unwrap_or(&0);
+    assert!(segments.len() > 2 && last > 10, "{segments:?}");
+    let path = segment_path(dir.path(), last);
+    overwrite(&path, 0, &[0u8; 12])?;
+    assert_tail_repaired(dir.path(), &all, last as usize, 0)
+}
+
+#[test]
+fn without_a_watermark_valid_frames_after_damage_mean_corruption() -> Result<()> {
+    let dir = tempdir()?;
+    let (all, at) = synced_then_unsynced(dir.path(), 12, 10)?;
+    fs::remove_file(dir.path().join("synced.pos")).ctx("remove", dir.path())?;
+    let seg = segment_path(dir.path(), 0);
+    overwrite(&seg, at, &[0u8; 16])?;
+    let e = PartitionWriter::open(dir.path(), small(100_000)).unwrap_err();
+    assert_eq!(corrupt_at(&e), Some((seg.clone(), at)), "{e}");
+    assert!(e.to_string().contains("no sync watermark"), "{e}");
+    let mut reader = LogReader::open(dir.path(), 0, 0, None)?;
+    let e = drain(&mut reader, 1 << 20).unwrap_err();
+    assert_eq!(corrupt_at(&e), Some((seg.clone(), at)), "{e}");
+    // A damaged watermark counts as none.
+    fs::write(dir.path().join("synced.pos"), [1u8; 24]).ctx("write", dir.path())?;
+    assert!(PartitionWriter::open(dir.path(), small(100_000)).is_err());
+    // Without valid frames after the damage it is a tail, watermark or not.
+    fs::remove_file(dir.path().join("synced.pos")).ctx("remove", dir.path())?;
+    let f = OpenOptions::new().write(true).open(&seg).ctx("open", &seg)?;
+    f.set_len(at + 20).ctx("truncate", &seg)?;
+    drop(f);
+    assert_tail_repaired(dir.path(), &all, 12, at)
+}
+
+#[test]
+fn a_watermark_past_the_last_segment_is_corruption() -> Result<()> {
+    let dir = tempdir()?;
+    write_records(dir.path(), synced(FsyncPolicy::Always, 200), 30, 5)?;
+    let segments = list_segments(dir.path())?;
+    let last = *segments.last().unwrap_or(&0);
+    fs::remove_file(segment_path(dir.path(), last)).ctx("remove", dir.path())?;
+    // The now-last segment ends in a cut frame so that its damage is judged.
+    let prev = segment_path(dir.path(), segments[segments.len() - 2]);
+    let len = file_len(&prev)?;
+    OpenOptions::new().write(true).open(&prev).ctx("open", &prev)?.set_len(len - 1).ctx("truncate", &prev)?;
+    let e = PartitionWriter::open(dir.path(), small(200)).unwrap_err();
+    assert!(e.to_string().contains("synced.pos") && e.to_string().contains("missing"), "{e}");
+    Ok(())
+}
+
+#[test]
+fn the_watermark_follows_fsyncs() -> Result<()> {
+    let dir = tempdir()?;
+    let mut writer = PartitionWriter::open(dir.path(), synced(FsyncPolicy::Always, 300))?;
+    assert_eq!(super::synced::load(dir.path())?, Some(super::synced::Synced { base: 0, pos: 0 }));
+    writer.append(&[b"one", b"two"])?;
+    assert_eq!(super::synced::load(dir.path())?, Some(super::synced::Synced { base: 0, pos: 22 }));
+    let mut lazy = {
+        drop(writer);
+        PartitionWriter::open(dir.path(), small(300))?
+    };
+    lazy.append(&[b"three"])?;
+    assert_eq!(super::synced::load(dir.path())?.map(|w| w.pos), Some(22));
+    lazy.sync()?;
+    assert_eq!(super::synced::load(dir.path())?.map(|w| w.pos), Some(35));
+    Ok(())
+}
+
+#[test]
+fn a_failed_fsync_poisons_the_writer() -> Result<()> {
+    for fsync in [FsyncPolicy::Always, FsyncPolicy::Never] {
+        let dir = tempdir()?;
+        let mut writer = PartitionWriter::open(dir.path(), synced(fsync, 100_000))?;
+        writer.append(&[b"durable"])?;
+        writer.sync()?;
+        writer.fail_next_sync = true;
+        let first = match fsync {
+            FsyncPolicy::Always => writer.append(&[b"lost?"]).unwrap_err(),
+            _ => {
+                writer.append(&[b"lost?"])?;
+                writer.sync().unwrap_err()
+            }
+        };
+        assert!(first.to_string().contains("injected fsync failure"), "{first}");
+        let seg = segment_path(dir.path(), 0);
+        let len = file_len(&seg)?;
+        // No later call fsyncs again or writes: they all fail, naming the first failure.
+        for e in [writer.sync().unwrap_err(), writer.append(&[b"more"]).unwrap_err(), writer.sync().unwrap_err()] {
+            let message = e.to_string();
+            assert!(message.contains("poisoned") && message.contains("injected fsync failure"), "{message}");
+        }
+        assert_eq!(file_len(&seg)?, len);
+        assert_eq!(super::synced::load(dir.path())?.map(|w| w.pos), Some(15));
+        // Reopening re-validates what is on disk.
+        drop(writer);
+        let mut writer = PartitionWriter::open(dir.path(), synced(fsync, 100_000))?;
+        assert_eq!(writer.append(&[b"again"])?, 2);
+    }
+    Ok(())
+}
+
+#[test]
+fn oversize_records_are_streamed_and_damage_in_them_is_found() -> Result<()> {
+    let dir = tempdir()?;
+    let big = vec![b'z'; 2_500_000];
+    PartitionWriter::open(dir.path(), synced(FsyncPolicy::Always, 100 << 20))?.append(&[b"a", &big, b"c"])?;
+    let mut reader = LogReader::open_limited(dir.path(), 0, 0, None, 4096)?;
+    let mut chunk = Chunk::default();
+    assert_eq!(reader.read(1 << 30, &mut chunk)?, ReadStatus::Data);
+    assert_eq!(chunk.truncated, vec![(1, big.len() as u64)]);
+    assert_eq!(chunk.records().map(|(_, r)| r.len()).collect::<Vec<_>>(), vec![1, 1024, 1]);
+    // A flipped byte deep inside the (synced) big record is corruption at its frame.
+    let seg = segment_path(dir.path(), 0);
+    flip_byte(&seg, 9 + 8 + 2_000_000)?;
+    let mut reader = LogReader::open_limited(dir.path(), 0, 0, None, 4096)?;
+    let e = drain(&mut reader, 1 << 30).unwrap_err();
+    assert_eq!(corrupt_at(&e), Some((seg, 9)), "{e}");
     Ok(())
 }
 

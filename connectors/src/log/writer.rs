@@ -2,6 +2,13 @@
 //! partition's lock file, repairs a torn tail when it opens (the only code that
 //! ever truncates the log), appends batches with one `write` per segment
 //! touched, rolls segments, keeps the index and fsyncs per [`FsyncPolicy`].
+//!
+//! After each successful fsync it stores the sync watermark ([`super::synced`]).
+//! A failed fsync poisons the writer: every later `append` and `sync` fails,
+//! because after an fsync error the kernel may have dropped the dirty pages and
+//! marked them clean, so a second fsync can "succeed" without the data being on
+//! disk. Reopening the partition (which re-validates what is on disk) is the only
+//! way on.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -14,7 +21,8 @@ use weir_core::record::Offset;
 use super::config::{FsyncPolicy, LogConfig};
 use super::frame::{self, MAX_RECORD_BYTES};
 use super::index::{self, IndexEntry, Indexer, Loaded};
-use super::segment::{self, Summary, check_tail, index_path, list_segments, segment_path};
+use super::segment::{self, Summary, Verdict, check_tail, index_path, list_segments, segment_path};
+use super::synced::{self, Synced};
 
 /// Name of the lock file in a partition directory.
 const LOCK_FILE: &str = "writer.lock";
@@ -63,13 +71,26 @@ pub struct PartitionWriter {
     entries: Vec<u8>,
     last_sync: Instant,
     unsynced: bool,
-    /// An earlier write failed: the files may not match the writer's state.
-    failed: bool,
+    /// Whether the active segment's directory entry is known durable.
+    dir_synced: bool,
+    /// The sync watermark file.
+    synced: File,
+    /// An earlier write or fsync failed: the files may not match the writer's
+    /// state, or synced data may be lost. Poisons the writer.
+    failed: Option<String>,
     repair: Option<TailRepair>,
+    /// Test seam: the next fsync of the segment fails.
+    #[cfg(test)]
+    pub(crate) fail_next_sync: bool,
 }
 
 fn fsync_dir(dir: &Path) -> Result<()> {
     File::open(dir).ctx("open", dir)?.sync_all().ctx("fsync", dir)
+}
+
+/// The base offset of a segment from its file name (0 when it is not a segment name).
+fn segment_base(path: &Path) -> Offset {
+    path.file_stem().and_then(|s| s.to_str()).and_then(|s| s.parse().ok()).unwrap_or(0)
 }
 
 fn open_append(path: &Path) -> Result<File> {
@@ -127,6 +148,7 @@ impl PartitionWriter {
         fs::create_dir_all(&dir).ctx("create directory", &dir)?;
         let lock = lock(&dir)?;
         let bases = list_segments(&dir)?;
+        let mut synced_file = None;
         let base = match bases.split_last() {
             Some((&last, sealed)) => {
                 for &b in sealed {
@@ -135,6 +157,11 @@ impl PartitionWriter {
                 last
             }
             None => {
+                // The watermark comes first, so that a partition with a segment always
+                // has one: nothing is synced yet.
+                let file = synced::open(&dir)?;
+                synced::store(&file, &dir, Synced { base: 0, pos: 0 })?;
+                synced_file = Some(file);
                 let path = segment_path(&dir, 0);
                 File::create(&path).ctx("create", &path)?;
                 if config.fsync != FsyncPolicy::Never {
@@ -154,7 +181,11 @@ impl PartitionWriter {
             index::write(&ix_path, &summary.entries)?;
         }
 
-        Ok(PartitionWriter {
+        let synced = match synced_file {
+            Some(file) => file,
+            None => synced::open(&dir)?,
+        };
+        let mut writer = PartitionWriter {
             segment: open_append(&seg_path)?,
             index: open_append(&ix_path)?,
             dir,
@@ -167,10 +198,24 @@ impl PartitionWriter {
             frames: Vec::new(),
             entries: Vec::new(),
             last_sync: Instant::now(),
-            unsynced: false,
-            failed: false,
+            // What an earlier writer left may still be only in the page cache:
+            // one fsync makes it (and the watermark saying so) durable.
+            unsynced: config.fsync != FsyncPolicy::Never,
+            dir_synced: config.fsync != FsyncPolicy::Never,
+            synced,
+            failed: None,
             repair,
-        })
+            #[cfg(test)]
+            fail_next_sync: false,
+        };
+        if config.fsync != FsyncPolicy::Never {
+            writer.sync()?;
+        } else if synced::load(&writer.dir)?.is_none_or(|w| w.base < base) {
+            // Nothing of the last segment is known synced (a partition from before
+            // watermarks gets one here, so its tail is judged by the watermark rule).
+            synced::store(&writer.synced, &writer.dir, Synced { base, pos: 0 })?;
+        }
+        Ok(writer)
     }
 
     /// Truncates the damaged tail the scan of the last segment found, if any.
@@ -178,7 +223,10 @@ impl PartitionWriter {
         let Some(damage) = &summary.damage else {
             return Ok(None);
         };
-        check_tail(damage)?;
+        if check_tail(damage, segment_base(path))? == Verdict::Changed {
+            // Only this writer (holding the lock) writes the partition.
+            return Err(damage.clone().into_error("the segment changed while its writer held the lock"));
+        }
         let file = OpenOptions::new().write(true).open(path).ctx("open", path)?;
         let len = file.metadata().ctx("stat", path)?.len();
         file.set_len(damage.pos).ctx("truncate", path)?;
@@ -209,13 +257,7 @@ impl PartitionWriter {
     /// is written. After an I/O error the writer refuses further appends: reopen
     /// it, which repairs whatever part of the batch reached the disk.
     pub fn append(&mut self, records: &[&[u8]]) -> Result<Offset> {
-        if self.failed {
-            return Err(Error::io(
-                "append to",
-                segment_path(&self.dir, self.base),
-                std::io::Error::other("an earlier write failed; reopen the writer"),
-            ));
-        }
+        self.check_poisoned("append to")?;
         if let Some((i, r)) = records.iter().enumerate().find(|(_, r)| r.len() > MAX_RECORD_BYTES) {
             return Err(Error::Encoding {
                 what: format!("record {i} of a batch for {}", self.dir.display()),
@@ -224,10 +266,27 @@ impl PartitionWriter {
         }
         let first = self.next;
         let result = self.append_frames(records).and_then(|()| self.sync_per_policy());
-        if result.is_err() {
-            self.failed = true;
+        if let Err(e) = &result
+            && self.failed.is_none()
+        {
+            self.failed = Some(e.to_string());
         }
         result.map(|()| first)
+    }
+
+    /// The error of a poisoned writer (see the [module docs](self)).
+    fn check_poisoned(&self, op: &'static str) -> Result<()> {
+        match &self.failed {
+            None => Ok(()),
+            Some(first) => Err(Error::io(
+                op,
+                segment_path(&self.dir, self.base),
+                std::io::Error::other(format!(
+                    "the writer is poisoned by an earlier failure ({first}); \
+                     an fsync is never retried: reopen the partition"
+                )),
+            )),
+        }
     }
 
     fn append_frames(&mut self, records: &[&[u8]]) -> Result<()> {
@@ -279,8 +338,10 @@ impl PartitionWriter {
         self.segment = OpenOptions::new().append(true).create_new(true).open(&seg_path).ctx("create", &seg_path)?;
         let ix_path = index_path(&self.dir, self.next);
         self.index = File::create(&ix_path).ctx("create", &ix_path)?;
+        self.dir_synced = false;
         if self.config.fsync != FsyncPolicy::Never {
             fsync_dir(&self.dir)?;
+            self.dir_synced = true;
         }
         self.base = self.next;
         self.seg_len = 0;
@@ -297,11 +358,32 @@ impl PartitionWriter {
     }
 
     /// Forces the appended records of the active segment to stable storage now,
-    /// whatever the policy.
+    /// whatever the policy, and records the sync watermark.
+    ///
+    /// A failure poisons the writer: this and every later `append` and `sync`
+    /// return an error (see the [module docs](self)).
     pub fn sync(&mut self) -> Result<()> {
+        self.check_poisoned("fsync")?;
+        let result = self.sync_segment();
+        if let Err(e) = &result {
+            self.failed = Some(e.to_string());
+        }
+        result
+    }
+
+    fn sync_segment(&mut self) -> Result<()> {
         if self.unsynced {
             let path = segment_path(&self.dir, self.base);
-            self.segment.sync_data().ctx("fsync", path)?;
+            #[cfg(test)]
+            if std::mem::take(&mut self.fail_next_sync) {
+                return Err(Error::io("fsync", path, std::io::Error::other("injected fsync failure")));
+            }
+            self.segment.sync_data().ctx("fsync", &path)?;
+            if !self.dir_synced {
+                fsync_dir(&self.dir)?;
+                self.dir_synced = true;
+            }
+            synced::store(&self.synced, &self.dir, Synced { base: self.base, pos: self.seg_len })?;
             self.unsynced = false;
         }
         self.last_sync = Instant::now();
@@ -327,7 +409,7 @@ impl PartitionWriter {
 impl Drop for PartitionWriter {
     fn drop(&mut self) {
         if self.unsynced
-            && !self.failed
+            && self.failed.is_none()
             && self.config.fsync != FsyncPolicy::Never
             && let Err(e) = self.sync()
         {

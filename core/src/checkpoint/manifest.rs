@@ -43,12 +43,16 @@ pub struct Publish {
     pub crc32: u32,
 }
 
-/// What a bounded run reads: recorded in its first manifest and kept across restarts.
+/// What a source reads: recorded in a run's first manifest and kept across
+/// restarts, so every start checks that it reads the same input.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct InputBound {
     /// The source's identity ([`crate::source::Source::fingerprint`]).
     pub fingerprint: serde_json::Value,
-    /// End offset of every partition.
+    /// Whether the run is bounded (stops at `ends`).
+    #[serde(default)]
+    pub bounded: bool,
+    /// End offset of every partition when the run first started (where a bounded run stops).
     pub ends: BTreeMap<PartitionId, Offset>,
 }
 
@@ -79,6 +83,10 @@ pub struct Manifest {
     pub state: BTreeMap<String, Vec<FileEntry>>,
     /// Output files published by this checkpoint.
     pub outputs: Vec<Publish>,
+    /// The pipeline's stateful steps (windows, sinks), id to kind: a restart
+    /// refuses a pipeline that lacks one of them.
+    #[serde(default)]
+    pub steps: BTreeMap<String, String>,
 }
 
 impl Manifest {
@@ -108,6 +116,15 @@ impl Manifest {
             .next()
             .and_then(|v| v.parse().ok())
             .ok_or_else(|| Error::corrupt(path, 0, "manifest version missing"))?;
+        if version > FORMAT_VERSION {
+            return Err(Error::Checkpoint {
+                path: path.to_path_buf(),
+                message: format!(
+                    "written by a newer Weir (checkpoint format {version}); this build reads format \
+                     {FORMAT_VERSION}: use a newer build or another state directory"
+                ),
+            });
+        }
         if version != FORMAT_VERSION {
             return Err(Error::corrupt(
                 path,

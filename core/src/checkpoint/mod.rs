@@ -8,9 +8,12 @@
 //! - [`store`]: where parts and manifests live (a local directory), with the
 //!   durability rules of the commit (fsync before rename, directory fsync
 //!   after it).
+//! - [`identity`]: whether a checkpoint belongs to this pipeline (group,
+//!   sources and their identity, stateful steps), checked at every start.
 //! - [`state`]: the part-file format of keyed state, indexed by key group so a
 //!   restart with another worker count reads only the groups it owns.
 
+pub mod identity;
 pub mod manifest;
 pub mod protocol;
 pub mod state;

@@ -13,7 +13,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::manifest::{FORMAT_VERSION, FileEntry, InputBound, Manifest, Publish};
+use crate::checkpoint::manifest::{FORMAT_VERSION, FileEntry, Manifest, Publish};
 use crate::error::{Error, IoContext, Result};
 use crate::record::{Offset, PartitionId};
 use crate::storage::Storage;
@@ -84,6 +84,7 @@ pub fn next_manifest(
         offsets: BTreeMap::new(),
         state: BTreeMap::new(),
         outputs: Vec::new(),
+        steps: template.steps.clone(),
     };
     if let Some(prev) = prev {
         m.offsets = prev.offsets.clone();
@@ -122,20 +123,6 @@ pub fn next_manifest(
         m.state.insert(operator, files);
     }
     m
-}
-
-/// Checks that a bounded run resumes on the input it started with.
-pub fn check_input(recorded: &InputBound, fingerprint: &serde_json::Value, source: &str) -> Result<()> {
-    if &recorded.fingerprint != fingerprint {
-        return Err(Error::Checkpoint {
-            path: source.into(),
-            message: format!(
-                "the checkpoint was taken on a different input: recorded {}, now {}",
-                recorded.fingerprint, fingerprint
-            ),
-        });
-    }
-    Ok(())
 }
 
 /// Size and CRC32 of a file, read through `storage` in pieces.

@@ -61,6 +61,9 @@ impl<'s> Dataflow<'s> {
         if !ctx.0.dead.borrow().is_empty() {
             return Err(unconsumed_dead_letters());
         }
+        if ctx.planning() {
+            return Ok(());
+        }
         let shared = ctx.shared().clone();
         let scope = ctx.scope();
         let parts: Vec<_> = ctx.0.parts.borrow_mut().drain(..).collect();
@@ -71,6 +74,7 @@ impl<'s> Dataflow<'s> {
             pipeline: cfg.name.clone(),
             workers: cfg.workers,
             key_groups: cfg.key_groups.count(),
+            steps: shared.plan.lock().map(|p| p.steps.clone()).unwrap_or_default(),
             ..Default::default()
         };
         let restored_complete = shared.restored.as_ref().is_some_and(|m| m.complete);

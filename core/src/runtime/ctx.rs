@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use timely::dataflow::{ProbeHandle, Scope, StreamVec};
 
+use crate::checkpoint::identity::Plan;
 use crate::checkpoint::manifest::InputBound;
-use crate::checkpoint::{CheckpointStore, Manifest, Part};
+use crate::checkpoint::{CheckpointStore, FileEntry, Manifest, Part};
 use crate::error::Error;
 use crate::keygroup::KeyGroups;
 use crate::record::DeadLetter;
@@ -50,6 +51,12 @@ pub(crate) struct Shared {
     pub dir_locks: DirLocks,
     /// When the run started: time-based epochs are numbered from it, the same on every worker.
     pub started: std::time::Instant,
+    /// Whether this is the planning pass: the build function runs once on a
+    /// dataflow that never runs, recording sources and steps into `plan`.
+    pub planning: bool,
+    /// The pipeline's sources and stateful steps (filled by the planning pass,
+    /// read by the real run: every worker uses the same partition specs).
+    pub plan: Mutex<Plan>,
 }
 
 impl Shared {
@@ -124,12 +131,36 @@ impl<'s> Ctx<'s> {
         self.0.scope.peers()
     }
 
-    /// A stable id for the next operator of `kind` (`window-0`, `parquet-1`, ...):
-    /// the same on every worker and across restarts of the same pipeline.
+    /// A stable id for the next stateful step of `kind` (`window-0`, `parquet-1`, ...):
+    /// the same on every worker and across restarts of the same pipeline. The
+    /// step is recorded in the pipeline's plan, and a checkpoint that has a
+    /// step the pipeline lacks is refused at start.
     pub fn operator_id(&self, kind: &str) -> String {
         let n = self.0.next_id.get();
         self.0.next_id.set(n + 1);
-        format!("{kind}-{n}")
+        let id = format!("{kind}-{n}");
+        if self.planning()
+            && let Ok(mut plan) = self.0.shared.plan.lock()
+        {
+            plan.steps.insert(id.clone(), kind.to_string());
+        }
+        id
+    }
+
+    /// Whether this is the planning pass: the build function runs once, before
+    /// any worker starts, on a dataflow that never runs. Sources only describe
+    /// themselves, sinks open nothing, state is not read; nothing is written.
+    pub fn planning(&self) -> bool {
+        self.0.shared.planning
+    }
+
+    /// The state files the restored checkpoint holds for step `id` (none in the
+    /// planning pass, or for a step the checkpoint does not have: it starts empty).
+    pub fn restored_state(&self, id: &str) -> &[FileEntry] {
+        match self.restored() {
+            Some(m) if !self.planning() => m.state.get(id).map_or(&[], Vec::as_slice),
+            _ => &[],
+        }
     }
 
     /// Which epochs end with a checkpoint.

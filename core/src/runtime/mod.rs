@@ -10,6 +10,7 @@
 mod commit;
 pub mod ctx;
 pub mod epochs;
+mod plan;
 mod source_op;
 
 use std::collections::BTreeMap;
@@ -21,6 +22,8 @@ use std::time::{Duration, Instant};
 
 pub use ctx::{CommitStats, Ctx, Failure};
 
+use crate::checkpoint::identity::check_restore;
+use crate::checkpoint::manifest::InputBound;
 use crate::checkpoint::protocol::publish;
 use crate::checkpoint::{CheckpointStore, LocalStore};
 use crate::error::{Error, Result};
@@ -65,6 +68,10 @@ pub struct PipelineConfig {
     /// Where checkpoints, staged and published output are written (the local
     /// file system by default; tests inject faults here).
     pub storage: Arc<dyn Storage>,
+    /// In an unbounded run, a partition without data for this long stops holding
+    /// the window watermark back until it has data again (`None`: never).
+    /// Bounded runs never release a partition that still has unread data.
+    pub idle_timeout: Option<Duration>,
 }
 
 impl Default for PipelineConfig {
@@ -84,6 +91,7 @@ impl Default for PipelineConfig {
             activation_bytes: 256 * 1024,
             epochs_in_flight: 4,
             storage: crate::storage::local(),
+            idle_timeout: Some(Duration::from_secs(10)),
         }
     }
 }
@@ -142,6 +150,9 @@ impl PipelineConfig {
         }
         if self.read_batch_bytes < 1024 {
             return Err(Error::config("read_batch_bytes", "must be at least 1024"));
+        }
+        if self.idle_timeout.is_some_and(|d| d.is_zero()) {
+            return Err(Error::config("idle_timeout", "must be positive (or none)"));
         }
         if self.activation_bytes == 0 {
             return Err(Error::config("activation_bytes", "must be positive"));
@@ -248,6 +259,13 @@ impl Pipeline {
         self
     }
 
+    /// In an unbounded run, how long a partition may have no data before it
+    /// stops holding the window watermark back (`None`: it always holds it).
+    pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.config.idle_timeout = timeout;
+        self
+    }
+
     /// Partition assignor.
     pub fn assignor(mut self, assignor: Assignor) -> Self {
         self.config.assignor = assignor;
@@ -267,28 +285,58 @@ impl Pipeline {
             Some(dir) => {
                 let store = LocalStore::open_in(cfg.storage.clone(), dir)?;
                 let latest = store.latest()?;
-                if let Some(m) = &latest {
-                    if m.key_groups != cfg.key_groups.count() {
-                        return Err(Error::Checkpoint {
-                            path: dir.clone(),
-                            message: format!(
-                                "checkpoint has {} key groups, the pipeline {}",
-                                m.key_groups,
-                                cfg.key_groups.count()
-                            ),
-                        });
-                    }
-                    // Replay the publish step of the newest commit (idempotent).
-                    publish(&*cfg.storage, &m.outputs)?;
-                    tracing::info!(epoch = m.epoch, complete = m.complete, "restoring from checkpoint");
+                if let Some(m) = &latest
+                    && m.key_groups != cfg.key_groups.count()
+                {
+                    return Err(Error::Checkpoint {
+                        path: dir.clone(),
+                        message: format!(
+                            "checkpoint has {} key groups, the pipeline {}",
+                            m.key_groups,
+                            cfg.key_groups.count()
+                        ),
+                    });
                 }
-                store.discard_after(latest.as_ref().map(|m| m.epoch))?;
-                (Some(Arc::new(store) as Arc<dyn CheckpointStore>), latest)
+                (Some(store), latest)
             }
             None => (None, None),
         };
+        let build = Arc::new(build);
+        // Every check happens before anything is read or written.
+        let plan = plan::plan(&cfg, restored.clone(), build.clone())?;
+        if let (Some(m), Some(dir)) = (&restored, &cfg.state_dir) {
+            check_restore(m, &plan, &cfg.name, cfg.bounded, dir)?;
+            // Replay the publish step of the newest commit (idempotent: a no-op
+            // unless the last run crashed between its commit and its publish).
+            publish(&*cfg.storage, &m.outputs)?;
+            tracing::info!(epoch = m.epoch, complete = m.complete, "restoring from checkpoint");
+        }
         let already_complete = restored.as_ref().is_some_and(|m| m.complete);
         let restored_from = restored.as_ref().map(|m| m.epoch);
+        if already_complete {
+            // Nothing to read and nothing to write: the dataflow is not built.
+            return Ok(RunSummary {
+                elapsed: started.elapsed(),
+                restored_from,
+                already_complete,
+                ..Default::default()
+            });
+        }
+        if let Some(store) = &store {
+            store.discard_after(restored.as_ref().map(|m| m.epoch))?;
+        }
+        let store = store.map(|s| Arc::new(s) as Arc<dyn CheckpointStore>);
+        // What every source reads, recorded in every checkpoint: a bounded run
+        // keeps the end offsets recorded when it first started.
+        let inputs: BTreeMap<String, InputBound> = plan
+            .sources
+            .iter()
+            .map(|(name, p)| {
+                let recorded = restored.as_ref().and_then(|m| m.inputs.get(name)).filter(|_| cfg.bounded);
+                let ends = recorded.map_or_else(|| p.specs.iter().map(|s| (s.id, s.end)).collect(), |r| r.ends.clone());
+                (name.clone(), InputBound { fingerprint: p.fingerprint.clone(), bounded: cfg.bounded, ends })
+            })
+            .collect();
         let run_id = format!(
             "{:x}{:05x}",
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros()).unwrap_or(0),
@@ -302,14 +350,15 @@ impl Pipeline {
             abort: Default::default(),
             error: Mutex::new(None),
             counters: Default::default(),
-            inputs: Default::default(),
+            inputs: Mutex::new(inputs),
             assignments: Default::default(),
             stats: Default::default(),
             dir_locks: Default::default(),
             started: std::time::Instant::now(),
+            planning: false,
+            plan: Mutex::new(plan),
         });
         let sh = shared.clone();
-        let build = Arc::new(build);
         let guards = timely::execute(timely::Config::process(cfg.workers), move |worker| {
             let sh = sh.clone();
             let build = build.clone();
@@ -333,13 +382,9 @@ impl Pipeline {
                 while !sh.aborted() && worker.step_or_park(Some(Duration::from_millis(1))) {}
                 Ok(())
             }));
-            if sh.aborted() || !matches!(outcome, Ok(Ok(()))) {
-                // timely keeps stepping installed dataflows after this closure
-                // returns: drop them so a failed run ends instead of waiting forever.
-                for id in worker.installed_dataflows() {
-                    worker.drop_dataflow(id);
-                }
-            }
+            // Stop every worker first, then drop this worker's dataflows: the others
+            // check the flag in their step loops and end within one park interval.
+            let failed = !matches!(outcome, Ok(Ok(())));
             match outcome {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => sh.fail(e),
@@ -350,6 +395,13 @@ impl Pipeline {
                         .or_else(|| panic.downcast_ref::<String>().cloned())
                         .unwrap_or_else(|| "unknown panic".into());
                     sh.fail(Error::Pipeline(format!("worker {index} panicked: {msg}")));
+                }
+            }
+            if sh.aborted() || failed {
+                // timely keeps stepping installed dataflows after this closure
+                // returns: drop them so a failed run ends instead of waiting forever.
+                for id in worker.installed_dataflows() {
+                    worker.drop_dataflow(id);
                 }
             }
         })

@@ -13,17 +13,18 @@
 //! never skips a checkpoint epoch: every source reports its offsets at each.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::operators::generic::operator::empty;
 
-use crate::checkpoint::manifest::InputBound;
-use crate::checkpoint::protocol::check_input;
+use crate::checkpoint::identity::SourcePlan;
 use crate::checkpoint::{Part, PartBody};
 use crate::error::{Error, Result};
-use crate::flow::{Dataflow, InputInfo, PartitionEvent, Raw, VecOutput};
+use crate::flow::{Dataflow, InputInfo, Origin, PartitionEvent, Raw, VecOutput};
 use crate::record::{Chunk, Offset, PartitionId};
 use crate::source::{PartitionReader, ReadOrder, ReadStatus, Source};
 use crate::time::{Epoch, EpochPolicy};
@@ -33,41 +34,74 @@ struct Owned {
     reader: Box<dyn PartitionReader>,
     next: Offset,
     finished: bool,
+    /// When the partition last had data (idle detection, unbounded runs).
+    last_data: Instant,
+    /// Whether it was reported idle.
+    idle: bool,
 }
+
+/// With record-counted epochs, a source worker whose partitions have had no
+/// data for this long closes its epoch anyway, so checkpoints go on.
+const IDLE_EPOCH: Duration = Duration::from_millis(10);
 
 impl<'s> Dataflow<'s> {
     /// Adds a source: this worker reads the partitions assigned to it.
+    ///
+    /// Its partitions and end offsets come from the planning pass, so every
+    /// worker of a run reads up to the same ends; what the run reads (the
+    /// source's identity and, when bounded, its ends) is recorded in every
+    /// checkpoint and checked at every start.
     pub fn source<S: Source>(&mut self, src: S) -> Result<Raw<'s>> {
         let ctx = self.ctx.clone();
         let shared = ctx.shared().clone();
         let cfg = shared.cfg.clone();
         let name = src.name().to_string();
-        let specs = src.partitions()?;
-        let fingerprint = src.fingerprint()?;
         let sequential = src.read_order() == ReadOrder::Sequential;
+        let src: Arc<dyn Source> = Arc::new(src);
+        let scope = ctx.scope();
+        if ctx.planning() {
+            let specs = src.partitions()?;
+            let fingerprint = src.fingerprint()?;
+            let partitions = specs.len() as u32;
+            let mut plan = shared.plan.lock().map_err(|_| Error::Pipeline("plan lock poisoned".into()))?;
+            if plan.sources.contains_key(&name) {
+                return Err(Error::config("source", format!("two sources are named `{name}`: read each input once")));
+            }
+            plan.sources.insert(name.clone(), SourcePlan { specs, fingerprint });
+            drop(plan);
+            return Ok(Raw {
+                stream: empty(scope),
+                ctx: ctx.clone(),
+                input: InputInfo {
+                    origin: Origin { name: name.clone(), source: src },
+                    source: name,
+                    partitions,
+                    events: empty(scope),
+                },
+                pool: Default::default(),
+            });
+        }
+        let specs = match shared.plan.lock().ok().and_then(|p| p.sources.get(&name).map(|s| s.specs.clone())) {
+            Some(specs) => specs,
+            None => {
+                return Err(Error::config(
+                    "source",
+                    format!(
+                        "source `{name}` was not built when the pipeline was planned: the build function must \
+                         build the same pipeline every time it is called"
+                    ),
+                ));
+            }
+        };
         let restored = ctx.restored();
         let committed = restored.and_then(|m| m.offsets.get(&name)).cloned().unwrap_or_default();
-
-        // Bounded runs keep the end offsets recorded by their first checkpoint.
-        let mut ends: BTreeMap<PartitionId, Offset> = specs.iter().map(|s| (s.id, s.end)).collect();
-        if cfg.bounded {
-            match restored.and_then(|m| m.inputs.get(&name)) {
-                Some(bound) => {
-                    check_input(bound, &fingerprint, &name)?;
-                    ends = bound.ends.clone();
-                }
-                None if restored.is_some() && !committed.is_empty() => {
-                    return Err(Error::Checkpoint {
-                        path: cfg.state_dir.clone().unwrap_or_default(),
-                        message: format!("source `{name}` was not bounded when the checkpoint was taken"),
-                    });
-                }
-                None => {}
-            }
-            if let Ok(mut inputs) = shared.inputs.lock() {
-                inputs.insert(name.clone(), InputBound { fingerprint, ends: ends.clone() });
-            }
-        }
+        // Bounded runs stop at the ends recorded when the run first started.
+        let ends: BTreeMap<PartitionId, Offset> = shared
+            .inputs
+            .lock()
+            .ok()
+            .and_then(|i| i.get(&name).map(|b| b.ends.clone()))
+            .unwrap_or_else(|| specs.iter().map(|s| (s.id, s.end)).collect());
 
         let ids: Vec<PartitionId> = specs.iter().map(|s| s.id).collect();
         // The previous run's assignment, so `sticky` moves as few partitions as possible.
@@ -84,10 +118,9 @@ impl<'s> Dataflow<'s> {
             let from = committed.get(&id).copied().unwrap_or(spec.start);
             let until = if cfg.bounded { ends.get(&id).copied() } else { None };
             let reader = src.open(id, from, until)?;
-            owned.push(Owned { id, reader, next: from, finished: false });
+            owned.push(Owned { id, reader, next: from, finished: false, last_data: Instant::now(), idle: false });
         }
 
-        let scope = ctx.scope();
         let mut builder = OperatorBuilder::new(format!("Source({name})"), scope);
         let info = builder.operator_info();
         let (data_out, data) = builder.new_output::<Vec<Chunk>>();
@@ -105,6 +138,7 @@ impl<'s> Dataflow<'s> {
         let max_in_flight = cfg.max_epochs_in_flight();
         let batch_bytes = cfg.read_batch_bytes;
         let activation_bytes = cfg.activation_bytes;
+        let idle_timeout = if cfg.bounded { None } else { cfg.idle_timeout };
         let records_in = ctx.counter("records_in");
         let bytes_in = ctx.counter("bytes_in");
         let mut epoch: Epoch = ctx.start_epoch();
@@ -153,6 +187,7 @@ impl<'s> Dataflow<'s> {
                 let gated = opened.len() as u64 >= max_in_flight
                     && opened.front().is_some_and(|oldest| probe.less_than(oldest));
                 let mut progressed = false;
+                let mut got_data = false;
                 if !gated {
                     let deadline = Instant::now() + Duration::from_millis(5);
                     let n = owned.len();
@@ -187,6 +222,12 @@ impl<'s> Dataflow<'s> {
                             }
                         };
                         if !chunk.is_empty() {
+                            o.last_data = Instant::now();
+                            got_data = true;
+                            if o.idle {
+                                o.idle = false;
+                                event_h.session(&held[1]).give(PartitionEvent::Active(o.id));
+                            }
                             o.next = chunk.next;
                             epoch_records += chunk.len() as u64;
                             records_in.fetch_add(chunk.len() as u64, Ordering::Relaxed);
@@ -198,6 +239,14 @@ impl<'s> Dataflow<'s> {
                         } else {
                             source_pool.put(chunk);
                             idle_rounds += 1;
+                            if let Some(timeout) = idle_timeout
+                                && !o.idle
+                                && o.last_data.elapsed() >= timeout
+                            {
+                                o.idle = true;
+                                event_h.session(&held[1]).give(PartitionEvent::Idle(o.id));
+                                progressed = true;
+                            }
                         }
                         match status {
                             ReadStatus::End => {
@@ -226,7 +275,15 @@ impl<'s> Dataflow<'s> {
                 }
 
                 let epoch_over = match policy {
-                    EpochPolicy::Records(n) => epoch_records >= n,
+                    EpochPolicy::Records(n) => {
+                        // Idle: this activation read nothing and none of the partitions
+                        // had data for a while (a slow worker still finds data when it reads).
+                        epoch_records >= n
+                            || !gated
+                                && !got_data
+                                && epoch_started.elapsed() >= IDLE_EPOCH
+                                && owned.iter().filter(|o| !o.finished).all(|o| o.last_data.elapsed() >= IDLE_EPOCH)
+                    }
                     EpochPolicy::Time(d) => epoch_started.elapsed() >= d,
                 };
                 if epoch_over && !gated {
@@ -257,7 +314,12 @@ impl<'s> Dataflow<'s> {
         Ok(Raw {
             stream: data,
             ctx: ctx.clone(),
-            input: InputInfo { source: name, partitions: specs.len() as u32, events },
+            input: InputInfo {
+                origin: Origin { name: name.clone(), source: src },
+                source: name,
+                partitions: specs.len() as u32,
+                events,
+            },
             pool,
         })
         .inspect(|_| ctx.register_parts(parts))

@@ -75,10 +75,14 @@ fn data_then_watermarks<D>(inputs: Vec<Input<D>>) -> impl Iterator<Item = Input<
     data.into_iter().chain(wms)
 }
 
-/// The latest watermark of every input partition; the window watermark is their minimum.
+/// The latest watermark of every input partition; the window watermark is
+/// their minimum over the partitions that are not idle. It never moves back
+/// (an idle partition that has data again may send late records), and it is
+/// checkpointed with the table, so a restore does not move it back either.
 #[derive(Clone, Debug)]
 struct Watermarks {
     table: Vec<EventTime>,
+    idle: Vec<bool>,
     current: EventTime,
 }
 
@@ -86,28 +90,39 @@ impl Watermarks {
     fn new(partitions: u32) -> Self {
         let table = vec![EventTime::MIN; partitions as usize];
         let current = if table.is_empty() { EventTime::MAX } else { EventTime::MIN };
-        Watermarks { table, current }
+        Watermarks { idle: vec![false; table.len()], table, current }
     }
 
     /// Applies updates; returns the new window watermark if it advanced.
     fn apply(&mut self, updates: &[WatermarkUpdate]) -> Option<EventTime> {
         for u in updates {
-            if let Some(slot) = self.table.get_mut(u.partition as usize) {
+            if let (Some(slot), Some(idle)) =
+                (self.table.get_mut(u.partition as usize), self.idle.get_mut(u.partition as usize))
+            {
                 *slot = (*slot).max(u.watermark);
+                *idle = u.idle;
             }
         }
-        let wm = self.table.iter().copied().min().unwrap_or(EventTime::MAX);
+        let active = self.table.iter().zip(&self.idle).filter(|(_, idle)| !**idle).map(|(w, _)| *w);
+        let wm = match active.min() {
+            Some(wm) => wm,
+            // Every partition idle: nothing moves the watermark (but a finished table is done).
+            None if self.table.iter().all(|&w| w == EventTime::MAX) => EventTime::MAX,
+            None => self.current,
+        };
         (wm > self.current).then(|| {
             self.current = wm;
             wm
         })
     }
 
-    fn merge(&mut self, other: &[EventTime]) {
+    /// Folds in a checkpointed table and window watermark.
+    fn merge(&mut self, (other, current): &(Vec<EventTime>, EventTime)) {
         for (mine, theirs) in self.table.iter_mut().zip(other) {
             *mine = (*mine).max(*theirs);
         }
-        self.current = self.table.iter().copied().min().unwrap_or(EventTime::MAX);
+        let least = self.table.iter().copied().min().unwrap_or(EventTime::MAX);
+        self.current = self.current.max(least).max(*current);
     }
 }
 
@@ -233,14 +248,13 @@ where
         // (whatever worker count wrote them).
         let mut watermarks = Watermarks::new(info.partitions);
         let mut windows: BTreeMap<EventTime, FxHashMap<K, A::Acc>> = BTreeMap::new();
-        if let (Some(m), Some(store)) = (ctx.restored(), store.as_ref())
-            && let Some(files) = m.state.get(&op)
-        {
+        let files = ctx.restored_state(&op);
+        if let (false, Some(store)) = (files.is_empty(), store.as_ref()) {
             let mine = groups.groups_of(worker, peers);
             for file in files {
                 let bytes = store.read_part(file)?;
                 let reader = StateReader::new(&bytes, &file.path)?;
-                if let Some(table) = reader.read::<Vec<EventTime>>(GLOBAL_GROUP)? {
+                if let Some(table) = reader.read::<(Vec<EventTime>, EventTime)>(GLOBAL_GROUP)? {
                     watermarks.merge(&table);
                 }
                 for g in reader.groups().filter(|g| mine.contains(g)).collect::<Vec<_>>() {
@@ -265,7 +279,7 @@ where
                 EpochDriver::new(ctx.start_epoch(), CheckpointSchedule::default());
             let mut watermarks = watermarks.clone();
             let agg = agg.clone();
-            let source = info.source.clone();
+            let origin = info.origin.clone();
             let late = ctx.counter("dead_letters.late");
             // Records sent on without combining (see `Adaptive`).
             let passed = ctx.counter(&format!("{op}.passed_through"));
@@ -358,18 +372,9 @@ where
                             let cap = held[1].delayed(&epoch);
                             let mut session = late_h.session(&cap);
                             for r in c.lates.drain(..) {
-                                session.give(DeadLetter {
-                                    payload: serde_json::to_vec(&r.value).unwrap_or_default(),
-                                    error: format!(
-                                        "late event: time {} is behind the watermark {wm}",
-                                        r.meta.event_time
-                                    ),
-                                    stage: "late".into(),
-                                    source: source.clone(),
-                                    partition: r.meta.partition,
-                                    offset: r.meta.offset,
-                                    event_time: Some(r.meta.event_time),
-                                });
+                                let error =
+                                    format!("late event: time {} is behind the watermark {wm}", r.meta.event_time);
+                                session.give(origin.dead_letter(&r.meta, "late", error, &r.value));
                             }
                         }
                         spare.borrow_mut().push(c);
@@ -563,7 +568,7 @@ fn snapshot<K: Hash + Serialize, Acc: Serialize>(
         }
     }
     let mut w = StateWriter::default();
-    w.group(GLOBAL_GROUP, &watermarks.table)?;
+    w.group(GLOBAL_GROUP, &(&watermarks.table, watermarks.current))?;
     for (g, entries) in by_group {
         w.group(g, &entries)?;
     }

@@ -1,0 +1,115 @@
+//! The sync watermark of a partition (`synced.pos`): the segment and byte up to
+//! which the writer's appends are known to be on stable storage. It is what tells
+//! a torn tail from corruption (see the module docs of [`super`]): damage at or
+//! after it is what a crash during an unsynced append leaves, damage before it
+//! is not.
+//!
+//! The writer stores it with one small `pwrite` after each successful fsync of
+//! the segment, without an fsync of its own: after a machine crash the stored
+//! value can only be older than the truth (never newer, since it is written
+//! after the data it covers is durable), which only widens what counts as the
+//! tail. It carries its own CRC; a damaged file counts as no watermark.
+
+use std::fs::File;
+use std::io::ErrorKind;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use weir_core::error::{IoContext, Result};
+use weir_core::record::Offset;
+
+/// Name of the watermark file in a partition directory.
+pub(crate) const SYNCED_FILE: &str = "synced.pos";
+
+const MAGIC: &[u8; 4] = b"WSYN";
+/// `magic`, `u64 LE segment base`, `u64 LE byte position`, `u32 LE CRC-32 of the first 20 bytes`.
+const LEN: usize = 24;
+
+/// Appends up to byte `pos` of the segment `base` (and every earlier segment) are durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Synced {
+    /// The segment.
+    pub base: Offset,
+    /// Byte position in it.
+    pub pos: u64,
+}
+
+impl Synced {
+    fn encode(self) -> [u8; LEN] {
+        let mut b = [0u8; LEN];
+        b[..4].copy_from_slice(MAGIC);
+        b[4..12].copy_from_slice(&self.base.to_le_bytes());
+        b[12..20].copy_from_slice(&self.pos.to_le_bytes());
+        let crc = crc32fast::hash(&b[..20]);
+        b[20..].copy_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    fn decode(b: &[u8]) -> Option<Synced> {
+        let b: &[u8; LEN] = b.try_into().ok()?;
+        let crc = u32::from_le_bytes([b[20], b[21], b[22], b[23]]);
+        if &b[..4] != MAGIC || crc32fast::hash(&b[..20]) != crc {
+            return None;
+        }
+        let u64_at = |i: usize| {
+            let mut x = [0u8; 8];
+            x.copy_from_slice(&b[i..i + 8]);
+            u64::from_le_bytes(x)
+        };
+        Some(Synced { base: u64_at(4), pos: u64_at(12) })
+    }
+}
+
+/// Path of the watermark file of the partition in `dir`.
+pub(crate) fn path(dir: &Path) -> PathBuf {
+    dir.join(SYNCED_FILE)
+}
+
+/// The watermark of the partition in `dir`: `None` when there is no file (a
+/// partition written before watermarks existed) or it is damaged (with a warning).
+pub(crate) fn load(dir: &Path) -> Result<Option<Synced>> {
+    let path = path(dir);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).ctx("read", &path),
+    };
+    let synced = Synced::decode(&bytes);
+    if synced.is_none() {
+        tracing::warn!("ignoring the sync watermark {}: damaged ({} bytes)", path.display(), bytes.len());
+    }
+    Ok(synced)
+}
+
+/// Opens (creating) the watermark file of the partition in `dir` for [`store`].
+pub(crate) fn open(dir: &Path) -> Result<File> {
+    let path = path(dir);
+    std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).ctx("open", &path)
+}
+
+/// Overwrites the watermark in `file` (the partition in `dir`) with `synced`; not fsynced.
+pub(crate) fn store(file: &File, dir: &Path, synced: Synced) -> Result<()> {
+    file.write_all_at(&synced.encode(), 0).ctx("write", path(dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roundtrip_and_damage() -> Result<()> {
+        let dir = tempfile::tempdir().ctx("tempdir", "/tmp")?;
+        assert_eq!(load(dir.path())?, None);
+        let file = open(dir.path())?;
+        let w = Synced { base: 1000, pos: 4096 };
+        store(&file, dir.path(), w)?;
+        assert_eq!(load(dir.path())?, Some(w));
+        store(&file, dir.path(), Synced { base: 1000, pos: 5 })?;
+        assert_eq!(load(dir.path())?, Some(Synced { base: 1000, pos: 5 }));
+        let mut bytes = std::fs::read(path(dir.path())).ctx("read", dir.path())?;
+        bytes[13] ^= 1;
+        std::fs::write(path(dir.path()), &bytes).ctx("write", dir.path())?;
+        assert_eq!(load(dir.path())?, None);
+        Ok(())
+    }
+}

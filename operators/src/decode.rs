@@ -93,16 +93,13 @@ pub fn decode_chunk<T>(
     };
     let one = |offset, payload: &[u8]| {
         let meta = Meta { partition: chunk.partition, offset, event_time: Meta::NO_TIME };
-        format.decode(payload).map(|value| Rec { meta, value }).map_err(|error| {
-            let length = payload.len() as u64;
-            dead_letter(offset, payload, error, length)
-        })
+        format.decode(payload).map(|value| Rec { meta, value })
     };
     if chunk.truncated.is_empty() {
         for (offset, payload) in chunk.records() {
             match one(offset, payload) {
                 Ok(rec) => ok(rec),
-                Err(letter) => dead(letter),
+                Err(error) => dead(dead_letter(offset, payload, error, payload.len() as u64)),
             }
         }
         return;
@@ -115,7 +112,7 @@ pub fn decode_chunk<T>(
         }
         match one(offset, payload) {
             Ok(rec) => ok(rec),
-            Err(letter) => dead(letter),
+            Err(error) => dead(dead_letter(offset, payload, error, payload.len() as u64)),
         }
     }
 }

@@ -150,6 +150,17 @@ impl LogReader {
             let next_path = segment_path(&self.dir, self.next);
             let Some(scanner) = self.scanner.as_mut() else {
                 if !next_path.exists() {
+                    let later = list_segments(&self.dir)?.into_iter().find(|&b| b > self.next);
+                    if let Some(later) = later {
+                        return Err(Error::corrupt(
+                            &self.dir,
+                            0,
+                            format!(
+                                "segment {} ends at offset {}, but the next segment starts at {later}: records are missing",
+                                self.base, self.next
+                            ),
+                        ));
+                    }
                     return Ok(Pump::Idle);
                 }
                 self.scanner = Some(Scanner::open(next_path, 0, self.max_record_bytes)?);
@@ -195,11 +206,13 @@ impl LogReader {
                         self.sealed = true;
                         continue;
                     }
-                    if partial == 0 && self.until.is_some_and(|u| self.next < u) && later_segment(false)? {
-                        // A bounded read that would wait forever: a later segment exists
-                        // but none starts where this one ends.
-                        let what = format!("the segment ends at offset {}, but no segment starts there", self.next);
-                        return Err(scanner.damage(what).into_error("later segments exist, so records are missing"));
+                    // A bounded read must not wait forever at a gap between segments: a
+                    // later segment means this one is complete (checked by listing the
+                    // directory, which only bounded reads pay for at an idle end).
+                    let bounded = self.until.is_some_and(|u| self.next < u);
+                    if !self.sealed && !rolled && partial == 0 && bounded && later_segment(false)? {
+                        self.sealed = true;
+                        continue;
                     }
                     if self.sealed {
                         if partial > 0 {

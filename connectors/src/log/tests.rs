@@ -642,3 +642,16 @@ proptest! {
         prop_assert!(result.is_ok(), "{:?}", result.err());
     }
 }
+
+#[test]
+fn a_gap_between_segments_fails_a_bounded_read_instead_of_stalling() -> Result<()> {
+    let dir = tempdir()?;
+    write_records(dir.path(), synced(FsyncPolicy::Always, 200), 40, 4)?;
+    let segments = list_segments(dir.path())?;
+    assert!(segments.len() > 3, "{segments:?}");
+    fs::remove_file(segment_path(dir.path(), segments[1])).ctx("remove", dir.path())?;
+    let mut reader = LogReader::open(dir.path(), 0, 0, Some(40))?;
+    let e = drain(&mut reader, 1 << 20).unwrap_err();
+    assert!(e.to_string().contains(&format!("the next segment starts at {}", segments[2])), "{e}");
+    Ok(())
+}

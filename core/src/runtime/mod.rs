@@ -306,6 +306,9 @@ impl Pipeline {
         let plan = plan::plan(&cfg, restored.clone(), build.clone())?;
         if let (Some(m), Some(dir)) = (&restored, &cfg.state_dir) {
             check_restore(m, &plan, &cfg.name, cfg.bounded, dir)?;
+            if let Some(store) = &store {
+                store.ensure_durable(m.epoch)?;
+            }
             // Replay the publish step of the newest commit (idempotent: a no-op
             // unless the last run crashed between its commit and its publish).
             publish(&*cfg.storage, &m.outputs)?;

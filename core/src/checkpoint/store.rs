@@ -16,6 +16,8 @@
 //! state directory (so every entry the manifest names is durable), writes
 //! `MANIFEST.tmp`, fsyncs it, renames it to `MANIFEST` and fsyncs the
 //! checkpoint directory. The return of that last fsync is the commit point.
+//! Recovery fsyncs the newest checkpoint's directories again before acting on
+//! it ([`CheckpointStore::ensure_durable`]).
 //! Any fsync or rename error is returned and fails the run, never retried.
 
 use std::collections::BTreeSet;
@@ -36,10 +38,14 @@ pub trait CheckpointStore: Send + Sync {
     fn read_part(&self, entry: &FileEntry) -> Result<Vec<u8>>;
     /// Commits `manifest` (the commit point).
     fn commit(&self, manifest: &Manifest) -> Result<()>;
-    /// The newest committed manifest; an error if it is damaged (never an older
-    /// one instead). The owner of the store makes it durable before returning
-    /// it, since recovery acts on it.
+    /// The newest committed manifest; an error if it is damaged (never an older one instead).
     fn latest(&self) -> Result<Option<Manifest>>;
+    /// Makes the committed checkpoint of `epoch` durable. Recovery calls it
+    /// before it acts on the newest manifest (publishes its output, resumes
+    /// after it): a killed process may have renamed the manifest without the
+    /// fsync that makes the rename durable, and a later power loss would then
+    /// bring back an older checkpoint under output already published.
+    fn ensure_durable(&self, epoch: Epoch) -> Result<()>;
     /// Deletes checkpoints older than the `keep` newest committed ones (keeping
     /// part files a kept manifest still lists).
     fn retain(&self, keep: usize) -> Result<()>;
@@ -209,18 +215,13 @@ impl CheckpointStore for LocalStore {
         let Some((epoch, _)) = self.checkpoints()?.into_iter().find(|c| c.1) else {
             return Ok(None);
         };
-        let m = self.read_manifest(epoch)?;
-        if self._lock.is_some() {
-            // The owner is about to act on this manifest (publish its output,
-            // resume after it). A killed process may have renamed it without
-            // the fsync that makes the rename durable: make it durable now, or
-            // a later power loss would bring back an older checkpoint under
-            // output that is already published.
-            let dir = self.dir.join(Self::chk_name(epoch));
-            self.sync_dir(&dir)?;
-            self.sync_dir(&self.dir)?;
-        }
-        Ok(Some(m))
+        self.read_manifest(epoch).map(Some)
+    }
+
+    fn ensure_durable(&self, epoch: Epoch) -> Result<()> {
+        let dir = self.dir.join(Self::chk_name(epoch));
+        self.sync_dir(&dir)?;
+        self.sync_dir(&self.dir)
     }
 
     fn retain(&self, keep: usize) -> Result<()> {
@@ -374,7 +375,10 @@ mod tests {
         drop(store);
         let killed = fs.crash(Crash::KeepAll);
         // Recovery acts on epoch 4 (publishes its output) ...
-        assert_eq!(fault_store(&killed).latest().unwrap().map(|m| m.epoch), Some(4));
+        let store = fault_store(&killed);
+        assert_eq!(store.latest().unwrap().map(|m| m.epoch), Some(4));
+        store.ensure_durable(4).unwrap();
+        drop(store);
         // ... so a later power loss must not bring back an older state.
         let lost = killed.crash(Crash::DropUnsynced);
         assert_eq!(fault_store(&lost).latest().unwrap().map(|m| m.epoch), Some(4));

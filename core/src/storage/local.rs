@@ -95,11 +95,22 @@ impl Storage for LocalFs {
     fn try_lock(&self, path: &Path) -> io::Result<Option<Box<dyn StorageLock>>> {
         // Never truncated or written: the file's only job is to carry the lock.
         let file = OpenOptions::new().create(true).truncate(false).write(true).open(path)?;
-        match file.try_lock() {
-            Ok(()) => Ok(Some(Box::new(LocalLock { _file: file }))),
-            Err(fs::TryLockError::WouldBlock) => Ok(None),
-            Err(fs::TryLockError::Error(e)) => Err(e),
+        // An flock belongs to the open file description, which a child process
+        // shares between its fork and its exec (close-on-exec only ends it at the
+        // exec): a process that spawns children while another of its pipelines
+        // releases this lock can see it held for a moment. Retry briefly before
+        // deciding another process holds it.
+        for attempt in 0..20 {
+            match file.try_lock() {
+                Ok(()) => return Ok(Some(Box::new(LocalLock { _file: file }))),
+                Err(fs::TryLockError::WouldBlock) if attempt < 19 => {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                Err(fs::TryLockError::WouldBlock) => return Ok(None),
+                Err(fs::TryLockError::Error(e)) => return Err(e),
+            }
         }
+        Ok(None)
     }
 }
 

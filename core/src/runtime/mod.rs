@@ -65,13 +65,13 @@ pub struct PipelineConfig {
     pub activation_bytes: usize,
     /// Epochs a source may run ahead of the commit operator's input (flow control).
     pub epochs_in_flight: u64,
-    /// Where checkpoints, staged and published output are written (the local
-    /// file system by default; tests inject faults here).
-    pub storage: Arc<dyn Storage>,
     /// In an unbounded run, a partition without data for this long stops holding
     /// the window watermark back until it has data again (`None`: never).
     /// Bounded runs never release a partition that still has unread data.
     pub idle_timeout: Option<Duration>,
+    /// Where checkpoints, staged and published output are written (the local
+    /// file system by default; tests inject faults here).
+    pub storage: Arc<dyn Storage>,
 }
 
 impl Default for PipelineConfig {
@@ -90,8 +90,8 @@ impl Default for PipelineConfig {
             read_batch_bytes: 64 * 1024,
             activation_bytes: 256 * 1024,
             epochs_in_flight: 4,
-            storage: crate::storage::local(),
             idle_timeout: Some(Duration::from_secs(10)),
+            storage: crate::storage::local(),
         }
     }
 }
@@ -253,16 +253,16 @@ impl Pipeline {
         self
     }
 
-    /// The storage everything the pipeline writes goes through (default: the local file system).
-    pub fn storage(mut self, storage: Arc<dyn Storage>) -> Self {
-        self.config.storage = storage;
-        self
-    }
-
     /// In an unbounded run, how long a partition may have no data before it
     /// stops holding the window watermark back (`None`: it always holds it).
     pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.config.idle_timeout = timeout;
+        self
+    }
+
+    /// The storage everything the pipeline writes goes through (default: the local file system).
+    pub fn storage(mut self, storage: Arc<dyn Storage>) -> Self {
+        self.config.storage = storage;
         self
     }
 

@@ -110,6 +110,40 @@ pub(crate) struct CtxInner<'s> {
     pub probe: ProbeHandle<Epoch>,
 }
 
+/// Builds the user's pipeline on `scope`, then the commit operator: the one way
+/// a worker's dataflow is made, in the planning pass and in the real run.
+pub(crate) fn build_dataflow<'s, F>(
+    scope: Scope<'s, Epoch>,
+    shared: Arc<Shared>,
+    probe: ProbeHandle<Epoch>,
+    build: &F,
+) -> crate::error::Result<()>
+where
+    F: Fn(&mut crate::flow::Dataflow<'_>) -> crate::error::Result<()>,
+{
+    let ctx = Ctx(Rc::new(CtxInner {
+        scope,
+        shared,
+        parts: Default::default(),
+        dead: Default::default(),
+        dead_taken: Default::default(),
+        next_id: Default::default(),
+        probe,
+    }));
+    let mut df = crate::flow::Dataflow { ctx };
+    build(&mut df)?;
+    df.finish()
+}
+
+/// The message of a caught panic.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
 /// One worker's build context: registers snapshot and dead-letter streams, hands
 /// out stable operator ids, and gives operators the restored checkpoint.
 #[derive(Clone)]

@@ -15,7 +15,6 @@ mod source_op;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -32,7 +31,7 @@ use crate::keygroup::KeyGroups;
 use crate::partition::Assignor;
 use crate::storage::Storage;
 use crate::time::{CheckpointSchedule, Epoch, EpochPolicy};
-use ctx::{CtxInner, Shared};
+use ctx::{Shared, build_dataflow, panic_message};
 
 /// How a pipeline runs. Build it with [`Pipeline`]'s methods; validated once in [`Pipeline::run`].
 #[derive(Clone, Debug)]
@@ -368,20 +367,7 @@ impl Pipeline {
             let index = worker.index();
             let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> Result<()> {
                 let probe = timely::dataflow::ProbeHandle::new();
-                worker.dataflow::<Epoch, _, _>(|scope| -> Result<()> {
-                    let ctx = Ctx(Rc::new(CtxInner {
-                        scope,
-                        shared: sh.clone(),
-                        parts: Default::default(),
-                        dead: Default::default(),
-                        dead_taken: Default::default(),
-                        next_id: Default::default(),
-                        probe,
-                    }));
-                    let mut df = Dataflow { ctx };
-                    build(&mut df)?;
-                    df.finish()
-                })?;
+                worker.dataflow::<Epoch, _, _>(|scope| build_dataflow(scope, sh.clone(), probe, &*build))?;
                 while !sh.aborted() && worker.step_or_park(Some(Duration::from_millis(1))) {}
                 Ok(())
             }));
@@ -392,11 +378,7 @@ impl Pipeline {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => sh.fail(e),
                 Err(panic) => {
-                    let msg = panic
-                        .downcast_ref::<&str>()
-                        .map(|s| s.to_string())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "unknown panic".into());
+                    let msg = panic_message(&*panic);
                     sh.fail(Error::Pipeline(format!("worker {index} panicked: {msg}")));
                 }
             }

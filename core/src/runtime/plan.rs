@@ -6,7 +6,6 @@
 //! rerun of a complete run without building the real dataflow, and hands every
 //! worker the same partition specs (so all workers of a run agree on the ends).
 
-use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 
 use crate::checkpoint::Manifest;
@@ -14,7 +13,7 @@ use crate::checkpoint::identity::Plan;
 use crate::error::{Error, Result};
 use crate::flow::Dataflow;
 use crate::runtime::PipelineConfig;
-use crate::runtime::ctx::{Ctx, CtxInner, Shared};
+use crate::runtime::ctx::{Shared, build_dataflow, panic_message};
 use crate::time::Epoch;
 
 /// Runs `build` once in planning mode and returns what it declared.
@@ -41,19 +40,8 @@ where
     let sh = shared.clone();
     let outcome = timely::execute_directly(move |worker| {
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            worker.dataflow::<Epoch, _, _>(|scope| -> Result<()> {
-                let ctx = Ctx(Rc::new(CtxInner {
-                    scope,
-                    shared: sh.clone(),
-                    parts: Default::default(),
-                    dead: Default::default(),
-                    dead_taken: Default::default(),
-                    next_id: Default::default(),
-                    probe: timely::dataflow::ProbeHandle::new(),
-                }));
-                let mut df = Dataflow { ctx };
-                build(&mut df)?;
-                df.finish()
+            worker.dataflow::<Epoch, _, _>(|scope| {
+                build_dataflow(scope, sh.clone(), timely::dataflow::ProbeHandle::new(), &*build)
             })
         }));
         // The plan's dataflow never runs.
@@ -62,14 +50,7 @@ where
         }
         match result {
             Ok(r) => r,
-            Err(panic) => {
-                let msg = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic".into());
-                Err(Error::Pipeline(format!("building the pipeline panicked: {msg}")))
-            }
+            Err(panic) => Err(Error::Pipeline(format!("building the pipeline panicked: {}", panic_message(&*panic)))),
         }
     });
     outcome?;

@@ -45,6 +45,6 @@ if $long; then
         echo "== fuzz $target (${seconds}s)"
         mkdir -p "$scratch/$target"
         (cd fuzz && cargo +nightly fuzz run -O "$target" "$scratch/$target" "corpus/$target" -- \
-            -max_total_time="$seconds" -rss_limit_mb=2048 -malloc_limit_mb=512 -max_len=65536 -print_final_stats=1)
+            -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -malloc_limit_mb=512 -max_len=65536 -print_final_stats=1)
     done
 fi

@@ -211,6 +211,12 @@ impl LogReader {
                     // directory, which only bounded reads pay for at an idle end).
                     let bounded = self.until.is_some_and(|u| self.next < u);
                     if !self.sealed && !rolled && partial == 0 && bounded && later_segment(false)? {
+                        if self.next == self.base {
+                            // The writer never leaves an empty segment behind a later one
+                            // (and reopening it would loop).
+                            let damage = scanner.damage("an empty segment".to_owned());
+                            return Err(damage.into_error("later segments exist, so records are missing"));
+                        }
                         self.sealed = true;
                         continue;
                     }

@@ -655,3 +655,18 @@ fn a_gap_between_segments_fails_a_bounded_read_instead_of_stalling() -> Result<(
     assert!(e.to_string().contains(&format!("the next segment starts at {}", segments[2])), "{e}");
     Ok(())
 }
+
+#[test]
+fn an_empty_segment_before_a_later_one_fails_a_bounded_read() -> Result<()> {
+    let dir = tempdir()?;
+    write_records(dir.path(), synced(FsyncPolicy::Always, 200), 20, 4)?;
+    let segments = list_segments(dir.path())?;
+    let last = *segments.last().unwrap_or(&0);
+    // An empty segment where the last one was, the last one moved further.
+    fs::rename(segment_path(dir.path(), last), segment_path(dir.path(), last + 100)).ctx("rename", dir.path())?;
+    fs::write(segment_path(dir.path(), last), b"").ctx("write", dir.path())?;
+    let mut reader = LogReader::open(dir.path(), 0, 0, Some(last + 101))?;
+    let e = drain(&mut reader, 1 << 20).unwrap_err();
+    assert!(e.to_string().contains("records are missing"), "{e}");
+    Ok(())
+}

@@ -187,6 +187,16 @@ fn killed_at_random_moments(feed: Feed, scenarios: usize, epochs: Epochs) -> any
     Ok(())
 }
 
+/// The epoch of the newest committed checkpoint in `state`.
+fn newest_manifest(state: &Path) -> Option<u64> {
+    std::fs::read_dir(state)
+        .ok()?
+        .flatten()
+        .filter(|e| e.path().join("MANIFEST").exists())
+        .filter_map(|e| e.file_name().to_str()?.strip_prefix("chk-")?.parse().ok())
+        .max()
+}
+
 fn has_manifest(state: &Path) -> bool {
     std::fs::read_dir(state).map(|d| d.flatten().any(|e| e.path().join("MANIFEST").exists())).unwrap_or(false)
 }
@@ -210,7 +220,7 @@ fn torture_many_kills_random_worker_counts_output_is_exact() -> anyhow::Result<(
 
 fn torture(seed: u64, kills_wanted: usize) -> anyhow::Result<()> {
     let mut input = Vec::new();
-    generate(400_000, seed % 1000, 300, &mut input)?;
+    generate(600_000, seed % 1000, 300, &mut input)?;
     let (expected, malformed) = reference(&input);
 
     // An undisturbed run: its length, and when its commits happened.
@@ -238,20 +248,23 @@ fn torture(seed: u64, kills_wanted: usize) -> anyhow::Result<()> {
             wait(child).context("final run")?;
             break;
         }
-        // A third of the kills aim at a measured commit moment (give or take 3 ms),
-        // a third land soon after the run's first commit, the others anywhere early.
+        // A third of the kills aim at a measured commit moment (give or take 3 ms);
+        // half wait for this run's own next commit, then land within 20 ms of it
+        // (while it publishes, or in the next interval's work);
+        // the others land anywhere early, start-up included.
         let mut exited = None;
-        let delay = match rng.below(3) {
-            0 if !commits.is_empty() => {
+        let delay = match rng.below(6) {
+            0 | 1 if !commits.is_empty() => {
                 let at = commits[rng.below(commits.len() as u64) as usize];
                 (at + Duration::from_micros(rng.below(6_000))).saturating_sub(Duration::from_millis(3))
             }
-            1 => {
-                while exited.is_none() && !has_manifest(&dir.path().join("state")) {
+            0..=4 => {
+                let before = newest_manifest(&dir.path().join("state"));
+                while exited.is_none() && newest_manifest(&dir.path().join("state")) == before {
                     exited = child.try_wait()?;
                     std::thread::sleep(Duration::from_micros(200));
                 }
-                Duration::from_micros(rng.below(full.as_micros() as u64 / 4 + 1))
+                Duration::from_micros(rng.below(20_000))
             }
             _ => Duration::from_micros(rng.below(full.as_micros() as u64 / 2 + 1)),
         };

@@ -273,6 +273,10 @@ impl Pipeline {
 
     /// Runs the pipeline built by `build` on every worker; returns when a bounded run
     /// completes, or with the first error of any worker.
+    ///
+    /// `build` is also called once before the workers start, in a planning pass
+    /// ([`crate::runtime::ctx::Ctx::planning`]) on a dataflow that never runs: it must
+    /// build the same pipeline every time, and should have no side effects of its own.
     pub fn run<F>(self, build: F) -> Result<RunSummary>
     where
         F: Fn(&mut Dataflow<'_>) -> Result<()> + Send + Sync + 'static,

@@ -324,18 +324,16 @@ impl Origin {
         };
         let mut d = match original {
             Some(payload) => DeadLetter {
-                payload_truncated: false,
                 payload_length: payload.len() as u64,
                 payload,
                 error,
                 stage: stage.to_string(),
                 source: self.name.clone(),
-                partition: meta.partition,
-                offset: meta.offset,
-                event_time,
+                ..DeadLetter::default()
             },
             None => DeadLetter::of_row(value, error, stage, &self.name),
         };
+        // The record's position, whichever payload it carries.
         d.partition = meta.partition;
         d.offset = meta.offset;
         d.event_time = event_time;

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, unit, integration, recovery and doc tests.
-# Installs what it needs (today: only the Rust toolchain's components, already on the machine).
+# Installs what it needs: the Rust toolchain's components, and the servers the tests run
+# against (scripts/tools.sh: tansu, a Kafka-protocol broker built once into ~/.cache/weir-tools;
+# Debian's mosquitto).
 #
 #   bash scripts/test.sh           the suite (the fuzz corpus is replayed by tests/fuzz_corpus.rs)
 #   bash scripts/test.sh --long    the suite, then each fuzz target for FUZZ_SECONDS (default 60)
@@ -18,6 +20,9 @@ done
 
 if ! cargo fmt --version >/dev/null 2>&1; then rustup component add rustfmt; fi
 if ! cargo clippy --version >/dev/null 2>&1; then rustup component add clippy; fi
+# The servers, each installed once; the tests start their own on 127.0.0.1.
+tools_env=$(bash scripts/tools.sh)
+while IFS='=' read -r key value; do export "$key=$value"; done <<< "$tools_env"
 
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

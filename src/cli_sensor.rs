@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Parser;
+use weir::connectors::kafka::{KafkaConfig, StartPosition};
 use weir::core::partition::Assignor;
 use weir::core::time::parse_duration;
 use weir::prelude::*;
@@ -49,13 +50,26 @@ pub struct Args {
     /// Read from this embedded-log directory instead of a file.
     #[arg(long)]
     log_dir: Option<PathBuf>,
-    /// Topic to read from the log.
+    /// Read from this Kafka cluster (`host:port[,host:port...]`) instead of a file.
+    #[arg(long, conflicts_with_all = ["input", "log_dir"])]
+    brokers: Option<String>,
+    /// A librdkafka client setting, `key=value` (repeatable): TLS, SASL, timeouts.
+    #[arg(long = "kafka-option", value_parser = KafkaConfig::parse_option, requires = "brokers")]
+    kafka_options: Vec<(String, String)>,
+    /// A properties file of librdkafka client settings (`key=value` lines).
+    #[arg(long, requires = "brokers")]
+    kafka_properties: Option<PathBuf>,
+    /// Where a partition without a checkpointed offset starts: committed (the
+    /// group's broker offset, else earliest), earliest, latest or timestamp:MS.
+    #[arg(long, default_value = "committed", requires = "brokers")]
+    start_from: StartPosition,
+    /// Topic to read (embedded log or Kafka).
     #[arg(long, default_value = "sensors")]
     topic: String,
     /// Consumer group (names the checkpoints).
     #[arg(long, default_value = "sensor-aggregation")]
     group: String,
-    /// Stop at the log's end offsets seen at start (files are always bounded).
+    /// Stop at the end offsets seen at start (files are always bounded).
     #[arg(long)]
     bounded: bool,
     /// Partition assignor: range, round-robin or sticky.
@@ -81,7 +95,7 @@ pub fn main_from_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> any
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
-    let demo = args.input.is_none() && args.log_dir.is_none();
+    let demo = args.input.is_none() && args.log_dir.is_none() && args.brokers.is_none();
     let data = PathBuf::from("weir-data");
     let (input, output, dead, state, bounded) = if demo {
         if data.exists() {
@@ -106,10 +120,20 @@ fn run(args: Args) -> anyhow::Result<()> {
     } else {
         let Some(output) = args.output.clone() else { bail!("--output OUT_DIR is required") };
         let Some(dead) = args.dead_letter.clone() else { bail!("--dead-letter DLQ_DIR is required") };
-        let input = match (&args.input, &args.log_dir) {
-            (Some(file), _) => Input::File(file.clone()),
-            (None, Some(dir)) => Input::Log { dir: dir.clone(), topic: args.topic.clone() },
-            (None, None) => unreachable!("demo mode handled above"),
+        let input = match (&args.input, &args.log_dir, &args.brokers) {
+            (Some(file), _, _) => Input::File(file.clone()),
+            (None, Some(dir), _) => Input::Log { dir: dir.clone(), topic: args.topic.clone() },
+            (None, None, Some(brokers)) => {
+                let mut config = KafkaConfig::new(brokers.clone(), args.group.clone()).start(args.start_from);
+                if let Some(file) = &args.kafka_properties {
+                    config = config.properties_file(file)?;
+                }
+                for (k, v) in &args.kafka_options {
+                    config = config.option(k.clone(), v.clone());
+                }
+                Input::Kafka { config, topic: args.topic.clone() }
+            }
+            (None, None, None) => unreachable!("demo mode handled above"),
         };
         let bounded = args.bounded || args.input.is_some();
         (input, output, dead, args.state.clone(), bounded)

@@ -88,8 +88,17 @@ enum GroupCommand {
         #[arg(long)]
         state: PathBuf,
         /// Log directory of the topics it reads.
-        #[arg(long)]
-        log_dir: PathBuf,
+        #[arg(long, required_unless_present = "brokers", conflicts_with = "brokers")]
+        log_dir: Option<PathBuf>,
+        /// Kafka brokers (`host:port[,...]`) of the topic it reads.
+        #[arg(long, requires = "topic")]
+        brokers: Option<String>,
+        /// The Kafka topic.
+        #[arg(long, requires = "brokers")]
+        topic: Option<String>,
+        /// A librdkafka client setting, `key=value` (repeatable).
+        #[arg(long = "kafka-option", value_parser = weir::connectors::kafka::KafkaConfig::parse_option)]
+        kafka_options: Vec<(String, String)>,
     },
 }
 
@@ -109,8 +118,14 @@ fn main() -> anyhow::Result<()> {
             let stats = cli_log::produce(&log_dir, &name, &key_field, std::io::stdin().lock())?;
             println!("{stats}");
         }
-        Command::Group { command: GroupCommand::Describe { group, state, log_dir } } => {
-            print!("{}", group_describe(&group, &state, &log_dir)?);
+        Command::Group { command: GroupCommand::Describe { group, state, log_dir, brokers, topic, kafka_options } } => {
+            match (log_dir, brokers, topic) {
+                (Some(log_dir), _, _) => print!("{}", group_describe(&group, &state, &log_dir)?),
+                (None, Some(brokers), Some(topic)) => {
+                    print!("{}", kafka_group_describe(&group, &state, &brokers, &topic, &kafka_options)?)
+                }
+                _ => bail!("give --log-dir DIR, or --brokers HOST:PORT and --topic NAME"),
+            }
         }
         Command::Sensor { args } => {
             cli_sensor::main_from_args(std::iter::once("weir sensor".into()).chain(args))?;
@@ -119,9 +134,8 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A table of the group's committed offset, the end offset and the lag of
-/// every partition of every log topic it reads.
-fn group_describe(group: &str, state: &Path, log_dir: &Path) -> anyhow::Result<String> {
+/// The group's newest committed checkpoint in `state`.
+fn group_manifest(group: &str, state: &Path) -> anyhow::Result<weir::core::checkpoint::Manifest> {
     let Some(manifest) = weir::core::checkpoint::store::read_latest(state)
         .with_context(|| format!("reading the checkpoints in {}", state.display()))?
     else {
@@ -130,6 +144,52 @@ fn group_describe(group: &str, state: &Path, log_dir: &Path) -> anyhow::Result<S
     if manifest.pipeline != group {
         bail!("{} holds the checkpoints of group `{}`, not `{group}`", state.display(), manifest.pipeline);
     }
+    Ok(manifest)
+}
+
+/// Per partition of a Kafka topic: the checkpoint's offset, the broker group's
+/// committed offset, the end offset and the lag (from the checkpoint).
+fn kafka_group_describe(
+    group: &str,
+    state: &Path,
+    brokers: &str,
+    topic: &str,
+    options: &[(String, String)],
+) -> anyhow::Result<String> {
+    let manifest = group_manifest(group, state)?;
+    let Some(committed) = manifest.offsets.get(topic) else {
+        bail!("group `{group}` does not read Kafka topic `{topic}` (its checkpoint has {:?})", manifest.offsets.keys());
+    };
+    let mut cfg = weir::connectors::kafka::KafkaConfig::new(brokers, group);
+    for (k, v) in options {
+        cfg = cfg.option(k.clone(), v.clone());
+    }
+    let src = weir::connectors::kafka::KafkaSource::new(cfg, topic)?;
+    let broker = src.broker_committed()?;
+    let mut out = format!(
+        "group `{group}`: checkpoint epoch {}{}\n{:<16} {:>9} {:>16} {:>16} {:>16} {:>12}\n",
+        manifest.epoch,
+        if manifest.complete { " (complete)" } else { "" },
+        "TOPIC",
+        "PARTITION",
+        "CHECKPOINT",
+        "BROKER",
+        "END",
+        "LAG"
+    );
+    for (p, (_, end)) in src.watermarks()? {
+        let c = u32::try_from(p).ok().and_then(|p| committed.get(&p)).copied().unwrap_or(0);
+        let b = broker.get(&p).map_or("-".to_string(), |o| o.to_string());
+        let end = u64::try_from(end).unwrap_or(0);
+        out.push_str(&format!("{topic:<16} {p:>9} {c:>16} {b:>16} {end:>16} {:>12}\n", end.saturating_sub(c)));
+    }
+    Ok(out)
+}
+
+/// A table of the group's committed offset, the end offset and the lag of
+/// every partition of every log topic it reads.
+fn group_describe(group: &str, state: &Path, log_dir: &Path) -> anyhow::Result<String> {
+    let manifest = group_manifest(group, state)?;
     let mut out = format!(
         "group `{group}`: checkpoint epoch {}{}\n{:<16} {:>9} {:>16} {:>16} {:>12}\n",
         manifest.epoch,

@@ -63,6 +63,13 @@ pub enum Input {
         /// Topic name.
         topic: String,
     },
+    /// A Kafka topic, read as the consumer group the config names.
+    Kafka {
+        /// Brokers, group, start position and client settings.
+        config: weir_connectors::kafka::KafkaConfig,
+        /// Topic name.
+        topic: String,
+    },
 }
 
 /// Builds the sensor-window pipeline on one worker.
@@ -70,6 +77,7 @@ pub fn build(p: &mut Dataflow<'_>, input: &Input, output: &Path, dead_letters: &
     let raw = match input {
         Input::File(path) => p.source(LinesFile::open(path)?)?,
         Input::Log { dir, topic } => p.source(LogSource::open(dir, topic)?)?,
+        Input::Kafka { config, topic } => p.source(weir_connectors::kafka::KafkaSource::new(config.clone(), topic)?)?,
     };
     aggregate(raw, Parquet::dir(output))?;
     p.dead_letters().sink(DeadLetters::dir(dead_letters))

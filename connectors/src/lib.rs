@@ -4,6 +4,8 @@
 //! - [`file`]: a JSON-lines file split into byte ranges read in parallel.
 //! - [`parquet`]: the Parquet sink; [`dead_letter`]: the dead-letter sink.
 //!   Both stage files and publish them after the checkpoint commits ([`staging`]).
+//! - [`kafka`]: Kafka topics as consumer-group sources (rdkafka).
+//! - [`runtime`]: the process's one tokio runtime for connectors' async work.
 //! - [`record_limit`]: `max_record_bytes`, the longest record a source reads whole.
 
 pub mod columns;
@@ -11,9 +13,11 @@ pub mod dead_letter;
 pub mod file;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod kafka;
 pub mod log;
 pub mod parquet;
 pub mod record_limit;
+pub mod runtime;
 pub mod staging;
 
 pub use dead_letter::DeadLetters;

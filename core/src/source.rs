@@ -6,6 +6,10 @@
 //! epochs, the offsets that go into every checkpoint, and the bounded-run end.
 //! A connector only says what partitions exist and how to read one.
 
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
 use crate::error::Result;
 use crate::record::{Chunk, Offset, PartitionId};
 
@@ -43,12 +47,46 @@ pub enum ReadOrder {
     Sequential,
 }
 
+/// Wakes a source operator from any thread: a client that receives data on
+/// threads of its own (librdkafka's fetchers, an async task) calls
+/// [`Waker::wake`] when records arrive, so the operator reads them at once and
+/// does not poll while there are none. It wraps timely's `SyncActivator`.
+#[derive(Clone)]
+pub struct Waker(Arc<dyn Fn() + Send + Sync>);
+
+impl Waker {
+    /// A waker that runs `wake`.
+    pub fn new(wake: impl Fn() + Send + Sync + 'static) -> Self {
+        Waker(Arc::new(wake))
+    }
+
+    /// Schedules the source operator (cheap, callable from any thread, any number of times).
+    pub fn wake(&self) {
+        (self.0)()
+    }
+}
+
+impl fmt::Debug for Waker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Waker")
+    }
+}
+
 /// Reads one partition sequentially.
 pub trait PartitionReader: Send {
     /// Appends up to about `max_bytes` of whole records to `out` (whose
     /// `partition`, `first`, `kind` and `sep` the reader sets when `out` is
     /// empty) and sets `out.next` to the offset after the last record read.
     fn read(&mut self, max_bytes: usize, out: &mut Chunk) -> Result<ReadStatus>;
+
+    /// Called once, before the first read. A reader that returns `true` calls
+    /// `waker.wake()` whenever records arrive after a read that found none, so
+    /// the source operator sleeps while all its readers are idle instead of
+    /// polling them (files and the embedded log are polled: `false`).
+    fn set_waker(&mut self, waker: Waker) -> bool {
+        let _ = waker;
+        false
+    }
 }
 
 /// A partitioned input: a topic of the embedded log, a file split into byte ranges, ...
@@ -77,5 +115,19 @@ pub trait Source: Send + Sync + 'static {
     /// How a worker should schedule reads over the partitions it owns.
     fn read_order(&self) -> ReadOrder {
         ReadOrder::Interleaved
+    }
+
+    /// Called after a checkpoint that holds `offsets` (the next offset of every
+    /// partition of this source) has committed, that is after the manifest's
+    /// directory fsync returned; never before, and only on the worker that
+    /// commits (worker 0), in commit order. `last` is the final commit of a
+    /// bounded run: the process exits after it, so a source that tells an
+    /// external system (Kafka's consumer group offsets) should do so
+    /// synchronously then. Errors are logged, never fatal: the next commit
+    /// carries newer offsets and retries. Runs without a state directory never
+    /// call it.
+    fn on_committed(&self, offsets: &BTreeMap<PartitionId, Offset>, last: bool) -> Result<()> {
+        let _ = (offsets, last);
+        Ok(())
     }
 }

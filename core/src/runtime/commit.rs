@@ -15,12 +15,15 @@ use crate::checkpoint::{Manifest, Part};
 use crate::error::Result;
 use crate::flow::{Dataflow, unconsumed_dead_letters};
 use crate::runtime::ctx::Shared;
+use crate::source::Source;
 use crate::time::Epoch;
 
 struct Committer {
     shared: Arc<Shared>,
     last: Option<Manifest>,
     template: Manifest,
+    /// Sources told about each commit ([`crate::source::Source::on_committed`]).
+    sources: Vec<(String, Arc<dyn Source>)>,
 }
 
 impl Committer {
@@ -39,6 +42,13 @@ impl Committer {
         publish(&*self.shared.cfg.storage, &m.outputs)?;
         if let Some(store) = &self.shared.store {
             store.retain(self.shared.cfg.retain)?;
+            // Committed: sources may now tell the outside world (never before the manifest).
+            for (name, source) in &self.sources {
+                let Some(offsets) = m.offsets.get(name) else { continue };
+                if let Err(e) = source.on_committed(offsets, complete) {
+                    tracing::warn!(source = %name, epoch, error = %e, "after-commit action failed; the next commit retries");
+                }
+            }
         }
         if let Ok(mut stats) = self.shared.stats.lock() {
             let took = started.elapsed();
@@ -78,7 +88,8 @@ impl<'s> Dataflow<'s> {
             ..Default::default()
         };
         let restored_complete = shared.restored.as_ref().is_some_and(|m| m.complete);
-        let mut committer = Committer { shared: shared.clone(), last: shared.restored.clone(), template };
+        let sources = std::mem::take(&mut *ctx.0.sources.borrow_mut());
+        let mut committer = Committer { shared: shared.clone(), last: shared.restored.clone(), template, sources };
         let bounded = cfg.bounded;
         let is_leader = ctx.worker() == 0;
         let mut pending: Vec<Part> = Vec::new();

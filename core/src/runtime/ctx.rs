@@ -108,6 +108,8 @@ pub(crate) struct CtxInner<'s> {
     pub dead_taken: Cell<bool>,
     pub next_id: Cell<usize>,
     pub probe: ProbeHandle<Epoch>,
+    /// This worker's sources by name, told about every commit (worker 0's commit operator).
+    pub sources: RefCell<Vec<(String, Arc<dyn crate::source::Source>)>>,
 }
 
 /// Builds the user's pipeline on `scope`, then the commit operator: the one way
@@ -129,6 +131,7 @@ where
         dead_taken: Default::default(),
         next_id: Default::default(),
         probe,
+        sources: Default::default(),
     }));
     let mut df = crate::flow::Dataflow { ctx };
     build(&mut df)?;

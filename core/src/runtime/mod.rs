@@ -33,6 +33,9 @@ use crate::storage::Storage;
 use crate::time::{CheckpointSchedule, Epoch, EpochPolicy};
 use ctx::{Shared, build_dataflow, panic_message};
 
+/// The longest a worker sleeps with nothing to do before it checks the abort flag.
+const PARK: Duration = Duration::from_millis(20);
+
 /// How a pipeline runs. Build it with [`Pipeline`]'s methods; validated once in [`Pipeline::run`].
 #[derive(Clone, Debug)]
 pub struct PipelineConfig {
@@ -372,7 +375,10 @@ impl Pipeline {
             let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> Result<()> {
                 let probe = timely::dataflow::ProbeHandle::new();
                 worker.dataflow::<Epoch, _, _>(|scope| build_dataflow(scope, sh.clone(), probe, &*build))?;
-                while !sh.aborted() && worker.step_or_park(Some(Duration::from_millis(1))) {}
+                // Parks until an operator is scheduled (timely bounds the park by
+                // delayed activations; other workers' messages and sources'
+                // wakers unpark it), at most PARK so the abort flag is seen.
+                while !sh.aborted() && worker.step_or_park(Some(PARK)) {}
                 Ok(())
             }));
             // Stop every worker first, then drop this worker's dataflows: the others

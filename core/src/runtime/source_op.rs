@@ -26,7 +26,7 @@ use crate::checkpoint::{Part, PartBody};
 use crate::error::{Error, Result};
 use crate::flow::{Dataflow, InputInfo, Origin, PartitionEvent, Raw, VecOutput};
 use crate::record::{Chunk, Offset, PartitionId};
-use crate::source::{PartitionReader, ReadOrder, ReadStatus, Source};
+use crate::source::{PartitionReader, ReadOrder, ReadStatus, Source, Waker};
 use crate::time::{Epoch, EpochPolicy};
 
 struct Owned {
@@ -112,17 +112,25 @@ impl<'s> Dataflow<'s> {
         if let Ok(mut all) = shared.assignments.lock() {
             all.insert(name.clone(), assignment.clone().into());
         }
+        ctx.0.sources.borrow_mut().push((name.clone(), src.clone()));
+        let mut builder = OperatorBuilder::new(format!("Source({name})"), scope);
+        let info = builder.operator_info();
+        let sync_activator = scope.worker().sync_activator_for(info.address.to_vec());
+        let waker = Waker::new(move || {
+            // Fails only once the worker is gone, when there is nobody left to wake.
+            let _ = sync_activator.activate();
+        });
         let mut owned = Vec::new();
+        // Whether every reader wakes the operator when data arrives (then it sleeps when idle).
+        let mut all_wake = true;
         for &id in assignment.partitions_of(ctx.worker()) {
             let Some(spec) = specs.iter().find(|s| s.id == id) else { continue };
             let from = committed.get(&id).copied().unwrap_or(spec.start);
             let until = if cfg.bounded { ends.get(&id).copied() } else { None };
-            let reader = src.open(id, from, until)?;
+            let mut reader = src.open(id, from, until)?;
+            all_wake &= reader.set_waker(waker.clone());
             owned.push(Owned { id, reader, next: from, finished: false, last_data: Instant::now(), idle: false });
         }
-
-        let mut builder = OperatorBuilder::new(format!("Source({name})"), scope);
-        let info = builder.operator_info();
         let (data_out, data) = builder.new_output::<Vec<Chunk>>();
         let (event_out, events) = builder.new_output::<Vec<PartitionEvent>>();
         let (part_out, parts) = builder.new_output::<Vec<Part>>();
@@ -305,6 +313,22 @@ impl<'s> Dataflow<'s> {
                 }
                 if progressed {
                     activator.activate();
+                } else if all_wake && !gated {
+                    // Readers wake the operator when data arrives: sleep until the
+                    // epoch must close or a partition's idle timeout passes.
+                    let until_epoch = match policy {
+                        EpochPolicy::Records(_) => IDLE_EPOCH,
+                        EpochPolicy::Time(d) => d.saturating_sub(epoch_started.elapsed()),
+                    };
+                    let until_idle = idle_timeout.and_then(|t| {
+                        owned
+                            .iter()
+                            .filter(|o| !o.finished && !o.idle)
+                            .map(|o| t.saturating_sub(o.last_data.elapsed()))
+                            .min()
+                    });
+                    let wait = until_idle.map_or(until_epoch, |i| i.min(until_epoch));
+                    activator.activate_after(wait.max(Duration::from_micros(100)));
                 } else {
                     activator.activate_after(Duration::from_millis(1));
                 }

@@ -1,0 +1,278 @@
+//! The sensor-window pipeline on a real Kafka-protocol broker (tansu, started
+//! by the test on 127.0.0.1 on a free port): exact output against the
+//! reference, the broker group's committed offsets equal to the checkpoint's,
+//! SIGKILL and restart with another worker count, the broker stopped and
+//! started again mid-run, and the errors a user meets first.
+
+mod server_support;
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use server_support::Tansu;
+use weir::connectors::kafka::{KafkaConfig, KafkaSource};
+use weir::core::source::Source;
+use weir::prelude::*;
+use weir::sensor::{self, Input};
+
+const PARTITIONS: i32 = 4;
+
+fn create_topic(brokers: &str, name: &str, partitions: i32) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", brokers).create().context("admin client")?;
+    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    let results = weir::connectors::runtime::io()?
+        .block_on(admin.create_topics([&topic], &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)))))
+        .context("create_topics")?;
+    for r in results {
+        if let Err((t, e)) = r {
+            bail!("creating topic {t}: {e}");
+        }
+    }
+    Ok(())
+}
+
+/// Produces each line to the partition its `device` hashes to (round-robin without one).
+fn produce(brokers: &str, topic: &str, lines: &[&[u8]]) -> anyhow::Result<()> {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()
+        .context("producer")?;
+    for (i, line) in lines.iter().enumerate() {
+        let partition = match device_of(line) {
+            Some(d) => {
+                (d.iter().fold(0u32, |h, &b| h.wrapping_mul(31).wrapping_add(b as u32)) % PARTITIONS as u32) as i32
+            }
+            None => (i % PARTITIONS as usize) as i32,
+        };
+        let mut record = BaseRecord::<(), [u8]>::to(topic).payload(line).partition(partition);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((e, r)) => {
+                    if !matches!(
+                        e,
+                        rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull)
+                    ) {
+                        bail!("produce: {e}");
+                    }
+                    producer.poll(Duration::from_millis(10));
+                    record = r;
+                }
+            }
+        }
+        producer.poll(Duration::ZERO);
+    }
+    producer.flush(Duration::from_secs(60)).context("flush")?;
+    Ok(())
+}
+
+fn device_of(line: &[u8]) -> Option<&[u8]> {
+    let pat = b"\"device\":\"";
+    let start = line.windows(pat.len()).position(|w| w == pat)? + pat.len();
+    let len = line[start..].iter().position(|&b| b == b'"')?;
+    Some(&line[start..start + len])
+}
+
+fn lines(data: &[u8]) -> Vec<&[u8]> {
+    data.split(|&b| b == b'\n').filter(|l| !l.is_empty()).collect()
+}
+
+fn generated(n: u64, seed: u64) -> anyhow::Result<Vec<u8>> {
+    let mut data = Vec::new();
+    sensor::generate(n, seed, 200, &mut data)?;
+    Ok(data)
+}
+
+/// The group's committed offsets on the broker, and the topic's end offsets.
+fn group_view(brokers: &str, group: &str, topic: &str) -> anyhow::Result<(BTreeMap<i32, i64>, BTreeMap<i32, i64>)> {
+    let src = KafkaSource::new(KafkaConfig::new(brokers, group), topic)?;
+    let committed = src.broker_committed()?;
+    let ends = src.watermarks()?.into_iter().map(|(p, (_, high))| (p, high)).collect();
+    Ok((committed, ends))
+}
+
+#[test]
+fn a_kafka_topic_gives_the_reference_result_and_the_group_commits_the_checkpoint() -> anyhow::Result<()> {
+    let broker = Tansu::start()?;
+    let brokers = broker.brokers();
+    create_topic(&brokers, "sensors", PARTITIONS)?;
+    let data = generated(20_000, 7)?;
+    produce(&brokers, "sensors", &lines(&data))?;
+    let (expected, malformed) = sensor::reference(&data);
+
+    let dir = tempfile::tempdir()?;
+    let (out, dead, state) = (dir.path().join("out"), dir.path().join("dead"), dir.path().join("state"));
+    let input = Input::Kafka { config: KafkaConfig::new(brokers.clone(), "agg"), topic: "sensors".into() };
+    let (i, o, d) = (input.clone(), out.clone(), dead.clone());
+    let summary = Pipeline::new("agg")
+        .workers(2)
+        .state(&state)
+        .checkpoint_every(Duration::from_millis(100))
+        .bounded(true)
+        .run(move |p| sensor::build(p, &i, &o, &d))?;
+    ensure!(summary.counter("records_in") == lines(&data).len() as u64, "read {}", summary.counter("records_in"));
+    support::compare(&expected, &support::read_rows(&out)?)?;
+    ensure!(support::read_dead_letters(&dead)?.len() as u64 == malformed, "dead letters");
+
+    // Lag 0 for any Kafka client: the broker's group offsets are the end offsets.
+    let (committed, ends) = group_view(&brokers, "agg", "sensors")?;
+    ensure!(committed == ends, "group offsets {committed:?}, end offsets {ends:?}");
+
+    // A rerun is complete and reads nothing; a run with another group is refused
+    // by nothing but starts from the group's own (absent) offsets: earliest.
+    let (i, o, d) = (input.clone(), out.clone(), dead.clone());
+    let again =
+        Pipeline::new("agg").workers(3).state(&state).bounded(true).run(move |p| sensor::build(p, &i, &o, &d))?;
+    ensure!(again.already_complete, "the rerun was not complete");
+    Ok(())
+}
+
+#[test]
+fn without_a_checkpoint_the_group_offsets_are_the_start() -> anyhow::Result<()> {
+    let broker = Tansu::start()?;
+    let brokers = broker.brokers();
+    create_topic(&brokers, "s", 2)?;
+    let data = generated(2_000, 3)?;
+    let all = lines(&data);
+    produce(&brokers, "s", &all)?;
+    // The group has committed offsets; `committed` (the default) starts there, `earliest` at 0.
+    let src = KafkaSource::new(KafkaConfig::new(brokers.clone(), "g"), "s")?;
+    let ends: BTreeMap<u32, u64> = src.partitions()?.iter().map(|s| (s.id, s.end)).collect();
+    let half: BTreeMap<u32, u64> = ends.iter().map(|(&p, &e)| (p, e / 2)).collect();
+    src.on_committed(&half, true)?;
+    let starts: BTreeMap<u32, u64> = src.partitions()?.iter().map(|s| (s.id, s.start)).collect();
+    ensure!(starts == half, "committed start {starts:?}, expected {half:?}");
+    let earliest = KafkaSource::new(
+        KafkaConfig::new(brokers.clone(), "g").start(weir::connectors::kafka::StartPosition::Earliest),
+        "s",
+    )?;
+    ensure!(earliest.partitions()?.iter().all(|s| s.start == 0), "earliest");
+    let latest = KafkaSource::new(
+        KafkaConfig::new(brokers.clone(), "g").start(weir::connectors::kafka::StartPosition::Latest),
+        "s",
+    )?;
+    ensure!(latest.partitions()?.iter().all(|s| s.start == ends[&s.id]), "latest");
+    let fresh = KafkaSource::new(KafkaConfig::new(brokers.clone(), "never-committed"), "s")?;
+    ensure!(fresh.partitions()?.iter().all(|s| s.start == 0), "a group that never committed starts at earliest");
+    Ok(())
+}
+
+#[test]
+fn a_missing_topic_and_an_offset_the_broker_lacks_are_clear_errors() -> anyhow::Result<()> {
+    let broker = Tansu::start()?;
+    let brokers = broker.brokers();
+    let err = KafkaSource::new(KafkaConfig::new(brokers.clone(), "g"), "nope")?.partitions().err();
+    let msg = err.map(|e| e.to_string()).unwrap_or_default();
+    ensure!(msg.contains("`nope`") && msg.contains("does not exist"), "{msg}");
+
+    create_topic(&brokers, "t", 1)?;
+    produce(&brokers, "t", &[b"{}".as_slice(); 3])?;
+    let src = KafkaSource::new(KafkaConfig::new(brokers.clone(), "g"), "t")?;
+    let msg = src.open(0, 10, None).err().map(|e| e.to_string()).unwrap_or_default();
+    ensure!(msg.contains("offset 10") && msg.contains("`t`") && msg.contains("0 to 3"), "{msg}");
+    Ok(())
+}
+
+fn spawn(brokers: &str, dir: &Path, workers: usize) -> anyhow::Result<Child> {
+    let child = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["sensor", "--brokers", brokers, "--topic", "sensors", "--group", "live"])
+        .arg("--output")
+        .arg(dir.join("out"))
+        .arg("--dead-letter")
+        .arg(dir.join("dead"))
+        .arg("--state")
+        .arg(dir.join("state"))
+        .args(["--workers", &workers.to_string(), "--checkpoint-interval", "100ms"])
+        .args(["--kafka-option", "reconnect.backoff.max.ms=200"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join(format!("stderr-{workers}.log")))?)
+        .spawn()?;
+    Ok(child)
+}
+
+fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> anyhow::Result<bool>) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if ok()? {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("timed out waiting for {what}")
+}
+
+/// An unbounded pipeline process survives the broker going away for seconds
+/// and a SIGKILL with a restart on another worker count; the output is exactly
+/// the reference's, and the group's broker offsets follow the checkpoints.
+#[test]
+fn an_unbounded_run_survives_a_broker_outage_and_a_kill() -> anyhow::Result<()> {
+    let mut broker = Tansu::start()?;
+    let brokers = broker.brokers();
+    create_topic(&brokers, "sensors", PARTITIONS)?;
+    let data = generated(30_000, 11)?;
+    let all = lines(&data);
+    let (first, second) = all.split_at(all.len() / 2);
+    produce(&brokers, "sensors", first)?;
+
+    let dir = tempfile::tempdir()?;
+    let mut child = spawn(&brokers, dir.path(), 2)?;
+    let consumed = |brokers: &str| -> anyhow::Result<i64> {
+        let (committed, _) = group_view(brokers, "live", "sensors")?;
+        Ok(committed.values().sum())
+    };
+    wait_until("the first half in a broker commit", Duration::from_secs(60), || {
+        Ok(consumed(&brokers)? as usize >= first.len())
+    })?;
+
+    // The broker goes away for three seconds; the pipeline waits and reconnects.
+    broker.stop();
+    std::thread::sleep(Duration::from_secs(3));
+    ensure!(child.try_wait()?.is_none(), "the pipeline exited while the broker was away");
+    broker.resume()?;
+    produce(&brokers, "sensors", &second[..second.len() / 2])?;
+
+    // SIGKILL mid-stream, restart with 3 workers.
+    std::thread::sleep(Duration::from_millis(300));
+    child.kill()?;
+    child.wait()?;
+    let mut child = spawn(&brokers, dir.path(), 3)?;
+    produce(&brokers, "sensors", &second[second.len() / 2..])?;
+    // One far-future reading per partition closes every real window.
+    let flush: Vec<Vec<u8>> = (0..PARTITIONS)
+        .map(|p| format!(r#"{{"device":"zz-flush-{p}","ts":1800000000000,"temp":20.0}}"#).into_bytes())
+        .collect();
+    let producer: BaseProducer = ClientConfig::new().set("bootstrap.servers", &brokers).create()?;
+    for (p, line) in flush.iter().enumerate() {
+        producer.send(BaseRecord::<(), [u8]>::to("sensors").payload(line).partition(p as i32)).map_err(|(e, _)| e)?;
+    }
+    producer.flush(Duration::from_secs(10))?;
+
+    let (expected, malformed) = sensor::reference(&data);
+    let total = all.len() as i64 + i64::from(PARTITIONS);
+    wait_until("every record in a broker commit", Duration::from_secs(90), || Ok(consumed(&brokers)? >= total))?;
+    // Committed offsets are the checkpoint's: its output is published.
+    let out = dir.path().join("out");
+    wait_until("the reference's rows", Duration::from_secs(30), || {
+        Ok(support::read_rows(&out).map(|r| r.len()).unwrap_or(0) >= expected.len())
+    })?;
+    child.kill()?;
+    child.wait()?;
+    support::compare(&expected, &support::read_rows(&out)?)?;
+    let dead = support::read_dead_letters(&dir.path().join("dead"))?;
+    ensure!(dead.len() as u64 == malformed, "{} dead letters, expected {malformed}", dead.len());
+    let (committed, ends) = group_view(&brokers, "live", "sensors")?;
+    ensure!(committed == ends, "group offsets {committed:?}, end offsets {ends:?}");
+    Ok(())
+}

@@ -40,8 +40,14 @@ fn create_topic(brokers: &str, name: &str, partitions: i32) -> anyhow::Result<()
     Ok(())
 }
 
-/// Produces each line to the partition its `device` hashes to (round-robin without one).
+/// Produces each line to the partition its `device` hashes to (round-robin without one),
+/// and checks that the topic's end offsets grew by as many records.
 fn produce(brokers: &str, topic: &str, lines: &[&[u8]]) -> anyhow::Result<()> {
+    let ends = |_: ()| -> anyhow::Result<(i32, i64)> {
+        let marks = KafkaSource::new(KafkaConfig::new(brokers, "producer-check"), topic)?.watermarks()?;
+        Ok((marks.len() as i32, marks.values().map(|&(_, high)| high).sum()))
+    };
+    let (partitions, before) = ends(())?;
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("enable.idempotence", "true")
@@ -51,9 +57,9 @@ fn produce(brokers: &str, topic: &str, lines: &[&[u8]]) -> anyhow::Result<()> {
     for (i, line) in lines.iter().enumerate() {
         let partition = match device_of(line) {
             Some(d) => {
-                (d.iter().fold(0u32, |h, &b| h.wrapping_mul(31).wrapping_add(b as u32)) % PARTITIONS as u32) as i32
+                (d.iter().fold(0u32, |h, &b| h.wrapping_mul(31).wrapping_add(b as u32)) % partitions as u32) as i32
             }
-            None => (i % PARTITIONS as usize) as i32,
+            None => (i % partitions as usize) as i32,
         };
         let mut record = BaseRecord::<(), [u8]>::to(topic).payload(line).partition(partition);
         loop {
@@ -74,6 +80,13 @@ fn produce(brokers: &str, topic: &str, lines: &[&[u8]]) -> anyhow::Result<()> {
         producer.poll(Duration::ZERO);
     }
     producer.flush(Duration::from_secs(60)).context("flush")?;
+    let (_, after) = ends(())?;
+    ensure!(
+        after - before == lines.len() as i64,
+        "produced {} records, the topic grew by {}",
+        lines.len(),
+        after - before
+    );
     Ok(())
 }
 
@@ -274,5 +287,10 @@ fn an_unbounded_run_survives_a_broker_outage_and_a_kill() -> anyhow::Result<()> 
     ensure!(dead.len() as u64 == malformed, "{} dead letters, expected {malformed}", dead.len());
     let (committed, ends) = group_view(&brokers, "live", "sensors")?;
     ensure!(committed == ends, "group offsets {committed:?}, end offsets {ends:?}");
+    // ...and the checkpoint's, partition by partition.
+    let manifest = weir::core::checkpoint::store::read_latest(&dir.path().join("state"))?.context("no checkpoint")?;
+    let checkpoint: BTreeMap<i32, i64> =
+        manifest.offsets["sensors"].iter().map(|(&p, &o)| (p as i32, o as i64)).collect();
+    ensure!(checkpoint == committed, "checkpoint offsets {checkpoint:?}, group offsets {committed:?}");
     Ok(())
 }

@@ -117,6 +117,22 @@ pub trait Source: Send + Sync + 'static {
         ReadOrder::Interleaved
     }
 
+    /// Partitions added since the run started (unbounded runs, every
+    /// `partition_discovery` interval, on a thread of its own): the partitions
+    /// the source has now that are not in `known`, each with the offset to
+    /// start it from (its earliest). Sources whose partitions never change
+    /// return none (the default).
+    fn discover(&self, known: &[PartitionId]) -> Result<Vec<PartitionSpec>> {
+        let _ = known;
+        Ok(Vec::new())
+    }
+
+    /// Whether partitions can be added while a run goes on ([`Source::discover`] is
+    /// called only then).
+    fn discovers_partitions(&self) -> bool {
+        false
+    }
+
     /// Called after a checkpoint that holds `offsets` (the next offset of every
     /// partition of this source) has committed, that is after the manifest's
     /// directory fsync returned; never before, and only on the worker that

@@ -249,6 +249,27 @@ impl Source for KafkaSource {
         Ok(serde_json::json!({ "kafka_topic": self.topic }))
     }
 
+    fn discovers_partitions(&self) -> bool {
+        true
+    }
+
+    fn discover(&self, known: &[PartitionId]) -> Result<Vec<PartitionSpec>> {
+        let meta = self.meta()?;
+        let mut found = Vec::new();
+        for p in self.partition_ids()? {
+            let Ok(id) = PartitionId::try_from(p) else { continue };
+            if known.contains(&id) {
+                continue;
+            }
+            // A partition created while the run goes on is read from its earliest offset.
+            let (low, high) = meta.fetch_watermarks(&self.topic, p, self.cfg.timeout).map_err(|e| {
+                broker_error(format!("reading the offsets of {}/{p}", self.topic), &self.cfg.brokers, &e)
+            })?;
+            found.push(PartitionSpec { id, start: to_offset(low), end: to_offset(high) });
+        }
+        Ok(found)
+    }
+
     fn record_at(&self, partition: PartitionId, offset: Offset) -> Result<Option<Vec<u8>>> {
         let (Ok(p), Ok(o)) = (i32::try_from(partition), i64::try_from(offset)) else { return Ok(None) };
         let mut guard = self.fetcher.lock().map_err(|_| Error::Pipeline("Kafka fetcher lock poisoned".into()))?;

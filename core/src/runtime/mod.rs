@@ -71,6 +71,9 @@ pub struct PipelineConfig {
     /// the window watermark back until it has data again (`None`: never).
     /// Bounded runs never release a partition that still has unread data.
     pub idle_timeout: Option<Duration>,
+    /// In an unbounded run, how often sources whose partitions can grow (Kafka)
+    /// look for new partitions ([`crate::source::Source::discover`]); `None`: never.
+    pub partition_discovery: Option<Duration>,
     /// Where checkpoints, staged and published output are written (the local
     /// file system by default; tests inject faults here).
     pub storage: Arc<dyn Storage>,
@@ -93,6 +96,7 @@ impl Default for PipelineConfig {
             activation_bytes: 256 * 1024,
             epochs_in_flight: 4,
             idle_timeout: Some(Duration::from_secs(10)),
+            partition_discovery: Some(Duration::from_secs(30)),
             storage: crate::storage::local(),
         }
     }
@@ -155,6 +159,9 @@ impl PipelineConfig {
         }
         if self.idle_timeout.is_some_and(|d| d.is_zero()) {
             return Err(Error::config("idle_timeout", "must be positive (or none)"));
+        }
+        if self.partition_discovery.is_some_and(|d| d.is_zero()) {
+            return Err(Error::config("partition_discovery", "must be positive (or none)"));
         }
         if self.activation_bytes == 0 {
             return Err(Error::config("activation_bytes", "must be positive"));
@@ -259,6 +266,14 @@ impl Pipeline {
     /// stops holding the window watermark back (`None`: it always holds it).
     pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.config.idle_timeout = timeout;
+        self
+    }
+
+    /// In an unbounded run, how often to look for partitions added to a source
+    /// (Kafka; default 30 s; `None`: never). A new partition is read from its
+    /// earliest offset by worker `id % workers` and enters the next checkpoint.
+    pub fn partition_discovery(mut self, every: Option<Duration>) -> Self {
+        self.config.partition_discovery = every;
         self
     }
 

@@ -121,6 +121,12 @@ impl<'s> Dataflow<'s> {
             let _ = sync_activator.activate();
         });
         let mut owned = Vec::new();
+        // Every partition id of the source this run knows of (discovery adds to it).
+        let mut known: Vec<PartitionId> = ids.clone();
+        let discovery_every = if cfg.bounded || !src.discovers_partitions() { None } else { cfg.partition_discovery };
+        let mut discovery = Discovery { every: discovery_every, last: Instant::now(), pending: None };
+        let peers = ctx.peers();
+        let discover_src = src.clone();
         // Whether every reader wakes the operator when data arrives (then it sleeps when idle).
         let mut all_wake = true;
         for &id in assignment.partitions_of(ctx.worker()) {
@@ -178,6 +184,38 @@ impl<'s> Dataflow<'s> {
                 if failure.aborted() {
                     caps = None;
                     return;
+                }
+                // Partitions added to the source: worker `id % peers` reads each from its start.
+                match discovery.poll(&discover_src, &known) {
+                    Ok(found) => {
+                        for spec in found {
+                            if known.contains(&spec.id) {
+                                continue;
+                            }
+                            known.push(spec.id);
+                            if spec.id as usize % peers != worker {
+                                continue;
+                            }
+                            tracing::info!(source = %source_name, partition = spec.id, from = spec.start, worker, "new partition");
+                            let mut reader = match discover_src.open(spec.id, spec.start, None) {
+                                Ok(r) => r,
+                                Err(e) => {
+                                    failure.fail(e);
+                                    return;
+                                }
+                            };
+                            all_wake &= reader.set_waker(waker.clone());
+                            owned.push(Owned {
+                                id: spec.id,
+                                reader,
+                                next: spec.start,
+                                finished: false,
+                                last_data: Instant::now(),
+                                idle: false,
+                            });
+                        }
+                    }
+                    Err(e) => tracing::warn!(source = %source_name, error = %e, "partition discovery failed; retrying"),
                 }
                 let mut data_h = data_out.activate();
                 let mut event_h = event_out.activate();
@@ -274,7 +312,11 @@ impl<'s> Dataflow<'s> {
                     }
                 }
 
-                let all_finished = owned.iter().all(|o| o.finished);
+                // (A partition ends in an unbounded run only when it can have no more data:
+                // a source whose partitions all ended is done, discovery included.)
+                // A worker that owns nothing yet stays alive while discovery may give it a partition.
+                let all_finished =
+                    owned.iter().all(|o| o.finished) && !(owned.is_empty() && discovery.every.is_some());
                 if all_finished {
                     part_h.session(&held[2]).give(offsets_part(&owned, epoch));
                     drop((data_h, event_h, part_h));
@@ -327,7 +369,10 @@ impl<'s> Dataflow<'s> {
                             .map(|o| t.saturating_sub(o.last_data.elapsed()))
                             .min()
                     });
-                    let wait = until_idle.map_or(until_epoch, |i| i.min(until_epoch));
+                    let mut wait = until_idle.map_or(until_epoch, |i| i.min(until_epoch));
+                    if let Some(d) = discovery.due_in() {
+                        wait = wait.min(d);
+                    }
                     activator.activate_after(wait.max(Duration::from_micros(100)));
                 } else {
                     activator.activate_after(Duration::from_millis(1));
@@ -347,6 +392,50 @@ impl<'s> Dataflow<'s> {
             pool,
         })
         .inspect(|_| ctx.register_parts(parts))
+    }
+}
+
+/// Looks for new partitions every `every`, on a thread of its own (a
+/// source's metadata call may wait for a server).
+struct Discovery {
+    every: Option<Duration>,
+    last: Instant,
+    pending: Option<std::sync::mpsc::Receiver<Result<Vec<crate::source::PartitionSpec>>>>,
+}
+
+impl Discovery {
+    /// Partitions found by a finished call; starts the next call when one is due.
+    fn poll(&mut self, src: &Arc<dyn Source>, known: &[PartitionId]) -> Result<Vec<crate::source::PartitionSpec>> {
+        let Some(every) = self.every else { return Ok(Vec::new()) };
+        if let Some(rx) = &self.pending {
+            match rx.try_recv() {
+                Ok(found) => {
+                    self.pending = None;
+                    return found;
+                }
+                Err(std::sync::mpsc::TryRecvError::Empty) => return Ok(Vec::new()),
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => self.pending = None,
+            }
+        }
+        if self.last.elapsed() >= every {
+            self.last = Instant::now();
+            let (tx, rx) = std::sync::mpsc::channel();
+            let (src, known) = (src.clone(), known.to_vec());
+            let spawned = std::thread::Builder::new().name("weir-discovery".into()).spawn(move || {
+                let _ = tx.send(src.discover(&known));
+            });
+            if spawned.is_ok() {
+                self.pending = Some(rx);
+            }
+        }
+        Ok(Vec::new())
+    }
+
+    /// How long until the next call is due.
+    fn due_in(&self) -> Option<Duration> {
+        self.every.map(|e| {
+            if self.pending.is_some() { Duration::from_millis(5) } else { e.saturating_sub(self.last.elapsed()) }
+        })
     }
 }
 

@@ -96,6 +96,12 @@ impl Watermarks {
     /// Applies updates; returns the new window watermark if it advanced.
     fn apply(&mut self, updates: &[WatermarkUpdate]) -> Option<EventTime> {
         for u in updates {
+            // A partition discovered while the run goes on joins with its first update.
+            let at = u.partition as usize;
+            if at >= self.table.len() && at < self.table.len() + 4096 {
+                self.table.resize(at + 1, EventTime::MIN);
+                self.idle.resize(at + 1, false);
+            }
             if let (Some(slot), Some(idle)) =
                 (self.table.get_mut(u.partition as usize), self.idle.get_mut(u.partition as usize))
             {

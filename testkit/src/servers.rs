@@ -3,8 +3,6 @@
 //! The binaries come from `scripts/tools.sh` (which `scripts/test.sh` runs):
 //! `WEIR_TANSU` / `WEIR_MOSQUITTO`, or their default install paths.
 
-#![allow(dead_code)]
-
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

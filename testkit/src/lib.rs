@@ -1,0 +1,6 @@
+//! Fixtures shared by Weir's tests and benchmarks (not published): real
+//! servers started on 127.0.0.1 on free ports ([`servers`]), and Kafka
+//! helpers that create topics and produce records ([`kafka`]).
+
+pub mod kafka;
+pub mod servers;

@@ -69,7 +69,7 @@ pub enum Input {
 pub fn build(p: &mut Dataflow<'_>, input: &Input, output: &Path, dead_letters: &Path) -> weir_core::Result<()> {
     let raw = match input {
         Input::File(path) => p.source(LinesFile::open(path)?)?,
-        Input::Log { dir, topic } => p.source(LogSource::open(dir, topic)?)?,
+        Input::Log { dir, topic } => p.source(LogSource::open_in(p.ctx().storage(), dir, topic)?)?,
     };
     aggregate(raw, Parquet::dir(output))?;
     p.dead_letters().sink(DeadLetters::dir(dead_letters))

@@ -55,7 +55,8 @@ pub enum Crash {
     /// ones holds either the new bytes or the durable ones (zeros past the
     /// durable end), chosen by a hash of `seed`, the file and the page. An
     /// unsynced append of several pages can so leave a hole followed by pages
-    /// that did reach the disk; bytes that were durable stay as they were.
+    /// that did reach the disk; bytes that were durable stay as they were. A
+    /// file poisoned by a failed fsync keeps only its durable contents.
     TornPages {
         /// Picks which pages reach the disk (the same seed, the same choice).
         seed: u64,
@@ -431,10 +432,11 @@ impl State {
                 continue;
             }
             match self.nodes.get(&ino) {
-                Some(Node::File { data, durable, .. }) => {
+                Some(Node::File { data, durable, poisoned }) => {
                     let disk = match tear {
-                        Some(seed) => torn_pages(data, durable, seed, ino),
-                        None => durable.clone(),
+                        // A failed fsync marked the file's pages clean: they are never written back.
+                        Some(seed) if !poisoned => torn_pages(data, durable, seed, ino),
+                        _ => durable.clone(),
                     };
                     out.insert(ino, Node::File { data: disk.clone(), durable: disk, poisoned: false });
                 }

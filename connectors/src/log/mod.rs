@@ -49,8 +49,10 @@
 //! - The **sync watermark** `synced.pos` (24 bytes: `WSYN`, `u64 LE` segment base,
 //!   `u64 LE` byte position, `u32 LE` CRC-32 of the first 20 bytes) says up to where
 //!   the writer's fsyncs reached: every byte before `(base, pos)` is durable. The
-//!   writer overwrites it (in place) after each successful fsync, without fsyncing
-//!   it, so after a machine crash it may be older than the truth but never newer.
+//!   writer overwrites it (in place) after each successful fsync; it fsyncs it only
+//!   the first time (when it opens, unless the policy is [`FsyncPolicy::Never`]), so
+//!   a valid watermark is durable before an append can be torn, and after a machine
+//!   crash it may be older than the truth but never newer.
 //! - `topic.json`'s `id` (128 random-ish bits in hex, from the clock, the process id
 //!   and std's randomly seeded hasher) tells two topics of the same name apart; a
 //!   `topic.json` written before ids existed has id `legacy`.
@@ -102,6 +104,8 @@ mod synced;
 mod topic;
 mod writer;
 
+#[cfg(test)]
+mod crash_tests;
 #[cfg(test)]
 mod tests;
 

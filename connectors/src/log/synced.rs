@@ -5,11 +5,16 @@
 //! is not.
 //!
 //! The writer stores it with one small positional write (`pwrite` at byte 0,
-//! [`StorageFile::write_all_at`]) after each successful fsync of the segment,
-//! without an fsync of its own: after a machine crash the stored value can
-//! only be older than the truth (never newer, since it is written after the
-//! data it covers is durable), which only widens what counts as the tail. It
-//! carries its own CRC; a damaged file counts as no watermark.
+//! [`StorageFile::write_all_at`]) after each successful fsync of the segment.
+//! It fsyncs the file once, after the first store of its life (with
+//! [`super::FsyncPolicy::Always`] and `Interval`: when it opens), so that a
+//! valid watermark is durable before any append can be torn: without one, a
+//! torn append that left a hole before valid frames would be judged by the
+//! older rule, as corruption. Later stores are not fsynced: after a machine
+//! crash the stored value can only be older than the truth (never newer, since
+//! it is written after the data it covers is durable; one 24-byte write in one
+//! page reaches the disk whole or not at all), which only widens what counts
+//! as the tail. It carries its own CRC; a damaged file counts as no watermark.
 
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};

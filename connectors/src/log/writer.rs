@@ -4,7 +4,11 @@
 //! touched, rolls segments, keeps the index and fsyncs per [`FsyncPolicy`].
 //!
 //! All its file I/O goes through the partition's [`Storage`] (the local file
-//! system unless [`PartitionWriter::open_in`] is given another).
+//! system unless [`PartitionWriter::open_in`] is given another). When it opens
+//! with a policy that fsyncs, it fsyncs the segment, the partition directory
+//! and the sync watermark once, so that what an earlier writer (or a killed
+//! process) left is durable, and a valid watermark with it, before anything is
+//! appended after it.
 //!
 //! After each successful fsync it stores the sync watermark ([`super::synced`]).
 //! A failed fsync poisons the writer: every later `append` and `sync` fails,
@@ -80,6 +84,8 @@ pub struct PartitionWriter {
     dir_synced: bool,
     /// The sync watermark file.
     synced: Box<dyn StorageFile>,
+    /// Whether this writer fsynced the watermark file once (see [`super::synced`]).
+    synced_durable: bool,
     /// An earlier write or fsync failed: the files may not match the writer's
     /// state, or synced data may be lost. Poisons the writer.
     failed: Option<String>,
@@ -170,13 +176,11 @@ impl PartitionWriter {
                 last
             }
             None => {
-                // Nothing is synced yet.
+                // Nothing is synced yet. (Made durable, with the directory
+                // entries, by the sync at the end of `open`.)
                 synced::store(&mut *synced_file, &dir, Synced { base: 0, pos: 0 })?;
                 let path = segment_path(&dir, 0);
                 storage.create(&path).ctx("create", &path)?;
-                if fsyncs {
-                    fsync_dir(&*storage, &dir)?;
-                }
                 0
             }
         };
@@ -188,13 +192,21 @@ impl PartitionWriter {
         let mut segment = open_append(&*storage, &seg_path)?;
         let repair = Self::repair_tail(&*storage, &mut *segment, &seg_path, &summary, &config)?;
         let ix_path = index_path(&dir, base);
-        if index::load(&*storage, &ix_path, summary.valid_len)? != Loaded::Entries(summary.entries.clone()) {
+        let rewrite = index::load(&*storage, &ix_path, summary.valid_len)? != Loaded::Entries(summary.entries.clone());
+        if rewrite {
             index::write(&*storage, &ix_path, &summary.entries)?;
+        }
+        let mut index = open_append(&*storage, &ix_path)?;
+        if rewrite && fsyncs {
+            // Durable before anything is appended: after a power loss the old
+            // index could otherwise come back, its entries for frames of a cut
+            // tail pointing into the records written since.
+            index.sync_data().ctx("fsync", &ix_path)?;
         }
 
         let mut writer = PartitionWriter {
             segment,
-            index: open_append(&*storage, &ix_path)?,
+            index,
             storage,
             dir,
             config,
@@ -206,11 +218,14 @@ impl PartitionWriter {
             frames: Vec::new(),
             entries: Vec::new(),
             last_sync: Instant::now(),
-            // What an earlier writer left may still be only in the page cache:
-            // one fsync makes it (and the watermark saying so) durable.
+            // What an earlier writer left may still be only in the page cache,
+            // its segment's directory entry too (a process killed between
+            // creating a segment and fsyncing the directory): one fsync of each
+            // makes it (and the watermark saying so) durable.
             unsynced: fsyncs,
-            dir_synced: fsyncs,
+            dir_synced: false,
             synced: synced_file,
+            synced_durable: false,
             failed: None,
             repair,
         };
@@ -397,6 +412,12 @@ impl PartitionWriter {
                 self.dir_synced = true;
             }
             synced::store(&mut *self.synced, &self.dir, Synced { base: self.base, pos: self.seg_len })?;
+            if !self.synced_durable {
+                // Without a durable watermark, a torn append (a hole, then valid
+                // frames) would be judged corruption by the older rule.
+                self.synced.sync().ctx("fsync", synced::path(&self.dir))?;
+                self.synced_durable = true;
+            }
             self.unsynced = false;
         }
         self.last_sync = Instant::now();

@@ -76,7 +76,7 @@ pub enum Input {
 pub fn build(p: &mut Dataflow<'_>, input: &Input, output: &Path, dead_letters: &Path) -> weir_core::Result<()> {
     let raw = match input {
         Input::File(path) => p.source(LinesFile::open(path)?)?,
-        Input::Log { dir, topic } => p.source(LogSource::open(dir, topic)?)?,
+        Input::Log { dir, topic } => p.source(LogSource::open_in(p.ctx().storage(), dir, topic)?)?,
         Input::Kafka { config, topic } => p.source(weir_connectors::kafka::KafkaSource::new(config.clone(), topic)?)?,
     };
     aggregate(raw, Parquet::dir(output))?;

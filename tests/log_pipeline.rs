@@ -1,8 +1,10 @@
 //! The embedded-log path end to end through the `weir` CLI: create a topic,
 //! produce keyed JSON lines, run the sensor pipeline from the log as a
 //! consumer group (5 partitions over 3 workers), compare with the reference,
-//! and check the group's committed offsets and lag.
+//! and check the group's committed offsets and lag; and the sensor pipeline
+//! reading a topic on its own (fault-injecting) storage.
 
+mod fault_support;
 mod support;
 
 use std::io::Write;
@@ -86,5 +88,50 @@ fn log_topic_to_parquet_through_the_cli() -> anyhow::Result<()> {
     let lag = weir(d, &["group", "describe", "g1", "--state", "state", "--log-dir", "log"], None)?;
     let total_lag: u64 = lag.lines().skip(2).filter_map(|l| l.split_whitespace().nth(4)?.parse::<u64>().ok()).sum();
     assert_eq!(total_lag, 1, "{lag}");
+    Ok(())
+}
+
+#[test]
+fn the_pipeline_reads_its_log_through_its_storage() -> anyhow::Result<()> {
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use weir::connectors::log::{LogConfig, Producer, Topic};
+    use weir::core::storage::{FaultFs, OpKind, Storage};
+    use weir::prelude::*;
+    use weir::sensor::Input;
+
+    // The topic exists only on the FaultFs: the run can only read it through
+    // the pipeline's storage.
+    let fs = FaultFs::new();
+    let storage: Arc<dyn Storage> = Arc::new(fs.clone());
+    let input = fault_support::input();
+    let (expected, malformed) = reference(&input);
+    let topic = Topic::create_in(storage.clone(), Path::new("/w/log"), "sensors", 1)?;
+    let mut producer = Producer::new(&topic, LogConfig::default())?.with_batch_bytes(4096);
+    for line in input.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        producer.send(None, line)?;
+    }
+    producer.flush()?;
+    drop(producer);
+    let reads_before = fs.trace().iter().filter(|o| o.kind == OpKind::ReadAt).count();
+
+    let log = Input::Log { dir: "/w/log".into(), topic: "sensors".into() };
+    Pipeline::new("log-on-storage")
+        .workers(2)
+        .storage(storage)
+        .state("/w/state")
+        .bounded(true)
+        .epoch_records(60, 2)
+        .run(move |p| weir::sensor::build(p, &log, Path::new("/w/out"), Path::new("/w/dlq")))?;
+    let reads = fs.trace().iter().filter(|o| o.kind == OpKind::ReadAt && o.path.starts_with("/w/log")).count();
+    anyhow::ensure!(reads > reads_before, "the run read no segment through its storage");
+
+    let local = tempfile::tempdir()?;
+    for sub in ["out", "dlq"] {
+        fs.copy_to_local(Path::new("/w").join(sub), local.path().join(sub))?;
+    }
+    support::compare(&expected, &support::read_rows(&local.path().join("out"))?)?;
+    assert_eq!(support::read_dead_letters(&local.path().join("dlq"))?.len() as u64, malformed);
     Ok(())
 }

@@ -48,7 +48,7 @@ pub fn log_segment(dir: &Path, data: &[u8]) {
     }
     read_all(dir, 0, None);
     read_all(dir, 1, Some(4));
-    let _ = crate::log::partition_end_offset(dir);
+    let _ = crate::log::partition_end_offset(&weir_core::storage::LocalFs, dir);
     let config = LogConfig { segment_bytes: 256, index_interval_bytes: 32, fsync: FsyncPolicy::Never };
     if let Ok(mut writer) = PartitionWriter::open(dir, config) {
         let end = writer.end_offset();

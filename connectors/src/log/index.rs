@@ -6,11 +6,11 @@
 //! the writer appends and when the index is rebuilt from the segment, and a
 //! missing or damaged index ([`load`]) only costs a scan.
 
-use std::fs;
-use std::io::ErrorKind;
+use std::io::{ErrorKind, Write};
 use std::path::Path;
 
 use weir_core::error::{IoContext, Result};
+use weir_core::storage::Storage;
 
 use super::frame::HEADER;
 
@@ -86,8 +86,8 @@ pub(crate) enum Loaded {
 
 /// Reads the index at `path` of a segment that is `seg_len` bytes long and checks
 /// every entry (CRC, strictly increasing, pointing at a frame inside the segment).
-pub(crate) fn load(path: &Path, seg_len: u64) -> Result<Loaded> {
-    let bytes = match fs::read(path) {
+pub(crate) fn load(storage: &dyn Storage, path: &Path, seg_len: u64) -> Result<Loaded> {
+    let bytes = match storage.read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Loaded::Missing),
         Err(e) => return Err(e).ctx("read", path),
@@ -122,17 +122,22 @@ pub(crate) fn lookup(entries: &[IndexEntry], rel: u64) -> IndexEntry {
     }
 }
 
-/// Writes (replacing) the index file at `path`.
-pub(crate) fn write(path: &Path, entries: &[IndexEntry]) -> Result<()> {
+/// Writes (replacing) the index file at `path`; not fsynced (a damaged index
+/// only costs a scan).
+pub(crate) fn write(storage: &dyn Storage, path: &Path, entries: &[IndexEntry]) -> Result<()> {
     let mut bytes = Vec::with_capacity(entries.len() * ENTRY);
     for e in entries {
         e.encode(&mut bytes);
     }
-    fs::write(path, bytes).ctx("write", path)
+    storage.create(path).ctx("create", path)?.write_all(&bytes).ctx("write", path)
 }
 
 #[cfg(test)]
 mod tests {
+    use std::fs;
+
+    use weir_core::storage::LocalFs;
+
     use super::*;
 
     #[test]
@@ -153,11 +158,11 @@ mod tests {
     fn load_checks_entries_and_lookup_finds_the_floor() -> Result<()> {
         let dir = tempfile::tempdir().ctx("tempdir", "/tmp")?;
         let path = dir.path().join("x.index");
-        assert_eq!(load(&path, 1000)?, Loaded::Missing);
+        assert_eq!(load(&LocalFs, &path, 1000)?, Loaded::Missing);
         let entries = vec![IndexEntry { rel: 5, pos: 100 }, IndexEntry { rel: 9, pos: 200 }];
-        write(&path, &entries)?;
-        assert_eq!(load(&path, 1000)?, Loaded::Entries(entries.clone()));
-        assert!(matches!(load(&path, 150)?, Loaded::Damaged(_)), "entry past the segment");
+        write(&LocalFs, &path, &entries)?;
+        assert_eq!(load(&LocalFs, &path, 1000)?, Loaded::Entries(entries.clone()));
+        assert!(matches!(load(&LocalFs, &path, 150)?, Loaded::Damaged(_)), "entry past the segment");
         assert_eq!(lookup(&entries, 4), IndexEntry { rel: 0, pos: 0 });
         assert_eq!(lookup(&entries, 5), entries[0]);
         assert_eq!(lookup(&entries, 8), entries[0]);
@@ -166,9 +171,9 @@ mod tests {
         let mut bytes = fs::read(&path).ctx("read", &path)?;
         bytes[20] ^= 1;
         fs::write(&path, &bytes).ctx("write", &path)?;
-        assert!(matches!(load(&path, 1000)?, Loaded::Damaged(m) if m.contains("entry 1")));
+        assert!(matches!(load(&LocalFs, &path, 1000)?, Loaded::Damaged(m) if m.contains("entry 1")));
         fs::write(&path, &bytes[..20]).ctx("write", &path)?;
-        assert!(matches!(load(&path, 1000)?, Loaded::Damaged(m) if m.contains("multiple")));
+        assert!(matches!(load(&LocalFs, &path, 1000)?, Loaded::Damaged(m) if m.contains("multiple")));
         Ok(())
     }
 }

@@ -7,13 +7,20 @@
 //! [`weir_core::source::Source`]. [`Producer`] spreads keyed records over the
 //! partitions of a topic.
 //!
+//! Every file operation goes through a [`weir_core::storage::Storage`]: the
+//! local file system by default, another one given to [`Topic::open_in`],
+//! [`Topic::create_in`], [`LogSource::open_in`], [`PartitionWriter::open_in`]
+//! or [`LogReader::open_in`] (a pipeline passes its own storage; tests pass a
+//! fault-injecting `FaultFs` to crash the log after any call). Appends are one
+//! write per segment touched and batch, reads one positional read per 1 MiB.
+//!
 //! # On-disk format
 //!
 //! ```text
 //! <log_dir>/<topic>/
 //!   topic.json                       {"format":1,"name":"<topic>","id":"<32 hex digits>","partitions":N}
 //!   p-00000/                         one directory per partition, p-00000 .. p-(N-1)
-//!     writer.lock                    held (File::try_lock) by the partition's one writer
+//!     writer.lock                    held (Storage::try_lock) by the partition's one writer
 //!     synced.pos                     sync watermark: segment and byte synced so far
 //!     00000000000000000000.log       segment: frames of the records from offset 0
 //!     00000000000000000000.index     its sparse offset index (rebuildable)
@@ -42,8 +49,10 @@
 //! - The **sync watermark** `synced.pos` (24 bytes: `WSYN`, `u64 LE` segment base,
 //!   `u64 LE` byte position, `u32 LE` CRC-32 of the first 20 bytes) says up to where
 //!   the writer's fsyncs reached: every byte before `(base, pos)` is durable. The
-//!   writer overwrites it after each successful fsync, without fsyncing it, so after
-//!   a machine crash it may be older than the truth but never newer.
+//!   writer overwrites it (in place) after each successful fsync; it fsyncs it only
+//!   the first time (when it opens, unless the policy is [`FsyncPolicy::Never`]), so
+//!   a valid watermark is durable before an append can be torn, and after a machine
+//!   crash it may be older than the truth but never newer.
 //! - `topic.json`'s `id` (128 random-ish bits in hex, from the clock, the process id
 //!   and std's randomly seeded hasher) tells two topics of the same name apart; a
 //!   `topic.json` written before ids existed has id `legacy`.
@@ -95,6 +104,8 @@ mod synced;
 mod topic;
 mod writer;
 
+#[cfg(test)]
+mod crash_tests;
 #[cfg(test)]
 mod tests;
 

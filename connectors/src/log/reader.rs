@@ -2,7 +2,9 @@
 //! across segment rolls, as a [`PartitionReader`]. It seeks with the segment
 //! index, reads 1 MiB at a time and copies many records into one [`Chunk`].
 //!
-//! A reader never changes the log. At damage in the last segment it waits
+//! Its file I/O goes through the partition's [`Storage`] (the local file
+//! system unless [`LogReader::open_in`] is given another): one positional read
+//! per 1 MiB block, nothing per record. A reader never changes the log. At damage in the last segment it waits
 //! (a torn tail the next writer truncates, or a frame still being written);
 //! damage anywhere else is an error.
 //!
@@ -10,11 +12,13 @@
 //! CRC is checked while streaming it in 1 MiB blocks and the chunk gets its first
 //! KiB as a truncated record ([`Chunk::truncated`]).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use weir_core::error::{Error, Result};
+use weir_core::error::{Error, IoContext, Result};
 use weir_core::record::{Chunk, Offset, OffsetKind, PartitionId};
 use weir_core::source::{PartitionReader, ReadStatus};
+use weir_core::storage::{self, Storage};
 
 use super::frame::{self, HEADER, MAX_RECORD_BYTES};
 use super::index::{self, IndexEntry, Loaded};
@@ -27,6 +31,7 @@ const CHUNK_LIMIT: usize = u32::MAX as usize - MAX_RECORD_BYTES;
 /// Reads a partition of the log sequentially. See the [module docs](self).
 #[derive(Debug)]
 pub struct LogReader {
+    storage: Arc<dyn Storage>,
     dir: PathBuf,
     partition: PartitionId,
     /// Base of the segment being read (meaningless while `scanner` is `None`).
@@ -51,8 +56,9 @@ enum Pump {
 }
 
 impl LogReader {
-    /// Opens the partition in `dir` (the partition `partition` of its topic) to
-    /// read from offset `from`, stopping before `until` when given.
+    /// Opens the partition in `dir` on the local file system (the partition
+    /// `partition` of its topic) to read from offset `from`, stopping before
+    /// `until` when given.
     ///
     /// `from` may be the current end offset (the reader then waits for new
     /// records), but not beyond it: that is an [`Error::Config`] naming `offset`.
@@ -74,12 +80,34 @@ impl LogReader {
         until: Option<Offset>,
         max_record_bytes: u64,
     ) -> Result<LogReader> {
+        Self::open_in(storage::local(), dir, partition, from, until, max_record_bytes)
+    }
+
+    /// [`LogReader::open_limited`] on `storage`: every file operation of the
+    /// reader goes through it.
+    pub fn open_in(
+        storage: Arc<dyn Storage>,
+        dir: impl Into<PathBuf>,
+        partition: PartitionId,
+        from: Offset,
+        until: Option<Offset>,
+        max_record_bytes: u64,
+    ) -> Result<LogReader> {
         check_max_record_bytes(max_record_bytes)?;
         let dir = dir.into();
-        let bases = list_segments(&dir)?;
+        let bases = list_segments(&*storage, &dir)?;
         let max_record_bytes = usize::try_from(max_record_bytes).unwrap_or(usize::MAX);
-        let mut reader =
-            LogReader { dir, partition, base: 0, scanner: None, sealed: false, next: 0, until, max_record_bytes };
+        let mut reader = LogReader {
+            storage,
+            dir,
+            partition,
+            base: 0,
+            scanner: None,
+            sealed: false,
+            next: 0,
+            until,
+            max_record_bytes,
+        };
         let Some(i) = bases.partition_point(|&b| b <= from).checked_sub(1) else {
             return match bases.first() {
                 Some(&first) => Err(reader.bad_offset(from, &format!("its first offset is {first}"))),
@@ -91,7 +119,8 @@ impl LogReader {
         let entry = reader.seek_entry(base, from - base)?;
         reader.base = base;
         reader.next = base + u64::from(entry.rel);
-        reader.scanner = Some(Scanner::open(segment_path(&reader.dir, base), entry.pos, max_record_bytes)?);
+        let seg = segment_path(&reader.dir, base);
+        reader.scanner = Some(Scanner::open(&*reader.storage, seg, entry.pos, max_record_bytes)?);
         if reader.pump(usize::MAX, from, None)? == Pump::Idle {
             let end = format!("its end offset is {}", reader.next);
             return Err(reader.bad_offset(from, &end));
@@ -109,9 +138,9 @@ impl LogReader {
     pub(crate) fn seek_entry(&self, base: Offset, rel: u64) -> Result<IndexEntry> {
         let origin = IndexEntry { rel: 0, pos: 0 };
         let seg = segment_path(&self.dir, base);
-        let seg_len = std::fs::metadata(&seg).map_err(|e| Error::io("stat", &seg, e))?.len();
+        let seg_len = self.storage.metadata(&seg).ctx("stat", &seg)?.len;
         let ix_path = index_path(&self.dir, base);
-        let entries = match index::load(&ix_path, seg_len)? {
+        let entries = match index::load(&*self.storage, &ix_path, seg_len)? {
             Loaded::Entries(entries) => entries,
             Loaded::Missing => return Ok(origin),
             Loaded::Damaged(why) => {
@@ -121,7 +150,7 @@ impl LogReader {
         };
         let entry = index::lookup(&entries, rel);
         if entry.pos > 0 {
-            let mut scanner = Scanner::open(seg, entry.pos, READ_BLOCK)?;
+            let mut scanner = Scanner::open(&*self.storage, seg, entry.pos, READ_BLOCK)?;
             if !matches!(scanner.next()?, Step::Record(_) | Step::Oversize { .. }) {
                 tracing::warn!(
                     "ignoring the index {}: entry for record {} points at no valid frame",
@@ -148,9 +177,10 @@ impl LogReader {
                 return Ok(Pump::Stopped);
             }
             let next_path = segment_path(&self.dir, self.next);
+            let storage = &*self.storage;
             let Some(scanner) = self.scanner.as_mut() else {
-                if !next_path.exists() {
-                    let later = list_segments(&self.dir)?.into_iter().find(|&b| b > self.next);
+                if !exists(storage, &next_path)? {
+                    let later = list_segments(storage, &self.dir)?.into_iter().find(|&b| b > self.next);
                     if let Some(later) = later {
                         return Err(Error::corrupt(
                             &self.dir,
@@ -163,15 +193,16 @@ impl LogReader {
                     }
                     return Ok(Pump::Idle);
                 }
-                self.scanner = Some(Scanner::open(next_path, 0, self.max_record_bytes)?);
+                self.scanner = Some(Scanner::open(storage, next_path, 0, self.max_record_bytes)?);
                 self.base = self.next;
                 self.sealed = false;
                 continue;
             };
             // Damage is corruption, not a tail, when any later segment exists.
             let base = self.base;
+            let dir = &self.dir;
             let later_segment = |sealed: bool| -> Result<bool> {
-                Ok(sealed || list_segments(&self.dir)?.last().is_some_and(|&b| b > base))
+                Ok(sealed || list_segments(storage, dir)?.last().is_some_and(|&b| b > base))
             };
             match scanner.next()? {
                 Step::Record(payload) => {
@@ -196,12 +227,12 @@ impl LogReader {
                     if partial > 0 && taken > 0 {
                         // Hand over the records read so far; the next call looks again.
                         let pos = scanner.pos();
-                        scanner.reset_to(pos)?;
+                        scanner.reset_to(pos);
                         return Ok(Pump::Stopped);
                     }
                     // The writer creates the next segment only after its last write to
                     // this one, so once that file exists, one more read finds all of it.
-                    let rolled = self.next > self.base && next_path.exists();
+                    let rolled = self.next > self.base && exists(storage, &next_path)?;
                     if !self.sealed && (rolled || (partial > 0 && later_segment(false)?)) {
                         self.sealed = true;
                         continue;
@@ -230,10 +261,11 @@ impl LogReader {
                         continue;
                     }
                     if partial > 0 {
-                        let verdict = check_tail(&scanner.damage(frame::describe_incomplete(len, partial)), base)?;
+                        let damage = scanner.damage(frame::describe_incomplete(len, partial));
+                        let verdict = check_tail(storage, &damage, base)?;
                         // Drop the partial frame: it is re-read once complete (or rewritten).
                         let pos = scanner.pos();
-                        scanner.reset_to(pos)?;
+                        scanner.reset_to(pos);
                         if verdict == Verdict::Changed {
                             continue;
                         }
@@ -248,8 +280,8 @@ impl LogReader {
                     if later_segment(self.sealed)? {
                         return Err(damage.into_error("the segment is not the last one"));
                     }
-                    let verdict = check_tail(&damage, base)?;
-                    scanner.reset_to(damage.pos)?;
+                    let verdict = check_tail(storage, &damage, base)?;
+                    scanner.reset_to(damage.pos);
                     if verdict == Verdict::Changed {
                         continue;
                     }
@@ -258,6 +290,10 @@ impl LogReader {
             }
         }
     }
+}
+
+fn exists(storage: &dyn Storage, path: &Path) -> Result<bool> {
+    storage.exists(path).ctx("stat", path)
 }
 
 impl PartitionReader for LogReader {

@@ -1,16 +1,16 @@
 //! Segment files: their names, listing them, and [`Scanner`], which walks the
-//! frames of one segment with large buffered reads (1 MiB) and parses them from
-//! the buffer. A record longer than the scanner's limit is checked with a
+//! frames of one segment with large positional reads (1 MiB, through the
+//! partition's [`Storage`]) and parses them from the buffer. A record longer than the scanner's limit is checked with a
 //! streaming CRC and handed over as its first KiB ([`Step::Oversize`]), so no
 //! frame header, valid or forged, makes a scan allocate more than the limit.
 //! Also the one decision about damage ([`check_tail`]): a torn tail or corruption.
 
-use std::fs::{self, File};
-use std::io::{ErrorKind, Read, Seek, SeekFrom};
+use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
 use weir_core::error::{Error, IoContext, Result};
 use weir_core::record::{Offset, TRUNCATED_PREFIX_BYTES};
+use weir_core::storage::{ReadAt, Storage};
 
 use super::frame::{self, Frame, HEADER, MAX_RECORD_BYTES, RESYNC_BUDGET, Resync};
 use super::index::{IndexEntry, Indexer};
@@ -30,12 +30,10 @@ pub(crate) fn index_path(dir: &Path, base: Offset) -> PathBuf {
 }
 
 /// Base offsets of the segments in a partition directory, in order.
-pub(crate) fn list_segments(dir: &Path) -> Result<Vec<Offset>> {
+pub(crate) fn list_segments(storage: &dyn Storage, dir: &Path) -> Result<Vec<Offset>> {
     let mut bases = Vec::new();
-    for entry in fs::read_dir(dir).ctx("list", dir)? {
-        let entry = entry.ctx("list", dir)?;
-        let name = entry.file_name();
-        let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".log")) else {
+    for entry in storage.list(dir).ctx("list", dir)? {
+        let Some(stem) = entry.name.to_str().and_then(|n| n.strip_suffix(".log")) else {
             continue;
         };
         if stem.len() == 20
@@ -71,12 +69,14 @@ pub(crate) enum Step<'a> {
 #[derive(Debug)]
 pub(crate) struct Scanner {
     path: PathBuf,
-    file: File,
+    file: Box<dyn ReadAt>,
     /// Always fully initialized; `buf[start..end]` holds the file bytes from `pos`.
     buf: Vec<u8>,
     start: usize,
     end: usize,
     pos: u64,
+    /// File position of `buf[end]`: where the next read starts.
+    read_pos: u64,
     /// Records longer than this are [`Step::Oversize`].
     limit: usize,
     /// The prefix of the last oversize record.
@@ -86,10 +86,9 @@ pub(crate) struct Scanner {
 impl Scanner {
     /// Opens the segment at `path` positioned at byte `pos` (a frame start);
     /// records longer than `limit` bytes are returned as [`Step::Oversize`].
-    pub(crate) fn open(path: PathBuf, pos: u64, limit: usize) -> Result<Scanner> {
-        let mut file = File::open(&path).ctx("open", &path)?;
-        file.seek(SeekFrom::Start(pos)).ctx("seek", &path)?;
-        Ok(Scanner { path, file, buf: Vec::new(), start: 0, end: 0, pos, limit, prefix: Vec::new() })
+    pub(crate) fn open(storage: &dyn Storage, path: PathBuf, pos: u64, limit: usize) -> Result<Scanner> {
+        let file = storage.open_read_at(&path).ctx("open", &path)?;
+        Ok(Scanner { path, file, buf: Vec::new(), start: 0, end: 0, pos, read_pos: pos, limit, prefix: Vec::new() })
     }
 
     /// Byte position of the next frame.
@@ -99,12 +98,11 @@ impl Scanner {
 
     /// Forgets buffered bytes and continues from byte `pos` (a frame start), so
     /// bytes the writer truncated and rewrote are read again.
-    pub(crate) fn reset_to(&mut self, pos: u64) -> Result<()> {
-        self.file.seek(SeekFrom::Start(pos)).ctx("seek", &self.path)?;
+    pub(crate) fn reset_to(&mut self, pos: u64) {
         self.start = 0;
         self.end = 0;
         self.pos = pos;
-        Ok(())
+        self.read_pos = pos;
     }
 
     /// The next frame.
@@ -162,7 +160,7 @@ impl Scanner {
             self.start = at;
             if !self.fill(READ_BLOCK)? {
                 let partial = HEADER + len - remaining;
-                self.reset_to(frame_pos)?;
+                self.reset_to(frame_pos);
                 return Ok(Step::End { partial, len: Some(len) });
             }
             at = self.start;
@@ -170,7 +168,7 @@ impl Scanner {
         self.start = at;
         let computed = hasher.finalize();
         if computed != stored {
-            self.reset_to(frame_pos)?;
+            self.reset_to(frame_pos);
             return Ok(Step::Bad(frame::crc_mismatch(stored, len, computed)));
         }
         self.pos += frame::frame_len(len);
@@ -189,9 +187,10 @@ impl Scanner {
             self.buf.resize(need.max(READ_BLOCK), 0);
         }
         loop {
-            match self.file.read(&mut self.buf[self.end..]) {
+            match self.file.read_at(&mut self.buf[self.end..], self.read_pos) {
                 Ok(n) => {
                     self.end += n;
+                    self.read_pos += n as u64;
                     return Ok(n > 0);
                 }
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
@@ -242,9 +241,9 @@ pub(crate) enum Verdict {
 /// Before calling damage before the watermark corruption, the frame is read again
 /// *after* the watermark was: a live writer stores the watermark only once the
 /// data it covers is written, so a frame still bad then is really damaged.
-pub(crate) fn check_tail(damage: &Damage, base: Offset) -> Result<Verdict> {
+pub(crate) fn check_tail(storage: &dyn Storage, damage: &Damage, base: Offset) -> Result<Verdict> {
     let dir = damage.path.parent().unwrap_or(Path::new("."));
-    let why = match synced::load(dir)? {
+    let why = match synced::load(storage, dir)? {
         Some(w) if w.base > base => {
             let path = synced::path(dir);
             let what = format!(
@@ -254,7 +253,7 @@ pub(crate) fn check_tail(damage: &Damage, base: Offset) -> Result<Verdict> {
             return Err(Error::corrupt(path, 0, what));
         }
         Some(w) if w.base == base && damage.pos < w.pos => {
-            let mut again = Scanner::open(damage.path.clone(), damage.pos, READ_BLOCK)?;
+            let mut again = Scanner::open(storage, damage.path.clone(), damage.pos, READ_BLOCK)?;
             if matches!(again.next()?, Step::Record(_) | Step::Oversize { .. }) {
                 return Ok(Verdict::Changed);
             }
@@ -262,10 +261,7 @@ pub(crate) fn check_tail(damage: &Damage, base: Offset) -> Result<Verdict> {
         }
         Some(_) => return Ok(Verdict::Tail),
         None => {
-            let mut file = File::open(&damage.path).ctx("open", &damage.path)?;
-            file.seek(SeekFrom::Start(damage.pos)).ctx("seek", &damage.path)?;
-            let mut region = Vec::new();
-            file.read_to_end(&mut region).ctx("read", &damage.path)?;
+            let region = read_from(storage, &damage.path, damage.pos)?;
             match frame::find_valid_frame(&region, RESYNC_BUDGET) {
                 Resync::NotFound => return Ok(Verdict::Tail),
                 Resync::Found(at) => format!(
@@ -279,6 +275,29 @@ pub(crate) fn check_tail(damage: &Damage, base: Offset) -> Result<Verdict> {
         }
     };
     Err(damage.clone().into_error(&why))
+}
+
+/// The bytes of the file at `path` from byte `pos` to its end.
+fn read_from(storage: &dyn Storage, path: &Path, pos: u64) -> Result<Vec<u8>> {
+    let file = storage.open_read_at(path).ctx("open", path)?;
+    let mut out = Vec::new();
+    let mut at = pos;
+    loop {
+        let start = out.len();
+        out.resize(start + READ_BLOCK, 0);
+        let n = loop {
+            match file.read_at(&mut out[start..], at) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::io("read", path, e)),
+            }
+        };
+        out.truncate(start + n);
+        if n == 0 {
+            return Ok(out);
+        }
+        at += n as u64;
+    }
 }
 
 /// What [`scan_segment`] found.
@@ -297,9 +316,14 @@ pub(crate) struct Summary {
 /// Scans a segment from `from` (an index entry, or `(0, 0)`) to its end or its
 /// first damaged frame, counting records and, with an indexer, collecting the
 /// index entries of the records it passes.
-pub(crate) fn scan_segment(path: PathBuf, from: IndexEntry, mut indexer: Option<&mut Indexer>) -> Result<Summary> {
+pub(crate) fn scan_segment(
+    storage: &dyn Storage,
+    path: PathBuf,
+    from: IndexEntry,
+    mut indexer: Option<&mut Indexer>,
+) -> Result<Summary> {
     // Payloads are not needed: larger ones are only checksummed, with bounded buffers.
-    let mut scanner = Scanner::open(path, from.pos, READ_BLOCK)?;
+    let mut scanner = Scanner::open(storage, path, from.pos, READ_BLOCK)?;
     let mut rel = u64::from(from.rel);
     let mut entries = Vec::new();
     let damage = loop {
@@ -323,6 +347,10 @@ pub(crate) fn scan_segment(path: PathBuf, from: IndexEntry, mut indexer: Option<
 
 #[cfg(test)]
 mod tests {
+    use std::fs;
+
+    use weir_core::storage::LocalFs;
+
     use super::*;
 
     fn write_frames(path: &Path, records: &[&[u8]]) -> Result<Vec<u64>> {
@@ -344,7 +372,7 @@ mod tests {
         }
         fs::write(dir.path().join("12.log"), b"").ctx("write", dir.path())?;
         fs::write(index_path(dir.path(), 0), b"").ctx("write", dir.path())?;
-        assert_eq!(list_segments(dir.path())?, vec![0, 20, 1000]);
+        assert_eq!(list_segments(&LocalFs, dir.path())?, vec![0, 20, 1000]);
         assert!(segment_path(dir.path(), 7).ends_with("00000000000000000007.log"));
         Ok(())
     }
@@ -355,13 +383,13 @@ mod tests {
         let path = dir.path().join("s.log");
         let big = vec![7u8; READ_BLOCK + 10];
         write_frames(&path, &[b"a", &big, b"c"])?;
-        let mut s = Scanner::open(path.clone(), 0, usize::MAX)?;
+        let mut s = Scanner::open(&LocalFs, path.clone(), 0, usize::MAX)?;
         assert!(matches!(s.next()?, Step::Record(b"a")));
         assert!(matches!(s.next()?, Step::Record(r) if r == &big[..]));
         assert!(matches!(s.next()?, Step::Record(b"c")));
         assert!(matches!(s.next()?, Step::End { partial: 0, len: None }));
         // With a limit, the big record is checked by streaming and only its prefix kept.
-        let mut s = Scanner::open(path.clone(), 0, 100)?;
+        let mut s = Scanner::open(&LocalFs, path.clone(), 0, 100)?;
         assert!(matches!(s.next()?, Step::Record(b"a")));
         assert!(
             matches!(s.next()?, Step::Oversize { prefix, len } if prefix == &big[..TRUNCATED_PREFIX_BYTES] && len == big.len())
@@ -371,13 +399,13 @@ mod tests {
         // A damaged or cut big record is reported like any other, at its frame.
         let start = 9;
         flip(&path, start + 8 + 500_000)?;
-        let mut s = Scanner::open(path.clone(), 0, 100)?;
+        let mut s = Scanner::open(&LocalFs, path.clone(), 0, 100)?;
         assert!(matches!(s.next()?, Step::Record(b"a")));
         assert!(matches!(s.next()?, Step::Bad(m) if m.contains("CRC-32")));
         assert_eq!(s.pos(), start);
         let f = fs::OpenOptions::new().write(true).open(&path).ctx("open", &path)?;
         f.set_len(start + 600_000).ctx("truncate", &path)?;
-        let mut s = Scanner::open(path, start, 100)?;
+        let mut s = Scanner::open(&LocalFs, path, start, 100)?;
         assert!(matches!(s.next()?, Step::End { partial: 600_000, len: Some(n) } if n == big.len()));
         assert_eq!(s.pos(), start);
         Ok(())
@@ -397,12 +425,12 @@ mod tests {
         let full = fs::metadata(&path).ctx("stat", &path)?.len();
         let f = fs::OpenOptions::new().write(true).open(&path).ctx("open", &path)?;
         f.set_len(full - 2).ctx("truncate", &path)?;
-        let summary = scan_segment(path.clone(), IndexEntry { rel: 0, pos: 0 }, None)?;
+        let summary = scan_segment(&LocalFs, path.clone(), IndexEntry { rel: 0, pos: 0 }, None)?;
         assert_eq!(summary.end_rel, 2);
         assert_eq!(summary.valid_len, starts[2]);
         let damage = summary.damage.ok_or_else(|| Error::Pipeline("no damage".into()))?;
         assert_eq!(damage.pos, starts[2]);
-        assert_eq!(check_tail(&damage, 0)?, Verdict::Tail);
+        assert_eq!(check_tail(&LocalFs, &damage, 0)?, Verdict::Tail);
         Ok(())
     }
 }

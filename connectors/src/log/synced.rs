@@ -4,19 +4,24 @@
 //! after it is what a crash during an unsynced append leaves, damage before it
 //! is not.
 //!
-//! The writer stores it with one small `pwrite` after each successful fsync of
-//! the segment, without an fsync of its own: after a machine crash the stored
-//! value can only be older than the truth (never newer, since it is written
-//! after the data it covers is durable), which only widens what counts as the
-//! tail. It carries its own CRC; a damaged file counts as no watermark.
+//! The writer stores it with one small positional write (`pwrite` at byte 0,
+//! [`StorageFile::write_all_at`]) after each successful fsync of the segment.
+//! It fsyncs the file once, after the first store of its life (with
+//! [`super::FsyncPolicy::Always`] and `Interval`: when it opens), so that a
+//! valid watermark is durable before any append can be torn: without one, a
+//! torn append that left a hole before valid frames would be judged by the
+//! older rule, as corruption. Later stores are not fsynced: after a machine
+//! crash the stored value can only be older than the truth (never newer, since
+//! it is written after the data it covers is durable; one 24-byte write in one
+//! page reaches the disk whole or not at all), which only widens what counts
+//! as the tail. It carries its own CRC; a damaged file counts as no watermark.
 
-use std::fs::File;
 use std::io::ErrorKind;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use weir_core::error::{IoContext, Result};
 use weir_core::record::Offset;
+use weir_core::storage::{Storage, StorageFile};
 
 /// Name of the watermark file in a partition directory.
 pub(crate) const SYNCED_FILE: &str = "synced.pos";
@@ -67,9 +72,9 @@ pub(crate) fn path(dir: &Path) -> PathBuf {
 
 /// The watermark of the partition in `dir`: `None` when there is no file (a
 /// partition written before watermarks existed) or it is damaged (with a warning).
-pub(crate) fn load(dir: &Path) -> Result<Option<Synced>> {
+pub(crate) fn load(storage: &dyn Storage, dir: &Path) -> Result<Option<Synced>> {
     let path = path(dir);
-    let bytes = match std::fs::read(&path) {
+    let bytes = match storage.read(&path) {
         Ok(b) => b,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e).ctx("read", &path),
@@ -81,35 +86,48 @@ pub(crate) fn load(dir: &Path) -> Result<Option<Synced>> {
     Ok(synced)
 }
 
-/// Opens (creating) the watermark file of the partition in `dir` for [`store`].
-pub(crate) fn open(dir: &Path) -> Result<File> {
+/// Opens (creating, never truncating) the watermark file of the partition in
+/// `dir` for [`store`].
+pub(crate) fn open(storage: &dyn Storage, dir: &Path) -> Result<Box<dyn StorageFile>> {
     let path = path(dir);
-    std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).ctx("open", &path)
+    match storage.open_append(&path) {
+        Ok(file) => Ok(file),
+        Err(e) if e.kind() == ErrorKind::NotFound => storage.create(&path).ctx("create", &path),
+        Err(e) => Err(e).ctx("open", &path),
+    }
 }
 
 /// Overwrites the watermark in `file` (the partition in `dir`) with `synced`; not fsynced.
-pub(crate) fn store(file: &File, dir: &Path, synced: Synced) -> Result<()> {
+pub(crate) fn store(file: &mut dyn StorageFile, dir: &Path, synced: Synced) -> Result<()> {
     file.write_all_at(&synced.encode(), 0).ctx("write", path(dir))
 }
 
 #[cfg(test)]
 mod tests {
+    use weir_core::storage::LocalFs;
+
     use super::*;
 
     #[test]
     fn roundtrip_and_damage() -> Result<()> {
         let dir = tempfile::tempdir().ctx("tempdir", "/tmp")?;
-        assert_eq!(load(dir.path())?, None);
-        let file = open(dir.path())?;
+        assert_eq!(load(&LocalFs, dir.path())?, None);
+        let mut file = open(&LocalFs, dir.path())?;
         let w = Synced { base: 1000, pos: 4096 };
-        store(&file, dir.path(), w)?;
-        assert_eq!(load(dir.path())?, Some(w));
-        store(&file, dir.path(), Synced { base: 1000, pos: 5 })?;
-        assert_eq!(load(dir.path())?, Some(Synced { base: 1000, pos: 5 }));
+        store(&mut *file, dir.path(), w)?;
+        assert_eq!(load(&LocalFs, dir.path())?, Some(w));
+        store(&mut *file, dir.path(), Synced { base: 1000, pos: 5 })?;
+        assert_eq!(load(&LocalFs, dir.path())?, Some(Synced { base: 1000, pos: 5 }));
+        // Opened again: not truncated.
+        drop(file);
+        let mut file = open(&LocalFs, dir.path())?;
+        assert_eq!(load(&LocalFs, dir.path())?, Some(Synced { base: 1000, pos: 5 }));
+        store(&mut *file, dir.path(), w)?;
+        assert_eq!(std::fs::read(path(dir.path())).ctx("read", dir.path())?.len(), LEN);
         let mut bytes = std::fs::read(path(dir.path())).ctx("read", dir.path())?;
         bytes[13] ^= 1;
         std::fs::write(path(dir.path()), &bytes).ctx("write", dir.path())?;
-        assert_eq!(load(dir.path())?, None);
+        assert_eq!(load(&LocalFs, dir.path())?, None);
         Ok(())
     }
 }

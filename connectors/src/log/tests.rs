@@ -12,6 +12,7 @@ use proptest::prelude::*;
 use weir_core::error::{Error, IoContext, Result};
 use weir_core::record::{Chunk, Offset, OffsetKind};
 use weir_core::source::{PartitionReader, ReadStatus};
+use weir_core::storage::LocalFs;
 
 use super::segment::{index_path, list_segments, segment_path};
 use super::*;
@@ -118,7 +119,7 @@ fn capture_warnings<T>(f: impl FnOnce() -> T) -> (T, Vec<String>) {
 fn roundtrip_across_segment_rolls() -> Result<()> {
     let dir = tempdir()?;
     let all = write_records(dir.path(), small(200), 100, 7)?;
-    let segments = list_segments(dir.path())?;
+    let segments = list_segments(&LocalFs, dir.path())?;
     assert!(segments.len() > 5, "{segments:?}");
     for &base in &segments {
         assert!(file_len(&segment_path(dir.path(), base))? <= 200);
@@ -141,7 +142,7 @@ fn one_batch_is_one_chunk_and_a_big_record_gets_its_own_segment() -> Result<()> 
     let mut writer = PartitionWriter::open(dir.path(), small(100))?;
     let big = vec![b'b'; 500];
     assert_eq!(writer.append(&[b"a", &big, b"c", b""])?, 0);
-    assert_eq!(list_segments(dir.path())?, vec![0, 1, 2]);
+    assert_eq!(list_segments(&LocalFs, dir.path())?, vec![0, 1, 2]);
     let mut chunk = Chunk::default();
     let mut reader = LogReader::open(dir.path(), 3, 0, None)?;
     assert_eq!(reader.read(1 << 20, &mut chunk)?, ReadStatus::Data);
@@ -155,7 +156,7 @@ fn one_batch_is_one_chunk_and_a_big_record_gets_its_own_segment() -> Result<()> 
 fn seek_uses_the_index() -> Result<()> {
     let dir = tempdir()?;
     let all = write_records(dir.path(), small(1000), 200, 13)?;
-    let segments = list_segments(dir.path())?;
+    let segments = list_segments(&LocalFs, dir.path())?;
     for from in [0u64, 1, 17, 99, 150, 199, 200] {
         let mut reader = LogReader::open(dir.path(), 0, from, None)?;
         assert_eq!(reader.next_offset(), from);
@@ -174,7 +175,7 @@ fn seek_uses_the_index() -> Result<()> {
 fn missing_or_damaged_index_is_rebuilt() -> Result<()> {
     let dir = tempdir()?;
     let all = write_records(dir.path(), small(1000), 120, 10)?;
-    let segments = list_segments(dir.path())?;
+    let segments = list_segments(&LocalFs, dir.path())?;
     let originals: Vec<Vec<u8>> =
         segments.iter().map(|&b| fs::read(index_path(dir.path(), b)).ctx("read", dir.path())).collect::<Result<_>>()?;
     assert!(originals.iter().any(|ix| !ix.is_empty()));
@@ -206,13 +207,13 @@ fn missing_or_damaged_index_is_rebuilt() -> Result<()> {
 /// Checks the writer cuts a damaged tail starting at byte `at` of the last
 /// segment, which holds records up to `valid` (exclusive).
 fn assert_tail_repaired(dir: &Path, all: &[Vec<u8>], valid: usize, at: u64) -> Result<()> {
-    let last = segment_path(dir, *list_segments(dir)?.last().unwrap_or(&0));
+    let last = segment_path(dir, *list_segments(&LocalFs, dir)?.last().unwrap_or(&0));
     let len_before = file_len(&last)?;
     // Readers stop before the tail and change nothing.
     let mut reader = LogReader::open(dir, 0, 0, None)?;
     assert_eq!(drain(&mut reader, 64)?, (all[..valid].to_vec(), ReadStatus::Idle));
     assert_eq!(drain(&mut reader, 64)?, (vec![], ReadStatus::Idle));
-    assert_eq!(super::partition::end_offset(dir)?, valid as Offset);
+    assert_eq!(super::partition::end_offset(&LocalFs, dir)?, valid as Offset);
     assert_eq!(file_len(&last)?, len_before);
 
     let (writer, warnings) = capture_warnings(|| PartitionWriter::open(dir, small(100_000)));
@@ -234,7 +235,7 @@ fn assert_tail_repaired(dir: &Path, all: &[Vec<u8>], valid: usize, at: u64) -> R
 fn torn_tail_cut_mid_frame_is_truncated_by_the_writer_only() -> Result<()> {
     let dir = tempdir()?;
     let all = write_records(dir.path(), small(300), 40, 4)?;
-    let last = segment_path(dir.path(), *list_segments(dir.path())?.last().unwrap_or(&0));
+    let last = segment_path(dir.path(), *list_segments(&LocalFs, dir.path())?.last().unwrap_or(&0));
     let len = file_len(&last)?;
     let last_frame = (8 + all[39].len()) as u64;
     let f = OpenOptions::new().write(true).open(&last).ctx("open", &last)?;
@@ -247,7 +248,7 @@ fn torn_tail_cut_mid_frame_is_truncated_by_the_writer_only() -> Result<()> {
 fn torn_tail_with_a_flipped_byte_in_the_last_record_is_truncated() -> Result<()> {
     let dir = tempdir()?;
     let all = write_records(dir.path(), small(300), 40, 4)?;
-    let last = segment_path(dir.path(), *list_segments(dir.path())?.last().unwrap_or(&0));
+    let last = segment_path(dir.path(), *list_segments(&LocalFs, dir.path())?.last().unwrap_or(&0));
     let len = file_len(&last)?;
     let last_frame = (8 + all[39].len()) as u64;
     flip_byte(&last, len - 2)?;
@@ -258,7 +259,7 @@ fn torn_tail_with_a_flipped_byte_in_the_last_record_is_truncated() -> Result<()>
 fn zeroed_tail_is_truncated() -> Result<()> {
     let dir = tempdir()?;
     let all = write_records(dir.path(), small(300), 10, 10)?;
-    let last = segment_path(dir.path(), *list_segments(dir.path())?.last().unwrap_or(&0));
+    let last = segment_path(dir.path(), *list_segments(&LocalFs, dir.path())?.last().unwrap_or(&0));
     let len = file_len(&last)?;
     let f = OpenOptions::new().write(true).open(&last).ctx("open", &last)?;
     f.set_len(len + 4096).ctx("extend", &last)?;
@@ -297,7 +298,7 @@ fn corruption_before_the_tail_is_an_error_naming_file_and_offset() -> Result<()>
     assert!(e.to_string().contains("synced"), "{e}");
     // The end offset comes from the last index entry on (damage before it is
     // found by whoever reads there).
-    assert_eq!(super::partition::end_offset(dir.path())?, 30);
+    assert_eq!(super::partition::end_offset(&LocalFs, dir.path())?, 30);
     let mut reader = LogReader::open(dir.path(), 0, 0, None)?;
     let mut chunk = Chunk::default();
     assert_eq!(reader.read(1 << 20, &mut chunk)?, ReadStatus::Data);
@@ -343,7 +344,7 @@ fn damage_in_the_last_segment_after_a_roll_without_fsync_is_a_torn_tail() -> Res
     PartitionWriter::open(dir.path(), synced(FsyncPolicy::Always, 300))?.append(&refs[..10])?;
     // Unsynced appends roll into new segments: the watermark stays in an earlier one.
     PartitionWriter::open(dir.path(), small(300))?.append(&refs[10..])?;
-    let segments = list_segments(dir.path())?;
+    let segments = list_segments(&LocalFs, dir.path())?;
     let last = *segments.last().unwrap_or(&0);
     assert!(segments.len() > 2 && last > 10, "{segments:?}");
     let path = segment_path(dir.path(), last);
@@ -379,7 +380,7 @@ fn without_a_watermark_valid_frames_after_damage_mean_corruption() -> Result<()>
 fn a_watermark_past_the_last_segment_is_corruption() -> Result<()> {
     let dir = tempdir()?;
     write_records(dir.path(), synced(FsyncPolicy::Always, 200), 30, 5)?;
-    let segments = list_segments(dir.path())?;
+    let segments = list_segments(&LocalFs, dir.path())?;
     let last = *segments.last().unwrap_or(&0);
     fs::remove_file(segment_path(dir.path(), last)).ctx("remove", dir.path())?;
     // The now-last segment ends in a cut frame so that its damage is judged.
@@ -395,49 +396,67 @@ fn a_watermark_past_the_last_segment_is_corruption() -> Result<()> {
 fn the_watermark_follows_fsyncs() -> Result<()> {
     let dir = tempdir()?;
     let mut writer = PartitionWriter::open(dir.path(), synced(FsyncPolicy::Always, 300))?;
-    assert_eq!(super::synced::load(dir.path())?, Some(super::synced::Synced { base: 0, pos: 0 }));
+    assert_eq!(super::synced::load(&LocalFs, dir.path())?, Some(super::synced::Synced { base: 0, pos: 0 }));
     writer.append(&[b"one", b"two"])?;
-    assert_eq!(super::synced::load(dir.path())?, Some(super::synced::Synced { base: 0, pos: 22 }));
+    assert_eq!(super::synced::load(&LocalFs, dir.path())?, Some(super::synced::Synced { base: 0, pos: 22 }));
     let mut lazy = {
         drop(writer);
         PartitionWriter::open(dir.path(), small(300))?
     };
     lazy.append(&[b"three"])?;
-    assert_eq!(super::synced::load(dir.path())?.map(|w| w.pos), Some(22));
+    assert_eq!(super::synced::load(&LocalFs, dir.path())?.map(|w| w.pos), Some(22));
     lazy.sync()?;
-    assert_eq!(super::synced::load(dir.path())?.map(|w| w.pos), Some(35));
+    assert_eq!(super::synced::load(&LocalFs, dir.path())?.map(|w| w.pos), Some(35));
     Ok(())
 }
 
 #[test]
 fn a_failed_fsync_poisons_the_writer() -> Result<()> {
+    use weir_core::storage::{Crash, Errno, Fault, FaultFs, Inject, OpKind, Storage};
     for fsync in [FsyncPolicy::Always, FsyncPolicy::Never] {
-        let dir = tempdir()?;
-        let mut writer = PartitionWriter::open(dir.path(), synced(fsync, 100_000))?;
-        writer.append(&[b"durable"])?;
-        writer.sync()?;
-        writer.fail_next_sync = true;
-        let first = match fsync {
-            FsyncPolicy::Always => writer.append(&[b"lost?"]).unwrap_err(),
-            _ => {
-                writer.append(&[b"lost?"])?;
-                writer.sync().unwrap_err()
+        for errno in [Errno::Eio, Errno::Enospc] {
+            let fs = FaultFs::new();
+            let dir = Path::new("/log/p");
+            let storage: Arc<dyn Storage> = Arc::new(fs.clone());
+            let mut writer = PartitionWriter::open_in(storage.clone(), dir, synced(fsync, 100_000))?;
+            writer.append(&[b"durable"])?;
+            writer.sync()?;
+            let seg = segment_path(dir, 0);
+            fs.inject(Inject::op(OpKind::Sync, Fault::Error(errno)).under(&seg).nth(1));
+            let first = match fsync {
+                FsyncPolicy::Always => writer.append(&[b"lost?"]).unwrap_err(),
+                _ => {
+                    writer.append(&[b"lost?"])?;
+                    writer.sync().unwrap_err()
+                }
+            };
+            let code = if errno == Errno::Eio { "os error 5" } else { "os error 28" };
+            assert!(first.to_string().contains(code) && first.to_string().contains("fsync"), "{first}");
+            let len = fs.metadata(&seg).map_err(|e| Error::io("stat", &seg, e))?.len;
+            let calls = fs.calls();
+            // No later call fsyncs again or writes: they all fail, naming the first failure.
+            for e in [writer.sync().unwrap_err(), writer.append(&[b"more"]).unwrap_err(), writer.sync().unwrap_err()] {
+                let message = e.to_string();
+                assert!(message.contains("poisoned") && message.contains(code), "{message}");
             }
-        };
-        assert!(first.to_string().contains("injected fsync failure"), "{first}");
-        let seg = segment_path(dir.path(), 0);
-        let len = file_len(&seg)?;
-        // No later call fsyncs again or writes: they all fail, naming the first failure.
-        for e in [writer.sync().unwrap_err(), writer.append(&[b"more"]).unwrap_err(), writer.sync().unwrap_err()] {
-            let message = e.to_string();
-            assert!(message.contains("poisoned") && message.contains("injected fsync failure"), "{message}");
+            drop(writer);
+            assert_eq!(fs.calls(), calls, "a poisoned writer touched the storage");
+            assert_eq!(fs.metadata(&seg).map_err(|e| Error::io("stat", &seg, e))?.len, len);
+            assert_eq!(super::synced::load(&fs, dir)?.map(|w| w.pos), Some(15));
+            // Reopening re-validates what is on disk: after a reboot only the durable
+            // record is left, after a process kill the unsynced one may be there too.
+            for (mode, end) in [(Crash::DropUnsynced, 1), (Crash::KeepAll, 2)] {
+                let image: Arc<dyn Storage> = Arc::new(fs.crash(mode));
+                let mut writer = PartitionWriter::open_in(image.clone(), dir, synced(fsync, 100_000))?;
+                assert_eq!(writer.append(&[b"again"])?, end, "{mode:?}");
+                drop(writer);
+                let mut reader = LogReader::open_in(image, dir, 0, 0, None, 1 << 20)?;
+                let got = drain(&mut reader, 1 << 20)?.0;
+                let expected: &[&[u8]] =
+                    if end == 1 { &[b"durable", b"again"] } else { &[b"durable", b"lost?", b"again"] };
+                assert_eq!(got, expected, "{mode:?}");
+            }
         }
-        assert_eq!(file_len(&seg)?, len);
-        assert_eq!(super::synced::load(dir.path())?.map(|w| w.pos), Some(15));
-        // Reopening re-validates what is on disk.
-        drop(writer);
-        let mut writer = PartitionWriter::open(dir.path(), synced(fsync, 100_000))?;
-        assert_eq!(writer.append(&[b"again"])?, 2);
     }
     Ok(())
 }
@@ -465,7 +484,7 @@ fn oversize_records_are_streamed_and_damage_in_them_is_found() -> Result<()> {
 fn damage_in_a_sealed_segment_is_an_error_even_at_its_end() -> Result<()> {
     let dir = tempdir()?;
     write_records(dir.path(), small(200), 30, 30)?;
-    let segments = list_segments(dir.path())?;
+    let segments = list_segments(&LocalFs, dir.path())?;
     let first = segment_path(dir.path(), segments[0]);
     let len = file_len(&first)?;
     flip_byte(&first, len - 1)?;
@@ -531,7 +550,7 @@ fn reader_follows_a_live_writer_across_rolls() -> Result<()> {
     }
     let mut fresh = LogReader::open(dir.path(), 0, 0, None)?;
     assert_eq!(drain(&mut fresh, 100)?.0, expected);
-    assert!(list_segments(dir.path())?.len() > 3);
+    assert!(list_segments(&LocalFs, dir.path())?.len() > 3);
     Ok(())
 }
 
@@ -619,7 +638,7 @@ proptest! {
             }
             let n = reference.len();
             assert_eq!(writer.end_offset(), n as Offset);
-            assert_eq!(super::partition::end_offset(dir.path())?, n as Offset);
+            assert_eq!(super::partition::end_offset(&LocalFs, dir.path())?, n as Offset);
             let from = (from_frac * n as f64) as usize;
             let until = until_frac.map(|f| from + (f * (n - from) as f64) as usize);
             let mut reader = LogReader::open(dir.path(), 7, from as Offset, until.map(|u| u as Offset))?;
@@ -647,7 +666,7 @@ proptest! {
 fn a_gap_between_segments_fails_a_bounded_read_instead_of_stalling() -> Result<()> {
     let dir = tempdir()?;
     write_records(dir.path(), synced(FsyncPolicy::Always, 200), 40, 4)?;
-    let segments = list_segments(dir.path())?;
+    let segments = list_segments(&LocalFs, dir.path())?;
     assert!(segments.len() > 3, "{segments:?}");
     fs::remove_file(segment_path(dir.path(), segments[1])).ctx("remove", dir.path())?;
     let mut reader = LogReader::open(dir.path(), 0, 0, Some(40))?;
@@ -660,7 +679,7 @@ fn a_gap_between_segments_fails_a_bounded_read_instead_of_stalling() -> Result<(
 fn an_empty_segment_before_a_later_one_fails_a_bounded_read() -> Result<()> {
     let dir = tempdir()?;
     write_records(dir.path(), synced(FsyncPolicy::Always, 200), 20, 4)?;
-    let segments = list_segments(dir.path())?;
+    let segments = list_segments(&LocalFs, dir.path())?;
     let last = *segments.last().unwrap_or(&0);
     // An empty segment where the last one was, the last one moved further.
     fs::rename(segment_path(dir.path(), last), segment_path(dir.path(), last + 100)).ctx("rename", dir.path())?;

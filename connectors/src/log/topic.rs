@@ -7,14 +7,15 @@
 //! (reserved for Weir's own files). Anything else (`/`, `\`, NUL, empty) is an
 //! [`Error::Config`] naming the name.
 
-use std::fs;
-use std::io::ErrorKind;
+use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use weir_core::error::{Error, IoContext, Result};
 use weir_core::record::{Chunk, Offset, PartitionId};
 use weir_core::source::{PartitionReader, PartitionSpec, Source};
+use weir_core::storage::{self, Storage, create_dir_durable};
 
 use super::config::LogConfig;
 use super::partition::{self, PartitionInfo, partition_dir_name};
@@ -59,7 +60,11 @@ fn new_topic_id() -> String {
 }
 
 /// A topic of the embedded log: `<log_dir>/<name>/` with `partitions`
-/// partition directories. Cheap to clone; holds no open file.
+/// partition directories, on a [`Storage`] (the local file system unless
+/// opened with [`Topic::open_in`] or [`Topic::create_in`]; its writers,
+/// readers and producers use the same). Cheap to clone; holds no open file.
+/// Two topics are equal when directory, name, id and partition count are
+/// (whatever their storage).
 ///
 /// ```
 /// # fn main() -> weir_core::Result<()> {
@@ -70,13 +75,22 @@ fn new_topic_id() -> String {
 /// assert_eq!(Topic::open(dir.path(), "readings")?.end_offsets()?, vec![0, 1]);
 /// # Ok(()) }
 /// ```
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct Topic {
+    storage: Arc<dyn Storage>,
     dir: PathBuf,
     name: String,
     id: String,
     partitions: u32,
 }
+
+impl PartialEq for Topic {
+    fn eq(&self, other: &Topic) -> bool {
+        (&self.dir, &self.name, &self.id, self.partitions) == (&other.dir, &other.name, &other.id, other.partitions)
+    }
+}
+
+impl Eq for Topic {}
 
 /// Checks a topic name (see the [module docs](self)), naming it in the error.
 pub fn check_topic_name(name: &str) -> Result<()> {
@@ -108,21 +122,23 @@ pub fn check_topic_name(name: &str) -> Result<()> {
     ))
 }
 
-fn fsync_dir(dir: &Path) -> Result<()> {
-    fs::File::open(dir).ctx("open", dir)?.sync_all().ctx("fsync", dir)
-}
-
 impl Topic {
     /// Creates the topic `name` with `partitions` empty partitions under `log_dir`
-    /// (created when missing). An error if the topic directory already exists.
+    /// (created when missing) on the local file system. An error if the topic
+    /// directory already exists.
     pub fn create(log_dir: &Path, name: &str, partitions: u32) -> Result<Topic> {
+        Self::create_in(storage::local(), log_dir, name, partitions)
+    }
+
+    /// [`Topic::create`] on `storage`. The topic is durable when it returns.
+    pub fn create_in(storage: Arc<dyn Storage>, log_dir: &Path, name: &str, partitions: u32) -> Result<Topic> {
         check_topic_name(name)?;
         if partitions == 0 {
             return Err(Error::config("partitions", "a topic needs at least 1 partition"));
         }
-        fs::create_dir_all(log_dir).ctx("create directory", log_dir)?;
+        create_dir_durable(&*storage, log_dir)?;
         let dir = log_dir.join(name);
-        match fs::create_dir(&dir) {
+        match storage.create_dir(&dir) {
             Ok(()) => {}
             Err(e) if e.kind() == ErrorKind::AlreadyExists => {
                 return Err(Error::config("topic", format!("topic `{name}` already exists in {}", log_dir.display())));
@@ -131,7 +147,7 @@ impl Topic {
         }
         for p in 0..partitions {
             let pdir = dir.join(partition_dir_name(p));
-            fs::create_dir(&pdir).ctx("create directory", &pdir)?;
+            storage.create_dir(&pdir).ctx("create directory", &pdir)?;
         }
         let id = new_topic_id();
         let meta = TopicMeta { format: FORMAT, name: name.to_owned(), id: Some(id.clone()), partitions };
@@ -140,22 +156,29 @@ impl Topic {
         // Written last and renamed into place: a topic without topic.json is one
         // whose creation did not finish.
         let tmp = dir.join(format!("{META_FILE}.tmp"));
-        let mut file = fs::File::create(&tmp).ctx("create", &tmp)?;
-        std::io::Write::write_all(&mut file, &json).ctx("write", &tmp)?;
-        file.sync_all().ctx("fsync", &tmp)?;
+        let mut file = storage.create(&tmp).ctx("create", &tmp)?;
+        file.write_all(&json).ctx("write", &tmp)?;
+        file.sync().ctx("fsync", &tmp)?;
+        drop(file);
         let path = dir.join(META_FILE);
-        fs::rename(&tmp, &path).ctx("rename", &tmp)?;
-        fsync_dir(&dir)?;
-        fsync_dir(log_dir)?;
-        Ok(Topic { dir, name: name.to_owned(), id, partitions })
+        storage.rename(&tmp, &path).ctx("rename", &tmp)?;
+        // The partition directories and topic.json, then the topic directory.
+        storage.sync_dir(&dir).ctx("fsync", &dir)?;
+        storage.sync_dir(log_dir).ctx("fsync", log_dir)?;
+        Ok(Topic { storage, dir, name: name.to_owned(), id, partitions })
     }
 
-    /// Opens the existing topic `name` under `log_dir`.
+    /// Opens the existing topic `name` under `log_dir` on the local file system.
     pub fn open(log_dir: &Path, name: &str) -> Result<Topic> {
+        Self::open_in(storage::local(), log_dir, name)
+    }
+
+    /// [`Topic::open`] on `storage`.
+    pub fn open_in(storage: Arc<dyn Storage>, log_dir: &Path, name: &str) -> Result<Topic> {
         check_topic_name(name)?;
         let dir = log_dir.join(name);
         let path = dir.join(META_FILE);
-        let bytes = match fs::read(&path) {
+        let bytes = match storage.read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == ErrorKind::NotFound => {
                 return Err(Error::config(
@@ -178,7 +201,7 @@ impl Topic {
             ));
         }
         let id = meta.id.unwrap_or_else(|| LEGACY_TOPIC_ID.to_owned());
-        Ok(Topic { dir, name: meta.name, id, partitions: meta.partitions })
+        Ok(Topic { storage, dir, name: meta.name, id, partitions: meta.partitions })
     }
 
     /// The topic name.
@@ -198,6 +221,11 @@ impl Topic {
         self.partitions
     }
 
+    /// The storage the topic is on.
+    pub fn storage(&self) -> &Arc<dyn Storage> {
+        &self.storage
+    }
+
     /// The topic directory, `<log_dir>/<name>`.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -214,24 +242,26 @@ impl Topic {
         Ok(self.dir.join(partition_dir_name(partition)))
     }
 
-    /// Opens the writer of `partition` (see [`PartitionWriter::open`]).
+    /// Opens the writer of `partition` (see [`PartitionWriter::open`]) on the topic's storage.
     pub fn writer(&self, partition: PartitionId, config: LogConfig) -> Result<PartitionWriter> {
-        PartitionWriter::open(self.partition_dir(partition)?, config)
+        PartitionWriter::open_in(self.storage.clone(), self.partition_dir(partition)?, config)
     }
 
-    /// Opens a reader of `partition` from `from`, up to `until` (see [`LogReader::open`]).
+    /// Opens a reader of `partition` from `from`, up to `until` (see
+    /// [`LogReader::open`]) on the topic's storage.
     pub fn reader(&self, partition: PartitionId, from: Offset, until: Option<Offset>) -> Result<LogReader> {
-        LogReader::open(self.partition_dir(partition)?, partition, from, until)
+        let dir = self.partition_dir(partition)?;
+        LogReader::open_in(self.storage.clone(), dir, partition, from, until, DEFAULT_MAX_RECORD_BYTES)
     }
 
     /// The end offset (offset after the last valid record) of every partition.
     pub fn end_offsets(&self) -> Result<Vec<Offset>> {
-        (0..self.partitions).map(|p| partition::end_offset(&self.partition_dir(p)?)).collect()
+        (0..self.partitions).map(|p| partition::end_offset(&*self.storage, &self.partition_dir(p)?)).collect()
     }
 
     /// Start, end, segments and bytes of every partition.
     pub fn describe(&self) -> Result<Vec<PartitionInfo>> {
-        (0..self.partitions).map(|p| partition::info(&self.partition_dir(p)?, p)).collect()
+        (0..self.partitions).map(|p| partition::info(&*self.storage, &self.partition_dir(p)?, p)).collect()
     }
 }
 
@@ -244,13 +274,20 @@ pub struct LogSource {
 }
 
 impl LogSource {
-    /// The source of the existing topic `name` under `log_dir` (an error naming
-    /// topic and directory when there is none).
+    /// The source of the existing topic `name` under `log_dir` on the local
+    /// file system (an error naming topic and directory when there is none).
     pub fn open(log_dir: &Path, name: &str) -> Result<LogSource> {
         Ok(LogSource::new(Topic::open(log_dir, name)?))
     }
 
-    /// The source of an opened topic.
+    /// [`LogSource::open`] on `storage` (in a pipeline's build function:
+    /// `p.ctx().storage()`, the pipeline's
+    /// [`PipelineConfig::storage`](weir_core::PipelineConfig::storage)).
+    pub fn open_in(storage: Arc<dyn Storage>, log_dir: &Path, name: &str) -> Result<LogSource> {
+        Ok(LogSource::new(Topic::open_in(storage, log_dir, name)?))
+    }
+
+    /// The source of an opened topic (read on the topic's storage).
     pub fn new(topic: Topic) -> LogSource {
         LogSource { topic, max_record_bytes: DEFAULT_MAX_RECORD_BYTES }
     }
@@ -281,7 +318,8 @@ impl Source for LogSource {
 
     fn open(&self, partition: PartitionId, from: Offset, until: Option<Offset>) -> Result<Box<dyn PartitionReader>> {
         let dir = self.topic.partition_dir(partition)?;
-        Ok(Box::new(LogReader::open_limited(dir, partition, from, until, self.max_record_bytes)?))
+        let storage = self.topic.storage.clone();
+        Ok(Box::new(LogReader::open_in(storage, dir, partition, from, until, self.max_record_bytes)?))
     }
 
     /// Topic name, id and partition count (the runtime records end offsets separately).
@@ -297,7 +335,8 @@ impl Source for LogSource {
     /// its first KiB when it is longer than `max_record_bytes`. `None` at the end offset.
     fn record_at(&self, partition: PartitionId, offset: Offset) -> Result<Option<Vec<u8>>> {
         let dir = self.topic.partition_dir(partition)?;
-        let mut reader = LogReader::open_limited(dir, partition, offset, Some(offset + 1), self.max_record_bytes)?;
+        let storage = self.topic.storage.clone();
+        let mut reader = LogReader::open_in(storage, dir, partition, offset, Some(offset + 1), self.max_record_bytes)?;
         let mut chunk = Chunk::default();
         reader.read(1, &mut chunk)?;
         Ok(chunk.records().next().map(|(_, payload)| payload.to_vec()))
@@ -306,6 +345,8 @@ impl Source for LogSource {
 
 #[cfg(test)]
 mod tests {
+    use std::fs;
+
     use super::*;
 
     #[test]

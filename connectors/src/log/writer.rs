@@ -3,6 +3,13 @@
 //! ever truncates the log), appends batches with one `write` per segment
 //! touched, rolls segments, keeps the index and fsyncs per [`FsyncPolicy`].
 //!
+//! All its file I/O goes through the partition's [`Storage`] (the local file
+//! system unless [`PartitionWriter::open_in`] is given another). When it opens
+//! with a policy that fsyncs, it fsyncs the segment, the partition directory
+//! and the sync watermark once, so that what an earlier writer (or a killed
+//! process) left is durable, and a valid watermark with it, before anything is
+//! appended after it.
+//!
 //! After each successful fsync it stores the sync watermark ([`super::synced`]).
 //! A failed fsync poisons the writer: every later `append` and `sync` fails,
 //! because after an fsync error the kernel may have dropped the dirty pages and
@@ -10,13 +17,14 @@
 //! disk. Reopening the partition (which re-validates what is on disk) is the only
 //! way on.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use weir_core::error::{Error, IoContext, Result};
 use weir_core::record::Offset;
+use weir_core::storage::{self, Storage, StorageFile, StorageLock, create_dir_durable};
 
 use super::config::{FsyncPolicy, LogConfig};
 use super::frame::{self, MAX_RECORD_BYTES};
@@ -56,13 +64,14 @@ pub struct TailRepair {
 /// ```
 #[derive(Debug)]
 pub struct PartitionWriter {
+    storage: Arc<dyn Storage>,
     dir: PathBuf,
     config: LogConfig,
-    _lock: File,
+    _lock: Box<dyn StorageLock>,
     /// The active (last) segment.
     base: Offset,
-    segment: File,
-    index: File,
+    segment: Box<dyn StorageFile>,
+    index: Box<dyn StorageFile>,
     seg_len: u64,
     next: Offset,
     indexer: Indexer,
@@ -74,18 +83,17 @@ pub struct PartitionWriter {
     /// Whether the active segment's directory entry is known durable.
     dir_synced: bool,
     /// The sync watermark file.
-    synced: File,
+    synced: Box<dyn StorageFile>,
+    /// Whether this writer fsynced the watermark file once (see [`super::synced`]).
+    synced_durable: bool,
     /// An earlier write or fsync failed: the files may not match the writer's
     /// state, or synced data may be lost. Poisons the writer.
     failed: Option<String>,
     repair: Option<TailRepair>,
-    /// Test seam: the next fsync of the segment fails.
-    #[cfg(test)]
-    pub(crate) fail_next_sync: bool,
 }
 
-fn fsync_dir(dir: &Path) -> Result<()> {
-    File::open(dir).ctx("open", dir)?.sync_all().ctx("fsync", dir)
+fn fsync_dir(storage: &dyn Storage, dir: &Path) -> Result<()> {
+    storage.sync_dir(dir).ctx("fsync", dir)
 }
 
 /// The base offset of a segment from its file name (0 when it is not a segment name).
@@ -93,27 +101,25 @@ fn segment_base(path: &Path) -> Offset {
     path.file_stem().and_then(|s| s.to_str()).and_then(|s| s.parse().ok()).unwrap_or(0)
 }
 
-fn open_append(path: &Path) -> Result<File> {
-    OpenOptions::new().append(true).create(true).open(path).ctx("open", path)
+fn open_append(storage: &dyn Storage, path: &Path) -> Result<Box<dyn StorageFile>> {
+    storage.open_append(path).ctx("open", path)
 }
 
-fn lock(dir: &Path) -> Result<File> {
+fn lock(storage: &dyn Storage, dir: &Path) -> Result<Box<dyn StorageLock>> {
     let path = dir.join(LOCK_FILE);
-    let file = OpenOptions::new().create(true).truncate(false).write(true).open(&path).ctx("open", &path)?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(fs::TryLockError::WouldBlock) => Err(Error::Locked { path }),
-        Err(fs::TryLockError::Error(e)) => Err(Error::io("lock", path, e)),
+    match storage.try_lock(&path).ctx("lock", &path)? {
+        Some(lock) => Ok(lock),
+        None => Err(Error::Locked { path }),
     }
 }
 
 /// Rewrites the index of a sealed segment when it is missing or has a broken
 /// length; entry-level damage is left to readers, which fall back to a scan.
-fn repair_sealed_index(dir: &Path, base: Offset, config: &LogConfig) -> Result<()> {
+fn repair_sealed_index(storage: &dyn Storage, dir: &Path, base: Offset, config: &LogConfig) -> Result<()> {
     let path = index_path(dir, base);
-    let intact = match fs::metadata(&path) {
-        Ok(m) => m.len() % index::ENTRY as u64 == 0,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+    let intact = match storage.metadata(&path) {
+        Ok(m) => m.len % index::ENTRY as u64 == 0,
+        Err(e) if e.kind() == ErrorKind::NotFound => false,
         Err(e) => return Err(Error::io("stat", path, e)),
     };
     if intact {
@@ -121,7 +127,7 @@ fn repair_sealed_index(dir: &Path, base: Offset, config: &LogConfig) -> Result<(
     }
     let mut indexer = Indexer::new(config.index_interval_bytes);
     let seg = segment_path(dir, base);
-    let summary = segment::scan_segment(seg, IndexEntry { rel: 0, pos: 0 }, Some(&mut indexer))?;
+    let summary = segment::scan_segment(storage, seg, IndexEntry { rel: 0, pos: 0 }, Some(&mut indexer))?;
     if let Some(d) = &summary.damage {
         tracing::warn!(
             "indexing {} stopped at damage at byte {}: {} (readers will fail there)",
@@ -130,43 +136,51 @@ fn repair_sealed_index(dir: &Path, base: Offset, config: &LogConfig) -> Result<(
             d.what
         );
     }
-    index::write(&path, &summary.entries)
+    index::write(storage, &path, &summary.entries)
 }
 
 impl PartitionWriter {
-    /// Opens the partition in `dir` (creating the directory and its first segment
-    /// when needed) for appending, after taking its lock ([`Error::Locked`] when
-    /// another writer holds it).
+    /// Opens the partition in `dir` on the local file system (creating the
+    /// directory and its first segment when needed) for appending, after taking
+    /// its lock ([`Error::Locked`] when another writer holds it).
     ///
     /// The last segment is scanned: a damaged tail is truncated (see
     /// [`PartitionWriter::tail_repair`]), damage followed by valid records is an
     /// [`Error::Corrupt`], and its index is rewritten if it does not match.
     /// Missing indexes of earlier segments are rebuilt.
     pub fn open(dir: impl Into<PathBuf>, config: LogConfig) -> Result<PartitionWriter> {
+        Self::open_in(storage::local(), dir, config)
+    }
+
+    /// [`PartitionWriter::open`] on `storage`: every file operation of the
+    /// writer goes through it.
+    pub fn open_in(storage: Arc<dyn Storage>, dir: impl Into<PathBuf>, config: LogConfig) -> Result<PartitionWriter> {
         config.validate()?;
         let dir = dir.into();
-        fs::create_dir_all(&dir).ctx("create directory", &dir)?;
-        let lock = lock(&dir)?;
-        let bases = list_segments(&dir)?;
-        let mut synced_file = None;
+        let fsyncs = config.fsync != FsyncPolicy::Never;
+        // With fsyncs, an existing directory's entry is made durable too (an
+        // earlier writer may have created it without).
+        if fsyncs || !storage.exists(&dir).ctx("stat", &dir)? {
+            create_dir_durable(&*storage, &dir)?;
+        }
+        let lock = lock(&*storage, &dir)?;
+        let bases = list_segments(&*storage, &dir)?;
+        // Opened (created) before any segment: a partition with a segment always
+        // has the file.
+        let mut synced_file = synced::open(&*storage, &dir)?;
         let base = match bases.split_last() {
             Some((&last, sealed)) => {
                 for &b in sealed {
-                    repair_sealed_index(&dir, b, &config)?;
+                    repair_sealed_index(&*storage, &dir, b, &config)?;
                 }
                 last
             }
             None => {
-                // The watermark comes first, so that a partition with a segment always
-                // has one: nothing is synced yet.
-                let file = synced::open(&dir)?;
-                synced::store(&file, &dir, Synced { base: 0, pos: 0 })?;
-                synced_file = Some(file);
+                // Nothing is synced yet. (Made durable, with the directory
+                // entries, by the sync at the end of `open`.)
+                synced::store(&mut *synced_file, &dir, Synced { base: 0, pos: 0 })?;
                 let path = segment_path(&dir, 0);
-                File::create(&path).ctx("create", &path)?;
-                if config.fsync != FsyncPolicy::Never {
-                    fsync_dir(&dir)?;
-                }
+                storage.create(&path).ctx("create", &path)?;
                 0
             }
         };
@@ -174,20 +188,26 @@ impl PartitionWriter {
         let seg_path = segment_path(&dir, base);
         let mut indexer = Indexer::new(config.index_interval_bytes);
         let origin = IndexEntry { rel: 0, pos: 0 };
-        let summary = segment::scan_segment(seg_path.clone(), origin, Some(&mut indexer))?;
-        let repair = Self::repair_tail(&seg_path, &summary, &config)?;
+        let summary = segment::scan_segment(&*storage, seg_path.clone(), origin, Some(&mut indexer))?;
+        let mut segment = open_append(&*storage, &seg_path)?;
+        let repair = Self::repair_tail(&*storage, &mut *segment, &seg_path, &summary, &config)?;
         let ix_path = index_path(&dir, base);
-        if index::load(&ix_path, summary.valid_len)? != Loaded::Entries(summary.entries.clone()) {
-            index::write(&ix_path, &summary.entries)?;
+        let rewrite = index::load(&*storage, &ix_path, summary.valid_len)? != Loaded::Entries(summary.entries.clone());
+        if rewrite {
+            index::write(&*storage, &ix_path, &summary.entries)?;
+        }
+        let mut index = open_append(&*storage, &ix_path)?;
+        if rewrite && fsyncs {
+            // Durable before anything is appended: after a power loss the old
+            // index could otherwise come back, its entries for frames of a cut
+            // tail pointing into the records written since.
+            index.sync_data().ctx("fsync", &ix_path)?;
         }
 
-        let synced = match synced_file {
-            Some(file) => file,
-            None => synced::open(&dir)?,
-        };
         let mut writer = PartitionWriter {
-            segment: open_append(&seg_path)?,
-            index: open_append(&ix_path)?,
+            segment,
+            index,
+            storage,
             dir,
             config,
             _lock: lock,
@@ -198,45 +218,52 @@ impl PartitionWriter {
             frames: Vec::new(),
             entries: Vec::new(),
             last_sync: Instant::now(),
-            // What an earlier writer left may still be only in the page cache:
-            // one fsync makes it (and the watermark saying so) durable.
-            unsynced: config.fsync != FsyncPolicy::Never,
-            dir_synced: config.fsync != FsyncPolicy::Never,
-            synced,
+            // What an earlier writer left may still be only in the page cache,
+            // its segment's directory entry too (a process killed between
+            // creating a segment and fsyncing the directory): one fsync of each
+            // makes it (and the watermark saying so) durable.
+            unsynced: fsyncs,
+            dir_synced: false,
+            synced: synced_file,
+            synced_durable: false,
             failed: None,
             repair,
-            #[cfg(test)]
-            fail_next_sync: false,
         };
-        if config.fsync != FsyncPolicy::Never {
+        if fsyncs {
             writer.sync()?;
-        } else if synced::load(&writer.dir)?.is_none_or(|w| w.base < base) {
+        } else if synced::load(&*writer.storage, &writer.dir)?.is_none_or(|w| w.base < base) {
             // Nothing of the last segment is known synced (a partition from before
             // watermarks gets one here, so its tail is judged by the watermark rule).
-            synced::store(&writer.synced, &writer.dir, Synced { base, pos: 0 })?;
+            synced::store(&mut *writer.synced, &writer.dir, Synced { base, pos: 0 })?;
         }
         Ok(writer)
     }
 
-    /// Truncates the damaged tail the scan of the last segment found, if any.
-    fn repair_tail(path: &Path, summary: &Summary, config: &LogConfig) -> Result<Option<TailRepair>> {
+    /// Truncates the damaged tail the scan of the last segment found, if any,
+    /// through `segment` (the last segment, open to append).
+    fn repair_tail(
+        storage: &dyn Storage,
+        segment: &mut dyn StorageFile,
+        path: &Path,
+        summary: &Summary,
+        config: &LogConfig,
+    ) -> Result<Option<TailRepair>> {
         let Some(damage) = &summary.damage else {
             return Ok(None);
         };
-        if check_tail(damage, segment_base(path))? == Verdict::Changed {
+        if check_tail(storage, damage, segment_base(path))? == Verdict::Changed {
             // Only this writer (holding the lock) writes the partition.
             return Err(damage.clone().into_error("the segment changed while its writer held the lock"));
         }
-        let file = OpenOptions::new().write(true).open(path).ctx("open", path)?;
-        let len = file.metadata().ctx("stat", path)?.len();
-        file.set_len(damage.pos).ctx("truncate", path)?;
+        let len = storage.metadata(path).ctx("stat", path)?.len;
+        segment.set_len(damage.pos).ctx("truncate", path)?;
         if config.fsync != FsyncPolicy::Never {
-            file.sync_all().ctx("fsync", path)?;
+            segment.sync().ctx("fsync", path)?;
         }
         let repair = TailRepair {
             file: path.to_path_buf(),
             offset: damage.pos,
-            dropped_bytes: len - damage.pos,
+            dropped_bytes: len.saturating_sub(damage.pos),
             what: damage.what.clone(),
         };
         tracing::warn!(
@@ -335,12 +362,17 @@ impl PartitionWriter {
             self.index.sync_data().ctx("fsync", ix)?;
         }
         let seg_path = segment_path(&self.dir, self.next);
-        self.segment = OpenOptions::new().append(true).create_new(true).open(&seg_path).ctx("create", &seg_path)?;
+        // The next segment cannot exist (it would be the last one, and this
+        // writer's): never overwrite one.
+        if self.storage.exists(&seg_path).ctx("stat", &seg_path)? {
+            return Err(Error::io("create", seg_path, std::io::Error::from(ErrorKind::AlreadyExists)));
+        }
+        self.segment = self.storage.create(&seg_path).ctx("create", &seg_path)?;
         let ix_path = index_path(&self.dir, self.next);
-        self.index = File::create(&ix_path).ctx("create", &ix_path)?;
+        self.index = self.storage.create(&ix_path).ctx("create", &ix_path)?;
         self.dir_synced = false;
         if self.config.fsync != FsyncPolicy::Never {
-            fsync_dir(&self.dir)?;
+            fsync_dir(&*self.storage, &self.dir)?;
             self.dir_synced = true;
         }
         self.base = self.next;
@@ -374,16 +406,18 @@ impl PartitionWriter {
     fn sync_segment(&mut self) -> Result<()> {
         if self.unsynced {
             let path = segment_path(&self.dir, self.base);
-            #[cfg(test)]
-            if std::mem::take(&mut self.fail_next_sync) {
-                return Err(Error::io("fsync", path, std::io::Error::other("injected fsync failure")));
-            }
             self.segment.sync_data().ctx("fsync", &path)?;
             if !self.dir_synced {
-                fsync_dir(&self.dir)?;
+                fsync_dir(&*self.storage, &self.dir)?;
                 self.dir_synced = true;
             }
-            synced::store(&self.synced, &self.dir, Synced { base: self.base, pos: self.seg_len })?;
+            synced::store(&mut *self.synced, &self.dir, Synced { base: self.base, pos: self.seg_len })?;
+            if !self.synced_durable {
+                // Without a durable watermark, a torn append (a hole, then valid
+                // frames) would be judged corruption by the older rule.
+                self.synced.sync().ctx("fsync", synced::path(&self.dir))?;
+                self.synced_durable = true;
+            }
             self.unsynced = false;
         }
         self.last_sync = Instant::now();

@@ -7,10 +7,16 @@
 //! durable until the parent directory is fsynced). [`FaultFs::crash`] returns
 //! the image a restarted process sees: only what was made durable (a power
 //! loss, like LazyFS for Jepsen), or everything (a process kill; what was not
-//! made durable stays at risk of a later power loss). Every call is counted
-//! and traced, so a test can crash after any call ([`FaultFs::crash_after`]),
-//! fail chosen calls with EIO, ENOSPC, EACCES or EROFS, and tear a write at a
-//! chosen byte ([`FaultFs::inject`]). Tests run as root, where permissions
+//! made durable stays at risk of a later power loss), or a power loss in the
+//! middle of write-back (every file at its current length, each page not
+//! made durable holding either its new or its durable bytes: a torn
+//! multi-page append, with a hole before pages that did reach the disk).
+//! Appends, positional writes and truncations all change a file's contents,
+//! which become durable at its next fsync. Every call is counted and traced
+//! (positional reads and writes, appends and truncations too), so a test can
+//! crash after any call ([`FaultFs::crash_after`]), fail chosen calls with
+//! EIO, ENOSPC, EACCES or EROFS, and tear a write at a chosen byte
+//! ([`FaultFs::inject`]). Tests run as root, where permissions
 //! deny nothing: injected EACCES/EROFS is how a read-only directory is tested.
 //!
 //! A failed fsync poisons its file or directory the way Linux does: the data
@@ -26,10 +32,14 @@ use std::io::{self, Read, Write};
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::{DirEntry, Metadata, Storage, StorageFile, StorageLock};
+use super::{DirEntry, Metadata, ReadAt, Storage, StorageFile, StorageLock};
 
 type Ino = u64;
 const ROOT: Ino = 0;
+
+/// The page size of [`Crash::TornPages`]: the unit in which unsynced data
+/// reaches the disk or not.
+pub const PAGE: usize = 4096;
 
 /// What a simulated crash keeps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,6 +49,18 @@ pub enum Crash {
     /// Process kill: everything stays visible, but what was not fsynced is
     /// still not durable (a later `DropUnsynced` crash loses it).
     KeepAll,
+    /// Power loss in the middle of write-back. Directory entries as with
+    /// `DropUnsynced` (only what was fsynced), but every file keeps its current
+    /// length, and each [`PAGE`] of it whose contents differ from its durable
+    /// ones holds either the new bytes or the durable ones (zeros past the
+    /// durable end), chosen by a hash of `seed`, the file and the page. An
+    /// unsynced append of several pages can so leave a hole followed by pages
+    /// that did reach the disk; bytes that were durable stay as they were. A
+    /// file poisoned by a failed fsync keeps only its durable contents.
+    TornPages {
+        /// Picks which pages reach the disk (the same seed, the same choice).
+        seed: u64,
+    },
 }
 
 /// An injected error number.
@@ -84,9 +106,10 @@ impl Errno {
 pub enum Fault {
     /// The call fails with this error and has no effect.
     Error(Errno),
-    /// A write keeps only its first `keep` bytes, then the storage crashes
-    /// (this and every later call fail; [`FaultFs::crash`] gives the image).
-    /// It applies to writes only: any other call it matches is unaffected.
+    /// A write (sequential or positional) keeps only its first `keep` bytes,
+    /// then the storage crashes (this and every later call fail;
+    /// [`FaultFs::crash`] gives the image). It applies to writes only: any
+    /// other call it matches is unaffected.
     Torn {
         /// Bytes of the write that reach the file.
         keep: usize,
@@ -98,12 +121,22 @@ pub enum Fault {
 pub enum OpKind {
     /// [`Storage::create`].
     Create,
-    /// A write to a created file.
+    /// A sequential write to a created or appended file.
     Write,
-    /// [`StorageFile::sync`].
+    /// [`StorageFile::write_all_at`].
+    WriteAt,
+    /// [`StorageFile::set_len`].
+    SetLen,
+    /// [`StorageFile::sync`] and [`StorageFile::sync_data`].
     Sync,
+    /// [`Storage::open_append`].
+    OpenAppend,
     /// [`Storage::open`].
     Open,
+    /// [`Storage::open_read_at`].
+    OpenReadAt,
+    /// [`ReadAt::read_at`].
+    ReadAt,
     /// [`Storage::sync_dir`].
     SyncDir,
     /// [`Storage::rename`].
@@ -128,7 +161,16 @@ impl OpKind {
     /// Whether the call changes the file system or what is durable (the calls
     /// after which a crash leaves a different image).
     pub fn mutates(self) -> bool {
-        !matches!(self, OpKind::Open | OpKind::List | OpKind::Metadata | OpKind::Canonicalize)
+        !matches!(
+            self,
+            OpKind::Open
+                | OpKind::OpenAppend
+                | OpKind::OpenReadAt
+                | OpKind::ReadAt
+                | OpKind::List
+                | OpKind::Metadata
+                | OpKind::Canonicalize
+        )
     }
 }
 
@@ -314,7 +356,7 @@ impl State {
                 self.trace.push(op);
                 Err(errno.error())
             }
-            Some(Fault::Torn { .. }) if kind == OpKind::Write => {
+            Some(Fault::Torn { .. }) if matches!(kind, OpKind::Write | OpKind::WriteAt) => {
                 self.trace.push(op);
                 Ok(fault)
             }
@@ -380,8 +422,9 @@ impl State {
         }
     }
 
-    /// The image after a power loss: what durable entries reach, with durable contents.
-    fn durable_image(&self) -> HashMap<Ino, Node> {
+    /// The image after a power loss: what durable entries reach, with durable
+    /// contents, or with [`Crash::TornPages`] of `tear`'s seed.
+    fn durable_image(&self, tear: Option<u64>) -> HashMap<Ino, Node> {
         let mut out = HashMap::new();
         let mut todo = vec![ROOT];
         while let Some(ino) = todo.pop() {
@@ -389,8 +432,13 @@ impl State {
                 continue;
             }
             match self.nodes.get(&ino) {
-                Some(Node::File { durable, .. }) => {
-                    out.insert(ino, Node::File { data: durable.clone(), durable: durable.clone(), poisoned: false });
+                Some(Node::File { data, durable, poisoned }) => {
+                    let disk = match tear {
+                        // A failed fsync marked the file's pages clean: they are never written back.
+                        Some(seed) if !poisoned => torn_pages(data, durable, seed, ino),
+                        _ => durable.clone(),
+                    };
+                    out.insert(ino, Node::File { data: disk.clone(), durable: disk, poisoned: false });
                 }
                 Some(Node::Dir { durable, .. }) => {
                     todo.extend(durable.values().copied());
@@ -401,6 +449,46 @@ impl State {
         }
         out
     }
+}
+
+/// What reaches the disk of a file at a [`Crash::TornPages`] power loss: its
+/// current length, each page that differs from `durable` new or old by a hash.
+fn torn_pages(data: &[u8], durable: &[u8], seed: u64, ino: Ino) -> Vec<u8> {
+    let mut out = data.to_vec();
+    for (i, page) in out.chunks_mut(PAGE).enumerate() {
+        let start = i * PAGE;
+        let old = |j: usize| durable.get(start + j).copied().unwrap_or(0);
+        let dirty = page.iter().enumerate().any(|(j, &b)| b != old(j));
+        if dirty && mix(seed, ino, i as u64) & 1 == 0 {
+            for (j, b) in page.iter_mut().enumerate() {
+                *b = old(j);
+            }
+        }
+    }
+    out
+}
+
+/// SplitMix64 of the three values: a fixed, well-spread choice.
+fn mix(seed: u64, ino: Ino, page: u64) -> u64 {
+    let mut z = seed
+        .wrapping_add(ino.wrapping_mul(0xA24B_AED4_963E_E407))
+        .wrapping_add(page.wrapping_mul(0x9FB2_1C65_1E98_DF25))
+        .wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Writes `buf` into `data` at `at`, zero-filling a gap past the end.
+fn put(data: &mut Vec<u8>, at: u64, buf: &[u8]) -> io::Result<()> {
+    let too_big = || io::Error::new(io::ErrorKind::InvalidInput, "FaultFs: position out of range");
+    let at = usize::try_from(at).map_err(|_| too_big())?;
+    let end = at.checked_add(buf.len()).ok_or_else(too_big)?;
+    if data.len() < end {
+        data.resize(end, 0);
+    }
+    data[at..end].copy_from_slice(buf);
+    Ok(())
 }
 
 /// An in-memory, fault-injecting [`Storage`] for tests. Clones share one file system.
@@ -489,7 +577,8 @@ impl FaultFs {
     pub fn crash(&self, mode: Crash) -> FaultFs {
         let s = self.lock();
         let nodes = match mode {
-            Crash::DropUnsynced => s.durable_image(),
+            Crash::DropUnsynced => s.durable_image(None),
+            Crash::TornPages { seed } => s.durable_image(Some(seed)),
             // The kernel outlives the process: what a failed fsync dropped stays dropped.
             Crash::KeepAll => s.nodes.clone(),
         };
@@ -546,30 +635,43 @@ impl FaultFs {
     }
 }
 
-/// A file being written on a [`FaultFs`].
+/// A file being written on a [`FaultFs`]; sequential writes go at `pos`.
 struct FaultFile {
     state: Arc<Mutex<State>>,
     ino: Ino,
     path: PathBuf,
+    pos: u64,
+}
+
+impl fmt::Debug for FaultFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FaultFile").field("path", &self.path).field("pos", &self.pos).finish()
+    }
 }
 
 impl FaultFile {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// Writes `buf` at `at` as the call `kind`, or its torn prefix.
+    fn write_traced(&mut self, kind: OpKind, buf: &[u8], at: u64) -> io::Result<()> {
+        let mut s = self.lock();
+        let fault = s.begin(kind, &self.path, None)?;
+        let (data, _, _) = s.file_data(self.ino)?;
+        if let Some(Fault::Torn { keep }) = fault {
+            put(data, at, &buf[..keep.min(buf.len())])?;
+            s.down = true;
+            return Err(crashed());
+        }
+        put(data, at, buf)
+    }
 }
 
 impl Write for FaultFile {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let mut s = self.lock();
-        let fault = s.begin(OpKind::Write, &self.path, None)?;
-        let (data, _, _) = s.file_data(self.ino)?;
-        if let Some(Fault::Torn { keep }) = fault {
-            data.extend_from_slice(&buf[..keep.min(buf.len())]);
-            s.down = true;
-            return Err(crashed());
-        }
-        data.extend_from_slice(buf);
+        self.write_traced(OpKind::Write, buf, self.pos)?;
+        self.pos += buf.len() as u64;
         Ok(buf.len())
     }
 
@@ -587,6 +689,47 @@ impl StorageFile for FaultFile {
             *durable = data.clone();
         }
         Ok(())
+    }
+
+    fn write_all_at(&mut self, buf: &[u8], pos: u64) -> io::Result<()> {
+        self.write_traced(OpKind::WriteAt, buf, pos)
+    }
+
+    fn set_len(&mut self, len: u64) -> io::Result<()> {
+        let mut s = self.lock();
+        s.begin(OpKind::SetLen, &self.path, None)?;
+        let (data, _, _) = s.file_data(self.ino)?;
+        let n = usize::try_from(len)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "FaultFs: length out of range"))?;
+        data.resize(n, 0);
+        drop(s);
+        self.pos = len;
+        Ok(())
+    }
+}
+
+/// A file opened for positional reads on a [`FaultFs`]: reads its current contents.
+struct FaultReadAt {
+    state: Arc<Mutex<State>>,
+    ino: Ino,
+    path: PathBuf,
+}
+
+impl fmt::Debug for FaultReadAt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("FaultReadAt").field(&self.path).finish()
+    }
+}
+
+impl ReadAt for FaultReadAt {
+    fn read_at(&self, buf: &mut [u8], pos: u64) -> io::Result<usize> {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.begin(OpKind::ReadAt, &self.path, None)?;
+        let (data, _, _) = s.file_data(self.ino)?;
+        let at = usize::try_from(pos).unwrap_or(usize::MAX).min(data.len());
+        let n = buf.len().min(data.len() - at);
+        buf[..n].copy_from_slice(&data[at..at + n]);
+        Ok(n)
     }
 }
 
@@ -624,7 +767,25 @@ impl Storage for FaultFs {
             }
             None => s.insert(dir, name, Node::File { data: Vec::new(), durable: Vec::new(), poisoned: false })?,
         };
-        Ok(Box::new(FaultFile { state: self.state.clone(), ino, path }))
+        Ok(Box::new(FaultFile { state: self.state.clone(), ino, path, pos: 0 }))
+    }
+
+    fn open_append(&self, path: &Path) -> io::Result<Box<dyn StorageFile>> {
+        let mut s = self.lock();
+        let path = s.abs(path);
+        s.begin(OpKind::OpenAppend, &path, None)?;
+        let ino = s.lookup(&path).ok_or_else(|| not_found(&path))?;
+        let pos = s.file_data(ino)?.0.len() as u64;
+        Ok(Box::new(FaultFile { state: self.state.clone(), ino, path, pos }))
+    }
+
+    fn open_read_at(&self, path: &Path) -> io::Result<Box<dyn ReadAt>> {
+        let mut s = self.lock();
+        let path = s.abs(path);
+        s.begin(OpKind::OpenReadAt, &path, None)?;
+        let ino = s.lookup(&path).ok_or_else(|| not_found(&path))?;
+        s.file_data(ino)?;
+        Ok(Box::new(FaultReadAt { state: self.state.clone(), ino, path }))
     }
 
     fn open(&self, path: &Path) -> io::Result<Box<dyn Read + Send>> {
@@ -845,6 +1006,115 @@ mod tests {
         assert!(f.write_all(b"abcdef").is_err());
         assert!(fs.is_down());
         assert_eq!(fs.crash(Crash::KeepAll).read(Path::new("/f")).unwrap(), b"abc");
+    }
+
+    #[test]
+    fn appends_positional_writes_and_truncations_are_durable_at_the_sync() {
+        let fs = FaultFs::new();
+        fs.prepare_dir("/d");
+        write(&fs, "/d/f", b"0123456789", true);
+        fs.sync_dir(Path::new("/d")).unwrap();
+        let mut f = fs.open_append(Path::new("/d/f")).unwrap();
+        let r = fs.open_read_at(Path::new("/d/f")).unwrap();
+        f.write_all(b"abc").unwrap();
+        f.write_all_at(b"XY", 1).unwrap();
+        let mut buf = [0u8; 32];
+        // Readers see the current contents, appends after their open included.
+        let n = r.read_at(&mut buf, 0).unwrap();
+        assert_eq!(&buf[..n], b"0XY3456789abc");
+        let n = r.read_at(&mut buf, 11).unwrap();
+        assert_eq!(&buf[..n], b"bc");
+        assert_eq!(r.read_at(&mut buf, 13).unwrap(), 0);
+        assert_eq!(r.read_at(&mut buf, 99).unwrap(), 0);
+        // Nothing of it is durable before the sync; a process kill keeps it.
+        assert_eq!(fs.crash(Crash::DropUnsynced).read(Path::new("/d/f")).unwrap(), b"0123456789");
+        assert_eq!(fs.crash(Crash::KeepAll).read(Path::new("/d/f")).unwrap(), b"0XY3456789abc");
+        f.sync_data().unwrap();
+        assert_eq!(fs.crash(Crash::DropUnsynced).read(Path::new("/d/f")).unwrap(), b"0XY3456789abc");
+        // A truncation is undone by a power loss until the file is synced; writes
+        // continue at the new end.
+        f.set_len(4).unwrap();
+        f.write_all(b"!").unwrap();
+        assert_eq!(fs.read(Path::new("/d/f")).unwrap(), b"0XY3!");
+        assert_eq!(fs.crash(Crash::DropUnsynced).read(Path::new("/d/f")).unwrap(), b"0XY3456789abc");
+        f.sync().unwrap();
+        assert_eq!(fs.crash(Crash::DropUnsynced).read(Path::new("/d/f")).unwrap(), b"0XY3!");
+        // A positional write past the end zero-fills the gap.
+        f.write_all_at(b"z", 7).unwrap();
+        assert_eq!(fs.read(Path::new("/d/f")).unwrap(), b"0XY3!\0\0z");
+        assert_eq!(fs.open_append(Path::new("/d/none")).unwrap_err().kind(), io::ErrorKind::NotFound);
+        assert_eq!(fs.open_read_at(Path::new("/d/none")).unwrap_err().kind(), io::ErrorKind::NotFound);
+        let kinds: Vec<OpKind> = fs.trace().iter().map(|o| o.kind).collect();
+        for kind in [OpKind::OpenAppend, OpKind::OpenReadAt, OpKind::ReadAt, OpKind::WriteAt, OpKind::SetLen] {
+            assert!(kinds.contains(&kind), "{kind:?} not traced");
+        }
+        assert!(OpKind::WriteAt.mutates() && OpKind::SetLen.mutates() && !OpKind::ReadAt.mutates());
+    }
+
+    #[test]
+    fn torn_pages_keep_some_unsynced_pages_and_every_durable_byte() {
+        let fs = FaultFs::new();
+        fs.prepare_dir("/d");
+        let durable: Vec<u8> = (0..PAGE + 100).map(|i| (i % 251) as u8 + 1).collect();
+        write(&fs, "/d/f", &durable, true);
+        fs.sync_dir(Path::new("/d")).unwrap();
+        let mut f = fs.open_append(Path::new("/d/f")).unwrap();
+        let appended = vec![0xee; 6 * PAGE];
+        f.write_all(&appended).unwrap();
+        let current = fs.read(Path::new("/d/f")).unwrap();
+        let (mut holes, mut kept) = (0, 0);
+        for seed in 0..16 {
+            let after = fs.crash(Crash::TornPages { seed }).read(Path::new("/d/f")).unwrap();
+            assert_eq!(after.len(), current.len());
+            assert_eq!(&after[..durable.len()], &durable[..], "seed {seed}: a durable byte changed");
+            for (i, page) in after.chunks(PAGE).enumerate().skip(1) {
+                let new = &current[i * PAGE..(i * PAGE + PAGE).min(current.len())];
+                if page == new {
+                    kept += 1;
+                } else {
+                    // A page that did not reach the disk: its durable bytes, zeros after.
+                    let start = i * PAGE;
+                    let old: Vec<u8> =
+                        (start..start + page.len()).map(|j| durable.get(j).copied().unwrap_or(0)).collect();
+                    assert_eq!(page, &old[..], "seed {seed}, page {i}");
+                    holes += 1;
+                }
+            }
+            assert_eq!(
+                fs.crash(Crash::TornPages { seed }).read(Path::new("/d/f")).unwrap(),
+                after,
+                "not deterministic"
+            );
+        }
+        assert!(holes > 10 && kept > 10, "{holes} pages lost, {kept} kept");
+        // Entries follow the directory fsyncs, as with DropUnsynced.
+        write(&fs, "/d/new", b"x", true);
+        assert!(!fs.crash(Crash::TornPages { seed: 1 }).exists(Path::new("/d/new")).unwrap());
+    }
+
+    #[test]
+    fn faults_hit_the_new_calls_too() {
+        let fs = FaultFs::new();
+        write(&fs, "/f", b"abc", true);
+        fs.sync_dir(Path::new("/")).unwrap();
+        fs.inject(Inject::op(OpKind::SetLen, Fault::Error(Errno::Eio)).nth(1));
+        fs.inject(Inject::op(OpKind::ReadAt, Fault::Error(Errno::Eio)).nth(1));
+        let mut f = fs.open_append(Path::new("/f")).unwrap();
+        assert_eq!(f.set_len(1).unwrap_err().raw_os_error(), Some(5));
+        let r = fs.open_read_at(Path::new("/f")).unwrap();
+        assert!(r.read_at(&mut [0u8; 4], 0).is_err());
+        assert_eq!(r.read_at(&mut [0u8; 4], 0).unwrap(), 3);
+        // A failed sync_data poisons the file like a failed sync.
+        fs.inject(Inject::op(OpKind::Sync, Fault::Error(Errno::Enospc)).nth(1));
+        f.write_all(b"d").unwrap();
+        assert_eq!(f.sync_data().unwrap_err().raw_os_error(), Some(28));
+        f.sync_data().unwrap();
+        assert_eq!(fs.crash(Crash::DropUnsynced).read(Path::new("/f")).unwrap(), b"abc");
+        // A positional write can be torn.
+        fs.inject(Inject::op(OpKind::WriteAt, Fault::Torn { keep: 2 }));
+        assert!(f.write_all_at(b"XYZ", 0).is_err());
+        assert!(fs.is_down());
+        assert_eq!(fs.crash(Crash::KeepAll).read(Path::new("/f")).unwrap(), b"XYcd");
     }
 
     #[test]

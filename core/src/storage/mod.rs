@@ -1,22 +1,26 @@
 //! The one storage seam: every file operation Weir performs on what it writes
 //! (checkpoint parts and manifests, staged and published sink output, lock
-//! files) goes through a [`Storage`].
+//! files) and on the embedded log (topics, segments, indexes, sync
+//! watermarks) goes through a [`Storage`].
 //!
 //! [`LocalFs`] is the production implementation (`std::fs`); [`FaultFs`] is an
 //! in-memory test tool that models what is durable (file contents as of their
 //! last fsync, directory entries as of their parent's last fsync) and injects
 //! crashes, I/O errors and torn writes. The trait is small, object-safe and
-//! speaks `std::io`, so other writers (the embedded log, an object store) can
-//! move onto it without changing its callers; the log will need three more
-//! calls (open an existing file for appending, positional reads, truncating
-//! a torn tail), each added with its `FaultFs` model. Inputs a pipeline only
-//! reads (a JSON-lines file) do not go through it.
+//! speaks `std::io`, so other writers (an object store) can move onto it
+//! without changing its callers. Besides whole-file writes and reads it has
+//! what an append-only log needs: opening an existing file to append to it
+//! ([`Storage::open_append`]), positional writes and truncation of an open
+//! file ([`StorageFile::write_all_at`], [`StorageFile::set_len`]) and
+//! positional reads that see later appends ([`Storage::open_read_at`]). Inputs
+//! a pipeline only reads (a JSON-lines file) do not go through it.
 //!
-//! Durability is the caller's business and follows POSIX: a file's data is
-//! durable once [`StorageFile::sync`] returns, a create, rename or remove only
-//! once the parent directory's [`Storage::sync_dir`] returns.
-//! [`create_dir_durable`] creates a directory and makes its entry durable
-//! before anything can refer to it.
+//! Durability is the caller's business and follows POSIX: a file's data
+//! (its length included: an append, a positional write, a truncation) is
+//! durable once [`StorageFile::sync`] (or [`StorageFile::sync_data`]) returns,
+//! a create, rename or remove only once the parent directory's
+//! [`Storage::sync_dir`] returns. [`create_dir_durable`] creates a directory
+//! and makes its entry durable before anything can refer to it.
 
 mod fault;
 mod local;
@@ -28,18 +32,46 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-pub use fault::{Crash, Errno, Fault, FaultFs, Inject, Op, OpKind};
+pub use fault::{Crash, Errno, Fault, FaultFs, Inject, Op, OpKind, PAGE};
 pub use local::LocalFs;
 
 use crate::error::{Error, IoContext, Result};
 
-/// A file opened for writing: sequential writes, then [`StorageFile::sync`].
-pub trait StorageFile: Write + Send {
+/// A file opened for writing: sequential writes (from the start of a created
+/// file, from the end of one opened with [`Storage::open_append`]), positional
+/// writes, truncation, then [`StorageFile::sync`].
+pub trait StorageFile: Write + Send + fmt::Debug {
     /// Flushes and fsyncs the file's data (not its directory entry). An error
     /// is fatal for the file: the caller must never retry it, since after a
     /// failed fsync the kernel may have dropped the data and a second fsync
     /// can succeed without writing it.
     fn sync(&mut self) -> io::Result<()>;
+
+    /// Like [`StorageFile::sync`], but may skip metadata that is not needed to
+    /// read the data back (`fdatasync`: timestamps; never the length). The
+    /// same rule holds for an error: never retry it.
+    fn sync_data(&mut self) -> io::Result<()> {
+        self.sync()
+    }
+
+    /// Writes all of `buf` at byte `pos` (extending the file with zeros when
+    /// `pos` is past its end), without moving where sequential writes go.
+    /// Durable, like any write, once the file is synced.
+    fn write_all_at(&mut self, buf: &[u8], pos: u64) -> io::Result<()>;
+
+    /// Cuts the file to `len` bytes (or extends it with zeros); sequential
+    /// writes then continue at the new end. A metadata change that, like a
+    /// write, is durable once the file is synced.
+    fn set_len(&mut self, len: u64) -> io::Result<()>;
+}
+
+/// A file opened for positional reads ([`Storage::open_read_at`]). It reads
+/// the file as it is at each call, so it sees what was appended since it was
+/// opened.
+pub trait ReadAt: Send + fmt::Debug {
+    /// Reads up to `buf.len()` bytes at byte `pos` into `buf`; the number read,
+    /// 0 at or past the end of the file.
+    fn read_at(&self, buf: &mut [u8], pos: u64) -> io::Result<usize>;
 }
 
 /// An advisory lock; dropping it releases the lock.
@@ -63,7 +95,7 @@ pub struct Metadata {
     pub len: u64,
 }
 
-/// Every file operation checkpoints, staging and publishing perform.
+/// Every file operation checkpoints, staging, publishing and the embedded log perform.
 ///
 /// Errors are plain `std::io` errors; callers add the operation and path
 /// ([`IoContext::ctx`]). Listings are sorted by name, so a run's sequence of
@@ -71,8 +103,14 @@ pub struct Metadata {
 pub trait Storage: Send + Sync + fmt::Debug {
     /// Creates (or truncates) a file for writing. Its parent must exist.
     fn create(&self, path: &Path) -> io::Result<Box<dyn StorageFile>>;
+    /// Opens an existing file for writing without truncating it; sequential
+    /// writes continue at its end (`NotFound` if it does not exist). Only one
+    /// handle should write a file's end at a time.
+    fn open_append(&self, path: &Path) -> io::Result<Box<dyn StorageFile>>;
     /// Opens a file for sequential reading.
     fn open(&self, path: &Path) -> io::Result<Box<dyn Read + Send>>;
+    /// Opens a file for positional reads ([`ReadAt`]).
+    fn open_read_at(&self, path: &Path) -> io::Result<Box<dyn ReadAt>>;
     /// Fsyncs a directory: its entries (creates, renames, removes) become durable.
     fn sync_dir(&self, path: &Path) -> io::Result<()>;
     /// Renames a file or directory, replacing a file at `to`.

@@ -47,6 +47,10 @@ pub struct Args {
     /// windows back until it has data again (`off`: it always holds them).
     #[arg(long, default_value = "10s", value_parser = parse_idle)]
     idle_timeout: IdleTimeout,
+    /// Unbounded runs: how often to look for partitions added to a Kafka topic
+    /// (`off`: never). A new partition is read from its earliest offset.
+    #[arg(long, default_value = "30s", value_parser = parse_idle)]
+    partition_discovery: IdleTimeout,
     /// Read from this embedded-log directory instead of a file.
     #[arg(long)]
     log_dir: Option<PathBuf>,
@@ -80,7 +84,7 @@ pub struct Args {
     events: u64,
 }
 
-/// `--idle-timeout`: a duration or `off`.
+/// `--idle-timeout`, `--partition-discovery`: a duration or `off`.
 #[derive(Clone, Copy, Debug)]
 struct IdleTimeout(Option<Duration>);
 
@@ -145,6 +149,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         .epoch_every(args.epoch_interval)
         .epochs_in_flight(args.epochs_in_flight)
         .idle_timeout(args.idle_timeout.0)
+        .partition_discovery(args.partition_discovery.0)
         .bounded(bounded)
         .assignor(args.assignor);
     if let Some(state) = &state {

@@ -130,10 +130,14 @@ fn run(discovery: Option<Duration>) -> anyhow::Result<(usize, usize, weir::core:
 
 #[test]
 fn a_partition_added_while_running_is_read_without_a_restart() -> anyhow::Result<()> {
-    let (rows, expected, manifest) = run(Some(Duration::from_millis(50)))?;
-    ensure!(rows == expected);
-    let offsets = &manifest.offsets["sensors"];
-    ensure!(offsets.len() == 2 && offsets[&1] > 0, "the checkpoint lacks the new partition: {offsets:?}");
+    // Twice: a window watermark that depended on how an epoch's updates were
+    // batched once fired a window early on one worker in about a third of the runs.
+    for _ in 0..2 {
+        let (rows, expected, manifest) = run(Some(Duration::from_millis(50)))?;
+        ensure!(rows == expected);
+        let offsets = &manifest.offsets["sensors"];
+        ensure!(offsets.len() == 2 && offsets[&1] > 0, "the checkpoint lacks the new partition: {offsets:?}");
+    }
     // Without discovery the same run never sees partition 1: the test can fail.
     let (rows, expected, manifest) = run(None)?;
     ensure!(rows < expected, "without discovery partition 1 must be missing");

@@ -107,6 +107,22 @@ fn without_a_checkpoint_the_group_offsets_are_the_start() -> anyhow::Result<()> 
     Ok(())
 }
 
+/// Discovery through the source's metadata seam (the broker cannot add
+/// partitions, so the pipeline-level test is `tests/discovery.rs`): what the
+/// broker has beyond the known partitions, each from its earliest offset.
+#[test]
+fn discovery_reports_partitions_the_run_does_not_know() -> anyhow::Result<()> {
+    let broker = Tansu::start()?;
+    let brokers = broker.brokers();
+    create_topic(&brokers, "d", 3)?;
+    let src = KafkaSource::new(KafkaConfig::new(brokers.clone(), "g"), "d")?;
+    ensure!(src.discovers_partitions());
+    let found: Vec<u32> = src.discover(&[0])?.iter().map(|s| s.id).collect();
+    ensure!(found == vec![1, 2], "{found:?}");
+    ensure!(src.discover(&[0, 1, 2])?.is_empty());
+    Ok(())
+}
+
 #[test]
 fn a_missing_topic_and_an_offset_the_broker_lacks_are_clear_errors() -> anyhow::Result<()> {
     let broker = Tansu::start()?;

@@ -76,7 +76,11 @@ fn data_then_watermarks<D>(inputs: Vec<Input<D>>) -> impl Iterator<Item = Input<
 }
 
 /// The latest watermark of every input partition; the window watermark is
-/// their minimum over the partitions that are not idle. It never moves back
+/// their minimum over the partitions that are not idle. Both stages apply an
+/// epoch's updates together: a partition discovered while running joins the
+/// table with its first update, so the minimum can drop when it does, and
+/// applying one batch at a time would let the watermark (which never moves
+/// back) depend on the order batches arrived in, which differs per worker. It never moves back
 /// (an idle partition that has data again may send late records), and it is
 /// checkpointed with the table, so a restore does not move it back either.
 #[derive(Clone, Debug)]
@@ -393,14 +397,16 @@ where
                             flush(e, c, wm);
                         }
                         let mut c = open.remove(&step.epoch).unwrap_or_else(&fresh);
+                        let mut updates = Vec::new();
                         for input in data_then_watermarks(step.data) {
                             match input {
                                 Input::Data(recs) => classify(&mut c, recs, wm),
-                                Input::Watermarks(updates) => {
-                                    watermarks.apply(&updates);
-                                }
+                                Input::Watermarks(u) => updates.extend(u),
                             }
                         }
+                        // All of an epoch's updates at once: the watermark after an epoch
+                        // must not depend on how its updates were batched (see `Watermarks`).
+                        watermarks.apply(&updates);
                         flush(step.epoch, c, wm);
                     }
                     let later = match f {
@@ -483,6 +489,7 @@ where
                 let mut run = || -> Result<()> {
                     for step in driver.advance(f) {
                         let epoch = step.epoch;
+                        let mut updates = Vec::new();
                         for input in data_then_watermarks(step.data) {
                             dirty = true;
                             match input {
@@ -507,12 +514,11 @@ where
                                         }
                                     }
                                 }
-                                Input::Watermarks(updates) => {
-                                    if let Some(wm) = watermarks.apply(&updates) {
-                                        fire(&mut windows, epoch, wm);
-                                    }
-                                }
+                                Input::Watermarks(u) => updates.extend(u),
                             }
+                        }
+                        if let Some(wm) = watermarks.apply(&updates) {
+                            fire(&mut windows, epoch, wm);
                         }
                         if step.checkpoint
                             && let Some(store) = &store

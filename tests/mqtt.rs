@@ -121,6 +121,19 @@ fn wait_stored(log_dir: &Path, n: usize, within: Duration) -> anyhow::Result<Vec
     }
 }
 
+/// Waits until the log holds every message id of `ids` (duplicates allowed).
+fn wait_ids(log_dir: &Path, ids: std::ops::Range<usize>, within: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        let counts = counts(&stored(log_dir)?)?;
+        if ids.clone().all(|i| counts.contains_key(&i)) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
 /// Message `i`: on `sensors/dev-{i % 7}/temp`, a JSON payload naming `i`.
 fn message(i: usize) -> (String, Vec<u8>) {
     (format!("sensors/dev-{}/temp", i % 7), format!("{{\"i\":{i},\"t\":21.5}}").into_bytes())
@@ -215,9 +228,10 @@ fn a_killed_gateway_restarted_with_its_client_id_loses_no_acknowledged_message()
     gw.wait_for("session present: true")?;
     let acked = publisher.join().map_err(|_| anyhow::anyhow!("publisher panicked"))??;
     assert_eq!(acked.len(), n);
-    let records = wait_stored(dir.path(), n, Duration::from_secs(30))?;
+    wait_ids(dir.path(), 0..n, Duration::from_secs(30))?;
     let (status, stats) = gw.terminate()?;
     assert!(status.success(), "{status}: {stats}");
+    let records = stored(dir.path())?;
     let counts = counts(&records)?;
     let missing: Vec<_> = acked.iter().filter(|i| !counts.contains_key(i)).collect();
     assert!(missing.is_empty(), "lost {} acknowledged messages: {missing:?}", missing.len());
@@ -246,14 +260,79 @@ fn the_gateway_reconnects_after_a_broker_restart_and_loses_nothing() -> anyhow::
         Duration::from_secs(60),
     )?;
     assert_eq!(second.len(), 500);
-    let records = wait_stored(dir.path(), 1000, Duration::from_secs(30))?;
+    wait_ids(dir.path(), 0..1000, Duration::from_secs(30))?;
     let (status, stats) = gw.terminate()?;
     assert!(status.success(), "{status}: {stats}");
     assert!(stats.contains("2 connections"), "{stats}");
+    let records = stored(dir.path())?;
     let counts = counts(&records)?;
     let missing: Vec<_> = (0..1000).filter(|i| !counts.contains_key(i)).collect();
     assert!(missing.is_empty(), "lost {} messages: {missing:?}", missing.len());
     let duplicates: usize = counts.values().map(|c| c - 1).sum();
     println!("broker restart: {} records for 1000 messages, {duplicates} duplicates", records.len());
     Ok(())
+}
+
+#[test]
+fn two_gateways_of_a_shared_subscription_split_messages_and_share_partitions() -> anyhow::Result<()> {
+    let (broker, dir) = setup(2)?;
+    let mut a = Gateway::spawn(&broker.broker(), dir.path(), "gw-a", &["--group", "g"])?;
+    let mut b = Gateway::spawn(&broker.broker(), dir.path(), "gw-b", &["--group", "g"])?;
+    a.wait_for("subscribed")?;
+    b.wait_for("subscribed")?;
+    let n = 2000;
+    let acked =
+        publish_qos1(broker.port, "pub-group", (0..n).map(message).collect(), Duration::ZERO, Duration::from_secs(60))?;
+    assert_eq!(acked.len(), n);
+    wait_ids(dir.path(), 0..n, Duration::from_secs(30))?;
+    let (status_a, stats_a) = a.terminate()?;
+    let (status_b, stats_b) = b.terminate()?;
+    assert!(status_a.success() && status_b.success(), "{stats_a} / {stats_b}");
+    let stored_by = |stats: &str| -> anyhow::Result<usize> {
+        Ok(stats.strip_prefix("stored ").and_then(|s| s.split(' ').next()).context("stats")?.parse()?)
+    };
+    let (sa, sb) = (stored_by(&stats_a)?, stored_by(&stats_b)?);
+    assert!(sa > 0 && sb > 0, "both gateways store a share: {stats_a} / {stats_b}");
+    let records = stored(dir.path())?;
+    assert_eq!(records.len(), n, "{stats_a} / {stats_b}");
+    assert_eq!(sa + sb, n);
+    let counts = counts(&records)?;
+    assert!((0..n).all(|i| counts.get(&i) == Some(&1)));
+    println!("group: gateway a stored {sa}, b stored {sb}");
+    Ok(())
+}
+
+/// Throughput of the gateway draining a backlog: 20,000 messages queued by the
+/// broker for its session while it is down, then the time until all are
+/// stored. `cargo test --release --test mqtt gateway_drain_throughput -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn gateway_drain_throughput() -> anyhow::Result<()> {
+    for extra in ["", "max_inflight_messages 1000"] {
+        let broker = Mosquitto::start_with(extra)?;
+        let dir = tempfile::tempdir()?;
+        Topic::create(dir.path(), "readings", 4)?;
+        let mut gw = Gateway::spawn(&broker.broker(), dir.path(), "gw-bench", &[])?;
+        gw.wait_for("subscribed")?;
+        gw.terminate()?;
+        let n = 20_000;
+        publish_qos1(
+            broker.port,
+            "pub-bench",
+            (0..n).map(message).collect(),
+            Duration::ZERO,
+            Duration::from_secs(120),
+        )?;
+        let start = Instant::now();
+        let gw = Gateway::spawn(&broker.broker(), dir.path(), "gw-bench", &[])?;
+        let records = wait_stored(dir.path(), n, Duration::from_secs(120))?;
+        let secs = start.elapsed().as_secs_f64();
+        let (_, stats) = gw.terminate()?;
+        gw_report(extra, records.len(), secs, &stats);
+    }
+    Ok(())
+}
+
+fn gw_report(extra: &str, n: usize, secs: f64, stats: &str) {
+    println!("broker config {extra:?}: {n} messages in {secs:.2} s = {:.0} messages/s ({stats})", n as f64 / secs);
 }

@@ -255,9 +255,13 @@ pub fn run_gateway(
     closing.store(true, Ordering::SeqCst);
     if result.is_ok() {
         // The PUBACKs are queued before the DISCONNECT: wait until it is sent.
+        // Bounded: with the broker away the request channel may be full.
         let _ = rt.block_on(async {
-            let _ = client.disconnect().await;
-            tokio::time::timeout(Duration::from_secs(5), driver).await
+            let disconnect = async {
+                let _ = client.disconnect().await;
+                driver.await
+            };
+            tokio::time::timeout(Duration::from_secs(5), disconnect).await
         });
     } else {
         driver.abort();

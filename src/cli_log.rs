@@ -3,12 +3,16 @@
 //! `main.rs` parses the arguments; these functions do the work.
 
 use std::fmt;
-use std::io::BufRead;
+use std::io::{BufRead, Write};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
-use anyhow::Context;
-use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
-use weir::connectors::log::{LogConfig, Producer, Topic};
+use anyhow::{Context, bail};
+use weir::connectors::json_key::json_key as key_of;
+use weir::connectors::log::{LogConfig, LogReader, MAX_RECORD_BYTES, Producer, Topic};
+use weir::core::record::Chunk;
+use weir::core::source::{PartitionReader, ReadStatus};
 
 /// What [`produce`] stored.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -108,118 +112,116 @@ pub fn topic_describe(log_dir: &Path, name: &str) -> anyhow::Result<String> {
     Ok(out)
 }
 
+/// What `weir consume` reads: which partitions, from where, and how it prints.
+#[derive(Clone, Debug, Default)]
+pub struct ConsumeOptions {
+    /// Only this partition (default: all, in partition order).
+    pub partition: Option<u32>,
+    /// First offset of every partition read (default 0).
+    pub from: Option<u64>,
+    /// Keep waiting for new records instead of stopping at the end offsets the
+    /// partitions had at start.
+    pub follow: bool,
+    /// Prefix each record with `PARTITION\tOFFSET\t`.
+    pub with_meta: bool,
+}
+
+/// How long `--follow` sleeps when no partition has new records.
+const FOLLOW_POLL: Duration = Duration::from_millis(50);
+
+/// `weir consume`: writes the records of topic `name` to `out`, each payload
+/// exactly as stored followed by `\n` (with `with_meta`, after `P\tOFFSET\t`).
+/// Without `follow` it reads every partition (one after the other) up to the
+/// end offset it had at start and returns the number of records written; with
+/// `follow` it interleaves the partitions and waits for new records until
+/// `stop` is set.
+pub fn consume(
+    log_dir: &Path,
+    name: &str,
+    options: &ConsumeOptions,
+    out: &mut impl Write,
+    stop: &AtomicBool,
+) -> anyhow::Result<u64> {
+    let topic = Topic::open(log_dir, name)?;
+    let partitions: Vec<u32> = match options.partition {
+        Some(p) if p >= topic.partition_count() => {
+            bail!("topic `{name}` has partitions 0..{}, not {p}", topic.partition_count())
+        }
+        Some(p) => vec![p],
+        None => (0..topic.partition_count()).collect(),
+    };
+    let ends = topic.end_offsets()?;
+    let from = options.from.unwrap_or(0);
+    let mut readers = Vec::with_capacity(partitions.len());
+    for &p in &partitions {
+        let end = ends[p as usize];
+        if from > end && !options.follow {
+            bail!("partition {p} of topic `{name}` ends at offset {end}: --from {from} is beyond it");
+        }
+        let until = if options.follow { None } else { Some(end) };
+        let reader = LogReader::open_in(
+            topic.storage().clone(),
+            topic.partition_dir(p)?,
+            p,
+            from.min(end),
+            until,
+            MAX_RECORD_BYTES as u64,
+        )
+        .with_context(|| format!("opening partition {p} of topic `{name}`"))?;
+        readers.push(reader);
+    }
+    let mut chunk = Chunk::default();
+    let mut written = 0u64;
+    let mut skip_until = vec![from; readers.len()];
+    let mut done = vec![false; readers.len()];
+    while !stop.load(Ordering::Relaxed) && done.iter().any(|d| !d) {
+        let mut progressed = false;
+        for (i, reader) in readers.iter_mut().enumerate() {
+            if done[i] {
+                continue;
+            }
+            // Without --follow a partition is read to its end before the next one.
+            loop {
+                chunk.clear();
+                match reader.read(1 << 20, &mut chunk)? {
+                    ReadStatus::Data => {
+                        progressed = true;
+                        for (offset, payload) in chunk.records() {
+                            if offset < skip_until[i] {
+                                continue;
+                            }
+                            if options.with_meta {
+                                write!(out, "{}\t{offset}\t", chunk.partition)?;
+                            }
+                            out.write_all(payload)?;
+                            out.write_all(b"\n")?;
+                            written += 1;
+                        }
+                        skip_until[i] = 0;
+                        if options.follow {
+                            break;
+                        }
+                    }
+                    ReadStatus::Idle if options.follow => break,
+                    ReadStatus::Idle | ReadStatus::End => {
+                        done[i] = !options.follow;
+                        break;
+                    }
+                }
+            }
+        }
+        if options.follow && !progressed {
+            out.flush()?;
+            std::thread::sleep(FOLLOW_POLL);
+        }
+    }
+    out.flush()?;
+    Ok(written)
+}
+
 /// Only `\n` ends a line: a `\r` before it stays in the payload (lossless).
 fn trim_line_end(line: &[u8]) -> &[u8] {
     line.strip_suffix(b"\n").unwrap_or(line)
-}
-
-/// The key of a JSON-object line: the string or number at top-level `field`.
-/// Only the key's value is materialized; the rest of the object is skipped.
-fn key_of(line: &[u8], field: &str) -> Option<Vec<u8>> {
-    let mut de = serde_json::Deserializer::from_slice(line);
-    let key = KeyOf { field }.deserialize(&mut de).ok()?;
-    de.end().ok()?;
-    key
-}
-
-/// Deserializes a JSON object to the key at `field`, if usable.
-struct KeyOf<'f> {
-    field: &'f str,
-}
-
-impl<'de> DeserializeSeed<'de> for KeyOf<'_> {
-    type Value = Option<Vec<u8>>;
-
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_map(self)
-    }
-}
-
-impl<'de> Visitor<'de> for KeyOf<'_> {
-    type Value = Option<Vec<u8>>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON object")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut key = None;
-        while let Some(is_field) = map.next_key_seed(FieldIs(self.field))? {
-            if is_field && key.is_none() {
-                key = map.next_value::<KeyValue>()?.0;
-            } else {
-                map.next_value::<IgnoredAny>()?;
-            }
-        }
-        Ok(key)
-    }
-}
-
-/// Deserializes an object key to whether it is the key field (without allocating).
-struct FieldIs<'f>(&'f str);
-
-impl<'de> DeserializeSeed<'de> for FieldIs<'_> {
-    type Value = bool;
-
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
-        d.deserialize_str(self)
-    }
-}
-
-impl<'de> Visitor<'de> for FieldIs<'_> {
-    type Value = bool;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("an object key")
-    }
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<bool, E> {
-        Ok(v == self.0)
-    }
-}
-
-/// A key value: the bytes of a string or of a number's JSON text; `None` otherwise.
-struct KeyValue(Option<Vec<u8>>);
-
-impl<'de> de::Deserialize<'de> for KeyValue {
-    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(KeyValueVisitor)
-    }
-}
-
-struct KeyValueVisitor;
-
-impl<'de> Visitor<'de> for KeyValueVisitor {
-    type Value = KeyValue;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("any JSON value")
-    }
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<KeyValue, E> {
-        Ok(KeyValue(Some(v.as_bytes().to_vec())))
-    }
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<KeyValue, E> {
-        Ok(KeyValue(Some(v.to_string().into_bytes())))
-    }
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<KeyValue, E> {
-        Ok(KeyValue(Some(v.to_string().into_bytes())))
-    }
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<KeyValue, E> {
-        Ok(KeyValue(serde_json::Number::from_f64(v).map(|n| n.to_string().into_bytes())))
-    }
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<KeyValue, E> {
-        Ok(KeyValue(None))
-    }
-    fn visit_unit<E: de::Error>(self) -> Result<KeyValue, E> {
-        Ok(KeyValue(None))
-    }
-    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<KeyValue, A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(KeyValue(None))
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<KeyValue, A::Error> {
-        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-        Ok(KeyValue(None))
-    }
 }
 
 #[cfg(test)]

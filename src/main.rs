@@ -1,7 +1,8 @@
-//! The `weir` command line: embedded-log topics, producing, consumer-group
-//! lag, and the sensor-aggregation example pipeline.
+//! The `weir` command line: embedded-log topics, producing, consuming, the
+//! MQTT gateway, consumer-group lag, and the sensor-aggregation example pipeline.
 
 mod cli_log;
+mod cli_mqtt;
 mod cli_sensor;
 
 // Pipelines allocate on one worker thread and free on another; mimalloc
@@ -41,6 +42,31 @@ enum Command {
         #[arg(long)]
         key_field: String,
     },
+    /// Print a topic's records, one per line (payload as stored, then `\n`).
+    Consume {
+        /// Topic name.
+        name: String,
+        /// Log directory.
+        #[arg(long)]
+        log_dir: PathBuf,
+        /// Only this partition (default: all, one after the other).
+        #[arg(long)]
+        partition: Option<u32>,
+        /// First offset to print of every partition read (default 0).
+        #[arg(long)]
+        from: Option<u64>,
+        /// Keep printing new records as they are appended (until killed).
+        #[arg(long)]
+        follow: bool,
+        /// Prefix each record with its partition and offset: `P<TAB>OFFSET<TAB>`.
+        #[arg(long)]
+        with_meta: bool,
+    },
+    /// Gateways that append messages from outside to a topic.
+    Ingest {
+        #[command(subcommand)]
+        command: IngestCommand,
+    },
     /// Consumer groups (pipelines) and their lag.
     Group {
         #[command(subcommand)]
@@ -76,6 +102,13 @@ enum TopicCommand {
         #[arg(long)]
         log_dir: PathBuf,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum IngestCommand {
+    /// Subscribe to an MQTT 5 broker and append each message to a topic,
+    /// acknowledging it (QoS 1) once it is fsynced; stops cleanly on SIGTERM.
+    Mqtt(cli_mqtt::IngestMqtt),
 }
 
 #[derive(Subcommand, Debug)]
@@ -117,6 +150,22 @@ fn main() -> anyhow::Result<()> {
         Command::Produce { name, log_dir, key_field } => {
             let stats = cli_log::produce(&log_dir, &name, &key_field, std::io::stdin().lock())?;
             println!("{stats}");
+        }
+        Command::Consume { name, log_dir, partition, from, follow, with_meta } => {
+            let options = cli_log::ConsumeOptions { partition, from, follow, with_meta };
+            let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
+            let never = std::sync::atomic::AtomicBool::new(false);
+            match cli_log::consume(&log_dir, &name, &options, &mut out, &never) {
+                Ok(_) => {}
+                // `weir consume ... | head`: the reader went away, which is no failure.
+                Err(e)
+                    if e.downcast_ref::<std::io::Error>()
+                        .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Command::Ingest { command: IngestCommand::Mqtt(args) } => {
+            eprintln!("{}", cli_mqtt::ingest_mqtt(args)?);
         }
         Command::Group { command: GroupCommand::Describe { group, state, log_dir, brokers, topic, kafka_options } } => {
             match (log_dir, brokers, topic) {

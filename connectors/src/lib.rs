@@ -5,6 +5,8 @@
 //! - [`parquet`]: the Parquet sink; [`dead_letter`]: the dead-letter sink.
 //!   Both stage files and publish them after the checkpoint commits ([`staging`]).
 //! - [`kafka`]: Kafka topics as consumer-group sources (rdkafka).
+//! - [`mqtt`]: the MQTT gateway, MQTT 5 subscriptions appended durably to a log topic.
+//! - [`json_key`]: record keys from a top-level field of a JSON object.
 //! - [`runtime`]: the process's one tokio runtime for connectors' async work.
 //! - [`record_limit`]: `max_record_bytes`, the longest record a source reads whole.
 
@@ -13,8 +15,10 @@ pub mod dead_letter;
 pub mod file;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod json_key;
 pub mod kafka;
 pub mod log;
+pub mod mqtt;
 pub mod parquet;
 pub mod record_limit;
 pub mod runtime;

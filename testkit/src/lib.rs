@@ -1,6 +1,8 @@
 //! Fixtures shared by Weir's tests and benchmarks (not published): real
 //! servers started on 127.0.0.1 on free ports ([`servers`]), and Kafka
-//! helpers that create topics and produce records ([`kafka`]).
+//! helpers that create topics and produce records ([`kafka`]), and a QoS 1
+//! MQTT publisher ([`mqtt`]).
 
 pub mod kafka;
+pub mod mqtt;
 pub mod servers;

@@ -103,3 +103,101 @@ impl Drop for Tansu {
         self.stop();
     }
 }
+
+/// The mosquitto binary (an MQTT 5 broker).
+pub fn mosquitto_binary() -> anyhow::Result<PathBuf> {
+    let default = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .unwrap_or_else(|| "/usr/sbin/mosquitto".into());
+    tool("WEIR_MOSQUITTO", default)
+}
+
+/// A mosquitto broker with a config file and persistence in a directory of
+/// its own: anonymous clients, no limit on queued messages
+/// (`max_queued_messages 0`: its default 1000 silently drops QoS 1 messages for
+/// a slow subscriber).
+pub struct Mosquitto {
+    child: Option<Child>,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    dir: tempfile::TempDir,
+    binary: PathBuf,
+}
+
+impl Mosquitto {
+    /// Starts a broker on a free port.
+    pub fn start() -> anyhow::Result<Self> {
+        Self::start_with("")
+    }
+
+    /// Starts a broker on a free port with `extra` lines added to its config
+    /// (e.g. `max_inflight_messages 1000`).
+    pub fn start_with(extra: &str) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let port = free_port()?;
+        let config = format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\n\
+             persistence true\npersistence_location {}/\nlog_dest file {}/mosquitto.log\n{extra}\n",
+            dir.path().display(),
+            dir.path().display()
+        );
+        // Started as root, mosquitto switches to user `mosquitto`, which cannot
+        // write to the test's directory.
+        // SAFETY: geteuid(2) has no preconditions.
+        let config = if unsafe { libc::geteuid() } == 0 { config + "user root\n" } else { config };
+        std::fs::write(dir.path().join("mosquitto.conf"), config)?;
+        let mut m = Mosquitto { child: None, port, dir, binary: mosquitto_binary()? };
+        m.resume()?;
+        Ok(m)
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn broker(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Its config, persistence and log directory.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Stops the broker with SIGTERM (it saves its persistent sessions and
+    /// queued messages), then waits for it to exit.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            if let Ok(pid) = i32::try_from(c.id()) {
+                // SAFETY: kill(2) on our own child's pid, not yet reaped.
+                unsafe { libc::kill(pid, libc::SIGTERM) };
+            }
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port, config and persistence.
+    pub fn resume(&mut self) -> anyhow::Result<()> {
+        let conf = self.dir.path().join("mosquitto.conf");
+        let mut child = Command::new(&self.binary)
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", self.binary.display()))?;
+        wait_listening(self.port, &mut child, "mosquitto")?;
+        self.child = Some(child);
+        Ok(())
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,338 @@
+//! `weir ingest mqtt` against a real mosquitto started by each test: every
+//! acknowledged message lands in the log (exactly once in a calm run, at least
+//! once when the gateway is SIGKILLed or the broker restarts), with its MQTT
+//! topic and its payload bytes as published.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use weir::connectors::log::{Topic, partition_for_key};
+use weir::connectors::mqtt::record::split_record;
+use weir::core::record::Chunk;
+use weir::core::source::{PartitionReader, ReadStatus};
+use weir_testkit::mqtt::publish_qos1;
+use weir_testkit::servers::Mosquitto;
+
+/// A running `weir ingest mqtt` whose stderr lines are collected.
+struct Gateway {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Gateway {
+    fn spawn(broker: &str, log_dir: &Path, client_id: &str, extra: &[&str]) -> anyhow::Result<Gateway> {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(["ingest", "mqtt", "--broker", broker, "--subscribe", "sensors/#", "--client-id", client_id])
+            .args(["--topic", "readings", "--key-from-topic-level", "1", "--log-dir"])
+            .arg(log_dir)
+            .args(extra)
+            .env("RUST_LOG", "weir_connectors=info")
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let stderr = child.stderr.take().context("no stderr")?;
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Gateway { child, lines, seen: Vec::new() })
+    }
+
+    /// Waits for a stderr line containing `what`.
+    fn wait_for(&mut self, what: &str) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(line) = self.lines.recv_timeout(Duration::from_millis(50)) {
+                let hit = line.contains(what);
+                self.seen.push(line);
+                if hit {
+                    return Ok(());
+                }
+            }
+            if let Some(status) = self.child.try_wait()? {
+                bail!("the gateway exited with {status}: {:?}", self.seen);
+            }
+        }
+        bail!("no `{what}` from the gateway within 20 s: {:?}", self.seen)
+    }
+
+    /// SIGTERM, then its exit status and the last stderr line (the statistics).
+    fn terminate(mut self) -> anyhow::Result<(std::process::ExitStatus, String)> {
+        // SAFETY: kill(2) on our own child, not yet reaped.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = self.child.wait()?;
+        self.seen.extend(self.lines.try_iter());
+        Ok((status, self.seen.last().cloned().unwrap_or_default()))
+    }
+
+    fn kill(mut self) -> anyhow::Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Every record of topic `readings`: (partition, MQTT topic, payload).
+fn stored(log_dir: &Path) -> anyhow::Result<Vec<(u32, String, Vec<u8>)>> {
+    let topic = Topic::open(log_dir, "readings")?;
+    let mut out = Vec::new();
+    for p in 0..topic.partition_count() {
+        let mut reader = topic.reader(p, 0, None)?;
+        let mut chunk = Chunk::default();
+        loop {
+            chunk.clear();
+            if reader.read(1 << 20, &mut chunk)? != ReadStatus::Data {
+                break;
+            }
+            for (_, record) in chunk.records() {
+                let (t, payload) = split_record(record).context("a record without an MQTT topic")?;
+                out.push((p, String::from_utf8(t.to_vec())?, payload.to_vec()));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Waits until the log holds at least `n` records; returns them.
+fn wait_stored(log_dir: &Path, n: usize, within: Duration) -> anyhow::Result<Vec<(u32, String, Vec<u8>)>> {
+    let deadline = Instant::now() + within;
+    loop {
+        let records = stored(log_dir)?;
+        if records.len() >= n || Instant::now() > deadline {
+            return Ok(records);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits until the log holds every message id of `ids` (duplicates allowed).
+fn wait_ids(log_dir: &Path, ids: std::ops::Range<usize>, within: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        let counts = counts(&stored(log_dir)?)?;
+        if ids.clone().all(|i| counts.contains_key(&i)) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// Message `i`: on `sensors/dev-{i % 7}/temp`, a JSON payload naming `i`.
+fn message(i: usize) -> (String, Vec<u8>) {
+    (format!("sensors/dev-{}/temp", i % 7), format!("{{\"i\":{i},\"t\":21.5}}").into_bytes())
+}
+
+/// How many times each message id is stored (ids from the JSON payloads).
+fn counts(records: &[(u32, String, Vec<u8>)]) -> anyhow::Result<BTreeMap<usize, usize>> {
+    let mut counts = BTreeMap::new();
+    for (_, _, payload) in records {
+        let v: serde_json::Value = serde_json::from_slice(payload)?;
+        let i = v["i"].as_u64().context("no id")? as usize;
+        *counts.entry(i).or_insert(0) += 1;
+    }
+    Ok(counts)
+}
+
+fn setup(partitions: u32) -> anyhow::Result<(Mosquitto, tempfile::TempDir)> {
+    let broker = Mosquitto::start()?;
+    let dir = tempfile::tempdir()?;
+    Topic::create(dir.path(), "readings", partitions)?;
+    Ok((broker, dir))
+}
+
+fn log_dir(dir: &tempfile::TempDir) -> PathBuf {
+    dir.path().to_path_buf()
+}
+
+#[test]
+fn every_message_lands_once_with_its_topic_and_exact_payload() -> anyhow::Result<()> {
+    let (broker, dir) = setup(3)?;
+    let missing = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["ingest", "mqtt", "--broker", &broker.broker(), "--subscribe", "x", "--client-id", "c"])
+        .args(["--topic", "nope", "--log-dir"])
+        .arg(dir.path())
+        .output()?;
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no topic `nope`"), "{missing:?}");
+
+    let mut gw = Gateway::spawn(&broker.broker(), dir.path(), "gw-once", &[])?;
+    gw.wait_for("subscribed")?;
+    let n = 2000;
+    let mut messages: Vec<_> = (0..n).map(message).collect();
+    // A binary payload with NULs and no key level: stored round-robin, bytes intact.
+    messages.push(("sensors".to_owned(), b"\x00\xff{\x00}\r\n".to_vec()));
+    let acked = publish_qos1(broker.port, "pub-once", messages, Duration::ZERO, Duration::from_secs(60))?;
+    assert_eq!(acked.len(), n + 1);
+    let records = wait_stored(dir.path(), n + 1, Duration::from_secs(30))?;
+    let (status, stats) = gw.terminate()?;
+    assert!(status.success(), "{status}: {stats}");
+    assert!(stats.contains(&format!("stored {}", n + 1)), "{stats}");
+
+    let records_after = stored(&log_dir(&dir))?;
+    assert_eq!(records_after.len(), n + 1, "exactly once: no duplicates in a calm run");
+    let binary: Vec<_> = records.iter().filter(|(_, t, _)| t == "sensors").collect();
+    assert_eq!(binary.len(), 1);
+    assert_eq!(binary[0].2, b"\x00\xff{\x00}\r\n");
+    let json: Vec<_> = records.iter().filter(|(_, t, _)| t != "sensors").cloned().collect();
+    let counts = counts(&json)?;
+    assert_eq!(counts.len(), n);
+    assert!(counts.values().all(|&c| c == 1));
+    for (p, t, payload) in &json {
+        let v: serde_json::Value = serde_json::from_slice(payload)?;
+        let i = v["i"].as_u64().context("id")? as usize;
+        assert_eq!((t.clone(), payload.clone()), message(i));
+        let device = t.split('/').nth(1).context("level")?;
+        assert_eq!(*p, partition_for_key(device.as_bytes(), 3), "{t}");
+    }
+    Ok(())
+}
+
+#[test]
+fn a_killed_gateway_restarted_with_its_client_id_loses_no_acknowledged_message() -> anyhow::Result<()> {
+    let (broker, dir) = setup(2)?;
+    let mut gw = Gateway::spawn(&broker.broker(), dir.path(), "gw-kill", &[])?;
+    gw.wait_for("subscribed")?;
+    let n = 3000;
+    let port = broker.port;
+    let publisher = std::thread::spawn(move || {
+        publish_qos1(
+            port,
+            "pub-kill",
+            (0..n).map(message).collect(),
+            Duration::from_micros(500),
+            Duration::from_secs(120),
+        )
+    });
+    wait_stored(dir.path(), n / 4, Duration::from_secs(30))?;
+    gw.kill()?;
+    let at_kill = stored(dir.path())?.len();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut gw = Gateway::spawn(&broker.broker(), dir.path(), "gw-kill", &[])?;
+    gw.wait_for("session present: true")?;
+    let acked = publisher.join().map_err(|_| anyhow::anyhow!("publisher panicked"))??;
+    assert_eq!(acked.len(), n);
+    wait_ids(dir.path(), 0..n, Duration::from_secs(30))?;
+    let (status, stats) = gw.terminate()?;
+    assert!(status.success(), "{status}: {stats}");
+    let records = stored(dir.path())?;
+    let counts = counts(&records)?;
+    let missing: Vec<_> = acked.iter().filter(|i| !counts.contains_key(i)).collect();
+    assert!(missing.is_empty(), "lost {} acknowledged messages: {missing:?}", missing.len());
+    let duplicates: usize = counts.values().map(|c| c - 1).sum();
+    println!("killed at {at_kill} stored records; {} records for {n} messages: {duplicates} duplicates", records.len());
+    Ok(())
+}
+
+#[test]
+fn the_gateway_reconnects_after_a_broker_restart_and_loses_nothing() -> anyhow::Result<()> {
+    let (mut broker, dir) = setup(2)?;
+    let mut gw = Gateway::spawn(&broker.broker(), dir.path(), "gw-restart", &[])?;
+    gw.wait_for("subscribed")?;
+    let first =
+        publish_qos1(broker.port, "pub-r1", (0..500).map(message).collect(), Duration::ZERO, Duration::from_secs(60))?;
+    assert_eq!(first.len(), 500);
+    broker.stop();
+    std::thread::sleep(Duration::from_millis(500));
+    broker.resume()?;
+    gw.wait_for("session present: true")?;
+    let second = publish_qos1(
+        broker.port,
+        "pub-r2",
+        (500..1000).map(message).collect(),
+        Duration::ZERO,
+        Duration::from_secs(60),
+    )?;
+    assert_eq!(second.len(), 500);
+    wait_ids(dir.path(), 0..1000, Duration::from_secs(30))?;
+    let (status, stats) = gw.terminate()?;
+    assert!(status.success(), "{status}: {stats}");
+    assert!(stats.contains("2 connections"), "{stats}");
+    let records = stored(dir.path())?;
+    let counts = counts(&records)?;
+    let missing: Vec<_> = (0..1000).filter(|i| !counts.contains_key(i)).collect();
+    assert!(missing.is_empty(), "lost {} messages: {missing:?}", missing.len());
+    let duplicates: usize = counts.values().map(|c| c - 1).sum();
+    println!("broker restart: {} records for 1000 messages, {duplicates} duplicates", records.len());
+    Ok(())
+}
+
+#[test]
+fn two_gateways_of_a_shared_subscription_split_messages_and_share_partitions() -> anyhow::Result<()> {
+    let (broker, dir) = setup(2)?;
+    let mut a = Gateway::spawn(&broker.broker(), dir.path(), "gw-a", &["--group", "g"])?;
+    let mut b = Gateway::spawn(&broker.broker(), dir.path(), "gw-b", &["--group", "g"])?;
+    a.wait_for("subscribed")?;
+    b.wait_for("subscribed")?;
+    let n = 2000;
+    let acked =
+        publish_qos1(broker.port, "pub-group", (0..n).map(message).collect(), Duration::ZERO, Duration::from_secs(60))?;
+    assert_eq!(acked.len(), n);
+    wait_ids(dir.path(), 0..n, Duration::from_secs(30))?;
+    let (status_a, stats_a) = a.terminate()?;
+    let (status_b, stats_b) = b.terminate()?;
+    assert!(status_a.success() && status_b.success(), "{stats_a} / {stats_b}");
+    let stored_by = |stats: &str| -> anyhow::Result<usize> {
+        Ok(stats.strip_prefix("stored ").and_then(|s| s.split(' ').next()).context("stats")?.parse()?)
+    };
+    let (sa, sb) = (stored_by(&stats_a)?, stored_by(&stats_b)?);
+    assert!(sa > 0 && sb > 0, "both gateways store a share: {stats_a} / {stats_b}");
+    let records = stored(dir.path())?;
+    assert_eq!(records.len(), n, "{stats_a} / {stats_b}");
+    assert_eq!(sa + sb, n);
+    let counts = counts(&records)?;
+    assert!((0..n).all(|i| counts.get(&i) == Some(&1)));
+    println!("group: gateway a stored {sa}, b stored {sb}");
+    Ok(())
+}
+
+/// Throughput of the gateway draining a backlog: 20,000 messages queued by the
+/// broker for its session while it is down, then the time until all are
+/// stored. `cargo test --release --test mqtt gateway_drain_throughput -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn gateway_drain_throughput() -> anyhow::Result<()> {
+    for extra in ["", "max_inflight_messages 1000"] {
+        let broker = Mosquitto::start_with(extra)?;
+        let dir = tempfile::tempdir()?;
+        Topic::create(dir.path(), "readings", 4)?;
+        let mut gw = Gateway::spawn(&broker.broker(), dir.path(), "gw-bench", &[])?;
+        gw.wait_for("subscribed")?;
+        gw.terminate()?;
+        let n = 20_000;
+        publish_qos1(
+            broker.port,
+            "pub-bench",
+            (0..n).map(message).collect(),
+            Duration::ZERO,
+            Duration::from_secs(120),
+        )?;
+        let start = Instant::now();
+        let gw = Gateway::spawn(&broker.broker(), dir.path(), "gw-bench", &[])?;
+        let records = wait_stored(dir.path(), n, Duration::from_secs(120))?;
+        let secs = start.elapsed().as_secs_f64();
+        let (_, stats) = gw.terminate()?;
+        gw_report(extra, records.len(), secs, &stats);
+    }
+    Ok(())
+}
+
+fn gw_report(extra: &str, n: usize, secs: f64, stats: &str) {
+    println!("broker config {extra:?}: {n} messages in {secs:.2} s = {:.0} messages/s ({stats})", n as f64 / secs);
+}

@@ -301,38 +301,3 @@ fn two_gateways_of_a_shared_subscription_split_messages_and_share_partitions() -
     println!("group: gateway a stored {sa}, b stored {sb}");
     Ok(())
 }
-
-/// Throughput of the gateway draining a backlog: 20,000 messages queued by the
-/// broker for its session while it is down, then the time until all are
-/// stored. `cargo test --release --test mqtt gateway_drain_throughput -- --ignored --nocapture`
-#[test]
-#[ignore]
-fn gateway_drain_throughput() -> anyhow::Result<()> {
-    for extra in ["", "max_inflight_messages 1000"] {
-        let broker = Mosquitto::start_with(extra)?;
-        let dir = tempfile::tempdir()?;
-        Topic::create(dir.path(), "readings", 4)?;
-        let mut gw = Gateway::spawn(&broker.broker(), dir.path(), "gw-bench", &[])?;
-        gw.wait_for("subscribed")?;
-        gw.terminate()?;
-        let n = 20_000;
-        publish_qos1(
-            broker.port,
-            "pub-bench",
-            (0..n).map(message).collect(),
-            Duration::ZERO,
-            Duration::from_secs(120),
-        )?;
-        let start = Instant::now();
-        let gw = Gateway::spawn(&broker.broker(), dir.path(), "gw-bench", &[])?;
-        let records = wait_stored(dir.path(), n, Duration::from_secs(120))?;
-        let secs = start.elapsed().as_secs_f64();
-        let (_, stats) = gw.terminate()?;
-        gw_report(extra, records.len(), secs, &stats);
-    }
-    Ok(())
-}
-
-fn gw_report(extra: &str, n: usize, secs: f64, stats: &str) {
-    println!("broker config {extra:?}: {n} messages in {secs:.2} s = {:.0} messages/s ({stats})", n as f64 / secs);
-}

@@ -233,7 +233,13 @@ pub fn run_gateway(
         options.set_connect_properties(props);
     }
     let (client, eventloop) = AsyncClient::new(options, config.receive_maximum as usize + 64);
-    let (tx, mut rx) = mpsc::channel(config.receive_maximum as usize * 2 + 16);
+    // Unbounded so that the connection task never waits on the gateway: it must
+    // keep polling the event loop, which is what sends the gateway's PUBACKs
+    // (a bounded channel deadlocked: the gateway waiting to ack, the task
+    // waiting to hand over). QoS 1 messages are bounded anyway by the receive
+    // maximum (the broker sends no more unacknowledged ones); QoS 0 messages
+    // are not flow-controlled and queue here if the gateway falls behind.
+    let (tx, mut rx) = mpsc::unbounded_channel();
     let closing = Arc::new(AtomicBool::new(false));
     let qos = if config.qos == 0 { QoS::AtMostOnce } else { QoS::AtLeastOnce };
     let driver = rt.spawn(drive(
@@ -247,7 +253,7 @@ pub fn run_gateway(
     ));
     let stopper = rt.spawn(async move {
         stop.await;
-        let _ = tx.send(Msg::Stop).await;
+        let _ = tx.send(Msg::Stop);
     });
     let mut gateway = Gateway::new(topic, config, client.clone())?;
     let result = gateway.run(&mut rx, rt);
@@ -274,7 +280,7 @@ pub fn run_gateway(
 async fn drive(
     mut eventloop: EventLoop,
     client: AsyncClient,
-    tx: mpsc::Sender<Msg>,
+    tx: mpsc::UnboundedSender<Msg>,
     subscription: String,
     qos: QoS,
     (min, max): (Duration, Duration),
@@ -316,11 +322,14 @@ async fn drive(
                 continue;
             }
         };
-        if tx.send(msg).await.is_err() {
+        if tx.send(msg).is_err() {
             return;
         }
     }
 }
+
+/// How long acknowledging one message may wait for the connection.
+const ACK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The writer side: batches, appends, fsyncs, acknowledges.
 struct Gateway {
@@ -357,7 +366,7 @@ impl Gateway {
         })
     }
 
-    fn run(&mut self, rx: &mut mpsc::Receiver<Msg>, rt: &tokio::runtime::Runtime) -> Result<()> {
+    fn run(&mut self, rx: &mut mpsc::UnboundedReceiver<Msg>, rt: &tokio::runtime::Runtime) -> Result<()> {
         let mut stopping = false;
         while !stopping {
             let Some(first) = rx.blocking_recv() else {
@@ -452,7 +461,16 @@ impl Gateway {
                 // A message of an earlier connection is redelivered: its packet
                 // id may mean another message now.
                 if *c == connection && p.qos == QoS::AtLeastOnce {
-                    client.ack(p).await.map_err(|e| Error::Pipeline(format!("acknowledging: {e}")))?;
+                    // While the broker is away the request queue is not drained: give
+                    // up on this batch's remaining acks (in order, so none after a
+                    // missing one); the broker redelivers them on the next connection.
+                    match tokio::time::timeout(ACK_TIMEOUT, client.ack(p)).await {
+                        Ok(r) => r.map_err(|e| Error::Pipeline(format!("acknowledging: {e}")))?,
+                        Err(_) => {
+                            tracing::warn!("acknowledgements are not going out (broker away?); the broker redelivers");
+                            break;
+                        }
+                    }
                     acked += 1;
                 }
             }

@@ -113,11 +113,14 @@ fn killed_at_random_moments(feed: Feed, scenarios: usize, epochs: Epochs) -> any
     let mut rng = SplitMix::new(7);
     let mut mid_run_kills = 0;
     for scenario in 0..scenarios {
-        let dir = tempfile::tempdir()?;
+        let mut dir = tempfile::tempdir()?;
         setup(dir.path(), &input, feed)?;
         let mut kills = 0;
         let mut committed_before_kill = 0;
         let mut attempts = 0;
+        // Kills aim within `full / scale`: a first run that finished before its
+        // kill starts the scenario again, aiming earlier.
+        let mut scale = 2u32;
         loop {
             attempts += 1;
             let workers = 1 + rng.below(3) as usize;
@@ -125,7 +128,7 @@ fn killed_at_random_moments(feed: Feed, scenarios: usize, epochs: Epochs) -> any
             // Kill the first few runs at a random moment; let the last one finish.
             if kills < 3 && attempts < 8 {
                 // Restarts resume from a checkpoint and finish sooner: aim early.
-                let delay = Duration::from_micros(rng.below(full.as_micros() as u64 / 2 + 1));
+                let delay = Duration::from_micros(rng.below(full.as_micros() as u64 / u64::from(scale) + 1));
                 let mut exited = None;
                 if matches!(epochs, Epochs::Timed) {
                     // Timed checkpoints depend on the machine's speed: count the delay
@@ -147,6 +150,13 @@ fn killed_at_random_moments(feed: Feed, scenarios: usize, epochs: Epochs) -> any
                     std::thread::yield_now();
                 }
                 match exited {
+                    Some(status) if status.success() && kills == 0 && scale < 64 => {
+                        dir = tempfile::tempdir()?;
+                        setup(dir.path(), &input, feed)?;
+                        attempts = 0;
+                        scale *= 2;
+                        continue;
+                    }
                     Some(status) if status.success() => break,
                     Some(_) => {
                         let out = child.wait_with_output()?;

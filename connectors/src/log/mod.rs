@@ -113,6 +113,7 @@ pub use config::{FsyncPolicy, LogConfig};
 pub use frame::MAX_RECORD_BYTES;
 pub(crate) use partition::end_offset as partition_end_offset;
 pub use partition::{PartitionInfo, partition_dir_name};
+pub(crate) use producer::PendingRecords;
 pub use producer::{Producer, partition_for_key};
 pub use reader::LogReader;
 pub use topic::{LEGACY_TOPIC_ID, LogSource, Topic, check_topic_name};

@@ -19,11 +19,52 @@ pub fn partition_for_key(key: &[u8], partitions: u32) -> PartitionId {
     (stable_hash(key) % u64::from(partitions.max(1))) as PartitionId
 }
 
-/// Records waiting for their partition's next append.
+/// Records waiting for their partition's next append: one buffer and the end
+/// of each record in it (a batch costs two growing vectors, not one
+/// allocation per record). Shared by the producer and the MQTT gateway.
 #[derive(Debug, Default)]
-struct Pending {
-    data: Vec<u8>,
-    ends: Vec<usize>,
+pub(crate) struct PendingRecords {
+    /// The records, back to back.
+    pub(crate) data: Vec<u8>,
+    /// End of each record in `data`.
+    pub(crate) ends: Vec<usize>,
+}
+
+impl PendingRecords {
+    /// Marks the bytes appended to `data` since the last record as one record.
+    pub(crate) fn end_record(&mut self) {
+        self.ends.push(self.data.len());
+    }
+
+    /// Appends one record.
+    pub(crate) fn push(&mut self, record: &[u8]) {
+        self.data.extend_from_slice(record);
+        self.end_record();
+    }
+
+    /// Whether no record waits.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// The waiting records, in order.
+    pub(crate) fn records(&self) -> Vec<&[u8]> {
+        let mut start = 0;
+        self.ends
+            .iter()
+            .map(|&end| {
+                let r = &self.data[start..end];
+                start = end;
+                r
+            })
+            .collect()
+    }
+
+    /// Forgets the records, keeping the buffers.
+    pub(crate) fn clear(&mut self) {
+        self.data.clear();
+        self.ends.clear();
+    }
 }
 
 /// Appends keyed records to a topic, batched per partition.
@@ -51,7 +92,7 @@ pub struct Producer {
     config: LogConfig,
     batch_bytes: usize,
     writers: Vec<Option<PartitionWriter>>,
-    pending: Vec<Pending>,
+    pending: Vec<PendingRecords>,
     round_robin: u32,
 }
 
@@ -68,7 +109,7 @@ impl Producer {
             config,
             batch_bytes: Self::DEFAULT_BATCH_BYTES,
             writers: (0..n).map(|_| None).collect(),
-            pending: (0..n).map(|_| Pending::default()).collect(),
+            pending: (0..n).map(|_| PendingRecords::default()).collect(),
             round_robin: 0,
         })
     }
@@ -99,8 +140,7 @@ impl Producer {
             }
         };
         let pending = &mut self.pending[partition as usize];
-        pending.data.extend_from_slice(record);
-        pending.ends.push(pending.data.len());
+        pending.push(record);
         if pending.data.len() >= self.batch_bytes {
             self.flush_partition(partition)?;
         }
@@ -117,28 +157,17 @@ impl Producer {
 
     fn flush_partition(&mut self, partition: PartitionId) -> Result<()> {
         let i = partition as usize;
-        if self.pending[i].ends.is_empty() {
+        if self.pending[i].is_empty() {
             return Ok(());
         }
         if self.writers[i].is_none() {
             self.writers[i] = Some(self.topic.writer(partition, self.config)?);
         }
         let pending = &mut self.pending[i];
-        let mut start = 0;
-        let records: Vec<&[u8]> = pending
-            .ends
-            .iter()
-            .map(|&end| {
-                let r = &pending.data[start..end];
-                start = end;
-                r
-            })
-            .collect();
         if let Some(writer) = self.writers[i].as_mut() {
-            writer.append(&records)?;
+            writer.append(&pending.records())?;
         }
-        pending.data.clear();
-        pending.ends.clear();
+        pending.clear();
         Ok(())
     }
 }

@@ -56,7 +56,7 @@ use weir_core::error::{Error, Result};
 use weir_core::record::PartitionId;
 
 use crate::json_key::json_key;
-use crate::log::{FsyncPolicy, LogConfig, MAX_RECORD_BYTES, PartitionWriter, Topic, partition_for_key};
+use crate::log::{FsyncPolicy, LogConfig, MAX_RECORD_BYTES, PartitionWriter, PendingRecords, Topic, partition_for_key};
 use record::{encode_record, topic_level};
 
 /// Where the key of a message (which picks its partition) comes from.
@@ -201,13 +201,6 @@ enum Msg {
     Stop,
 }
 
-/// Records of one partition waiting for the batch's append.
-#[derive(Default)]
-struct Pending {
-    data: Vec<u8>,
-    ends: Vec<usize>,
-}
-
 /// Runs the gateway into `topic` until `stop` completes (then returns `Ok`
 /// after storing and acknowledging what it received) or a fatal error: an
 /// append or fsync failing, the subscription refused. Connection failures are
@@ -328,8 +321,12 @@ async fn drive(
     }
 }
 
-/// How long acknowledging one message may wait for the connection.
-const ACK_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long acknowledging one message may wait for the connection. The
+/// request queue holds a whole batch's acks (it is sized past the receive
+/// maximum), so this is only a last resort for a broker that stays away; it
+/// must not fire on a live but busy connection, where unsent acks would
+/// leave messages in flight until the next reconnect.
+const ACK_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The writer side: batches, appends, fsyncs, acknowledges.
 struct Gateway {
@@ -337,7 +334,7 @@ struct Gateway {
     config: GatewayConfig,
     client: AsyncClient,
     writers: Vec<Option<PartitionWriter>>,
-    pending: Vec<Pending>,
+    pending: Vec<PendingRecords>,
     /// The batch's messages in receive order, with the connection they came on.
     batch: Vec<(u64, Publish)>,
     batch_bytes: usize,
@@ -357,7 +354,7 @@ impl Gateway {
             config: GatewayConfig { log, ..config.clone() },
             client,
             writers: (0..n).map(|_| None).collect(),
-            pending: (0..n).map(|_| Pending::default()).collect(),
+            pending: (0..n).map(|_| PendingRecords::default()).collect(),
             batch: Vec::new(),
             batch_bytes: 0,
             connection: 0,
@@ -414,7 +411,7 @@ impl Gateway {
         };
         let pending = &mut self.pending[partition as usize];
         encode_record(&p.topic, &p.payload, &mut pending.data);
-        pending.ends.push(pending.data.len());
+        pending.end_record();
         self.batch_bytes += p.topic.len() + 1 + p.payload.len();
         self.batch.push((self.connection, p));
     }
@@ -425,7 +422,7 @@ impl Gateway {
             return Ok(());
         }
         for partition in 0..self.topic.partition_count() {
-            if self.pending[partition as usize].ends.is_empty() {
+            if self.pending[partition as usize].is_empty() {
                 continue;
             }
             let mut writer = match self.writers[partition as usize].take() {
@@ -433,20 +430,9 @@ impl Gateway {
                 None => self.open_writer(partition)?,
             };
             let pending = &mut self.pending[partition as usize];
-            let mut start = 0;
-            let records: Vec<&[u8]> = pending
-                .ends
-                .iter()
-                .map(|&end| {
-                    let r = &pending.data[start..end];
-                    start = end;
-                    r
-                })
-                .collect();
-            writer.append(&records)?;
+            writer.append(&pending.records())?;
             writer.sync()?;
-            pending.data.clear();
-            pending.ends.clear();
+            pending.clear();
             if !self.config.share_partitions {
                 self.writers[partition as usize] = Some(writer);
             }

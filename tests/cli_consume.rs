@@ -45,11 +45,8 @@ fn consume_follow_prints_new_records() -> anyhow::Result<()> {
     let topic = Topic::create(dir.path(), "t", 1)?;
     let mut writer = topic.writer(0, LogConfig::default())?;
     writer.append(&[b"old"])?;
-    let mut child = weir()
-        .args(["consume", "t", "--follow", "--from", "1", "--log-dir"])
-        .arg(dir.path())
-        .stdout(Stdio::piped())
-        .spawn()?;
+    let mut child =
+        weir().args(["consume", "t", "--follow", "--log-dir"]).arg(dir.path()).stdout(Stdio::piped()).spawn()?;
     let stdout = child.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?;
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -59,7 +56,9 @@ fn consume_follow_prints_new_records() -> anyhow::Result<()> {
             }
         }
     });
-    std::thread::sleep(Duration::from_millis(200));
+    // Append only once consume has printed what the topic held at its start.
+    let first = rx.recv_timeout(Duration::from_secs(10))?;
+    assert_eq!(first, "old");
     writer.append(&[b"new-1", b"new-2"])?;
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut got = Vec::new();

@@ -198,8 +198,10 @@ fn an_unbounded_run_survives_a_broker_outage_and_a_kill() -> anyhow::Result<()> 
     broker.resume()?;
     produce(&brokers, "sensors", &second[..second.len() / 2])?;
 
-    // SIGKILL mid-stream, restart with 3 workers.
-    std::thread::sleep(Duration::from_millis(300));
+    // SIGKILL mid-stream (once a checkpoint holds some of the new records), restart with 3 workers.
+    wait_until("new records in a broker commit", Duration::from_secs(60), || {
+        Ok(consumed(&brokers)? as usize > first.len())
+    })?;
     child.kill()?;
     child.wait()?;
     let mut child = spawn(&brokers, dir.path(), 3)?;

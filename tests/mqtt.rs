@@ -131,7 +131,7 @@ fn wait_ids(log_dir: &Path, ids: std::ops::Range<usize>, within: Duration) -> an
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    Ok(())
+    anyhow::bail!("not every message id was stored within {within:?}")
 }
 
 /// Message `i`: on `sensors/dev-{i % 7}/temp`, a JSON payload naming `i`.
@@ -223,6 +223,7 @@ fn a_killed_gateway_restarted_with_its_client_id_loses_no_acknowledged_message()
     wait_stored(dir.path(), n / 4, Duration::from_secs(30))?;
     gw.kill()?;
     let at_kill = stored(dir.path())?.len();
+    // Down for a moment while the publisher goes on: the broker queues for the session.
     std::thread::sleep(Duration::from_millis(300));
     let mut gw = Gateway::spawn(&broker.broker(), dir.path(), "gw-kill", &[])?;
     gw.wait_for("session present: true")?;
@@ -249,6 +250,7 @@ fn the_gateway_reconnects_after_a_broker_restart_and_loses_nothing() -> anyhow::
         publish_qos1(broker.port, "pub-r1", (0..500).map(message).collect(), Duration::ZERO, Duration::from_secs(60))?;
     assert_eq!(first.len(), 500);
     broker.stop();
+    // The outage under test: the gateway sees the broker gone and retries.
     std::thread::sleep(Duration::from_millis(500));
     broker.resume()?;
     gw.wait_for("session present: true")?;

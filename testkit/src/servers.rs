@@ -44,19 +44,70 @@ pub fn tansu_binary() -> anyhow::Result<PathBuf> {
     tool("WEIR_TANSU", tools.join("tansu-0.6/bin/tansu"))
 }
 
-/// A tansu broker with sqlite storage in a directory of its own.
-pub struct Tansu {
+/// A server process of a test: its binary, port, directory and (while it
+/// runs) child, killed on drop. Tansu and Mosquitto are this plus how they start.
+struct Server {
     child: Option<Child>,
-    /// Its port on 127.0.0.1.
-    pub port: u16,
+    port: u16,
     dir: tempfile::TempDir,
     binary: PathBuf,
+    name: &'static str,
+}
+
+impl Server {
+    fn new(name: &'static str, binary: PathBuf) -> anyhow::Result<Self> {
+        Ok(Server { child: None, port: free_port()?, dir: tempfile::tempdir()?, binary, name })
+    }
+
+    /// Starts the binary with `args` in the server's directory and waits until it listens.
+    fn launch(&mut self, args: &[&std::ffi::OsStr], stderr: Stdio) -> anyhow::Result<()> {
+        let mut child = Command::new(&self.binary)
+            .current_dir(self.dir.path())
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .with_context(|| format!("starting {}", self.binary.display()))?;
+        wait_listening(self.port, &mut child, self.name)?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Stops it: with SIGTERM first when `graceful` (up to 10 s), then SIGKILL.
+    fn stop(&mut self, graceful: bool) {
+        let Some(mut c) = self.child.take() else { return };
+        if graceful && let Ok(pid) = i32::try_from(c.id()) {
+            // SAFETY: kill(2) on our own child's pid, not yet reaped.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop(false);
+    }
+}
+
+/// A tansu broker with sqlite storage in a directory of its own.
+pub struct Tansu {
+    server: Server,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
 }
 
 impl Tansu {
     /// Starts a broker on a free port.
     pub fn start() -> anyhow::Result<Self> {
-        let mut t = Tansu { child: None, port: free_port()?, dir: tempfile::tempdir()?, binary: tansu_binary()? };
+        let server = Server::new("tansu", tansu_binary()?)?;
+        let mut t = Tansu { port: server.port, server };
         t.resume()?;
         Ok(t)
     }
@@ -68,39 +119,22 @@ impl Tansu {
 
     /// Its data directory.
     pub fn dir(&self) -> &Path {
-        self.dir.path()
+        self.server.dir.path()
     }
 
     /// Kills the broker (its data stays).
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.server.stop(false);
     }
 
     /// Starts it again on the same port and data.
     pub fn resume(&mut self) -> anyhow::Result<()> {
         let url = format!("tcp://127.0.0.1:{}", self.port);
-        let log = std::fs::File::create(self.dir.path().join("tansu.log"))?;
-        let mut child = Command::new(&self.binary)
-            .current_dir(self.dir.path())
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
-            .args(["--storage-engine", "sqlite://tansu.db"])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {}", self.binary.display()))?;
-        wait_listening(self.port, &mut child, "tansu")?;
-        self.child = Some(child);
-        Ok(())
-    }
-}
-
-impl Drop for Tansu {
-    fn drop(&mut self) {
-        self.stop();
+        let log = std::fs::File::create(self.dir().join("tansu.log"))?;
+        let args = ["broker", "--listener-url", &url, "--advertised-listener-url", &url];
+        let mut all: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
+        all.extend(["--storage-engine", "sqlite://tansu.db"].map(std::ffi::OsStr::new));
+        self.server.launch(&all, Stdio::from(log))
     }
 }
 
@@ -119,11 +153,9 @@ pub fn mosquitto_binary() -> anyhow::Result<PathBuf> {
 /// (`max_queued_messages 0`: its default 1000 silently drops QoS 1 messages for
 /// a slow subscriber).
 pub struct Mosquitto {
-    child: Option<Child>,
+    server: Server,
     /// Its port on 127.0.0.1.
     pub port: u16,
-    dir: tempfile::TempDir,
-    binary: PathBuf,
 }
 
 impl Mosquitto {
@@ -135,20 +167,18 @@ impl Mosquitto {
     /// Starts a broker on a free port with `extra` lines added to its config
     /// (e.g. `max_inflight_messages 1000`).
     pub fn start_with(extra: &str) -> anyhow::Result<Self> {
-        let dir = tempfile::tempdir()?;
-        let port = free_port()?;
+        let server = Server::new("mosquitto", mosquitto_binary()?)?;
+        let (port, dir) = (server.port, server.dir.path().display().to_string());
         let config = format!(
             "listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\n\
-             persistence true\npersistence_location {}/\nlog_dest file {}/mosquitto.log\n{extra}\n",
-            dir.path().display(),
-            dir.path().display()
+             persistence true\npersistence_location {dir}/\nlog_dest file {dir}/mosquitto.log\n{extra}\n",
         );
         // Started as root, mosquitto switches to user `mosquitto`, which cannot
         // write to the test's directory.
         // SAFETY: geteuid(2) has no preconditions.
         let config = if unsafe { libc::geteuid() } == 0 { config + "user root\n" } else { config };
-        std::fs::write(dir.path().join("mosquitto.conf"), config)?;
-        let mut m = Mosquitto { child: None, port, dir, binary: mosquitto_binary()? };
+        std::fs::write(server.dir.path().join("mosquitto.conf"), config)?;
+        let mut m = Mosquitto { port, server };
         m.resume()?;
         Ok(m)
     }
@@ -160,44 +190,18 @@ impl Mosquitto {
 
     /// Its config, persistence and log directory.
     pub fn dir(&self) -> &Path {
-        self.dir.path()
+        self.server.dir.path()
     }
 
     /// Stops the broker with SIGTERM (it saves its persistent sessions and
     /// queued messages), then waits for it to exit.
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            if let Ok(pid) = i32::try_from(c.id()) {
-                // SAFETY: kill(2) on our own child's pid, not yet reaped.
-                unsafe { libc::kill(pid, libc::SIGTERM) };
-            }
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.server.stop(true);
     }
 
     /// Starts it again on the same port, config and persistence.
     pub fn resume(&mut self) -> anyhow::Result<()> {
-        let conf = self.dir.path().join("mosquitto.conf");
-        let mut child = Command::new(&self.binary)
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting {}", self.binary.display()))?;
-        wait_listening(self.port, &mut child, "mosquitto")?;
-        self.child = Some(child);
-        Ok(())
-    }
-}
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        self.stop();
+        let conf = self.dir().join("mosquitto.conf");
+        self.server.launch(&[std::ffi::OsStr::new("-c"), conf.as_os_str()], Stdio::null())
     }
 }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use weir::connectors::kafka::{KafkaConfig, StartPosition};
+use weir::connectors::kafka::{KafkaConfig, KafkaTopic, StartPosition};
 use weir::core::partition::Assignor;
 use weir::core::time::parse_duration;
 use weir::prelude::*;
@@ -58,11 +58,23 @@ pub struct Args {
     #[arg(long, conflicts_with_all = ["input", "log_dir"])]
     brokers: Option<String>,
     /// A librdkafka client setting, `key=value` (repeatable): TLS, SASL, timeouts.
-    #[arg(long = "kafka-option", value_parser = KafkaConfig::parse_option, requires = "brokers")]
+    #[arg(long = "kafka-option", value_parser = KafkaConfig::parse_option)]
     kafka_options: Vec<(String, String)>,
     /// A properties file of librdkafka client settings (`key=value` lines).
-    #[arg(long, requires = "brokers")]
+    #[arg(long)]
     kafka_properties: Option<PathBuf>,
+    /// Also produce every window row (JSON, keyed by device) to this Kafka
+    /// topic, after its checkpoint commits (at-least-once).
+    #[arg(long)]
+    kafka_results: Option<String>,
+    /// Also produce every dead letter (JSON) to this Kafka topic, after its
+    /// checkpoint commits (at-least-once).
+    #[arg(long)]
+    kafka_dead_letters: Option<String>,
+    /// The Kafka cluster of `--kafka-results` and `--kafka-dead-letters`
+    /// (default: `--brokers`).
+    #[arg(long)]
+    sink_brokers: Option<String>,
     /// Where a partition without a checkpointed offset starts: committed (the
     /// group's broker offset, else earliest), earliest, latest or timestamp:MS.
     #[arg(long, default_value = "committed", requires = "brokers")]
@@ -128,20 +140,24 @@ fn run(args: Args) -> anyhow::Result<()> {
             (Some(file), _, _) => Input::File(file.clone()),
             (None, Some(dir), _) => Input::Log { dir: dir.clone(), topic: args.topic.clone() },
             (None, None, Some(brokers)) => {
-                let mut config = KafkaConfig::new(brokers.clone(), args.group.clone()).start(args.start_from);
-                if let Some(file) = &args.kafka_properties {
-                    config = config.properties_file(file)?;
-                }
-                for (k, v) in &args.kafka_options {
-                    config = config.option(k.clone(), v.clone());
-                }
-                Input::Kafka { config, topic: args.topic.clone() }
+                Input::Kafka { config: kafka_config(&args, brokers)?, topic: args.topic.clone() }
             }
             (None, None, None) => unreachable!("demo mode handled above"),
         };
         let bounded = args.bounded || args.input.is_some();
         (input, output, dead, args.state.clone(), bounded)
     };
+    let mut outputs = sensor::Outputs::dirs(&output, &dead);
+    if args.kafka_results.is_some() || args.kafka_dead_letters.is_some() {
+        let Some(brokers) = args.sink_brokers.as_ref().or(args.brokers.as_ref()) else {
+            bail!("--kafka-results and --kafka-dead-letters need --sink-brokers HOST:PORT (or --brokers)")
+        };
+        let config = kafka_config(&args, brokers)?;
+        outputs.kafka_results = args.kafka_results.as_ref().map(|t| KafkaTopic::new(config.clone(), t));
+        outputs.kafka_dead_letters = args.kafka_dead_letters.as_ref().map(|t| KafkaTopic::new(config.clone(), t));
+    } else if args.brokers.is_none() && (!args.kafka_options.is_empty() || args.kafka_properties.is_some()) {
+        bail!("--kafka-option and --kafka-properties need --brokers or a Kafka sink (--kafka-results)");
+    }
 
     let mut pipeline = Pipeline::new(args.group.clone())
         .workers(args.workers)
@@ -160,11 +176,23 @@ fn run(args: Args) -> anyhow::Result<()> {
         let n: u64 = n.parse().context("WEIR_EPOCH_RECORDS must be a number")?;
         pipeline = pipeline.epoch_records(n, 2);
     }
-    let (i, o, d) = (input.clone(), output.clone(), dead.clone());
+    let i = input.clone();
     let summary =
-        pipeline.run(move |p| sensor::build(p, &i, &o, &d)).context("the sensor-aggregation pipeline failed")?;
+        pipeline.run(move |p| sensor::build_to(p, &i, &outputs)).context("the sensor-aggregation pipeline failed")?;
     print_summary(&summary, &output, &dead, state.as_deref());
     Ok(())
+}
+
+/// The Kafka client settings of the command line for the cluster at `brokers`.
+fn kafka_config(args: &Args, brokers: &str) -> anyhow::Result<KafkaConfig> {
+    let mut config = KafkaConfig::new(brokers, args.group.clone()).start(args.start_from);
+    if let Some(file) = &args.kafka_properties {
+        config = config.properties_file(file)?;
+    }
+    for (k, v) in &args.kafka_options {
+        config = config.option(k.clone(), v.clone());
+    }
+    Ok(config)
 }
 
 fn produce_demo(log_dir: &Path, events: u64) -> anyhow::Result<()> {

@@ -55,7 +55,7 @@ pub struct ReadmeDoctests;
 
 /// Everything a pipeline author needs.
 pub mod prelude {
-    pub use weir_connectors::kafka::{KafkaConfig, KafkaSource};
+    pub use weir_connectors::kafka::{KafkaConfig, KafkaSource, KafkaTopic};
     pub use weir_connectors::log::LogSource;
     pub use weir_connectors::{DeadLetters, LinesFile, Parquet};
     pub use weir_core::partition::Assignor;

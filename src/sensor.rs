@@ -72,15 +72,53 @@ pub enum Input {
     },
 }
 
+/// Where the pipeline's results and dead letters go.
+#[derive(Clone, Debug)]
+pub struct Outputs {
+    /// Parquet output directory.
+    pub parquet: PathBuf,
+    /// Dead-letter directory.
+    pub dead_letters: PathBuf,
+    /// Also produce each window row, keyed by device, to this Kafka topic (after its checkpoint commits).
+    pub kafka_results: Option<weir_connectors::kafka::KafkaTopic>,
+    /// Also produce each dead letter to this Kafka topic (after its checkpoint commits).
+    pub kafka_dead_letters: Option<weir_connectors::kafka::KafkaTopic>,
+}
+
+impl Outputs {
+    /// Parquet and dead-letter directories only.
+    pub fn dirs(parquet: &Path, dead_letters: &Path) -> Self {
+        Outputs {
+            parquet: parquet.to_path_buf(),
+            dead_letters: dead_letters.to_path_buf(),
+            kafka_results: None,
+            kafka_dead_letters: None,
+        }
+    }
+}
+
 /// Builds the sensor-window pipeline on one worker.
 pub fn build(p: &mut Dataflow<'_>, input: &Input, output: &Path, dead_letters: &Path) -> weir_core::Result<()> {
+    build_to(p, input, &Outputs::dirs(output, dead_letters))
+}
+
+/// [`build`] with every kind of output.
+pub fn build_to(p: &mut Dataflow<'_>, input: &Input, out: &Outputs) -> weir_core::Result<()> {
     let raw = match input {
         Input::File(path) => p.source(LinesFile::open(path)?)?,
         Input::Log { dir, topic } => p.source(LogSource::open_in(p.ctx().storage(), dir, topic)?)?,
         Input::Kafka { config, topic } => p.source(weir_connectors::kafka::KafkaSource::new(config.clone(), topic)?)?,
     };
-    aggregate(raw, Parquet::dir(output))?;
-    p.dead_letters().sink(DeadLetters::dir(dead_letters))
+    let rows = window_rows(raw, Combine::Adaptive)?;
+    if let Some(topic) = &out.kafka_results {
+        rows.clone().sink(topic.clone().sink::<WindowRow>().keyed(|r: &WindowRow| r.device.clone()))?;
+    }
+    rows.sink(Parquet::dir(&out.parquet))?;
+    let dead = p.dead_letters();
+    if let Some(topic) = &out.kafka_dead_letters {
+        dead.clone().sink(weir_connectors::outbox::OutboxSink::dead_letters(topic.clone()))?;
+    }
+    dead.sink(DeadLetters::dir(&out.dead_letters))
 }
 
 /// The sensor-window stages from raw lines to Parquet rows (dead letters are
@@ -91,7 +129,13 @@ pub fn aggregate(raw: Raw<'_>, output: Parquet) -> weir_core::Result<()> {
 
 /// [`aggregate`] with a choice of pre-aggregation (the results are the same).
 pub fn aggregate_with(raw: Raw<'_>, output: Parquet, combine: Combine) -> weir_core::Result<()> {
-    raw.decode::<Reading>(Json)
+    window_rows(raw, combine)?.sink(output)
+}
+
+/// The sensor-window stages from raw lines to window rows.
+pub fn window_rows<'s>(raw: Raw<'s>, combine: Combine) -> weir_core::Result<Flow<'s, WindowRow>> {
+    Ok(raw
+        .decode::<Reading>(Json)
         .filter(|r| TEMP_RANGE.contains(&r.temp))
         .event_time(|r| r.ts, Duration::from_secs(2))?
         .key_by(|r| r.device.clone())
@@ -105,8 +149,7 @@ pub fn aggregate_with(raw: Raw<'_>, output: Parquet, combine: Combine) -> weir_c
             min: w.value.1,
             max: w.value.2,
             mean: w.value.3,
-        })
-        .sink(output)
+        }))
 }
 
 /// The plain reference: expected rows keyed by (device, window start), and the

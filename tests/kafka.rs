@@ -14,11 +14,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use rdkafka::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use weir::connectors::kafka::{KafkaConfig, KafkaSource};
+use weir::connectors::kafka::{KafkaConfig, KafkaSource, KafkaTopic};
 use weir::core::source::Source;
 use weir::prelude::*;
 use weir::sensor::{self, Input};
-use weir_testkit::kafka::{create_topic, produce};
+use weir_testkit::kafka::{consume_all, create_topic, produce};
 use weir_testkit::servers::Tansu;
 
 const PARTITIONS: i32 = 4;
@@ -74,6 +74,86 @@ fn a_kafka_topic_gives_the_reference_result_and_the_group_commits_the_checkpoint
     let again =
         Pipeline::new("agg").workers(3).state(&state).bounded(true).run(move |p| sensor::build(p, &i, &o, &d))?;
     ensure!(again.already_complete, "the rerun was not complete");
+    Ok(())
+}
+
+/// Window rows of a Kafka results topic, keyed by (device, window start), with
+/// how many times each was delivered (at-least-once: a row may come twice,
+/// always the same row).
+type Rows = BTreeMap<(String, i64), sensor::WindowRow>;
+
+fn kafka_rows(brokers: &str, topic: &str) -> anyhow::Result<(Rows, usize)> {
+    let records = consume_all(brokers, topic)?;
+    let mut rows = BTreeMap::new();
+    for (key, value) in &records {
+        let row: sensor::WindowRow = serde_json::from_slice(value).context("a results record is not a window row")?;
+        ensure!(key.as_deref() == Some(row.device.as_bytes()), "record key {key:?} is not the row's device");
+        if let Some(old) = rows.insert((row.device.to_string(), row.window_start), row.clone()) {
+            ensure!(old == row, "two different rows for one window: {old:?} and {row:?}");
+        }
+    }
+    Ok((rows, records.len()))
+}
+
+#[test]
+fn results_and_dead_letters_go_to_kafka_topics_after_each_commit() -> anyhow::Result<()> {
+    let broker = Tansu::start()?;
+    let brokers = broker.brokers();
+    create_topic(&brokers, "results", 3)?;
+    create_topic(&brokers, "dlq", 1)?;
+    let dir = tempfile::tempdir()?;
+    let input = dir.path().join("in.jsonl");
+    let data = generated(20_000, 5)?;
+    std::fs::write(&input, &data)?;
+    let (expected, malformed) = sensor::reference(&data);
+    ensure!(malformed > 0, "the generator made no malformed lines");
+
+    let mut outputs = sensor::Outputs::dirs(&dir.path().join("out"), &dir.path().join("dead"));
+    let cfg = KafkaConfig::new(brokers.clone(), "agg");
+    outputs.kafka_results = Some(KafkaTopic::new(cfg.clone(), "results"));
+    outputs.kafka_dead_letters = Some(KafkaTopic::new(cfg, "dlq"));
+    let state = dir.path().join("state");
+    let run = |workers: usize| {
+        let (i, o) = (Input::File(input.clone()), outputs.clone());
+        Pipeline::new("agg")
+            .workers(workers)
+            .state(&state)
+            .checkpoint_every(Duration::from_millis(50))
+            .epoch_records(2_000, 2)
+            .bounded(true)
+            .run(move |p| sensor::build_to(p, &i, &o))
+    };
+    let summary = run(2)?;
+    ensure!(summary.commits.count > 2, "{} commits", summary.commits.count);
+    // A crash-free run delivers each row exactly once, keyed by device.
+    let (rows, delivered) = kafka_rows(&brokers, "results")?;
+    support::compare(&expected, &rows)?;
+    ensure!(delivered == expected.len(), "{delivered} records for {} rows", expected.len());
+    let dead = consume_all(&brokers, "dlq")?;
+    ensure!(dead.len() as u64 == malformed, "{} dead letters on Kafka, expected {malformed}", dead.len());
+    for (_, v) in &dead {
+        let d: serde_json::Value = serde_json::from_slice(v)?;
+        ensure!(d["stage"] == "decode" && d["error"].is_string() && d["payload"].is_string(), "dead letter {d}");
+    }
+    // Nothing is left in the outboxes, and a rerun of the complete run delivers nothing again.
+    let outbox = state.join("outbox");
+    for entry in std::fs::read_dir(&outbox)? {
+        let left: Vec<_> = std::fs::read_dir(entry?.path())?
+            .filter_map(|e| e.ok())
+            .filter(|e| !e.file_name().to_string_lossy().starts_with('_'))
+            .collect();
+        ensure!(left.is_empty(), "undelivered outbox files: {left:?}");
+    }
+    ensure!(run(3)?.already_complete, "the rerun was not complete");
+    ensure!(consume_all(&brokers, "results")?.len() == expected.len(), "the rerun delivered again");
+
+    // A missing topic is an error at startup naming it.
+    let mut bad = outputs.clone();
+    bad.kafka_results = Some(KafkaTopic::new(KafkaConfig::new(brokers.clone(), "agg"), "no-such-topic"));
+    let (i, o) = (Input::File(input.clone()), bad);
+    let err = Pipeline::new("other").workers(1).bounded(true).run(move |p| sensor::build_to(p, &i, &o)).err();
+    let msg = err.map(|e| e.to_string()).unwrap_or_default();
+    ensure!(msg.contains("no-such-topic"), "{msg}");
     Ok(())
 }
 
@@ -149,7 +229,7 @@ fn spawn(brokers: &str, dir: &Path, workers: usize) -> anyhow::Result<Child> {
         .arg("--state")
         .arg(dir.join("state"))
         .args(["--workers", &workers.to_string(), "--checkpoint-interval", "100ms"])
-        .args(["--kafka-option", "reconnect.backoff.max.ms=200"])
+        .args(["--kafka-option", "reconnect.backoff.max.ms=200", "--kafka-results", "results"])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.join(format!("stderr-{workers}.log")))?)
@@ -176,6 +256,7 @@ fn an_unbounded_run_survives_a_broker_outage_and_a_kill() -> anyhow::Result<()> 
     let mut broker = Tansu::start()?;
     let brokers = broker.brokers();
     create_topic(&brokers, "sensors", PARTITIONS)?;
+    create_topic(&brokers, "results", 2)?;
     let data = generated(30_000, 11)?;
     let all = lines(&data);
     let (first, second) = all.split_at(all.len() / 2);
@@ -224,9 +305,17 @@ fn an_unbounded_run_survives_a_broker_outage_and_a_kill() -> anyhow::Result<()> 
     wait_until("the reference's rows", Duration::from_secs(30), || {
         Ok(support::read_rows(&out).map(|r| r.len()).unwrap_or(0) >= expected.len())
     })?;
+    // Every row reaches the results topic too, after its checkpoint (at-least-once
+    // across the kill: a row may come twice, never two different rows for a window).
+    wait_until("the reference's rows on Kafka", Duration::from_secs(60), || {
+        Ok(kafka_rows(&brokers, "results")?.0.len() >= expected.len())
+    })?;
     child.kill()?;
     child.wait()?;
     support::compare(&expected, &support::read_rows(&out)?)?;
+    let (on_kafka, delivered) = kafka_rows(&brokers, "results")?;
+    support::compare(&expected, &on_kafka)?;
+    eprintln!("results topic: {delivered} records for {} rows", expected.len());
     let dead = support::read_dead_letters(&dir.path().join("dead"))?;
     ensure!(dead.len() as u64 == malformed, "{} dead letters, expected {malformed}", dead.len());
     let (committed, ends) = group_view(&brokers, "live", "sensors")?;

@@ -47,6 +47,27 @@ struct Line<'a> {
     event_time: Option<i64>,
 }
 
+/// Writes a dead letter as one JSON object (the dead-letter sink's line, without its `\n`).
+pub fn to_json<W: Write>(d: &DeadLetter, out: W) -> serde_json::Result<()> {
+    let (payload, payload_encoding) = match std::str::from_utf8(&d.payload) {
+        Ok(s) => (std::borrow::Cow::Borrowed(s), "utf8"),
+        Err(_) => (base64::engine::general_purpose::STANDARD.encode(&d.payload).into(), "base64"),
+    };
+    let line = Line {
+        payload,
+        payload_encoding,
+        payload_truncated: d.payload_truncated,
+        payload_length: d.payload_length,
+        error: &d.error,
+        stage: &d.stage,
+        source: &d.source,
+        partition: d.partition,
+        offset: d.offset,
+        event_time: d.event_time,
+    };
+    serde_json::to_writer(out, &line)
+}
+
 impl Sink<DeadLetter> for DeadLetters {
     fn kind(&self) -> &str {
         "dead-letters"
@@ -83,23 +104,7 @@ impl SinkWriter<DeadLetter> for DeadLetterWriter {
         }
         let Some((file, out)) = self.current.as_mut() else { return Ok(()) };
         for d in rows.drain(..) {
-            let (payload, payload_encoding) = match std::str::from_utf8(&d.payload) {
-                Ok(s) => (std::borrow::Cow::Borrowed(s), "utf8"),
-                Err(_) => (base64::engine::general_purpose::STANDARD.encode(&d.payload).into(), "base64"),
-            };
-            let line = Line {
-                payload,
-                payload_encoding,
-                payload_truncated: d.payload_truncated,
-                payload_length: d.payload_length,
-                error: &d.error,
-                stage: &d.stage,
-                source: &d.source,
-                partition: d.partition,
-                offset: d.offset,
-                event_time: d.event_time,
-            };
-            serde_json::to_writer(&mut *out, &line).map_err(|e| Error::Encoding {
+            to_json(&d, &mut *out).map_err(|e| Error::Encoding {
                 what: format!("dead letter {}", file.staged.display()),
                 message: e.to_string(),
             })?;

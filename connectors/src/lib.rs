@@ -4,7 +4,8 @@
 //! - [`file`]: a JSON-lines file split into byte ranges read in parallel.
 //! - [`parquet`]: the Parquet sink; [`dead_letter`]: the dead-letter sink.
 //!   Both stage files and publish them after the checkpoint commits ([`staging`]).
-//! - [`kafka`]: Kafka topics as consumer-group sources (rdkafka).
+//! - [`kafka`]: Kafka topics as consumer-group sources and as sinks (rdkafka).
+//! - [`outbox`]: sinks that deliver each checkpoint's rows to a server after it commits.
 //! - [`mqtt`]: the MQTT gateway, MQTT 5 subscriptions appended durably to a log topic.
 //! - [`json_key`]: record keys from a top-level field of a JSON object.
 //! - [`runtime`]: the process's one tokio runtime for connectors' async work.
@@ -19,6 +20,7 @@ pub mod json_key;
 pub mod kafka;
 pub mod log;
 pub mod mqtt;
+pub mod outbox;
 pub mod parquet;
 pub mod record_limit;
 pub mod runtime;

@@ -63,6 +63,7 @@ pub struct Staging {
     prefix: String,
     run_id: String,
     seq: u64,
+    transient: bool,
 }
 
 /// A staged file being written.
@@ -126,7 +127,15 @@ impl Staging {
             prefix: format!("{prefix}w{:03}", ctx.worker),
             run_id: ctx.run_id.clone(),
             seq: 0,
+            transient: false,
         })
+    }
+
+    /// Like [`Staging::open`], for an outbox: `dir` holds committed files
+    /// waiting to be delivered elsewhere, which the sink removes once they are
+    /// (the manifest marks them transient).
+    pub fn outbox(dir: &Path, ctx: &SinkContext) -> Result<Staging> {
+        Ok(Staging { transient: true, ..Staging::open(dir, ctx)? })
     }
 
     /// Creates the next staged file (named after `epoch`).
@@ -145,7 +154,13 @@ impl Staging {
         let CrcFile { file: buffered, hasher, size } = writer;
         let mut inner = buffered.into_inner().map_err(|e| Error::io("write", &file.staged, e.into_error()))?;
         inner.sync().ctx("fsync", &file.staged)?;
-        Ok(Publish { staged: file.staged, target: file.target, size, crc32: hasher.finalize() })
+        Ok(Publish {
+            staged: file.staged,
+            target: file.target,
+            size,
+            crc32: hasher.finalize(),
+            transient: self.transient,
+        })
     }
 
     /// Makes the staging directory's entries durable (call after finishing files).

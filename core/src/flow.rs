@@ -178,6 +178,18 @@ pub struct Flow<'s, T> {
     pub watermarks: Option<StreamVec<'s, Epoch, WatermarkUpdate>>,
 }
 
+/// A flow can feed several sinks or stages: each gets every record.
+impl<'s, T: Clone + 'static> Clone for Flow<'s, T> {
+    fn clone(&self) -> Self {
+        Flow {
+            stream: self.stream.clone(),
+            ctx: self.ctx.clone(),
+            input: self.input.clone(),
+            watermarks: self.watermarks.clone(),
+        }
+    }
+}
+
 impl<'s, T: 'static> Flow<'s, T> {
     /// Splits the flow into its record stream and everything else, so an
     /// operator can consume the stream and rebuild a flow around its output.
@@ -198,6 +210,11 @@ impl<'s, T: 'static> Flow<'s, T> {
         let rejects = sink.rejects_rows();
         if ctx.planning() {
             // Nothing is opened or written while planning.
+            if sink.delivers()
+                && let Ok(mut plan) = ctx.shared().plan.lock()
+            {
+                plan.delivering.push(operator.clone());
+            }
             if rejects {
                 ctx.register_dead_letters(timely::dataflow::operators::generic::operator::empty(ctx.scope()));
             }
@@ -205,6 +222,12 @@ impl<'s, T: 'static> Flow<'s, T> {
         }
         let sctx = ctx.sink_context(&operator);
         let mut writer = sink.open(&sctx)?;
+        if ctx.worker() == 0
+            && sink.delivers()
+            && let Some(handler) = sink.after_commit(&sctx)?
+        {
+            ctx.0.after_commit.borrow_mut().push((operator.clone(), handler));
+        }
         let failure = ctx.failure();
         let worker = ctx.worker();
         let rows_out = ctx.counter(&format!("{operator}.rows"));

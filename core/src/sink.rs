@@ -6,6 +6,11 @@
 //! order, and at every checkpoint epoch asks it to [`SinkWriter::stage`] what
 //! it wrote; the commit operator publishes those files with
 //! [`crate::checkpoint::protocol::publish`].
+//!
+//! A sink that delivers to a server (a Kafka topic, an MQTT broker) has the
+//! same shape: its published files are an outbox, and worker 0's
+//! [`AfterCommit`] handler delivers them after each commit and removes them
+//! (at-least-once: a crash between delivery and removal delivers again).
 
 use std::sync::Arc;
 
@@ -37,6 +42,8 @@ pub struct SinkContext {
     pub storage: Arc<dyn Storage>,
     /// The run's output-directory locks (one lock per directory per run).
     pub dir_locks: DirLocks,
+    /// The pipeline's state directory (`--state`), if it keeps checkpoints.
+    pub state_dir: Option<std::path::PathBuf>,
 }
 
 /// A row a sink could not encode (a value that does not fit its schema, a row
@@ -63,6 +70,32 @@ pub trait Sink<T>: Send + 'static {
     /// Opens this worker's writer. Worker 0 also discards staged files of
     /// earlier runs (the committed ones were published during recovery).
     fn open(&self, ctx: &SinkContext) -> Result<Box<dyn SinkWriter<T>>>;
+    /// Whether the sink delivers its published files elsewhere
+    /// ([`Sink::after_commit`]). Such a pipeline is built even when its
+    /// checkpoint is complete, so that what a crash left undelivered goes out.
+    fn delivers(&self) -> bool {
+        false
+    }
+    /// Worker 0's handler of committed output, opened after the writer (only
+    /// when [`Sink::delivers`]): a connection failure or a bad setting is an
+    /// error at startup.
+    fn after_commit(&self, _ctx: &SinkContext) -> Result<Option<Box<dyn AfterCommit>>> {
+        Ok(None)
+    }
+}
+
+/// Delivers a sink's committed output after each checkpoint commits (on
+/// worker 0's commit operator, after the manifest is durable and the files
+/// are published).
+pub trait AfterCommit {
+    /// A checkpoint committed and published this sink's files. It may block
+    /// while too much committed output is undelivered (backpressure); an error
+    /// (delivery failed for good) stops the pipeline, and the next run
+    /// delivers again what was not.
+    fn committed(&mut self) -> Result<()>;
+    /// The run's last commit happened: returns once everything committed has
+    /// been delivered.
+    fn finish(&mut self) -> Result<()>;
 }
 
 /// One worker's writer of a sink.

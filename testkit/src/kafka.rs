@@ -82,3 +82,43 @@ pub fn device_of(line: &[u8]) -> Option<&[u8]> {
     let len = line[start..].iter().position(|&b| b == b'"')?;
     Some(&line[start..start + len])
 }
+
+/// A consumed record: key (if any) and value.
+pub type KeyValue = (Option<Vec<u8>>, Vec<u8>);
+
+/// Every record of `topic` (key, value), partition by partition, up to the
+/// end offsets at the call.
+pub fn consume_all(brokers: &str, topic: &str) -> anyhow::Result<Vec<KeyValue>> {
+    use rdkafka::Message;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let marks = KafkaSource::new(KafkaConfig::new(brokers, "consume-all"), topic)?.watermarks()?;
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "weir-testkit-consume-all")
+        .set("enable.auto.commit", "false")
+        .create()
+        .context("consumer")?;
+    let mut out = Vec::new();
+    for (&p, &(low, high)) in &marks {
+        if high <= low {
+            continue;
+        }
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        tpl.add_partition_offset(topic, p, rdkafka::Offset::Offset(low))?;
+        consumer.assign(&tpl)?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let mut next = low;
+        while next < high {
+            ensure!(std::time::Instant::now() < deadline, "timed out reading {topic}/{p} at {next} of {high}");
+            match consumer.poll(Duration::from_millis(200)) {
+                Some(Ok(m)) => {
+                    next = m.offset() + 1;
+                    out.push((m.key().map(<[u8]>::to_vec), m.payload().unwrap_or_default().to_vec()));
+                }
+                Some(Err(e)) => bail!("reading {topic}/{p}: {e}"),
+                None => {}
+            }
+        }
+    }
+    Ok(out)
+}

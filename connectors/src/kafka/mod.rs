@@ -15,8 +15,12 @@
 //! Java-style properties file): TLS, SASL PLAIN/SCRAM/OAUTHBEARER and the rest
 //! of librdkafka's configuration. A setting librdkafka does not accept is an
 //! error at startup naming the option.
+//!
+//! [`KafkaTopic::sink`] produces a pipeline's rows to a topic after each
+//! checkpoint commits (idempotent producer, at-least-once).
 
 mod commit;
+mod sink;
 mod source;
 
 use std::path::Path;
@@ -27,6 +31,7 @@ use rdkafka::consumer::BaseConsumer;
 use rdkafka::error::KafkaError;
 use weir_core::error::{Error, Result};
 
+pub use sink::{KafkaSink, KafkaTopic};
 pub use source::KafkaSource;
 
 /// Where a consumer starts in a partition that has no offset in Weir's checkpoint.

@@ -36,6 +36,8 @@ pub struct Plan {
     pub sources: BTreeMap<String, SourcePlan>,
     /// Stateful steps, id to kind.
     pub steps: BTreeMap<String, String>,
+    /// Sinks that deliver committed output elsewhere ([`crate::sink::Sink::delivers`]).
+    pub delivering: Vec<String>,
 }
 
 fn refuse(state_dir: &Path, message: String) -> Error {

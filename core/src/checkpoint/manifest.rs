@@ -41,6 +41,11 @@ pub struct Publish {
     pub size: u64,
     /// CRC32 (IEEE) of the whole file.
     pub crc32: u32,
+    /// Whether the published file is an outbox entry that the sink delivers
+    /// elsewhere after the commit and then removes ([`crate::sink::AfterCommit`]):
+    /// neither file existing then means it was delivered.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub transient: bool,
 }
 
 /// What a source reads: recorded in a run's first manifest and kept across

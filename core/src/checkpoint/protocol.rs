@@ -165,7 +165,8 @@ fn verify(storage: &dyn Storage, path: &Path, f: &Publish, what: &str) -> Result
 /// Moves committed staged files to their final names. Idempotent: a staged file
 /// present is verified against the manifest's size and CRC32 and renamed; a
 /// final file present with the listed size and checksum is done; anything else
-/// is an error naming the file. Then every directory whose entries changed is
+/// is an error naming the file, except for a transient file (an outbox entry
+/// its sink has delivered and removed). Then every directory whose entries changed is
 /// fsynced. An error (a rename's, an fsync's) fails the run: the next run
 /// replays this from the manifest, never retrying on the same file handle.
 pub fn publish(storage: &dyn Storage, files: &[Publish]) -> Result<()> {
@@ -176,6 +177,9 @@ pub fn publish(storage: &dyn Storage, files: &[Publish]) -> Result<()> {
             storage.rename(&f.staged, &f.target).ctx("rename", &f.target)?;
         } else if storage.exists(&f.target).ctx("stat", &f.target)? {
             verify(storage, &f.target, f, "published")?;
+        } else if f.transient {
+            // Delivered and removed by its sink after an earlier publish.
+            continue;
         } else {
             return Err(Error::Checkpoint {
                 path: f.target.clone(),
@@ -244,6 +248,7 @@ mod tests {
             target: dir.path().join("a"),
             size: 4,
             crc32: crc32fast::hash(b"data"),
+            transient: false,
         };
         publish(std::slice::from_ref(&p)).unwrap();
         publish(std::slice::from_ref(&p)).unwrap();
@@ -251,7 +256,9 @@ mod tests {
         fs::write(dir.path().join("a"), b"datb").unwrap();
         assert!(publish(std::slice::from_ref(&p)).is_err());
         fs::remove_file(dir.path().join("a")).unwrap();
-        assert!(publish(&[p]).is_err());
+        assert!(publish(std::slice::from_ref(&p)).is_err());
+        // An outbox entry its sink delivered and removed is done.
+        assert!(publish(&[Publish { transient: true, ..p }]).is_ok());
     }
 
     #[test]
@@ -262,7 +269,13 @@ mod tests {
         let staged = std::path::PathBuf::from("/out/_staging/a");
         let mut f = fs.create(&staged).unwrap();
         std::io::Write::write_all(&mut f, b"da").unwrap();
-        let p = Publish { staged: staged.clone(), target: "/out/a".into(), size: 4, crc32: crc32fast::hash(b"data") };
+        let p = Publish {
+            staged: staged.clone(),
+            target: "/out/a".into(),
+            size: 4,
+            crc32: crc32fast::hash(b"data"),
+            transient: false,
+        };
         // Publishing renamed it silently before it was verified.
         let err = publish(&fs, std::slice::from_ref(&p)).unwrap_err();
         assert!(matches!(err, Error::Corrupt { .. }) && err.to_string().contains("/out/_staging/a"), "{err}");

@@ -15,6 +15,7 @@ use crate::checkpoint::{Manifest, Part};
 use crate::error::Result;
 use crate::flow::{Dataflow, unconsumed_dead_letters};
 use crate::runtime::ctx::Shared;
+use crate::sink::AfterCommit;
 use crate::source::Source;
 use crate::time::Epoch;
 
@@ -24,6 +25,8 @@ struct Committer {
     template: Manifest,
     /// Sources told about each commit ([`crate::source::Source::on_committed`]).
     sources: Vec<(String, Arc<dyn Source>)>,
+    /// Sinks that deliver their committed output elsewhere ([`crate::sink::AfterCommit`]).
+    after_commit: Vec<(String, Box<dyn AfterCommit>)>,
 }
 
 impl Committer {
@@ -50,6 +53,7 @@ impl Committer {
                 }
             }
         }
+        self.deliver()?;
         if let Ok(mut stats) = self.shared.stats.lock() {
             let took = started.elapsed();
             stats.count += 1;
@@ -59,6 +63,24 @@ impl Committer {
         }
         tracing::debug!(epoch, complete, outputs = m.outputs.len(), "checkpoint committed");
         self.last = Some(m);
+        Ok(())
+    }
+
+    /// Tells the delivering sinks that their published files may go out.
+    fn deliver(&mut self) -> Result<()> {
+        for (_, handler) in &mut self.after_commit {
+            handler.committed()?;
+        }
+        Ok(())
+    }
+
+    /// The run's last commit happened: waits until the delivering sinks have
+    /// delivered everything committed.
+    fn finish(&mut self) -> Result<()> {
+        for (operator, handler) in &mut self.after_commit {
+            handler.finish()?;
+            tracing::debug!(%operator, "committed output delivered");
+        }
         Ok(())
     }
 }
@@ -89,7 +111,9 @@ impl<'s> Dataflow<'s> {
         };
         let restored_complete = shared.restored.as_ref().is_some_and(|m| m.complete);
         let sources = std::mem::take(&mut *ctx.0.sources.borrow_mut());
-        let mut committer = Committer { shared: shared.clone(), last: shared.restored.clone(), template, sources };
+        let after_commit = std::mem::take(&mut *ctx.0.after_commit.borrow_mut());
+        let mut committer =
+            Committer { shared: shared.clone(), last: shared.restored.clone(), template, sources, after_commit };
         let bounded = cfg.bounded;
         let is_leader = ctx.worker() == 0;
         let mut pending: Vec<Part> = Vec::new();
@@ -125,14 +149,16 @@ impl<'s> Dataflow<'s> {
                         }
                         None if done != Epoch::MAX => {
                             done = Epoch::MAX;
-                            if restored_complete {
-                                Ok(())
+                            let committed = if restored_complete {
+                                // Only what a crash left undelivered goes out.
+                                committer.deliver()
                             } else {
                                 let prev = committer.last.as_ref().map_or(0, |m| m.epoch + 1);
                                 let epoch = max_seen.max(prev);
                                 let now = std::mem::take(&mut pending);
                                 committer.commit(now, epoch, bounded)
-                            }
+                            };
+                            committed.and_then(|()| committer.finish())
                         }
                         _ => Ok(()),
                     };

@@ -110,6 +110,8 @@ pub(crate) struct CtxInner<'s> {
     pub probe: ProbeHandle<Epoch>,
     /// This worker's sources by name, told about every commit (worker 0's commit operator).
     pub sources: RefCell<Vec<(String, Arc<dyn crate::source::Source>)>>,
+    /// Worker 0's handlers of sinks that deliver committed output elsewhere.
+    pub after_commit: RefCell<Vec<(String, Box<dyn crate::sink::AfterCommit>)>>,
 }
 
 /// Builds the user's pipeline on `scope`, then the commit operator: the one way
@@ -132,6 +134,7 @@ where
         next_id: Default::default(),
         probe,
         sources: Default::default(),
+        after_commit: Default::default(),
     }));
     let mut df = crate::flow::Dataflow { ctx };
     build(&mut df)?;
@@ -226,6 +229,7 @@ impl<'s> Ctx<'s> {
             operator: operator.to_string(),
             storage: self.storage(),
             dir_locks: self.0.shared.dir_locks.clone(),
+            state_dir: self.0.shared.cfg.state_dir.clone(),
         }
     }
 

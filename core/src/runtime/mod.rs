@@ -337,8 +337,9 @@ impl Pipeline {
         }
         let already_complete = restored.as_ref().is_some_and(|m| m.complete);
         let restored_from = restored.as_ref().map(|m| m.epoch);
-        if already_complete {
-            // Nothing to read and nothing to write: the dataflow is not built.
+        if already_complete && plan.delivering.is_empty() {
+            // Nothing to read and nothing to write: the dataflow is not built
+            // (unless a sink may have committed output a crash left undelivered).
             return Ok(RunSummary {
                 elapsed: started.elapsed(),
                 restored_from,

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Parser;
 use weir::connectors::kafka::{KafkaConfig, KafkaTopic, StartPosition};
+use weir::connectors::mqtt::MqttTopic;
 use weir::core::partition::Assignor;
 use weir::core::time::parse_duration;
 use weir::prelude::*;
@@ -75,6 +76,16 @@ pub struct Args {
     /// (default: `--brokers`).
     #[arg(long)]
     sink_brokers: Option<String>,
+    /// Also publish every window row (JSON, QoS 1) to this MQTT topic, at
+    /// `TOPIC/DEVICE`, after its checkpoint commits (at-least-once).
+    #[arg(long, requires = "mqtt_broker")]
+    mqtt_results: Option<String>,
+    /// The MQTT broker (`host:port`) of `--mqtt-results`.
+    #[arg(long, requires = "mqtt_results")]
+    mqtt_broker: Option<String>,
+    /// The MQTT client id of `--mqtt-results` (default `weir-GROUP-results`).
+    #[arg(long, requires = "mqtt_results")]
+    mqtt_client_id: Option<String>,
     /// Where a partition without a checkpointed offset starts: committed (the
     /// group's broker offset, else earliest), earliest, latest or timestamp:MS.
     #[arg(long, default_value = "committed", requires = "brokers")]
@@ -155,7 +166,16 @@ fn run(args: Args) -> anyhow::Result<()> {
         let config = kafka_config(&args, brokers)?;
         outputs.kafka_results = args.kafka_results.as_ref().map(|t| KafkaTopic::new(config.clone(), t));
         outputs.kafka_dead_letters = args.kafka_dead_letters.as_ref().map(|t| KafkaTopic::new(config.clone(), t));
-    } else if args.brokers.is_none() && (!args.kafka_options.is_empty() || args.kafka_properties.is_some()) {
+    }
+    if let (Some(topic), Some(broker)) = (&args.mqtt_results, &args.mqtt_broker) {
+        let id = args.mqtt_client_id.clone().unwrap_or_else(|| format!("weir-{}-results", args.group));
+        outputs.mqtt_results = Some(MqttTopic::new(broker, topic.clone(), id)?);
+    }
+    if args.brokers.is_none()
+        && args.kafka_results.is_none()
+        && args.kafka_dead_letters.is_none()
+        && (!args.kafka_options.is_empty() || args.kafka_properties.is_some())
+    {
         bail!("--kafka-option and --kafka-properties need --brokers or a Kafka sink (--kafka-results)");
     }
 

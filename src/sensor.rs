@@ -83,6 +83,8 @@ pub struct Outputs {
     pub kafka_results: Option<weir_connectors::kafka::KafkaTopic>,
     /// Also produce each dead letter to this Kafka topic (after its checkpoint commits).
     pub kafka_dead_letters: Option<weir_connectors::kafka::KafkaTopic>,
+    /// Also publish each window row to this MQTT topic, at `TOPIC/DEVICE` (after its checkpoint commits).
+    pub mqtt_results: Option<weir_connectors::mqtt::MqttTopic>,
 }
 
 impl Outputs {
@@ -93,6 +95,7 @@ impl Outputs {
             dead_letters: dead_letters.to_path_buf(),
             kafka_results: None,
             kafka_dead_letters: None,
+            mqtt_results: None,
         }
     }
 }
@@ -111,6 +114,9 @@ pub fn build_to(p: &mut Dataflow<'_>, input: &Input, out: &Outputs) -> weir_core
     };
     let rows = window_rows(raw, Combine::Adaptive)?;
     if let Some(topic) = &out.kafka_results {
+        rows.clone().sink(topic.clone().sink::<WindowRow>().keyed(|r: &WindowRow| r.device.clone()))?;
+    }
+    if let Some(topic) = &out.mqtt_results {
         rows.clone().sink(topic.clone().sink::<WindowRow>().keyed(|r: &WindowRow| r.device.clone()))?;
     }
     rows.sink(Parquet::dir(&out.parquet))?;

@@ -62,3 +62,98 @@ pub fn publish_qos1(
         Ok(acked)
     })
 }
+
+/// Messages received: (MQTT topic, payload).
+type Received = std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>;
+
+/// A QoS 1 subscriber collecting every message (MQTT topic, payload) on a
+/// thread of its own until dropped.
+pub struct Subscriber {
+    messages: Received,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Subscriber {
+    /// Subscribes to `filter` on 127.0.0.1:`port` as client `id`; returns once
+    /// the broker acknowledged the subscription.
+    pub fn start(port: u16, id: &str, filter: &str) -> anyhow::Result<Subscriber> {
+        let messages: Received = Default::default();
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let (ready_tx, ready) = std::sync::mpsc::channel::<Result<(), String>>();
+        let (id, filter, sink) = (id.to_string(), filter.to_string(), messages.clone());
+        let thread = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                let _ = ready_tx.send(Err("no runtime".into()));
+                return;
+            };
+            rt.block_on(async move {
+                let mut options = MqttOptions::new(id, "127.0.0.1", port);
+                options.set_keep_alive(Duration::from_secs(30)).set_max_packet_size(Some(64 << 20));
+                let (client, mut eventloop) = AsyncClient::new(options, 64);
+                loop {
+                    tokio::select! {
+                        _ = &mut stopped => break,
+                        event = eventloop.poll() => match event {
+                            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                                if let Err(e) = client.try_subscribe(filter.clone(), QoS::AtLeastOnce) {
+                                    let _ = ready_tx.send(Err(e.to_string()));
+                                }
+                            }
+                            Ok(Event::Incoming(Packet::SubAck(_))) => {
+                                let _ = ready_tx.send(Ok(()));
+                            }
+                            Ok(Event::Incoming(Packet::Publish(p))) => {
+                                let topic = String::from_utf8_lossy(&p.topic).into_owned();
+                                if let Ok(mut m) = sink.lock() {
+                                    m.push((topic, p.payload.to_vec()));
+                                }
+                            }
+                            Ok(_) => {}
+                            Err(e) => {
+                                let _ = ready_tx.send(Err(e.to_string()));
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                            }
+                        }
+                    }
+                }
+            });
+        });
+        match ready.recv_timeout(Duration::from_secs(10)) {
+            Ok(Ok(())) => Ok(Subscriber { messages, stop: Some(stop), thread: Some(thread) }),
+            Ok(Err(e)) => bail!("subscribing to {port}: {e}"),
+            Err(_) => bail!("no subscription acknowledgement from 127.0.0.1:{port} within 10 s"),
+        }
+    }
+
+    /// The messages so far.
+    pub fn messages(&self) -> Vec<(String, Vec<u8>)> {
+        self.messages.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    /// Waits until at least `n` messages arrived; returns them (fails after `timeout`).
+    pub fn wait_for(&self, n: usize, timeout: Duration) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let m = self.messages();
+            if m.len() >= n {
+                return Ok(m);
+            }
+            if Instant::now() > deadline {
+                bail!("{} of {n} messages within {timeout:?}", m.len());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

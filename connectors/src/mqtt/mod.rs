@@ -38,10 +38,16 @@
 //! holds a partition's `writer.lock` only while it appends and fsyncs a
 //! batch, so several gateways of a group can append to the same partitions.
 //!
+//! [`MqttTopic::sink`] is the other direction: a pipeline's rows published
+//! after each checkpoint commits (alerts; at-least-once).
+//!
 //! Not done yet: TLS (AWS IoT Core's mutual TLS on 8883), user name and
 //! password, QoS 2.
 
 pub mod record;
+mod sink;
+
+pub use sink::{MqttSink, MqttTopic};
 
 use std::future::Future;
 use std::sync::Arc;

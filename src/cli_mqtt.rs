@@ -1,12 +1,16 @@
 //! `weir ingest mqtt`: runs the MQTT gateway ([`weir::connectors::mqtt`]) until
-//! SIGTERM or SIGINT, then prints what it stored.
+//! SIGTERM or SIGINT, then prints what it stored. The password comes from a
+//! file or the environment, never from the command line (where `ps` shows it).
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
 use weir::connectors::log::Topic;
-use weir::connectors::mqtt::{GatewayConfig, GatewayKey, run_gateway};
+use weir::connectors::mqtt::{GatewayConfig, GatewayKey, GatewayTls, Password, run_gateway};
+
+/// The environment variable read for the password without `--password-file`.
+const PASSWORD_ENV: &str = "WEIR_MQTT_PASSWORD";
 
 /// The options of `weir ingest mqtt`.
 #[derive(Args, Debug)]
@@ -45,6 +49,44 @@ pub struct IngestMqtt {
     /// Session expiry interval in seconds.
     #[arg(long, default_value_t = 24 * 3600)]
     session_expiry: u64,
+    /// Connect with TLS, trusting this PEM file of CA certificates for the
+    /// broker's certificate (AWS IoT Core: AmazonRootCA1.pem).
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// PEM file of the client certificate for mutual TLS (with --key and --ca).
+    #[arg(long, value_name = "FILE")]
+    cert: Option<PathBuf>,
+    /// PEM file of the client certificate's private key (PKCS#8, RSA or EC).
+    #[arg(long, value_name = "FILE")]
+    key: Option<PathBuf>,
+    /// User name sent to the broker.
+    #[arg(long)]
+    username: Option<String>,
+    /// File holding the password for --username (trailing line breaks are
+    /// dropped). Without it, the password is the environment variable
+    /// WEIR_MQTT_PASSWORD if set and not empty. No option takes the password
+    /// itself: `ps` would show it.
+    #[arg(long, value_name = "FILE")]
+    password_file: Option<PathBuf>,
+}
+
+/// The password: `--password-file`'s content, else `WEIR_MQTT_PASSWORD`, else none.
+fn password(file: Option<&std::path::Path>) -> anyhow::Result<Option<Password>> {
+    let password = match file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("--password-file {}: cannot be read", path.display()))?;
+            let password = text.trim_end_matches(['\r', '\n']);
+            anyhow::ensure!(!password.is_empty(), "--password-file {}: the file is empty", path.display());
+            password.to_owned()
+        }
+        None => match std::env::var(PASSWORD_ENV) {
+            Ok(p) if !p.is_empty() => p,
+            Ok(_) | Err(std::env::VarError::NotPresent) => return Ok(None),
+            Err(e) => anyhow::bail!("{PASSWORD_ENV}: {e}"),
+        },
+    };
+    Ok(Some(Password::new(password)))
 }
 
 /// Runs the gateway; returns its statistics line.
@@ -61,6 +103,9 @@ pub fn ingest_mqtt(args: IngestMqtt) -> anyhow::Result<String> {
     config.qos = args.qos;
     config.receive_maximum = args.receive_maximum;
     config.session_expiry = std::time::Duration::from_secs(args.session_expiry);
+    config.tls = GatewayTls { ca: args.ca, cert: args.cert, key: args.key };
+    config.password = password(args.password_file.as_deref())?;
+    config.username = args.username;
     config.validate()?;
     let rt = weir::connectors::runtime::io()?;
     let (mut term, mut int) = {

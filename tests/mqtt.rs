@@ -1,7 +1,9 @@
 //! `weir ingest mqtt` against a real mosquitto started by each test: every
 //! acknowledged message lands in the log (exactly once in a calm run, at least
 //! once when the gateway is SIGKILLed or the broker restarts), with its MQTT
-//! topic and its payload bytes as published.
+//! topic and its payload bytes as published; over mutual TLS and with a user
+//! name and password too, where a gateway without the client certificate or
+//! with a wrong password stores nothing.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -16,7 +18,8 @@ use weir::connectors::mqtt::record::split_record;
 use weir::core::record::Chunk;
 use weir::core::source::{PartitionReader, ReadStatus};
 use weir_testkit::mqtt::publish_qos1;
-use weir_testkit::servers::Mosquitto;
+use weir_testkit::servers::{Mosquitto, mosquitto_password_file};
+use weir_testkit::tls::TestPki;
 
 /// A running `weir ingest mqtt` whose stderr lines are collected.
 struct Gateway {
@@ -27,12 +30,20 @@ struct Gateway {
 
 impl Gateway {
     fn spawn(broker: &str, log_dir: &Path, client_id: &str, extra: &[&str]) -> anyhow::Result<Gateway> {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
-            .args(["ingest", "mqtt", "--broker", broker, "--subscribe", "sensors/#", "--client-id", client_id])
-            .args(["--topic", "readings", "--key-from-topic-level", "1", "--log-dir"])
-            .arg(log_dir)
-            .args(extra)
-            .env("RUST_LOG", "weir_connectors=info")
+        Self::spawn_with_env(broker, log_dir, client_id, extra, &[])
+    }
+
+    /// [`Gateway::spawn`] with environment variables (`WEIR_MQTT_PASSWORD`
+    /// is removed unless given).
+    fn spawn_with_env(
+        broker: &str,
+        log_dir: &Path,
+        client_id: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Gateway> {
+        let mut child = gateway_command(broker, log_dir, client_id, extra)
+            .envs(env.iter().copied())
             .stderr(Stdio::piped())
             .spawn()?;
         let stderr = child.stderr.take().context("no stderr")?;
@@ -65,13 +76,38 @@ impl Gateway {
         bail!("no `{what}` from the gateway within 20 s: {:?}", self.seen)
     }
 
+    /// Waits for the gateway to exit by itself; its status and stderr lines.
+    fn wait_exit(mut self, within: Duration) -> anyhow::Result<(std::process::ExitStatus, Vec<String>)> {
+        let deadline = Instant::now() + within;
+        loop {
+            self.seen.extend(self.lines.try_iter());
+            if let Some(status) = self.child.try_wait()? {
+                self.read_to_end();
+                return Ok((status, std::mem::take(&mut self.seen)));
+            }
+            if Instant::now() > deadline {
+                bail!("the gateway still runs after {within:?}: {:?}", self.seen);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// SIGTERM, then its exit status and the last stderr line (the statistics).
     fn terminate(mut self) -> anyhow::Result<(std::process::ExitStatus, String)> {
         // SAFETY: kill(2) on our own child, not yet reaped.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let status = self.child.wait()?;
-        self.seen.extend(self.lines.try_iter());
+        self.read_to_end();
         Ok((status, self.seen.last().cloned().unwrap_or_default()))
+    }
+
+    /// Once it exited: every stderr line left. The reader thread may still be
+    /// forwarding the last ones (`try_iter` raced it and missed the
+    /// statistics); it ends, disconnecting, at the end of the pipe.
+    fn read_to_end(&mut self) {
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
+            self.seen.push(line);
+        }
     }
 
     fn kill(mut self) -> anyhow::Result<()> {
@@ -86,6 +122,33 @@ impl Drop for Gateway {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `weir ingest mqtt` into topic `readings`, keyed by the device level;
+/// `WEIR_MQTT_PASSWORD` from the test's environment removed.
+fn gateway_command(broker: &str, log_dir: &Path, client_id: &str, extra: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_weir"));
+    command
+        .args(["ingest", "mqtt", "--broker", broker, "--subscribe", "sensors/#", "--client-id", client_id])
+        .args(["--topic", "readings", "--key-from-topic-level", "1", "--log-dir"])
+        .arg(log_dir)
+        .args(extra)
+        .env("RUST_LOG", "weir_connectors=info")
+        .env_remove("WEIR_MQTT_PASSWORD");
+    command
+}
+
+/// Runs a gateway that must fail before connecting; its stderr.
+fn startup_error(broker: &str, log_dir: &Path, extra: &[&str]) -> anyhow::Result<String> {
+    let out = gateway_command(broker, log_dir, "gw-bad", extra).stdin(Stdio::null()).output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    anyhow::ensure!(!out.status.success(), "started with {extra:?}: {stderr}");
+    Ok(stderr)
+}
+
+/// A path as a command-line argument.
+fn arg(path: &Path) -> anyhow::Result<&str> {
+    path.to_str().context("a non-UTF-8 temporary path")
 }
 
 /// Every record of topic `readings`: (partition, MQTT topic, payload).
@@ -301,5 +364,153 @@ fn two_gateways_of_a_shared_subscription_split_messages_and_share_partitions() -
     let counts = counts(&records)?;
     assert!((0..n).all(|i| counts.get(&i) == Some(&1)));
     println!("group: gateway a stored {sa}, b stored {sb}");
+    Ok(())
+}
+
+#[test]
+fn mutual_tls_ingests_and_a_gateway_without_a_client_certificate_is_refused() -> anyhow::Result<()> {
+    let certs = tempfile::tempdir()?;
+    let pki = TestPki::generate(certs.path())?;
+    let (ca, cert, key) = (arg(&pki.ca)?, arg(&pki.client_cert)?, arg(&pki.client_key)?);
+    // The publisher uses the plain listener; the gateway the TLS one.
+    let broker = Mosquitto::start_with_listener(&format!(
+        "allow_anonymous true\ncafile {ca}\ncertfile {}\nkeyfile {}\nrequire_certificate true",
+        pki.server_cert.display(),
+        pki.server_key.display(),
+    ))?;
+    let tls_broker = broker.second_broker().context("no TLS listener")?;
+    let dir = tempfile::tempdir()?;
+    Topic::create(dir.path(), "readings", 2)?;
+
+    // Options that do not go together, files that are not what they should be:
+    // errors at start naming the option (and the file).
+    let e = startup_error(&tls_broker, dir.path(), &["--ca", ca, "--cert", cert])?;
+    assert!(e.contains("`--cert` needs `--key`"), "{e}");
+    let e = startup_error(&tls_broker, dir.path(), &["--ca", ca, "--key", key])?;
+    assert!(e.contains("`--key` needs `--cert`"), "{e}");
+    let e = startup_error(&tls_broker, dir.path(), &["--ca", ca, "--cert", cert, "--key", cert])?;
+    assert!(e.contains("`key`") && e.contains(cert) && e.contains("no PEM private key"), "{e}");
+    let e = startup_error(&tls_broker, dir.path(), &["--ca", key, "--cert", cert, "--key", key])?;
+    assert!(e.contains("`ca`") && e.contains(key) && e.contains("no PEM certificate"), "{e}");
+    let missing = certs.path().join("missing.pem");
+    let e = startup_error(&tls_broker, dir.path(), &["--ca", ca, "--cert", arg(&missing)?, "--key", key])?;
+    assert!(e.contains("`cert`") && e.contains("missing.pem") && e.contains("cannot be read"), "{e}");
+
+    let mtls = ["--ca", ca, "--cert", cert, "--key", key];
+    let mut gw = Gateway::spawn(&tls_broker, dir.path(), "gw-tls", &mtls)?;
+    gw.wait_for("subscribed")?;
+    let acked = publish_qos1(
+        broker.port,
+        "pub-tls1",
+        (0..200).map(message).collect(),
+        Duration::ZERO,
+        Duration::from_secs(60),
+    )?;
+    assert_eq!(acked.len(), 200);
+    wait_ids(dir.path(), 0..200, Duration::from_secs(30))?;
+    let (status, stats) = gw.terminate()?;
+    assert!(status.success() && stats.contains("stored 200"), "{status}: {stats}");
+
+    // Queued for the session while it is away...
+    let acked = publish_qos1(
+        broker.port,
+        "pub-tls2",
+        (200..300).map(message).collect(),
+        Duration::ZERO,
+        Duration::from_secs(60),
+    )?;
+    assert_eq!(acked.len(), 100);
+    // ...but not for a gateway with the same client id and no client
+    // certificate: the broker refuses it, it retries, it stores nothing.
+    let mut certless = Gateway::spawn(&tls_broker, dir.path(), "gw-tls", &["--ca", ca])?;
+    certless.wait_for("MQTT connection")?;
+    certless.wait_for("MQTT connection")?;
+    assert!(!certless.seen.iter().any(|l| l.contains("connected to the MQTT broker")), "{:?}", certless.seen);
+    println!("refused without a client certificate: {:?}", certless.seen.last());
+    certless.kill()?;
+    // A broker certificate not signed by the CA given is refused by the gateway.
+    let other = tempfile::tempdir()?;
+    let other_ca = TestPki::generate(other.path())?.ca;
+    let mut untrusting =
+        Gateway::spawn(&tls_broker, dir.path(), "gw-tls", &["--ca", arg(&other_ca)?, "--cert", cert, "--key", key])?;
+    untrusting.wait_for("invalid peer certificate")?;
+    untrusting.kill()?;
+    assert_eq!(stored(dir.path())?.len(), 200);
+
+    let mut gw = Gateway::spawn(&tls_broker, dir.path(), "gw-tls", &mtls)?;
+    gw.wait_for("session present: true")?;
+    wait_ids(dir.path(), 0..300, Duration::from_secs(30))?;
+    let (status, stats) = gw.terminate()?;
+    assert!(status.success() && stats.contains("stored 100"), "{status}: {stats}");
+    let counts = counts(&stored(dir.path())?)?;
+    assert!((0..300).all(|i| counts.get(&i) == Some(&1)), "each message once");
+    Ok(())
+}
+
+#[test]
+fn a_user_name_and_password_are_accepted_and_a_wrong_password_is_refused() -> anyhow::Result<()> {
+    let secrets = tempfile::tempdir()?;
+    let passwd = secrets.path().join("passwd");
+    mosquitto_password_file(&passwd, "weir", "s3cret word")?;
+    let broker = Mosquitto::start_with_listener(&format!("allow_anonymous false\npassword_file {}", passwd.display()))?;
+    let auth_broker = broker.second_broker().context("no password listener")?;
+    let dir = tempfile::tempdir()?;
+    Topic::create(dir.path(), "readings", 2)?;
+    let right = secrets.path().join("right");
+    std::fs::write(&right, "s3cret word\n")?;
+    let wrong = secrets.path().join("wrong");
+    std::fs::write(&wrong, "guess\n")?;
+
+    let e = startup_error(&auth_broker, dir.path(), &["--password-file", arg(&right)?])?;
+    assert!(e.contains("needs a user name (`--username`)"), "{e}");
+    let e = startup_error(&auth_broker, dir.path(), &["--username", "weir", "--password-file", "/nonexistent/pw"])?;
+    assert!(e.contains("--password-file /nonexistent/pw"), "{e}");
+
+    // Refused credentials end the run: the password is read once, retrying cannot help.
+    for extra in [&["--username", "weir", "--password-file", arg(&wrong)?][..], &[]] {
+        let gw = Gateway::spawn(&auth_broker, dir.path(), "gw-auth", extra)?;
+        let (status, lines) = gw.wait_exit(Duration::from_secs(20))?;
+        assert!(!status.success(), "{lines:?}");
+        assert!(lines.iter().any(|l| l.contains("the broker refused the connection")), "{extra:?}: {lines:?}");
+        println!("refused with {extra:?}: {:?}", lines.iter().find(|l| l.contains("refused")));
+    }
+    let gw = Gateway::spawn_with_env(
+        &auth_broker,
+        dir.path(),
+        "gw-auth",
+        &["--username", "weir"],
+        &[("WEIR_MQTT_PASSWORD", "guess")],
+    )?;
+    let (status, lines) = gw.wait_exit(Duration::from_secs(20))?;
+    assert!(!status.success() && lines.iter().any(|l| l.contains("refused the connection")), "{lines:?}");
+    assert!(stored(dir.path())?.is_empty());
+
+    let mut gw =
+        Gateway::spawn(&auth_broker, dir.path(), "gw-auth", &["--username", "weir", "--password-file", arg(&right)?])?;
+    gw.wait_for("subscribed")?;
+    let acked = publish_qos1(
+        broker.port,
+        "pub-auth",
+        (0..100).map(message).collect(),
+        Duration::ZERO,
+        Duration::from_secs(60),
+    )?;
+    assert_eq!(acked.len(), 100);
+    wait_ids(dir.path(), 0..100, Duration::from_secs(30))?;
+    let (status, stats) = gw.terminate()?;
+    assert!(status.success() && stats.contains("stored 100"), "{status}: {stats}");
+
+    // The password from the environment instead of a file.
+    let mut gw = Gateway::spawn_with_env(
+        &auth_broker,
+        dir.path(),
+        "gw-auth",
+        &["--username", "weir"],
+        &[("WEIR_MQTT_PASSWORD", "s3cret word")],
+    )?;
+    gw.wait_for("session present: true")?;
+    let (status, stats) = gw.terminate()?;
+    assert!(status.success(), "{status}: {stats}");
+    assert_eq!(stored(dir.path())?.len(), 100);
     Ok(())
 }

@@ -38,14 +38,22 @@
 //! holds a partition's `writer.lock` only while it appends and fsyncs a
 //! batch, so several gateways of a group can append to the same partitions.
 //!
+//! The connection is plain TCP, TLS authenticating the broker, or mutual TLS
+//! with a client certificate (AWS IoT Core on 8883): [`GatewayTls`], PEM
+//! files read and checked before connecting ([`tls`]). A user name and
+//! [`Password`] can be sent in either case. A broker refusing them (bad user
+//! name or password, not authorized) ends the run with an error: the
+//! credentials are read once, so retrying could not succeed; other refusals
+//! and TLS failures are retried like any connection failure.
+//!
 //! [`MqttTopic::sink`] is the other direction: a pipeline's rows published
 //! after each checkpoint commits (alerts; at-least-once).
 //!
-//! Not done yet: TLS (AWS IoT Core's mutual TLS on 8883), user name and
-//! password, QoS 2.
+//! Not done yet: QoS 2.
 
 pub mod record;
 mod sink;
+pub mod tls;
 
 pub use sink::{MqttSink, MqttTopic};
 
@@ -55,8 +63,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::mqttbytes::v5::{Packet, Publish, SubscribeReasonCode};
-use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
+use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, Packet, Publish, SubscribeReasonCode};
+use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions};
+use rumqttc::{TlsConfiguration, Transport};
 use tokio::sync::mpsc;
 use weir_core::error::{Error, Result};
 use weir_core::record::PartitionId;
@@ -64,6 +73,7 @@ use weir_core::record::PartitionId;
 use crate::json_key::json_key;
 use crate::log::{FsyncPolicy, LogConfig, MAX_RECORD_BYTES, PartitionWriter, PendingRecords, Topic, partition_for_key};
 use record::{encode_record, topic_level};
+pub use tls::GatewayTls;
 
 /// Where the key of a message (which picks its partition) comes from.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -77,6 +87,29 @@ pub enum GatewayKey {
     TopicLevel(usize),
 }
 
+/// The password sent to the broker; `Debug` shows `Password(***)`, so it
+/// stays out of logs of the configuration.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Password(String);
+
+impl Password {
+    /// A password.
+    pub fn new(password: impl Into<String>) -> Password {
+        Password(password.into())
+    }
+
+    /// The password itself.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Password(***)")
+    }
+}
+
 /// Configuration of [`run_gateway`].
 #[derive(Clone, Debug)]
 pub struct GatewayConfig {
@@ -84,6 +117,12 @@ pub struct GatewayConfig {
     pub host: String,
     /// Broker port.
     pub port: u16,
+    /// TLS to the broker; the default is plain TCP.
+    pub tls: GatewayTls,
+    /// The user name sent to the broker.
+    pub username: Option<String>,
+    /// The password sent with [`GatewayConfig::username`].
+    pub password: Option<Password>,
     /// The topic filter subscribed to, e.g. `sensors/#`.
     pub filter: String,
     /// Shared-subscription group: subscribes to `$share/GROUP/filter`.
@@ -125,6 +164,9 @@ impl GatewayConfig {
         Ok(GatewayConfig {
             host,
             port,
+            tls: GatewayTls::default(),
+            username: None,
+            password: None,
             filter: filter.into(),
             group: None,
             client_id: client_id.into(),
@@ -169,6 +211,16 @@ impl GatewayConfig {
         if self.receive_maximum == 0 || self.max_batch_messages == 0 || self.max_batch_bytes == 0 {
             return Err(Error::config("batch", "receive maximum and batch limits must be at least 1"));
         }
+        if self.password.is_some() && self.username.is_none() {
+            return Err(Error::config(
+                "password",
+                "a password (`--password-file` or WEIR_MQTT_PASSWORD) needs a user name (`--username`)",
+            ));
+        }
+        if self.username.as_deref() == Some("") {
+            return Err(Error::config("username", "an empty user name"));
+        }
+        self.tls.validate()?;
         self.log.validate()
     }
 }
@@ -209,17 +261,27 @@ enum Msg {
 
 /// Runs the gateway into `topic` until `stop` completes (then returns `Ok`
 /// after storing and acknowledging what it received) or a fatal error: an
-/// append or fsync failing, the subscription refused. Connection failures are
-/// retried forever. Blocks the calling thread (which must not be a tokio
-/// worker); the MQTT client runs on [`crate::runtime::io`].
+/// append or fsync failing, the subscription refused, the credentials
+/// refused. A TLS file that cannot be read or used fails before connecting.
+/// Other connection failures are retried forever. Blocks the calling thread
+/// (which must not be a tokio worker); the MQTT client runs on
+/// [`crate::runtime::io`].
 pub fn run_gateway(
     topic: &Topic,
     config: &GatewayConfig,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> Result<GatewayStats> {
     config.validate()?;
+    let tls = config.tls.client_config()?;
     let rt = crate::runtime::io()?;
     let mut options = MqttOptions::new(config.client_id.clone(), config.host.clone(), config.port);
+    if let Some(tls) = tls {
+        options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(Arc::new(tls))));
+    }
+    if let Some(username) = &config.username {
+        // An empty password is not sent (MQTT's password flag stays off).
+        options.set_credentials(username.clone(), config.password.as_ref().map_or("", Password::expose));
+    }
     options
         .set_clean_start(false)
         .set_manual_acks(true)
@@ -311,6 +373,15 @@ async fn drive(
             }
             Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) if closing.load(Ordering::SeqCst) => return,
             Ok(_) => continue,
+            Err(ConnectionError::ConnectionRefused(
+                code @ (ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::NotAuthorized),
+            )) => {
+                let _ = tx.send(Msg::Fatal(format!(
+                    "the broker refused the connection ({code:?}): check the user name and password \
+                     (or the client certificate)"
+                )));
+                return;
+            }
             Err(e) => {
                 if closing.load(Ordering::SeqCst) || tx.is_closed() {
                     return;
@@ -513,6 +584,19 @@ mod tests {
         c.qos = 1;
         c.client_id.clear();
         assert!(c.validate().unwrap_err().to_string().contains("client-id"));
+        c.client_id = "gw".into();
+        c.password = Some(Password::new("secret"));
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("`password`: a password (`--password-file` or WEIR_MQTT_PASSWORD) needs a user name")
+        );
+        assert_eq!(format!("{:?}", c.password), "Some(Password(***))");
+        c.username = Some("u".into());
+        c.validate()?;
+        c.tls.cert = Some("client.pem".into());
+        assert!(c.validate().unwrap_err().to_string().contains("`key`"));
         Ok(())
     }
 }

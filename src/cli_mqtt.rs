@@ -9,9 +9,6 @@ use clap::Args;
 use weir::connectors::log::Topic;
 use weir::connectors::mqtt::{GatewayConfig, GatewayKey, GatewayTls, Password, run_gateway};
 
-/// The environment variable read for the password without `--password-file`.
-const PASSWORD_ENV: &str = "WEIR_MQTT_PASSWORD";
-
 /// The options of `weir ingest mqtt`.
 #[derive(Args, Debug)]
 pub struct IngestMqtt {
@@ -70,25 +67,6 @@ pub struct IngestMqtt {
     password_file: Option<PathBuf>,
 }
 
-/// The password: `--password-file`'s content, else `WEIR_MQTT_PASSWORD`, else none.
-fn password(file: Option<&std::path::Path>) -> anyhow::Result<Option<Password>> {
-    let password = match file {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("--password-file {}: cannot be read", path.display()))?;
-            let password = text.trim_end_matches(['\r', '\n']);
-            anyhow::ensure!(!password.is_empty(), "--password-file {}: the file is empty", path.display());
-            password.to_owned()
-        }
-        None => match std::env::var(PASSWORD_ENV) {
-            Ok(p) if !p.is_empty() => p,
-            Ok(_) | Err(std::env::VarError::NotPresent) => return Ok(None),
-            Err(e) => anyhow::bail!("{PASSWORD_ENV}: {e}"),
-        },
-    };
-    Ok(Some(Password::new(password)))
-}
-
 /// Runs the gateway; returns its statistics line.
 pub fn ingest_mqtt(args: IngestMqtt) -> anyhow::Result<String> {
     let topic = Topic::open(&args.log_dir, &args.topic)?;
@@ -104,7 +82,7 @@ pub fn ingest_mqtt(args: IngestMqtt) -> anyhow::Result<String> {
     config.receive_maximum = args.receive_maximum;
     config.session_expiry = std::time::Duration::from_secs(args.session_expiry);
     config.tls = GatewayTls { ca: args.ca, cert: args.cert, key: args.key };
-    config.password = password(args.password_file.as_deref())?;
+    config.password = Password::from_file_or_env(args.password_file.as_deref())?;
     config.username = args.username;
     config.validate()?;
     let rt = weir::connectors::runtime::io()?;

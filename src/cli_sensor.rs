@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Parser;
 use weir::connectors::kafka::{KafkaConfig, KafkaTopic, StartPosition};
-use weir::connectors::mqtt::MqttTopic;
+use weir::connectors::mqtt::{GatewayTls, MqttTopic, Password};
 use weir::core::partition::Assignor;
 use weir::core::time::parse_duration;
 use weir::prelude::*;
@@ -86,6 +86,22 @@ pub struct Args {
     /// The MQTT client id of `--mqtt-results` (default `weir-GROUP-results`).
     #[arg(long, requires = "mqtt_results")]
     mqtt_client_id: Option<String>,
+    /// `--mqtt-results` over TLS, trusting this PEM file of CA certificates.
+    #[arg(long, value_name = "FILE", requires = "mqtt_results")]
+    mqtt_ca: Option<PathBuf>,
+    /// PEM client certificate for mutual TLS (with `--mqtt-key`, `--mqtt-ca`).
+    #[arg(long, value_name = "FILE", requires = "mqtt_results")]
+    mqtt_cert: Option<PathBuf>,
+    /// PEM private key of `--mqtt-cert`.
+    #[arg(long, value_name = "FILE", requires = "mqtt_results")]
+    mqtt_key: Option<PathBuf>,
+    /// User name for `--mqtt-results`; the password comes from
+    /// `--mqtt-password-file` or WEIR_MQTT_PASSWORD.
+    #[arg(long, requires = "mqtt_results")]
+    mqtt_username: Option<String>,
+    /// File holding the password of `--mqtt-username`.
+    #[arg(long, value_name = "FILE", requires = "mqtt_username")]
+    mqtt_password_file: Option<PathBuf>,
     /// Where a partition without a checkpointed offset starts: committed (the
     /// group's broker offset, else earliest), earliest, latest or timestamp:MS.
     #[arg(long, default_value = "committed", requires = "brokers")]
@@ -169,7 +185,14 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
     if let (Some(topic), Some(broker)) = (&args.mqtt_results, &args.mqtt_broker) {
         let id = args.mqtt_client_id.clone().unwrap_or_else(|| format!("weir-{}-results", args.group));
-        outputs.mqtt_results = Some(MqttTopic::new(broker, topic.clone(), id)?);
+        let mut dest = MqttTopic::new(broker, topic.clone(), id)?;
+        dest.tls = GatewayTls { ca: args.mqtt_ca.clone(), cert: args.mqtt_cert.clone(), key: args.mqtt_key.clone() };
+        dest.username = args.mqtt_username.clone();
+        if dest.username.is_some() {
+            dest.password = Password::from_file_or_env(args.mqtt_password_file.as_deref())?;
+        }
+        dest.tls.validate()?;
+        outputs.mqtt_results = Some(dest);
     }
     if args.brokers.is_none()
         && args.kafka_results.is_none()

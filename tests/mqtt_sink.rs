@@ -53,6 +53,51 @@ fn window_rows_are_published_after_each_commit() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// AWS IoT Core's way: mutual TLS. The broker's TLS listener requires a
+/// client certificate signed by the test's own CA; the subscriber watches on
+/// the plain listener.
+#[test]
+fn rows_are_published_over_mutual_tls() -> anyhow::Result<()> {
+    let certs = tempfile::tempdir()?;
+    let pki = weir_testkit::tls::TestPki::generate(certs.path())?;
+    let broker = Mosquitto::start_with_listener(&format!(
+        "allow_anonymous true\ncafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true",
+        pki.ca.display(),
+        pki.server_cert.display(),
+        pki.server_key.display(),
+    ))?;
+    let tls_broker = broker.second_broker().ok_or_else(|| anyhow::anyhow!("no TLS listener"))?;
+    let subscriber = Subscriber::start(broker.port, "watcher", "alerts/#")?;
+    let dir = tempfile::tempdir()?;
+    let input = dir.path().join("in.jsonl");
+    let mut data = Vec::new();
+    sensor::generate(2_000, 4, 20, &mut data)?;
+    std::fs::write(&input, &data)?;
+    let (expected, _) = sensor::reference(&data);
+    let mut dest = MqttTopic::new(&tls_broker, "alerts", "weir-tls-sink")?;
+    dest.tls = weir::connectors::mqtt::GatewayTls {
+        ca: Some(pki.ca.clone()),
+        cert: Some(pki.client_cert.clone()),
+        key: Some(pki.client_key.clone()),
+    };
+    let mut outputs = sensor::Outputs::dirs(&dir.path().join("out"), &dir.path().join("dead"));
+    outputs.mqtt_results = Some(dest.clone());
+    let (i, o) = (Input::File(input.clone()), outputs.clone());
+    Pipeline::new("tls-sink").workers(2).bounded(true).run(move |p| sensor::build_to(p, &i, &o))?;
+    let got = subscriber.wait_for(expected.len(), Duration::from_secs(30))?;
+    ensure!(got.len() == expected.len(), "{} messages for {} rows", got.len(), expected.len());
+
+    // Without the client certificate the broker refuses the connection: an error at startup.
+    dest.tls.cert = None;
+    dest.tls.key = None;
+    let mut outputs = sensor::Outputs::dirs(&dir.path().join("out2"), &dir.path().join("dead2"));
+    outputs.mqtt_results = Some(dest);
+    let (i, o) = (Input::File(input), outputs);
+    let err = Pipeline::new("tls-refused").workers(1).bounded(true).run(move |p| sensor::build_to(p, &i, &o)).err();
+    ensure!(err.is_some_and(|e| e.to_string().contains("cannot connect")), "a sink without a certificate connected");
+    Ok(())
+}
+
 #[test]
 fn an_unreachable_broker_is_an_error_at_startup() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;

@@ -102,7 +102,34 @@ impl Password {
     pub fn expose(&self) -> &str {
         &self.0
     }
+
+    /// The password of a command line: the content of `file` (`--password-file`,
+    /// trailing line breaks dropped), else the environment variable
+    /// [`PASSWORD_ENV`] if set and not empty, else none. No option takes the
+    /// password itself, since `ps` would show it.
+    pub fn from_file_or_env(file: Option<&std::path::Path>) -> Result<Option<Password>> {
+        let password = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| Error::config("password-file", format!("{}: cannot be read: {e}", path.display())))?;
+                let password = text.trim_end_matches(['\r', '\n']);
+                if password.is_empty() {
+                    return Err(Error::config("password-file", format!("{}: the file is empty", path.display())));
+                }
+                password.to_owned()
+            }
+            None => match std::env::var(PASSWORD_ENV) {
+                Ok(p) if !p.is_empty() => p,
+                Ok(_) | Err(std::env::VarError::NotPresent) => return Ok(None),
+                Err(e) => return Err(Error::config(PASSWORD_ENV, e.to_string())),
+            },
+        };
+        Ok(Some(Password::new(password)))
+    }
 }
+
+/// The environment variable read for the MQTT password without `--password-file`.
+pub const PASSWORD_ENV: &str = "WEIR_MQTT_PASSWORD";
 
 impl std::fmt::Debug for Password {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -236,6 +263,28 @@ pub fn parse_broker(broker: &str) -> Result<(String, u16)> {
     Ok((host.trim_start_matches('[').trim_end_matches(']').to_owned(), port))
 }
 
+/// Sets TLS (reading and checking the PEM files) and credentials on client
+/// options: the one way the gateway and the sink connect securely.
+pub(crate) fn secure(
+    options: &mut MqttOptions,
+    tls: &GatewayTls,
+    username: Option<&str>,
+    password: Option<&Password>,
+) -> Result<()> {
+    tls.validate()?;
+    if password.is_some() && username.is_none() {
+        return Err(Error::config("password", "a password needs a user name"));
+    }
+    if let Some(tls) = tls.client_config()? {
+        options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(Arc::new(tls))));
+    }
+    if let Some(username) = username {
+        // An empty password is not sent (MQTT's password flag stays off).
+        options.set_credentials(username, password.map_or("", Password::expose));
+    }
+    Ok(())
+}
+
 /// What a [`run_gateway`] run did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct GatewayStats {
@@ -272,16 +321,9 @@ pub fn run_gateway(
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> Result<GatewayStats> {
     config.validate()?;
-    let tls = config.tls.client_config()?;
-    let rt = crate::runtime::io()?;
     let mut options = MqttOptions::new(config.client_id.clone(), config.host.clone(), config.port);
-    if let Some(tls) = tls {
-        options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(Arc::new(tls))));
-    }
-    if let Some(username) = &config.username {
-        // An empty password is not sent (MQTT's password flag stays off).
-        options.set_credentials(username.clone(), config.password.as_ref().map_or("", Password::expose));
-    }
+    secure(&mut options, &config.tls, config.username.as_deref(), config.password.as_ref())?;
+    let rt = crate::runtime::io()?;
     options
         .set_clean_start(false)
         .set_manual_acks(true)

@@ -20,7 +20,7 @@ use serde::Serialize;
 use tokio::sync::Notify;
 use weir_core::error::{Error, Result};
 
-use super::parse_broker;
+use super::{GatewayTls, Password, parse_broker, secure};
 use crate::outbox::{Deliver, Destination, OutRecord, OutboxSink};
 
 /// An MQTT sink of rows of type `T`.
@@ -41,6 +41,12 @@ pub struct MqttTopic {
     pub ack_timeout: Duration,
     /// How long the broker keeps the session. Default 1 hour.
     pub session_expiry: Duration,
+    /// TLS, as for the gateway (AWS IoT Core: mutual TLS on 8883).
+    pub tls: GatewayTls,
+    /// User name sent to the broker.
+    pub username: Option<String>,
+    /// Password sent with the user name.
+    pub password: Option<Password>,
 }
 
 impl MqttTopic {
@@ -67,6 +73,9 @@ impl MqttTopic {
             max_message_bytes: 128 << 10,
             ack_timeout: Duration::from_secs(60),
             session_expiry: Duration::from_secs(3600),
+            tls: GatewayTls::default(),
+            username: None,
+            password: None,
         })
     }
 
@@ -75,14 +84,15 @@ impl MqttTopic {
         OutboxSink::new(self)
     }
 
-    fn options(&self) -> MqttOptions {
+    fn options(&self) -> Result<MqttOptions> {
         let mut options = MqttOptions::new(self.client_id.clone(), self.host.clone(), self.port);
+        secure(&mut options, &self.tls, self.username.as_deref(), self.password.as_ref())?;
         options.set_clean_start(false).set_keep_alive(Duration::from_secs(30));
         if let Some(mut props) = options.connect_properties() {
             props.session_expiry_interval = Some(u32::try_from(self.session_expiry.as_secs()).unwrap_or(u32::MAX));
             options.set_connect_properties(props);
         }
-        options
+        Ok(options)
     }
 }
 
@@ -106,7 +116,7 @@ impl Destination for MqttTopic {
 
     fn connect(&self) -> Result<Box<dyn Deliver>> {
         let rt = crate::runtime::io()?;
-        let (client, eventloop) = AsyncClient::new(self.options(), 1024);
+        let (client, eventloop) = AsyncClient::new(self.options()?, 1024);
         let progress = Arc::new(Progress::default());
         let driver = rt.spawn(drive(eventloop, progress.clone()));
         let broker = format!("{}:{}", self.host, self.port);

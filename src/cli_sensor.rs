@@ -106,6 +106,10 @@ pub struct Args {
     /// group's broker offset, else earliest), earliest, latest or timestamp:MS.
     #[arg(long, default_value = "committed", requires = "brokers")]
     start_from: StartPosition,
+    /// Records of `--log-dir`: `json` (one reading a record) or `mqtt`
+    /// (written by `weir ingest mqtt`: MQTT topic, NUL, the reading).
+    #[arg(long, default_value = "json", value_parser = ["json", "mqtt"])]
+    record_format: String,
     /// Topic to read (embedded log or Kafka).
     #[arg(long, default_value = "sensors")]
     topic: String,
@@ -165,12 +169,18 @@ fn run(args: Args) -> anyhow::Result<()> {
         let Some(dead) = args.dead_letter.clone() else { bail!("--dead-letter DLQ_DIR is required") };
         let input = match (&args.input, &args.log_dir, &args.brokers) {
             (Some(file), _, _) => Input::File(file.clone()),
+            (None, Some(dir), _) if args.record_format == "mqtt" => {
+                Input::MqttLog { dir: dir.clone(), topic: args.topic.clone() }
+            }
             (None, Some(dir), _) => Input::Log { dir: dir.clone(), topic: args.topic.clone() },
             (None, None, Some(brokers)) => {
                 Input::Kafka { config: kafka_config(&args, brokers)?, topic: args.topic.clone() }
             }
             (None, None, None) => unreachable!("demo mode handled above"),
         };
+        if args.record_format != "json" && args.log_dir.is_none() {
+            bail!("--record-format {} applies to --log-dir only", args.record_format);
+        }
         let bounded = args.bounded || args.input.is_some();
         (input, output, dead, args.state.clone(), bounded)
     };

@@ -63,6 +63,14 @@ pub enum Input {
         /// Topic name.
         topic: String,
     },
+    /// A topic of the embedded log written by the MQTT gateway (`weir ingest
+    /// mqtt`): each record is the MQTT topic, NUL, the reading.
+    MqttLog {
+        /// Log directory.
+        dir: PathBuf,
+        /// Topic name.
+        topic: String,
+    },
     /// A Kafka topic, read as the consumer group the config names.
     Kafka {
         /// Brokers, group, start position and client settings.
@@ -107,12 +115,17 @@ pub fn build(p: &mut Dataflow<'_>, input: &Input, output: &Path, dead_letters: &
 
 /// [`build`] with every kind of output.
 pub fn build_to(p: &mut Dataflow<'_>, input: &Input, out: &Outputs) -> weir_core::Result<()> {
-    let raw = match input {
-        Input::File(path) => p.source(LinesFile::open(path)?)?,
-        Input::Log { dir, topic } => p.source(LogSource::open_in(p.ctx().storage(), dir, topic)?)?,
-        Input::Kafka { config, topic } => p.source(weir_connectors::kafka::KafkaSource::new(config.clone(), topic)?)?,
+    let readings = match input {
+        Input::File(path) => p.source(LinesFile::open(path)?)?.decode::<Reading>(Json),
+        Input::Log { dir, topic } => p.source(LogSource::open_in(p.ctx().storage(), dir, topic)?)?.decode(Json),
+        Input::MqttLog { dir, topic } => {
+            p.source(LogSource::open_in(p.ctx().storage(), dir, topic)?)?.decode(MqttPayload(Json))
+        }
+        Input::Kafka { config, topic } => {
+            p.source(weir_connectors::kafka::KafkaSource::new(config.clone(), topic)?)?.decode(Json)
+        }
     };
-    let rows = window_rows(raw, Combine::Adaptive)?;
+    let rows = readings_to_rows(readings, Combine::Adaptive)?;
     if let Some(topic) = &out.kafka_results {
         rows.clone().sink(topic.clone().sink::<WindowRow>().keyed(|r: &WindowRow| r.device.clone()))?;
     }
@@ -140,8 +153,12 @@ pub fn aggregate_with(raw: Raw<'_>, output: Parquet, combine: Combine) -> weir_c
 
 /// The sensor-window stages from raw lines to window rows.
 pub fn window_rows<'s>(raw: Raw<'s>, combine: Combine) -> weir_core::Result<Flow<'s, WindowRow>> {
-    Ok(raw
-        .decode::<Reading>(Json)
+    readings_to_rows(raw.decode::<Reading>(Json), combine)
+}
+
+/// The sensor-window stages from decoded readings to window rows.
+pub fn readings_to_rows<'s>(readings: Flow<'s, Reading>, combine: Combine) -> weir_core::Result<Flow<'s, WindowRow>> {
+    Ok(readings
         .filter(|r| TEMP_RANGE.contains(&r.temp))
         .event_time(|r| r.ts, Duration::from_secs(2))?
         .key_by(|r| r.device.clone())

@@ -5,6 +5,8 @@
 //! name and password too, where a gateway without the client certificate or
 //! with a wrong password stores nothing.
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -512,5 +514,51 @@ fn a_user_name_and_password_are_accepted_and_a_wrong_password_is_refused() -> an
     let (status, stats) = gw.terminate()?;
     assert!(status.success(), "{status}: {stats}");
     assert_eq!(stored(dir.path())?.len(), 100);
+    Ok(())
+}
+
+/// The whole MQTT path: readings published to mosquitto, stored by the
+/// gateway, aggregated by `weir sensor --record-format mqtt` from the log,
+/// give exactly the reference's rows.
+#[test]
+fn gateway_records_feed_the_sensor_pipeline() -> anyhow::Result<()> {
+    let (broker, dir) = setup(3)?;
+    let log = dir.path().join("log");
+    Topic::create(&log, "readings", 3)?;
+    let mut gw = Gateway::spawn(&broker.broker(), &log, "gw-pipeline", &[])?;
+    gw.wait_for("subscribed")?;
+    let mut data = Vec::new();
+    weir::sensor::generate(3_000, 21, 50, &mut data)?;
+    let lines: Vec<&[u8]> = data.split(|&b| b == b'\n').filter(|l| !l.is_empty()).collect();
+    let messages: Vec<(String, Vec<u8>)> = lines
+        .iter()
+        .map(|line| {
+            let device = weir_testkit::kafka::device_of(line)
+                .filter(|d| d.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'-'))
+                .map_or("unknown".to_string(), |d| String::from_utf8_lossy(d).into_owned());
+            (format!("sensors/{device}"), line.to_vec())
+        })
+        .collect();
+    let acked = publish_qos1(broker.port, "pub-pipeline", messages, Duration::ZERO, Duration::from_secs(60))?;
+    assert_eq!(acked.len(), lines.len());
+    wait_stored(&log, lines.len(), Duration::from_secs(30))?;
+    let (status, stats) = gw.terminate()?;
+    assert!(status.success(), "{status}: {stats}");
+
+    let out = dir.path().join("out");
+    let run = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["sensor", "--topic", "readings", "--record-format", "mqtt", "--bounded", "--workers", "2"])
+        .arg("--log-dir")
+        .arg(&log)
+        .arg("--output")
+        .arg(&out)
+        .arg("--dead-letter")
+        .arg(dir.path().join("dead"))
+        .output()?;
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let (expected, malformed) = weir::sensor::reference(&data);
+    support::compare(&expected, &support::read_rows(&out)?)?;
+    let dead = support::read_dead_letters(&dir.path().join("dead"))?;
+    assert_eq!(dead.len() as u64, malformed, "dead letters");
     Ok(())
 }

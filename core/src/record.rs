@@ -136,6 +136,15 @@ impl Chunk {
     }
 }
 
+/// The MQTT topic and payload of a record the MQTT gateway stored (`weir
+/// ingest mqtt`: the topic, one NUL byte, the payload as published; MQTT
+/// topics cannot hold NUL, so the first one ends the topic). `None` when the
+/// record has no NUL, so was not written by the gateway.
+pub fn split_topic(record: &[u8]) -> Option<(&[u8], &[u8])> {
+    let nul = record.iter().position(|&b| b == 0)?;
+    Some((&record[..nul], &record[nul + 1..]))
+}
+
 /// A record that could not be processed, with the reason.
 ///
 /// Written by the dead-letter sink as one JSON object per line (see DESIGN.md).

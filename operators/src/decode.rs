@@ -61,6 +61,22 @@ impl<T: DeserializeOwned> Format<T> for Json {
     }
 }
 
+/// Records the MQTT gateway stored (`weir ingest mqtt`: MQTT topic, NUL,
+/// payload; see [`weir_core::record::split_topic`]): the payload decoded with
+/// the inner format, e.g. `raw.decode::<Reading>(MqttPayload(Json))`. A record
+/// without the NUL is a dead letter.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MqttPayload<F>(pub F);
+
+impl<T, F: Format<T>> Format<T> for MqttPayload<F> {
+    fn decode(&self, bytes: &[u8]) -> Result<T, String> {
+        match weir_core::record::split_topic(bytes) {
+            Some((_, payload)) => self.0.decode(payload),
+            None => Err("record has no MQTT topic (records of `weir ingest mqtt` are topic, NUL, payload)".into()),
+        }
+    }
+}
+
 /// The error of a dead letter for an oversize record.
 /// `max_record_bytes` 0 means unknown.
 pub fn oversize_error(length: u64, max_record_bytes: u64) -> String {
@@ -183,6 +199,16 @@ mod tests {
     #[derive(serde::Deserialize)]
     struct One {
         v: f64,
+    }
+
+    #[test]
+    fn mqtt_records_decode_their_payload() {
+        let one: Result<One, String> = MqttPayload(Json).decode(b"sensors/d1\x00{\"v\":2.5}");
+        assert_eq!(one.map(|o| o.v), Ok(2.5));
+        let none: Result<One, String> = MqttPayload(Json).decode(b"{\"v\":2.5}");
+        assert!(none.err().is_some_and(|e| e.contains("no MQTT topic")));
+        let bad: Result<One, String> = MqttPayload(Json).decode(b"t\x00[1]");
+        assert!(bad.err().is_some_and(|e| e.contains("expected a JSON object")));
     }
 
     fn decode_f64(literal: &str) -> Result<f64, String> {

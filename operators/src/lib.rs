@@ -18,7 +18,7 @@ pub mod window;
 /// The traits that add Weir's operators to flows.
 pub mod prelude {
     pub use crate::aggregate::{Aggregator, Count, Max, Mean, Min, Sum};
-    pub use crate::decode::{Decode, Format, Json};
+    pub use crate::decode::{Decode, Format, Json, MqttPayload};
     pub use crate::event_time::EventTimeExt;
     pub use crate::transform::Transform;
     pub use crate::window::{Combine, KeyBy, Keyed, Tumbling, WindowResult};

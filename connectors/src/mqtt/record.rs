@@ -17,8 +17,7 @@ pub fn encode_record(topic: &[u8], payload: &[u8], out: &mut Vec<u8>) {
 /// The MQTT topic and payload of a record written by [`encode_record`]
 /// (`None` when the record holds no NUL, so was not written by the gateway).
 pub fn split_record(record: &[u8]) -> Option<(&[u8], &[u8])> {
-    let nul = memchr::memchr(0, record)?;
-    Some((&record[..nul], &record[nul + 1..]))
+    weir_core::record::split_topic(record)
 }
 
 /// The key of a message from level `level` (0-based) of its topic:

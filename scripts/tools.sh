@@ -3,7 +3,8 @@
 #   - tansu 0.6, a Kafka-protocol broker from crates.io (sqlite storage), built once into
 #     $WEIR_TOOLS (default ~/.cache/weir-tools), outside the clone, and reused: a clean build
 #     takes 7 to 25 minutes on 2 cores;
-#   - Debian's mosquitto (MQTT 5 broker), with apt.
+#   - Debian's mosquitto (MQTT 5 broker), with apt;
+#   - kafka-python (pip), an independent Kafka client for one check.
 # Prints the environment the tests read (WEIR_TANSU, WEIR_MOSQUITTO); scripts/test.sh exports it.
 set -euo pipefail
 
@@ -28,6 +29,13 @@ if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
     fi
 fi
 mosquitto=$(command -v mosquitto || echo /usr/sbin/mosquitto)
+
+# kafka-python: a Kafka client that is not librdkafka, for the independent
+# check of the group offsets Weir commits (scripts/kafka_group_offsets.py).
+if ! python3 -c 'import kafka' >/dev/null 2>&1; then
+    echo "== installing kafka-python (pip)" >&2
+    python3 -m pip install --quiet --disable-pip-version-check 'kafka-python>=2.0.2' >&2
+fi
 
 echo "WEIR_TANSU=$tansu"
 echo "WEIR_MOSQUITTO=$mosquitto"

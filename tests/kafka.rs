@@ -41,6 +41,24 @@ fn group_view(brokers: &str, group: &str, topic: &str) -> anyhow::Result<(BTreeM
     Ok((committed, ends))
 }
 
+/// The group's committed offsets and the end offsets as kafka-python sees them
+/// (`scripts/kafka_group_offsets.py`; the suite's test command installs kafka-python).
+fn python_group_view(
+    brokers: &str,
+    group: &str,
+    topic: &str,
+) -> anyhow::Result<(BTreeMap<i32, i64>, BTreeMap<i32, i64>)> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/kafka_group_offsets.py");
+    let out = Command::new("python3").arg(&script).args([brokers, group, topic]).output().context("running python3")?;
+    ensure!(out.status.success(), "kafka_group_offsets.py: {}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let map = |k: &str| -> anyhow::Result<BTreeMap<i32, i64>> {
+        let obj = v[k].as_object().context("not an object")?;
+        obj.iter().map(|(p, o)| Ok((p.parse()?, o.as_i64().context("not an offset")?))).collect()
+    };
+    Ok((map("committed")?, map("end")?))
+}
+
 #[test]
 fn a_kafka_topic_gives_the_reference_result_and_the_group_commits_the_checkpoint() -> anyhow::Result<()> {
     let broker = Tansu::start()?;
@@ -67,6 +85,9 @@ fn a_kafka_topic_gives_the_reference_result_and_the_group_commits_the_checkpoint
     // Lag 0 for any Kafka client: the broker's group offsets are the end offsets.
     let (committed, ends) = group_view(&brokers, "agg", "sensors")?;
     ensure!(committed == ends, "group offsets {committed:?}, end offsets {ends:?}");
+    // ...also seen by a client that is not librdkafka (kafka-python).
+    let (py_committed, py_ends) = python_group_view(&brokers, "agg", "sensors")?;
+    ensure!(py_committed == committed && py_ends == ends, "kafka-python sees {py_committed:?} / {py_ends:?}");
 
     // A rerun is complete and reads nothing; a run with another group is refused
     // by nothing but starts from the group's own (absent) offsets: earliest.

@@ -11,7 +11,7 @@ use weir::connectors::mqtt::{GatewayTls, MqttTopic, Password};
 use weir::core::partition::Assignor;
 use weir::core::time::parse_duration;
 use weir::prelude::*;
-use weir::sensor::{self, Input};
+use weir::sensor::{self, Input, TimeFrom};
 
 /// Run the sensor-window pipeline: per device, one-minute windows of
 /// count/min/max/mean temperature, written as Parquet; malformed lines go to
@@ -110,6 +110,10 @@ pub struct Args {
     /// (written by `weir ingest mqtt`: MQTT topic, NUL, the reading).
     #[arg(long, default_value = "json", value_parser = ["json", "mqtt"])]
     record_format: String,
+    /// Where a reading's event time comes from: `ts` (the payload field) or
+    /// `message-timestamp` (the Kafka message timestamp; needs `--brokers`).
+    #[arg(long, value_enum, default_value_t = EventTimeArg::Ts)]
+    event_time: EventTimeArg,
     /// Topic to read (embedded log or Kafka).
     #[arg(long, default_value = "sensors")]
     topic: String,
@@ -127,6 +131,24 @@ pub struct Args {
     events: u64,
 }
 
+/// `--event-time`: where a reading's event time comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum EventTimeArg {
+    /// The payload's `ts` field.
+    Ts,
+    /// The Kafka message timestamp.
+    MessageTimestamp,
+}
+
+impl From<EventTimeArg> for TimeFrom {
+    fn from(arg: EventTimeArg) -> Self {
+        match arg {
+            EventTimeArg::Ts => TimeFrom::Payload,
+            EventTimeArg::MessageTimestamp => TimeFrom::MessageTimestamp,
+        }
+    }
+}
+
 /// `--idle-timeout`, `--partition-discovery`: a duration or `off`.
 #[derive(Clone, Copy, Debug)]
 struct IdleTimeout(Option<Duration>);
@@ -142,6 +164,12 @@ pub fn main_from_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> any
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
+    if args.event_time == EventTimeArg::MessageTimestamp && args.brokers.is_none() {
+        bail!(
+            "--event-time message-timestamp needs a Kafka input (--brokers HOST:PORT): files and the embedded log \
+             have no message timestamps"
+        );
+    }
     let demo = args.input.is_none() && args.log_dir.is_none() && args.brokers.is_none();
     let data = PathBuf::from("weir-data");
     let (input, output, dead, state, bounded) = if demo {
@@ -229,9 +257,10 @@ fn run(args: Args) -> anyhow::Result<()> {
         let n: u64 = n.parse().context("WEIR_EPOCH_RECORDS must be a number")?;
         pipeline = pipeline.epoch_records(n, 2);
     }
-    let i = input.clone();
-    let summary =
-        pipeline.run(move |p| sensor::build_to(p, &i, &outputs)).context("the sensor-aggregation pipeline failed")?;
+    let (i, time) = (input.clone(), TimeFrom::from(args.event_time));
+    let summary = pipeline
+        .run(move |p| sensor::build_with(p, &i, &outputs, time))
+        .context("the sensor-aggregation pipeline failed")?;
     print_summary(&summary, &output, &dead, state.as_deref());
     Ok(())
 }

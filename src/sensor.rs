@@ -1,6 +1,7 @@
 //! The sensor-window pipeline (see `examples/sensor_aggregation.rs`): decode
 //! readings, drop out-of-range temperatures, aggregate per device over
-//! one-minute event-time windows, write Parquet and dead letters. Also a
+//! one-minute event-time windows (event time from the `ts` field or the Kafka
+//! message timestamp, [`TimeFrom`]), write Parquet and dead letters. Also a
 //! synthetic feed generator and a plain reference implementation, used by
 //! the example and by the tests.
 
@@ -108,6 +109,21 @@ impl Outputs {
     }
 }
 
+/// Where a reading's event time comes from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TimeFrom {
+    /// The reading's `ts` field.
+    #[default]
+    Payload,
+    /// The Kafka message's timestamp (CreateTime or LogAppendTime, whichever
+    /// the topic keeps); a message without one is a dead letter. Only for
+    /// [`Input::Kafka`].
+    MessageTimestamp,
+}
+
+/// Allowed out-of-orderness of event times (the watermark's delay).
+pub const MAX_OUT_OF_ORDERNESS: Duration = Duration::from_secs(2);
+
 /// Builds the sensor-window pipeline on one worker.
 pub fn build(p: &mut Dataflow<'_>, input: &Input, output: &Path, dead_letters: &Path) -> weir_core::Result<()> {
     build_to(p, input, &Outputs::dirs(output, dead_letters))
@@ -115,6 +131,18 @@ pub fn build(p: &mut Dataflow<'_>, input: &Input, output: &Path, dead_letters: &
 
 /// [`build`] with every kind of output.
 pub fn build_to(p: &mut Dataflow<'_>, input: &Input, out: &Outputs) -> weir_core::Result<()> {
+    build_with(p, input, out, TimeFrom::Payload)
+}
+
+/// [`build_to`] with event times from `time`: [`TimeFrom::MessageTimestamp`]
+/// needs a Kafka input (an error naming `event_time` otherwise).
+pub fn build_with(p: &mut Dataflow<'_>, input: &Input, out: &Outputs, time: TimeFrom) -> weir_core::Result<()> {
+    if time == TimeFrom::MessageTimestamp && !matches!(input, Input::Kafka { .. }) {
+        return Err(weir_core::Error::config(
+            "event_time",
+            "message timestamps need a Kafka input: files and the embedded log have none",
+        ));
+    }
     let readings = match input {
         Input::File(path) => p.source(LinesFile::open(path)?)?.decode::<Reading>(Json),
         Input::Log { dir, topic } => p.source(LogSource::open_in(p.ctx().storage(), dir, topic)?)?.decode(Json),
@@ -125,7 +153,7 @@ pub fn build_to(p: &mut Dataflow<'_>, input: &Input, out: &Outputs) -> weir_core
             p.source(weir_connectors::kafka::KafkaSource::new(config.clone(), topic)?)?.decode(Json)
         }
     };
-    let rows = readings_to_rows(readings, Combine::Adaptive)?;
+    let rows = readings_to_rows(readings, Combine::Adaptive, time)?;
     if let Some(topic) = &out.kafka_results {
         rows.clone().sink(topic.clone().sink::<WindowRow>().keyed(|r: &WindowRow| r.device.clone()))?;
     }
@@ -148,19 +176,26 @@ pub fn aggregate(raw: Raw<'_>, output: Parquet) -> weir_core::Result<()> {
 
 /// [`aggregate`] with a choice of pre-aggregation (the results are the same).
 pub fn aggregate_with(raw: Raw<'_>, output: Parquet, combine: Combine) -> weir_core::Result<()> {
-    window_rows(raw, combine)?.sink(output)
+    window_rows(raw, combine, TimeFrom::Payload)?.sink(output)
 }
 
-/// The sensor-window stages from raw lines to window rows.
-pub fn window_rows<'s>(raw: Raw<'s>, combine: Combine) -> weir_core::Result<Flow<'s, WindowRow>> {
-    readings_to_rows(raw.decode::<Reading>(Json), combine)
+/// The sensor-window stages from raw lines to window rows, with event times from `time`.
+pub fn window_rows<'s>(raw: Raw<'s>, combine: Combine, time: TimeFrom) -> weir_core::Result<Flow<'s, WindowRow>> {
+    readings_to_rows(raw.decode::<Reading>(Json), combine, time)
 }
 
 /// The sensor-window stages from decoded readings to window rows.
-pub fn readings_to_rows<'s>(readings: Flow<'s, Reading>, combine: Combine) -> weir_core::Result<Flow<'s, WindowRow>> {
-    Ok(readings
-        .filter(|r| TEMP_RANGE.contains(&r.temp))
-        .event_time(|r| r.ts, Duration::from_secs(2))?
+pub fn readings_to_rows<'s>(
+    readings: Flow<'s, Reading>,
+    combine: Combine,
+    time: TimeFrom,
+) -> weir_core::Result<Flow<'s, WindowRow>> {
+    let readings = readings.filter(|r| TEMP_RANGE.contains(&r.temp));
+    let timed = match time {
+        TimeFrom::Payload => readings.event_time(|r| r.ts, MAX_OUT_OF_ORDERNESS)?,
+        TimeFrom::MessageTimestamp => readings.source_time(MAX_OUT_OF_ORDERNESS)?,
+    };
+    Ok(timed
         .key_by(|r| r.device.clone())
         .window(Tumbling::minutes(1))
         .combine(combine)

@@ -1,7 +1,7 @@
 //! Bad configuration is a clear error at startup that names what is wrong,
 //! and nothing is touched: unknown topics, missing inputs, an output path
 //! that is a file, topic names that would escape the log directory, a state
-//! directory written by a newer format.
+//! directory written by a newer format, message timestamps without Kafka.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -66,6 +66,12 @@ fn bad_inputs_and_outputs_are_startup_errors_that_touch_nothing() -> anyhow::Res
     // An unknown topic of an existing log.
     assert!(weir(d, &["topic", "create", "sensors", "--partitions", "2", "--log-dir", "log"])?.status.success());
     refused(d, &[&["sensor", "--log-dir", "log", "--topic", "nope", "--bounded"], SINKS].concat(), &["nope", "log"])?;
+    // Message timestamps without a Kafka input (a file, the log, the demo).
+    let wanted = ["--event-time message-timestamp", "--brokers"];
+    let ts = ["--event-time", "message-timestamp"];
+    refused(d, &[&["sensor", "--input", "in.jsonl"], &ts[..], SINKS].concat(), &wanted)?;
+    refused(d, &[&["sensor", "--log-dir", "log", "--bounded"], &ts[..], SINKS].concat(), &wanted)?;
+    refused(d, &[&["sensor"], &ts[..]].concat(), &wanted)?;
     Ok(())
 }
 

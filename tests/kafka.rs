@@ -2,7 +2,8 @@
 //! by the test on 127.0.0.1 on a free port): exact output against the
 //! reference, the broker group's committed offsets equal to the checkpoint's,
 //! SIGKILL and restart with another worker count, the broker stopped and
-//! started again mid-run, and the errors a user meets first.
+//! started again mid-run, event time from the message timestamp, and the
+//! errors a user meets first.
 
 mod support;
 
@@ -17,8 +18,8 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use weir::connectors::kafka::{KafkaConfig, KafkaSource, KafkaTopic};
 use weir::core::source::Source;
 use weir::prelude::*;
-use weir::sensor::{self, Input};
-use weir_testkit::kafka::{consume_all, create_topic, produce};
+use weir::sensor::{self, Input, TimeFrom};
+use weir_testkit::kafka::{consume_all, create_topic, produce, produce_with_timestamps};
 use weir_testkit::servers::Tansu;
 
 const PARTITIONS: i32 = 4;
@@ -175,6 +176,71 @@ fn results_and_dead_letters_go_to_kafka_topics_after_each_commit() -> anyhow::Re
     let err = Pipeline::new("other").workers(1).bounded(true).run(move |p| sensor::build_to(p, &i, &o)).err();
     let msg = err.map(|e| e.to_string()).unwrap_or_default();
     ensure!(msg.contains("no-such-topic"), "{msg}");
+    Ok(())
+}
+
+/// `data` with every `"ts":N` replaced by `"ts":N+by` (lines without one unchanged).
+fn shift_ts(data: &[u8], by: i64) -> Vec<u8> {
+    const KEY: &[u8] = b"\"ts\":";
+    let mut out = Vec::with_capacity(data.len() + data.len() / 16);
+    for line in data.split_inclusive(|&b| b == b'\n') {
+        let Some(start) = line.windows(KEY.len()).position(|w| w == KEY).map(|at| at + KEY.len()) else {
+            out.extend_from_slice(line);
+            continue;
+        };
+        let len = line[start..].iter().take_while(|b| b.is_ascii_digit()).count();
+        match std::str::from_utf8(&line[start..start + len]).ok().and_then(|s| s.parse::<i64>().ok()) {
+            Some(ts) => {
+                out.extend_from_slice(&line[..start]);
+                out.extend_from_slice((ts + by).to_string().as_bytes());
+                out.extend_from_slice(&line[start + len..]);
+            }
+            None => out.extend_from_slice(line),
+        }
+    }
+    out
+}
+
+/// With message-timestamp event time the windows follow the messages'
+/// timestamps, not the payload: each valid line's message is stamped with its
+/// `ts` plus an hour, and the output is exactly the reference's for the same
+/// lines with `ts` shifted by that hour (the payload's windows would not match).
+#[test]
+fn message_timestamps_are_the_event_times_when_asked_for() -> anyhow::Result<()> {
+    const SHIFT: i64 = 3_600_000;
+    let broker = Tansu::start()?;
+    let brokers = broker.brokers();
+    create_topic(&brokers, "stamped", PARTITIONS)?;
+    let data = generated(20_000, 13)?;
+    let all = lines(&data);
+    // A malformed line (a decode dead letter whatever its time) gets the previous line's timestamp.
+    let mut last = 1_700_000_000_000 + SHIFT;
+    let stamps: Vec<i64> = all
+        .iter()
+        .map(|line| {
+            if let Ok(r) = serde_json::from_slice::<sensor::Reading>(line) {
+                last = r.ts + SHIFT;
+            }
+            last
+        })
+        .collect();
+    produce_with_timestamps(&brokers, "stamped", &all, &stamps)?;
+    let (expected, malformed) = sensor::reference(&shift_ts(&data, SHIFT));
+    let (by_payload, _) = sensor::reference(&data);
+    ensure!(expected.keys().all(|k| !by_payload.contains_key(k)), "the shift must move every window");
+
+    let dir = tempfile::tempdir()?;
+    let (out, dead) = (dir.path().join("out"), dir.path().join("dead"));
+    let input = Input::Kafka { config: KafkaConfig::new(brokers.clone(), "stamped"), topic: "stamped".into() };
+    let outputs = sensor::Outputs::dirs(&out, &dead);
+    let summary = Pipeline::new("stamped")
+        .workers(2)
+        .bounded(true)
+        .run(move |p| sensor::build_with(p, &input, &outputs, TimeFrom::MessageTimestamp))?;
+    ensure!(summary.counter("records_in") == all.len() as u64, "read {}", summary.counter("records_in"));
+    support::compare(&expected, &support::read_rows(&out)?)?;
+    let dead = support::read_dead_letters(&dead)?;
+    ensure!(dead.len() as u64 == malformed, "{} dead letters, expected {malformed}", dead.len());
     Ok(())
 }
 

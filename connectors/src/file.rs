@@ -321,6 +321,7 @@ impl PartitionReader for SplitReader {
         out.data.clear();
         out.ends.clear();
         out.truncated.clear();
+        out.times.clear();
         let limit = self.max_record_bytes;
         let remaining = self.end - self.pos;
         // The window that must hold a whole line (with its `\n`) unless it is oversize.

@@ -67,6 +67,10 @@ pub const TRUNCATED_PREFIX_BYTES: usize = 1024;
 /// it outside the record (`ends` marks the end of the payload, and the next
 /// record starts after the separator: see [`Chunk::sep`]).
 ///
+/// A source that knows when each record happened (Kafka's message timestamp)
+/// says so in [`Chunk::times`]; other sources leave it empty, so a chunk costs
+/// nothing more for them.
+///
 /// A record longer than the source's `max_record_bytes` is never read whole:
 /// `data` holds only its first [`TRUNCATED_PREFIX_BYTES`] and [`Chunk::truncated`]
 /// its full length, so decoding turns it into a dead letter. With byte offsets
@@ -95,6 +99,12 @@ pub struct Chunk {
     /// The source's `max_record_bytes`, for the dead letters of `truncated` records
     /// (set by the reader that truncated them; 0 when unknown).
     pub max_record_bytes: u64,
+    /// The event time the source gave each record (ms; [`Meta::NO_TIME`] for a
+    /// record it has none for), which decode copies into [`Meta::event_time`].
+    /// Invariant: empty (the source gives no times) or exactly one per record
+    /// (`times.len() == ends.len()`), so a source either pushes one for every record
+    /// or none at all. Read it with [`Chunk::time`].
+    pub times: Vec<EventTime>,
 }
 
 impl Chunk {
@@ -103,6 +113,7 @@ impl Chunk {
         self.data.clear();
         self.ends.clear();
         self.truncated.clear();
+        self.times.clear();
         self.max_record_bytes = 0;
         self.first = 0;
         self.next = 0;
@@ -116,6 +127,12 @@ impl Chunk {
     /// Whether the chunk holds no records.
     pub fn is_empty(&self) -> bool {
         self.ends.is_empty()
+    }
+
+    /// The event time the source gave record `i`, or [`Meta::NO_TIME`] (a source
+    /// that gives no times, or none for this record).
+    pub fn time(&self, i: usize) -> EventTime {
+        self.times.get(i).copied().unwrap_or(Meta::NO_TIME)
     }
 
     /// Iterates `(offset, payload)` for every record.

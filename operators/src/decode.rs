@@ -6,6 +6,10 @@
 //! is a dead letter without being parsed: `record of N bytes exceeds
 //! max_record_bytes`, its payload the prefix the chunk kept. [`decode_chunk`]
 //! is the whole per-chunk logic, shared by the operator, tests and fuzzing.
+//!
+//! A record's event time is the one its source gave ([`Chunk::times`], Kafka's
+//! message timestamp), else [`Meta::NO_TIME`] until `event_time` assigns one;
+//! a dead letter of decode carries the source's time too.
 
 use std::sync::atomic::Ordering;
 
@@ -86,9 +90,10 @@ pub fn oversize_error(length: u64, max_record_bytes: u64) -> String {
     }
 }
 
-/// Decodes every record of `chunk` with `format`: values go to `ok`, failures
-/// (and oversize records, see [`Chunk::truncated`]) to `dead` as dead letters
-/// with stage `decode` and source `source`.
+/// Decodes every record of `chunk` with `format`: values go to `ok` (with the
+/// event time the source gave, [`Chunk::time`]), failures (and oversize records,
+/// see [`Chunk::truncated`]) to `dead` as dead letters with stage `decode` and
+/// source `source`.
 pub fn decode_chunk<T>(
     format: &impl Format<T>,
     chunk: &Chunk,
@@ -96,7 +101,7 @@ pub fn decode_chunk<T>(
     mut ok: impl FnMut(Rec<T>),
     mut dead: impl FnMut(DeadLetter),
 ) {
-    let dead_letter = |offset, payload: &[u8], error, length| DeadLetter {
+    let dead_letter = |i: usize, offset, payload: &[u8], error, length| DeadLetter {
         payload: payload.to_vec(),
         payload_truncated: (payload.len() as u64) < length,
         payload_length: length,
@@ -105,17 +110,17 @@ pub fn decode_chunk<T>(
         source: source.to_owned(),
         partition: chunk.partition,
         offset,
-        event_time: None,
+        event_time: Some(chunk.time(i)).filter(|&t| t != Meta::NO_TIME),
     };
-    let one = |offset, payload: &[u8]| {
-        let meta = Meta { partition: chunk.partition, offset, event_time: Meta::NO_TIME };
+    let one = |i: usize, offset, payload: &[u8]| {
+        let meta = Meta { partition: chunk.partition, offset, event_time: chunk.time(i) };
         format.decode(payload).map(|value| Rec { meta, value })
     };
     if chunk.truncated.is_empty() {
-        for (offset, payload) in chunk.records() {
-            match one(offset, payload) {
+        for (i, (offset, payload)) in chunk.records().enumerate() {
+            match one(i, offset, payload) {
                 Ok(rec) => ok(rec),
-                Err(error) => dead(dead_letter(offset, payload, error, payload.len() as u64)),
+                Err(error) => dead(dead_letter(i, offset, payload, error, payload.len() as u64)),
             }
         }
         return;
@@ -123,12 +128,12 @@ pub fn decode_chunk<T>(
     let mut truncated = chunk.truncated.iter().peekable();
     for (i, (offset, payload)) in chunk.records().enumerate() {
         if let Some(&(_, length)) = truncated.next_if(|t| t.0 as usize == i) {
-            dead(dead_letter(offset, payload, oversize_error(length, chunk.max_record_bytes), length));
+            dead(dead_letter(i, offset, payload, oversize_error(length, chunk.max_record_bytes), length));
             continue;
         }
-        match one(offset, payload) {
+        match one(i, offset, payload) {
             Ok(rec) => ok(rec),
-            Err(error) => dead(dead_letter(offset, payload, error, payload.len() as u64)),
+            Err(error) => dead(dead_letter(i, offset, payload, error, payload.len() as u64)),
         }
     }
 }
@@ -290,6 +295,27 @@ mod tests {
         assert!(dead.iter().all(|d| d.stage == "decode" && d.source == "src" && d.partition == 3));
         chunk.clear();
         assert!(chunk.truncated.is_empty() && chunk.max_record_bytes == 0);
+    }
+
+    /// A chunk's per-record times become the records' (and dead letters') event
+    /// times; a chunk without them leaves `NO_TIME`, and `clear` empties them.
+    #[test]
+    fn source_times_become_event_times() {
+        let mut chunk = Chunk { partition: 1, first: 0, sep: 0, ..Chunk::default() };
+        for payload in [&b"{\"v\":1}"[..], b"{\"v\":2}", b"bad"] {
+            chunk.data.extend_from_slice(payload);
+            chunk.ends.push(chunk.data.len() as u32);
+        }
+        let decode = |chunk: &Chunk| {
+            let (mut ok, mut dead) = (Vec::new(), Vec::new());
+            decode_chunk(&Json, chunk, "src", |r: Rec<One>| ok.push(r.meta.event_time), |d| dead.push(d.event_time));
+            (ok, dead)
+        };
+        assert_eq!(decode(&chunk), (vec![Meta::NO_TIME, Meta::NO_TIME], vec![None]));
+        chunk.times = vec![5_000, Meta::NO_TIME, 7_000];
+        assert_eq!(decode(&chunk), (vec![5_000, Meta::NO_TIME], vec![Some(7_000)]));
+        chunk.clear();
+        assert!(chunk.times.is_empty());
     }
 
     proptest! {

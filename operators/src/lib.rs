@@ -4,7 +4,8 @@
 //!
 //! - [`decode`]: raw records to a serde type; malformed input becomes dead letters.
 //! - [`transform`]: `filter` (counted, not dead-lettered), `map`, `try_map`.
-//! - [`event_time`]: assigns event times and tracks per-partition watermarks.
+//! - [`event_time`]: assigns event times (from a field, or the time the source
+//!   gave: `source_time`) and tracks per-partition watermarks.
 //! - [`window`]: keyed tumbling event-time windows with mergeable [`aggregate::Aggregator`]s.
 
 pub mod aggregate;
@@ -12,6 +13,8 @@ pub mod decode;
 pub mod event_time;
 #[doc(hidden)]
 pub mod fuzzing;
+#[cfg(test)]
+mod testing;
 pub mod transform;
 pub mod window;
 

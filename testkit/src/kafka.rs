@@ -1,4 +1,5 @@
-//! Kafka helpers for tests and benchmarks: create a topic, produce lines.
+//! Kafka helpers for tests and benchmarks: create a topic, produce lines
+//! (with or without explicit message timestamps).
 
 use std::time::Duration;
 
@@ -28,6 +29,16 @@ pub fn create_topic(brokers: &str, name: &str, partitions: i32) -> anyhow::Resul
 /// Produces each line to the partition its `device` hashes to (round-robin without one),
 /// and checks that the topic's end offsets grew by as many records.
 pub fn produce(brokers: &str, topic: &str, lines: &[&[u8]]) -> anyhow::Result<()> {
+    produce_records(brokers, topic, lines, None)
+}
+
+/// [`produce`] with an explicit message timestamp (CreateTime, ms) for each line.
+pub fn produce_with_timestamps(brokers: &str, topic: &str, lines: &[&[u8]], timestamps: &[i64]) -> anyhow::Result<()> {
+    ensure!(lines.len() == timestamps.len(), "{} lines but {} timestamps", lines.len(), timestamps.len());
+    produce_records(brokers, topic, lines, Some(timestamps))
+}
+
+fn produce_records(brokers: &str, topic: &str, lines: &[&[u8]], timestamps: Option<&[i64]>) -> anyhow::Result<()> {
     let ends = |_: ()| -> anyhow::Result<(i32, i64)> {
         let marks = KafkaSource::new(KafkaConfig::new(brokers, "producer-check"), topic)?.watermarks()?;
         Ok((marks.len() as i32, marks.values().map(|&(_, high)| high).sum()))
@@ -47,6 +58,9 @@ pub fn produce(brokers: &str, topic: &str, lines: &[&[u8]]) -> anyhow::Result<()
             None => (i % partitions as usize) as i32,
         };
         let mut record = BaseRecord::<(), [u8]>::to(topic).payload(line).partition(partition);
+        if let Some(&ts) = timestamps.and_then(|t| t.get(i)) {
+            record = record.timestamp(ts);
+        }
         loop {
             match producer.send(record) {
                 Ok(()) => break,

@@ -5,7 +5,9 @@
 //! (after every partition of the worker was opened) and given all of them with
 //! one `assign()`. A read polls the consumer's queue without blocking and
 //! sorts the messages into per-partition chunks (record offsets; a gap in the
-//! offsets, as compaction or transaction markers leave, starts a new chunk).
+//! offsets, as compaction or transaction markers leave, starts a new chunk),
+//! each record with its message timestamp in [`Chunk::times`] (the topic's
+//! CreateTime or LogAppendTime; `Meta::NO_TIME` for a message without one).
 //! Backpressure: librdkafka's prefetch is bounded per partition
 //! (`queued.max.messages.kbytes`), and a partition whose buffered chunks
 //! exceed [`PARTITION_BUFFER_BYTES`] is paused until its reader drains them.
@@ -27,7 +29,7 @@ use rdkafka::message::Message;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset as KOffset, TopicPartitionList};
 use weir_core::error::{Error, Result};
-use weir_core::record::{Chunk, Offset, OffsetKind, PartitionId, TRUNCATED_PREFIX_BYTES};
+use weir_core::record::{Chunk, Meta, Offset, OffsetKind, PartitionId, TRUNCATED_PREFIX_BYTES};
 use weir_core::source::{PartitionReader, PartitionSpec, ReadStatus, Source, Waker};
 
 use super::commit::Committer;
@@ -437,6 +439,8 @@ impl KafkaReader {
                 c.data.extend_from_slice(payload);
             }
             c.ends.push(c.data.len() as u32);
+            // One time per record (the chunk's invariant): CreateTime or LogAppendTime, whichever the topic keeps.
+            c.times.push(m.timestamp().to_millis().unwrap_or(Meta::NO_TIME));
             c.next = off + 1;
             st.expected = off + 1;
             let len = payload.len().min(self.max_record_bytes);

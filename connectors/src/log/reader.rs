@@ -309,6 +309,7 @@ impl PartitionReader for LogReader {
             out.sep = 0;
             out.data.clear();
             out.truncated.clear();
+            out.times.clear();
         }
         let before = out.len();
         let budget = max_bytes.min(CHUNK_LIMIT.saturating_sub(out.data.len()));

@@ -1,0 +1,126 @@
+//! Test fixtures for running operators in a real pipeline: an in-memory
+//! source whose records may carry source times, and a sink that collects rows.
+
+use std::sync::{Arc, Mutex};
+
+use weir_core::Result;
+use weir_core::checkpoint::Publish;
+use weir_core::record::{Chunk, EventTime, Offset, OffsetKind, PartitionId};
+use weir_core::sink::{Rejected, Sink, SinkContext, SinkWriter};
+use weir_core::source::{PartitionReader, PartitionSpec, ReadStatus, Source};
+use weir_core::time::Epoch;
+
+/// One record of a [`Memory`] partition: the time the source gives it and its
+/// payload. A partition's records all have a time (`Some(Meta::NO_TIME)` for one
+/// the source has none for, as Kafka does) or all have none (a source without times).
+pub type Record = (Option<EventTime>, Vec<u8>);
+
+/// Partitions of records held in memory; offsets are record indexes.
+#[derive(Clone, Debug)]
+pub struct Memory {
+    partitions: Arc<Vec<Vec<Record>>>,
+    /// Records per chunk at most (with `Pipeline::epoch_records`, this decides
+    /// which records share an epoch).
+    per_read: usize,
+}
+
+impl Memory {
+    /// A source over `partitions`, at most `per_read` records per chunk.
+    pub fn new(partitions: Vec<Vec<Record>>, per_read: usize) -> Self {
+        Memory { partitions: Arc::new(partitions), per_read: per_read.max(1) }
+    }
+}
+
+impl Source for Memory {
+    fn name(&self) -> &str {
+        "memory"
+    }
+
+    fn partitions(&self) -> Result<Vec<PartitionSpec>> {
+        Ok((0..)
+            .zip(self.partitions.iter())
+            .map(|(id, p)| PartitionSpec { id, start: 0, end: p.len() as Offset })
+            .collect())
+    }
+
+    fn open(&self, partition: PartitionId, from: Offset, until: Option<Offset>) -> Result<Box<dyn PartitionReader>> {
+        let end = until.unwrap_or(self.partitions[partition as usize].len() as Offset);
+        let records = self.partitions.clone();
+        Ok(Box::new(MemoryReader { records, partition, next: from, end, per_read: self.per_read }))
+    }
+
+    fn fingerprint(&self) -> Result<serde_json::Value> {
+        Ok(serde_json::json!({ "memory": self.partitions.len() }))
+    }
+
+    fn record_at(&self, partition: PartitionId, offset: Offset) -> Result<Option<Vec<u8>>> {
+        Ok(self.partitions.get(partition as usize).and_then(|p| p.get(offset as usize)).map(|r| r.1.clone()))
+    }
+}
+
+struct MemoryReader {
+    records: Arc<Vec<Vec<Record>>>,
+    partition: PartitionId,
+    next: Offset,
+    end: Offset,
+    per_read: usize,
+}
+
+impl PartitionReader for MemoryReader {
+    fn read(&mut self, max_bytes: usize, out: &mut Chunk) -> Result<ReadStatus> {
+        if self.next >= self.end {
+            return Ok(ReadStatus::End);
+        }
+        out.clear();
+        out.partition = self.partition;
+        out.first = self.next;
+        out.kind = OffsetKind::Records;
+        out.sep = 0;
+        let records = &self.records[self.partition as usize];
+        while self.next < self.end && out.data.len() < max_bytes && out.len() < self.per_read {
+            let (time, payload) = &records[self.next as usize];
+            out.data.extend_from_slice(payload);
+            out.ends.push(out.data.len() as u32);
+            if let Some(t) = time {
+                out.times.push(*t);
+            }
+            self.next += 1;
+        }
+        out.next = self.next;
+        Ok(ReadStatus::Data)
+    }
+}
+
+/// Collects every row written, from every worker.
+pub struct Collect<T>(pub Arc<Mutex<Vec<T>>>);
+
+impl<T> Clone for Collect<T> {
+    fn clone(&self) -> Self {
+        Collect(self.0.clone())
+    }
+}
+
+impl<T: Send + 'static> Sink<T> for Collect<T> {
+    fn kind(&self) -> &str {
+        "collect"
+    }
+
+    fn rejects_rows(&self) -> bool {
+        false
+    }
+
+    fn open(&self, _: &SinkContext) -> Result<Box<dyn SinkWriter<T>>> {
+        Ok(Box::new(self.clone()))
+    }
+}
+
+impl<T> SinkWriter<T> for Collect<T> {
+    fn write(&mut self, rows: &mut Vec<T>, _: &mut Vec<Rejected<T>>) -> Result<()> {
+        self.0.lock().expect("collect lock").append(rows);
+        Ok(())
+    }
+
+    fn stage(&mut self, _: Epoch) -> Result<Vec<Publish>> {
+        Ok(Vec::new())
+    }
+}

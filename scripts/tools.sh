@@ -3,7 +3,7 @@
 #   - tansu 0.6, a Kafka-protocol broker from crates.io (sqlite storage), built once into
 #     $WEIR_TOOLS (default ~/.cache/weir-tools), outside the clone, and reused: a clean build
 #     takes 7 to 25 minutes on 2 cores;
-#   - Debian's mosquitto (MQTT 5 broker), with apt;
+#   - Debian's mosquitto (MQTT 5 broker) and mosquitto-clients (the MQTT bench's baseline), with apt;
 #   - kafka-python (pip), an independent Kafka client for one check.
 # Prints the environment the tests read (WEIR_TANSU, WEIR_MOSQUITTO); scripts/test.sh exports it.
 set -euo pipefail
@@ -18,14 +18,14 @@ if [ ! -x "$tansu" ]; then
     cargo install tansu --version '~0.6' --features libsql --locked --root "$tools/tansu-0.6" >&2
 fi
 
-if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
+if { ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; } || ! command -v mosquitto_sub >/dev/null 2>&1; then
     echo "== installing mosquitto (apt)" >&2
     if [ "$(id -u)" = 0 ]; then
         apt-get update -qq >&2 || true
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >&2
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto mosquitto-clients >&2
     else
         sudo apt-get update -qq >&2 || true
-        sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >&2
+        sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto mosquitto-clients >&2
     fi
 fi
 mosquitto=$(command -v mosquitto || echo /usr/sbin/mosquitto)

@@ -89,8 +89,12 @@ impl Subscriber {
             };
             rt.block_on(async move {
                 let mut options = MqttOptions::new(id, "127.0.0.1", port);
-                options.set_keep_alive(Duration::from_secs(30)).set_max_packet_size(Some(64 << 20));
-                let (client, mut eventloop) = AsyncClient::new(options, 64);
+                // The gateway's receive maximum, so the broker keeps as many messages in flight.
+                options
+                    .set_keep_alive(Duration::from_secs(30))
+                    .set_max_packet_size(Some(64 << 20))
+                    .set_receive_maximum(Some(1000));
+                let (client, mut eventloop) = AsyncClient::new(options, 1064);
                 loop {
                     tokio::select! {
                         _ = &mut stopped => break,
@@ -135,14 +139,14 @@ impl Subscriber {
     pub fn wait_for(&self, n: usize, timeout: Duration) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
         let deadline = Instant::now() + timeout;
         loop {
-            let m = self.messages();
-            if m.len() >= n {
-                return Ok(m);
+            let count = self.messages.lock().map(|m| m.len()).unwrap_or(0);
+            if count >= n {
+                return Ok(self.messages());
             }
             if Instant::now() > deadline {
-                bail!("{} of {n} messages within {timeout:?}", m.len());
+                bail!("{count} of {n} messages within {timeout:?}");
             }
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(5));
         }
     }
 }

@@ -38,16 +38,7 @@ fn main() -> anyhow::Result<()> {
     let broker = Mosquitto::start()?;
     let mut data = Vec::new();
     weir::sensor::generate(events, 42, 10_000, &mut data)?;
-    let messages: Vec<(String, Vec<u8>)> = data
-        .split(|&b| b == b'\n')
-        .filter(|l| !l.is_empty())
-        .map(|line| {
-            let device = weir_testkit::kafka::device_of(line)
-                .filter(|d| d.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'-'))
-                .map_or("unknown".to_string(), |d| String::from_utf8_lossy(d).into_owned());
-            (format!("sensors/{device}"), line.to_vec())
-        })
-        .collect();
+    let messages = weir_testkit::mqtt::sensor_messages(&data);
     let n = messages.len();
     let bytes: usize = messages.iter().map(|m| m.1.len()).sum();
     println!("== {n} messages ({:.1} MB of payload), QoS 1, mosquitto on 127.0.0.1", bytes as f64 / 1e6);

@@ -530,15 +530,7 @@ fn gateway_records_feed_the_sensor_pipeline() -> anyhow::Result<()> {
     let mut data = Vec::new();
     weir::sensor::generate(3_000, 21, 50, &mut data)?;
     let lines: Vec<&[u8]> = data.split(|&b| b == b'\n').filter(|l| !l.is_empty()).collect();
-    let messages: Vec<(String, Vec<u8>)> = lines
-        .iter()
-        .map(|line| {
-            let device = weir_testkit::kafka::device_of(line)
-                .filter(|d| d.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'-'))
-                .map_or("unknown".to_string(), |d| String::from_utf8_lossy(d).into_owned());
-            (format!("sensors/{device}"), line.to_vec())
-        })
-        .collect();
+    let messages = weir_testkit::mqtt::sensor_messages(&data);
     let acked = publish_qos1(broker.port, "pub-pipeline", messages, Duration::ZERO, Duration::from_secs(60))?;
     assert_eq!(acked.len(), lines.len());
     wait_stored(&log, lines.len(), Duration::from_secs(30))?;

@@ -18,7 +18,7 @@ use weir_core::record::DeadLetter;
 use weir_core::sink::{Rejected, Sink, SinkContext, SinkWriter};
 use weir_core::time::Epoch;
 
-use crate::staging::{CrcFile, StagedFile, Staging};
+use crate::staging::{IntervalFile, Staging};
 
 /// A dead-letter directory of JSON-lines files.
 #[derive(Clone, Debug)]
@@ -78,20 +78,12 @@ impl Sink<DeadLetter> for DeadLetters {
     }
 
     fn open(&self, ctx: &SinkContext) -> Result<Box<dyn SinkWriter<DeadLetter>>> {
-        Ok(Box::new(DeadLetterWriter {
-            staging: Staging::open(&self.dir, ctx)?,
-            current: None,
-            staged: Vec::new(),
-            epoch: 0,
-        }))
+        Ok(Box::new(DeadLetterWriter { file: IntervalFile::new(Staging::open(&self.dir, ctx)?, "jsonl") }))
     }
 }
 
 struct DeadLetterWriter {
-    staging: Staging,
-    current: Option<(StagedFile, CrcFile)>,
-    staged: Vec<Publish>,
-    epoch: Epoch,
+    file: IntervalFile,
 }
 
 impl SinkWriter<DeadLetter> for DeadLetterWriter {
@@ -99,26 +91,18 @@ impl SinkWriter<DeadLetter> for DeadLetterWriter {
         if rows.is_empty() {
             return Ok(());
         }
-        if self.current.is_none() {
-            self.current = Some(self.staging.create(self.epoch, "jsonl")?);
-        }
-        let Some((file, out)) = self.current.as_mut() else { return Ok(()) };
+        let (path, out) = self.file.writer()?;
         for d in rows.drain(..) {
             to_json(&d, &mut *out).map_err(|e| Error::Encoding {
-                what: format!("dead letter {}", file.staged.display()),
+                what: format!("dead letter {}", path.display()),
                 message: e.to_string(),
             })?;
-            out.write_all(b"\n").ctx("write", &file.staged)?;
+            out.write_all(b"\n").ctx("write", path)?;
         }
         Ok(())
     }
 
     fn stage(&mut self, epoch: Epoch) -> Result<Vec<Publish>> {
-        if let Some((file, out)) = self.current.take() {
-            self.staged.push(self.staging.finish(file, out)?);
-            self.staging.sync()?;
-        }
-        self.epoch = epoch + 1;
-        Ok(std::mem::take(&mut self.staged))
+        self.file.stage(epoch)
     }
 }

@@ -34,7 +34,7 @@ use weir_core::sink::{AfterCommit, Rejected, Sink, SinkContext, SinkWriter};
 use weir_core::storage::{Storage, create_dir_durable};
 use weir_core::time::Epoch;
 
-use crate::staging::{CrcFile, StagedFile, Staging};
+use crate::staging::{IntervalFile, Staging};
 
 /// Committed output waiting for delivery beyond which commits wait.
 pub const MAX_PENDING_BYTES: u64 = 64 << 20;
@@ -183,10 +183,7 @@ impl<T: 'static, D: Destination> Sink<T> for OutboxSink<T, D> {
 
     fn open(&self, ctx: &SinkContext) -> Result<Box<dyn SinkWriter<T>>> {
         Ok(Box::new(OutboxWriter {
-            staging: Staging::outbox(&self.dir(ctx), ctx)?,
-            current: None,
-            staged: Vec::new(),
-            epoch: 0,
+            file: IntervalFile::new(Staging::outbox(&self.dir(ctx), ctx)?, "records"),
             encode: self.encode.clone(),
             max: self.dest.max_record_bytes(),
             kind: self.dest.kind().to_string(),
@@ -208,10 +205,7 @@ impl<T: 'static, D: Destination> Sink<T> for OutboxSink<T, D> {
 }
 
 struct OutboxWriter<T> {
-    staging: Staging,
-    current: Option<(StagedFile, CrcFile)>,
-    staged: Vec<Publish>,
-    epoch: Epoch,
+    file: IntervalFile,
     encode: Encode<T>,
     max: usize,
     kind: String,
@@ -282,23 +276,15 @@ impl<T> SinkWriter<T> for OutboxWriter<T> {
                     return Err(Error::Encoding { what: format!("a row for {}", self.kind), message: reason });
                 }
             };
-            if self.current.is_none() {
-                self.current = Some(self.staging.create(self.epoch, "records")?);
-            }
-            let Some((file, out)) = self.current.as_mut() else { continue };
+            let (path, out) = self.file.writer()?;
             let key = keyed.then_some(self.key.as_slice());
-            write_frame(out, key, &self.value).ctx("write", &file.staged)?;
+            write_frame(out, key, &self.value).ctx("write", path)?;
         }
         Ok(())
     }
 
     fn stage(&mut self, epoch: Epoch) -> Result<Vec<Publish>> {
-        if let Some((file, out)) = self.current.take() {
-            self.staged.push(self.staging.finish(file, out)?);
-            self.staging.sync()?;
-        }
-        self.epoch = epoch + 1;
-        Ok(std::mem::take(&mut self.staged))
+        self.file.stage(epoch)
     }
 }
 

@@ -173,3 +173,43 @@ impl Staging {
         &self.dir
     }
 }
+
+/// One staged file per checkpoint interval, created at its first row: the
+/// shape of the sinks that append rows to one file (dead letters, outboxes).
+#[derive(Debug)]
+pub struct IntervalFile {
+    staging: Staging,
+    ext: &'static str,
+    current: Option<(StagedFile, CrcFile)>,
+    staged: Vec<Publish>,
+    epoch: Epoch,
+}
+
+impl IntervalFile {
+    /// Files named `*.<ext>` in `staging`.
+    pub fn new(staging: Staging, ext: &'static str) -> Self {
+        IntervalFile { staging, ext, current: None, staged: Vec::new(), epoch: 0 }
+    }
+
+    /// The interval's file (created on first use): its staged path and writer.
+    pub fn writer(&mut self) -> Result<(&Path, &mut CrcFile)> {
+        if self.current.is_none() {
+            self.current = Some(self.staging.create(self.epoch, self.ext)?);
+        }
+        match self.current.as_mut() {
+            Some((file, out)) => Ok((file.staged.as_path(), out)),
+            None => Err(Error::Pipeline("no staged file".into())),
+        }
+    }
+
+    /// Closes the interval's file (if any) at checkpoint `epoch`, makes it
+    /// durable in the staging area and returns what to publish.
+    pub fn stage(&mut self, epoch: Epoch) -> Result<Vec<Publish>> {
+        if let Some((file, out)) = self.current.take() {
+            self.staged.push(self.staging.finish(file, out)?);
+            self.staging.sync()?;
+        }
+        self.epoch = epoch + 1;
+        Ok(std::mem::take(&mut self.staged))
+    }
+}

@@ -161,3 +161,17 @@ impl Drop for Subscriber {
         }
     }
 }
+
+/// Each line of `data` (JSON lines) as a message on `sensors/DEVICE`
+/// (`sensors/unknown` for a line without a plain device name).
+pub fn sensor_messages(data: &[u8]) -> Vec<(String, Vec<u8>)> {
+    data.split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|line| {
+            let device = crate::kafka::device_of(line)
+                .filter(|d| d.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'-'))
+                .map_or("unknown".to_string(), |d| String::from_utf8_lossy(d).into_owned());
+            (format!("sensors/{device}"), line.to_vec())
+        })
+        .collect()
+}

@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 use std::fs::{self, OpenOptions};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use proptest::prelude::*;
@@ -76,10 +76,19 @@ fn file_len(path: &Path) -> Result<u64> {
 
 /// Collects the messages of `warn!` events emitted while `f` runs on this thread.
 fn capture_warnings<T>(f: impl FnOnce() -> T) -> (T, Vec<String>) {
+    use std::cell::RefCell;
+
     use tracing::field::{Field, Visit};
     use tracing::{Event, Level, Metadata, span, subscriber::Interest};
 
-    struct Capture(Arc<Mutex<Vec<String>>>);
+    thread_local! {
+        static CAPTURED: RefCell<Option<Vec<String>>> = const { RefCell::new(None) };
+    }
+    // One process-wide subscriber, installed once, that keeps the warnings of
+    // threads that are capturing: a per-thread default (`with_default`) races
+    // with other test threads over tracing's cached callsite interest and
+    // missed events now and then.
+    struct Capture;
     struct Message(String);
     impl Visit for Message {
         fn record_debug(&mut self, _: &Field, value: &dyn std::fmt::Debug) {
@@ -101,17 +110,23 @@ fn capture_warnings<T>(f: impl FnOnce() -> T) -> (T, Vec<String>) {
         fn event(&self, event: &Event<'_>) {
             let mut message = Message(String::new());
             event.record(&mut message);
-            if let Ok(mut all) = self.0.lock() {
-                all.push(message.0);
-            }
+            CAPTURED.with(|c| {
+                if let Some(all) = c.borrow_mut().as_mut() {
+                    all.push(message.0);
+                }
+            });
         }
         fn enter(&self, _: &span::Id) {}
         fn exit(&self, _: &span::Id) {}
     }
 
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let result = tracing::subscriber::with_default(Capture(seen.clone()), f);
-    let messages = seen.lock().map(|m| m.clone()).unwrap_or_default();
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    INSTALL.call_once(|| {
+        let _ = tracing::subscriber::set_global_default(Capture);
+    });
+    CAPTURED.with(|c| *c.borrow_mut() = Some(Vec::new()));
+    let result = f();
+    let messages = CAPTURED.with(|c| c.borrow_mut().take()).unwrap_or_default();
     (result, messages)
 }
 

@@ -199,8 +199,22 @@ impl<T: 'static, D: Destination> Sink<T> for OutboxSink<T, D> {
 
     fn after_commit(&self, ctx: &SinkContext) -> Result<Option<Box<dyn AfterCommit>>> {
         let dir = ctx.storage.canonicalize(&self.dir(ctx)).ctx("canonicalize", self.dir(ctx))?;
-        let deliver = self.dest.connect()?;
-        Ok(Some(Box::new(Delivery::start(ctx.storage.clone(), dir, ctx.operator.clone(), deliver)?)))
+        let scratch = self.dir.is_none() && ctx.state_dir.is_none();
+        let deliver = match self.dest.connect() {
+            Ok(d) => d,
+            Err(e) => {
+                if scratch {
+                    let _ = ctx.storage.remove_dir_all(&dir);
+                }
+                return Err(e);
+            }
+        };
+        let mut delivery = Delivery::start(ctx.storage.clone(), dir.clone(), ctx.operator.clone(), deliver)?;
+        if scratch {
+            // A run without checkpoints has a scratch outbox of its own.
+            delivery.scratch = Some((ctx.storage.clone(), dir));
+        }
+        Ok(Some(Box::new(delivery)))
     }
 }
 
@@ -308,6 +322,8 @@ struct Delivery {
     state: Arc<(Mutex<State>, Condvar)>,
     thread: Option<JoinHandle<()>>,
     operator: String,
+    /// A run's scratch outbox (no `--state`), removed once everything is delivered.
+    scratch: Option<(Arc<dyn Storage>, PathBuf)>,
 }
 
 impl Delivery {
@@ -330,7 +346,7 @@ impl Delivery {
                 cv.notify_all();
             })
             .map_err(|e| Error::Pipeline(format!("cannot start the delivery thread of {operator}: {e}")))?;
-        Ok(Delivery { state, thread: Some(thread), operator })
+        Ok(Delivery { state, thread: Some(thread), operator, scratch: None })
     }
 
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, State>> {
@@ -369,8 +385,16 @@ impl AfterCommit for Delivery {
         if let Some(t) = self.thread.take() {
             t.join().map_err(|_| Error::Pipeline(format!("{}: the delivery thread panicked", self.operator)))?;
         }
-        let mut s = self.lock()?;
-        self.failed(&mut s)
+        {
+            let mut s = self.lock()?;
+            self.failed(&mut s)?;
+        }
+        if let Some((storage, dir)) = self.scratch.take()
+            && let Err(e) = storage.remove_dir_all(&dir)
+        {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot remove the run's scratch outbox");
+        }
+        Ok(())
     }
 }
 

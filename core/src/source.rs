@@ -133,6 +133,13 @@ pub trait Source: Send + Sync + 'static {
         false
     }
 
+    /// Whether the source gives each record a time of its own
+    /// ([`crate::record::Chunk::times`]: Kafka's message timestamps). A step
+    /// that takes event times from the source refuses a source that gives none.
+    fn gives_times(&self) -> bool {
+        false
+    }
+
     /// Called after a checkpoint that holds `offsets` (the next offset of every
     /// partition of this source) has committed, that is after the manifest's
     /// directory fsync returned; never before, and only on the worker that

@@ -64,6 +64,12 @@ impl<'s, T: 'static> EventTimeExt<'s, T> for Flow<'s, T> {
         let Some(origin) = self.input.as_ref().map(|i| i.origin.clone()) else {
             return Err(Error::config("source_time", "needs a flow read from a source"));
         };
+        if !origin.source.gives_times() {
+            return Err(Error::config(
+                "source_time",
+                format!("source `{}` gives records no time of their own (Kafka does): use event_time", origin.name),
+            ));
+        }
         let dead_letter =
             Box::new(move |r: &Rec<T>| origin.dead_letter(&r.meta, "source_time", NO_SOURCE_TIME.to_owned(), &r.value));
         watermarked(self, "source_time", TimeFrom::<T, fn(&T) -> EventTime>::Source(dead_letter), delay)
@@ -374,10 +380,10 @@ mod tests {
         anyhow::ensure!((d.partition, d.offset, d.event_time) == (0, 1, None), "{d:?}");
         anyhow::ensure!(d.payload == parts[0][1].1, "{:?}", String::from_utf8_lossy(&d.payload));
 
-        // A source without times: every record is a dead letter, none is dropped.
+        // A source without times is refused when the pipeline is built.
         let untimed = vec![parts[0].iter().map(|r| (None, r.1.clone())).collect()];
-        let (windows, dead) = run(untimed, Duration::ZERO, (2, 2))?;
-        anyhow::ensure!(windows.is_empty() && dead.len() == 3, "{windows:?} {dead:?}");
+        let err = run(untimed, Duration::ZERO, (2, 2)).err().map(|e| e.to_string()).unwrap_or_default();
+        anyhow::ensure!(err.contains("source_time") && err.contains("no time of their own"), "{err}");
         Ok(())
     }
 }

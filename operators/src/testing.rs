@@ -53,6 +53,10 @@ impl Source for Memory {
         Ok(serde_json::json!({ "memory": self.partitions.len() }))
     }
 
+    fn gives_times(&self) -> bool {
+        self.partitions.iter().flatten().any(|r| r.0.is_some())
+    }
+
     fn record_at(&self, partition: PartitionId, offset: Offset) -> Result<Option<Vec<u8>>> {
         Ok(self.partitions.get(partition as usize).and_then(|p| p.get(offset as usize)).map(|r| r.1.clone()))
     }

@@ -251,6 +251,10 @@ impl Source for KafkaSource {
         Ok(serde_json::json!({ "kafka_topic": self.topic }))
     }
 
+    fn gives_times(&self) -> bool {
+        true
+    }
+
     fn discovers_partitions(&self) -> bool {
         true
     }

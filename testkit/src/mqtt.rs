@@ -64,7 +64,7 @@ pub fn publish_qos1(
 }
 
 /// Messages received: (MQTT topic, payload).
-type Received = std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>;
+type Received = std::sync::Arc<(std::sync::Mutex<Vec<(String, Vec<u8>)>>, std::sync::Condvar)>;
 
 /// A QoS 1 subscriber collecting every message (MQTT topic, payload) on a
 /// thread of its own until dropped.
@@ -109,9 +109,10 @@ impl Subscriber {
                             }
                             Ok(Event::Incoming(Packet::Publish(p))) => {
                                 let topic = String::from_utf8_lossy(&p.topic).into_owned();
-                                if let Ok(mut m) = sink.lock() {
+                                if let Ok(mut m) = sink.0.lock() {
                                     m.push((topic, p.payload.to_vec()));
                                 }
+                                sink.1.notify_all();
                             }
                             Ok(_) => {}
                             Err(e) => {
@@ -132,22 +133,22 @@ impl Subscriber {
 
     /// The messages so far.
     pub fn messages(&self) -> Vec<(String, Vec<u8>)> {
-        self.messages.lock().map(|m| m.clone()).unwrap_or_default()
+        self.messages.0.lock().map(|m| m.clone()).unwrap_or_default()
     }
 
     /// Waits until at least `n` messages arrived; returns them (fails after `timeout`).
     pub fn wait_for(&self, n: usize, timeout: Duration) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
         let deadline = Instant::now() + timeout;
-        loop {
-            let count = self.messages.lock().map(|m| m.len()).unwrap_or(0);
-            if count >= n {
-                return Ok(self.messages());
+        let (lock, arrived) = &*self.messages;
+        let mut m = lock.lock().map_err(|_| anyhow::anyhow!("subscriber state poisoned"))?;
+        while m.len() < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                bail!("{} of {n} messages within {timeout:?}", m.len());
             }
-            if Instant::now() > deadline {
-                bail!("{count} of {n} messages within {timeout:?}");
-            }
-            std::thread::sleep(Duration::from_millis(5));
+            m = arrived.wait_timeout(m, left).map_err(|_| anyhow::anyhow!("subscriber state poisoned"))?.0;
         }
+        Ok(m.clone())
     }
 }
 

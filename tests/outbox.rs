@@ -80,12 +80,18 @@ fn input(dir: &Path, n: u64) -> anyhow::Result<std::path::PathBuf> {
 
 fn run(dir: &Path, input: &Path, dest: &Recorder) -> weir::Result<RunSummary> {
     let (input, dest, dead) = (input.to_path_buf(), dest.clone(), dir.join("dead"));
-    Pipeline::new("outbox").workers(2).state(dir.join("state")).epoch_records(50, 2).bounded(true).run(move |p| {
-        p.source(LinesFile::with_split_bytes(&input, 1000)?)?
-            .decode::<Row>(Json)
-            .sink(OutboxSink::new(dest.clone()))?;
-        p.dead_letters().sink(DeadLetters::dir(&dead))
-    })
+    Pipeline::new("outbox")
+        .workers(2)
+        .state(dir.join("state"))
+        .epoch_records(50, 2)
+        .epochs_in_flight(2)
+        .bounded(true)
+        .run(move |p| {
+            p.source(LinesFile::with_split_bytes(&input, 1000)?)?
+                .decode::<Row>(Json)
+                .sink(OutboxSink::new(dest.clone()))?;
+            p.dead_letters().sink(DeadLetters::dir(&dead))
+        })
 }
 
 fn counts(rows: &[Row]) -> BTreeMap<u64, usize> {

@@ -133,7 +133,7 @@ impl<'s> Dataflow<'s> {
                 });
             }
         });
-        Flow { stream, ctx: self.ctx.clone(), input: None, watermarks: None }
+        Flow { stream, ctx: self.ctx.clone(), input: None, watermarks: None, name: None }
     }
 }
 
@@ -157,12 +157,14 @@ pub struct FlowMeta<'s> {
     pub input: Option<InputInfo<'s>>,
     /// Per-partition watermarks.
     pub watermarks: Option<StreamVec<'s, Epoch, WatermarkUpdate>>,
+    /// The name the next stateful step takes ([`Flow::named`]).
+    pub name: Option<String>,
 }
 
 impl<'s> FlowMeta<'s> {
     /// A flow over `stream` with this metadata.
     pub fn flow<U>(self, stream: StreamVec<'s, Epoch, Rec<U>>) -> Flow<'s, U> {
-        Flow { stream, ctx: self.ctx, input: self.input, watermarks: self.watermarks }
+        Flow { stream, ctx: self.ctx, input: self.input, watermarks: self.watermarks, name: self.name }
     }
 }
 
@@ -176,6 +178,8 @@ pub struct Flow<'s, T> {
     pub input: Option<InputInfo<'s>>,
     /// Per-partition watermarks, once `event_time` assigned event times.
     pub watermarks: Option<StreamVec<'s, Epoch, WatermarkUpdate>>,
+    /// The name the next stateful step takes ([`Flow::named`]).
+    pub name: Option<String>,
 }
 
 /// A flow can feed several sinks or stages: each gets every record.
@@ -186,6 +190,7 @@ impl<'s, T: Clone + 'static> Clone for Flow<'s, T> {
             ctx: self.ctx.clone(),
             input: self.input.clone(),
             watermarks: self.watermarks.clone(),
+            name: self.name.clone(),
         }
     }
 }
@@ -194,8 +199,48 @@ impl<'s, T: 'static> Flow<'s, T> {
     /// Splits the flow into its record stream and everything else, so an
     /// operator can consume the stream and rebuild a flow around its output.
     pub fn into_parts(self) -> (StreamVec<'s, Epoch, Rec<T>>, FlowMeta<'s>) {
-        let Flow { stream, ctx, input, watermarks } = self;
-        (stream, FlowMeta { ctx, input, watermarks })
+        let Flow { stream, ctx, input, watermarks, name } = self;
+        (stream, FlowMeta { ctx, input, watermarks, name })
+    }
+
+    /// A flow over `stream` in the build context `ctx`, with no source behind it
+    /// (a stateful step's output).
+    pub fn derived(ctx: Ctx<'s>, stream: StreamVec<'s, Epoch, Rec<T>>) -> Self {
+        Flow { stream, ctx, input: None, watermarks: None, name: None }
+    }
+
+    /// Names the next stateful step built on this flow (a window, a sink, a
+    /// detector): its checkpointed state, counters and staged files are kept
+    /// under the name. Without one a step is named after its kind (`window`,
+    /// `parquet`), with `-2`, `-3`, ... for later steps of the same kind. Name
+    /// the steps of a pipeline that will change: a checkpoint holding state of
+    /// a step the pipeline no longer has is refused at start (with the step's
+    /// name), and a step the checkpoint lacks starts empty.
+    pub fn named(mut self, name: &str) -> Self {
+        self.name = Some(name.to_string());
+        self
+    }
+
+    /// A keyed stateful step named `name`, running `logic` on each record of a
+    /// key with the key's state and event-time timers (see
+    /// [`KeyedLogic`](crate::state::KeyedLogic)): records go to the worker
+    /// that owns their key's group; state is checkpointed and restored with
+    /// any worker count. Timers fire as the flow's watermark passes them (a
+    /// flow without event times fires them at the end of its input).
+    pub fn stateful<K, L>(self, name: &str, key: impl Fn(&T) -> K + 'static, logic: L) -> Result<Flow<'s, L::Out>>
+    where
+        T: timely::ExchangeData,
+        K: std::hash::Hash + Eq + Clone + Serialize + serde::de::DeserializeOwned + 'static,
+        L: crate::state::KeyedLogic<K, Rec<T>>,
+    {
+        let id = self.ctx.step_id("stateful", Some(name))?;
+        let input = crate::state::StepInput {
+            records: self.stream,
+            watermarks: self.watermarks,
+            partitions: self.input.as_ref().map_or(0, |i| i.partitions),
+        };
+        let stream = crate::state::keyed_step(&self.ctx, &id, input, move |r: &Rec<T>| key(&r.value), logic)?;
+        Ok(Flow::derived(self.ctx, stream))
     }
 
     /// Sends the records to a transactional sink: each worker writes its share,
@@ -206,7 +251,7 @@ impl<'s, T: 'static> Flow<'s, T> {
         T: Serialize,
     {
         let ctx = self.ctx.clone();
-        let operator = ctx.operator_id(sink.kind());
+        let operator = ctx.step_id(sink.kind(), self.name.as_deref())?;
         let rejects = sink.rejects_rows();
         if ctx.planning() {
             // Nothing is opened or written while planning.

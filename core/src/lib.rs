@@ -16,6 +16,7 @@ pub mod record;
 pub mod runtime;
 pub mod sink;
 pub mod source;
+pub mod state;
 pub mod storage;
 pub mod time;
 

@@ -192,7 +192,7 @@ impl<'s> Decode<'s> for Raw<'s> {
             }
         });
         ctx.register_dead_letters(err);
-        Flow { stream: ok, ctx, input: Some(self.input), watermarks: None }
+        Flow { stream: ok, ctx, input: Some(self.input), watermarks: None, name: None }
     }
 }
 

@@ -157,10 +157,28 @@ pub fn check_restore(m: &Manifest, plan: &Plan, name: &str, bounded: bool, state
         return Err(refuse(
             state_dir,
             format!(
-                "the checkpoint has state of step {}, which this pipeline lacks (its steps: {}); steps are \
-                 numbered in the order they are built, so adding or removing one renumbers those after it",
+                "the checkpoint has state of step {}, which this pipeline lacks (its steps: {}); a step's state \
+                 is kept under its name (`Flow::named`, or the default: the step's kind, `-2`, `-3`, ... for \
+                 later steps of the same kind), so renaming or removing a stateful step orphans its state",
                 lacking.join(", "),
                 list(plan.steps.keys())
+            ),
+        ));
+    }
+    let changed: Vec<String> = m
+        .steps
+        .iter()
+        .filter_map(|(s, was)| {
+            let now = plan.steps.get(s)?;
+            (now != was).then(|| format!("`{s}` was a {was} step and is now a {now} step"))
+        })
+        .collect();
+    if !changed.is_empty() {
+        return Err(refuse(
+            state_dir,
+            format!(
+                "the checkpoint's state does not match this pipeline: {}; give the new step another name",
+                changed.join(", ")
             ),
         ));
     }
@@ -241,6 +259,10 @@ mod tests {
         let mut no_window = plan.clone();
         no_window.steps.remove("window-0");
         assert!(err(&m, &no_window, true).contains("`window-0` (window)"));
+        let mut retyped = plan.clone();
+        retyped.steps.insert("window-0".into(), "session-window".into());
+        let e = err(&m, &retyped, true);
+        assert!(e.contains("`window-0` was a window step and is now a session-window step"), "{e}");
     }
 
     #[test]

@@ -106,7 +106,8 @@ pub(crate) struct CtxInner<'s> {
     pub parts: RefCell<Vec<StreamVec<'s, Epoch, Part>>>,
     pub dead: RefCell<Vec<StreamVec<'s, Epoch, DeadLetter>>>,
     pub dead_taken: Cell<bool>,
-    pub next_id: Cell<usize>,
+    /// The ids of the stateful steps built so far.
+    pub steps: RefCell<std::collections::BTreeSet<String>>,
     pub probe: ProbeHandle<Epoch>,
     /// This worker's sources by name, told about every commit (worker 0's commit operator).
     pub sources: RefCell<Vec<(String, Arc<dyn crate::source::Source>)>>,
@@ -131,7 +132,7 @@ where
         parts: Default::default(),
         dead: Default::default(),
         dead_taken: Default::default(),
-        next_id: Default::default(),
+        steps: Default::default(),
         probe,
         sources: Default::default(),
         after_commit: Default::default(),
@@ -171,20 +172,44 @@ impl<'s> Ctx<'s> {
         self.0.scope.peers()
     }
 
-    /// A stable id for the next stateful step of `kind` (`window-0`, `parquet-1`, ...):
-    /// the same on every worker and across restarts of the same pipeline. The
-    /// step is recorded in the pipeline's plan, and a checkpoint that has a
-    /// step the pipeline lacks is refused at start.
-    pub fn operator_id(&self, kind: &str) -> String {
-        let n = self.0.next_id.get();
-        self.0.next_id.set(n + 1);
-        let id = format!("{kind}-{n}");
+    /// The id of a stateful step of `kind` (`window`, `parquet`, ...): `name`
+    /// when given, else the kind for the first such step and `kind-2`,
+    /// `kind-3`, ... for later ones. Its state, counters and staged files
+    /// are kept under it, so adding a step of another kind renames nothing.
+    /// The step is recorded in the pipeline's plan; a checkpoint that has a
+    /// step the pipeline lacks, or of another kind, is refused at start, and
+    /// a step the checkpoint lacks starts empty. A name must be unique in the
+    /// pipeline and made of ASCII letters, digits, `_` and `-`.
+    pub fn step_id(&self, kind: &str, name: Option<&str>) -> crate::error::Result<String> {
+        let mut taken = self.0.steps.borrow_mut();
+        let id = match name {
+            Some(name) => {
+                let ok = !name.is_empty()
+                    && name.len() <= 64
+                    && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+                if !ok {
+                    return Err(Error::config(
+                        "step name",
+                        format!("`{name}`: use 1 to 64 ASCII letters, digits, `_` or `-`"),
+                    ));
+                }
+                if taken.contains(name) {
+                    return Err(Error::config("step name", format!("`{name}` names two steps of the pipeline")));
+                }
+                name.to_string()
+            }
+            None => (1..)
+                .map(|n| if n == 1 { kind.to_string() } else { format!("{kind}-{n}") })
+                .find(|id| !taken.contains(id))
+                .unwrap_or_else(|| kind.to_string()),
+        };
+        taken.insert(id.clone());
         if self.planning()
             && let Ok(mut plan) = self.0.shared.plan.lock()
         {
             plan.steps.insert(id.clone(), kind.to_string());
         }
-        id
+        Ok(id)
     }
 
     /// Whether this is the planning pass: the build function runs once, before

@@ -14,24 +14,25 @@
 //! decided identically and exactly once, in the combiner.
 
 use std::collections::BTreeMap;
-use std::collections::hash_map::Entry;
 use std::hash::Hash;
+use std::marker::PhantomData;
+use std::rc::Rc;
 use std::sync::atomic::Ordering;
 
 use rustc_hash::FxHashMap;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use timely::ExchangeData;
-use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
-use timely::progress::frontier::MutableAntichain;
-use weir_core::checkpoint::state::{GLOBAL_GROUP, StateReader, StateWriter};
-use weir_core::checkpoint::{FileEntry, Part, PartBody};
 use weir_core::flow::VecOutput;
 use weir_core::flow::WatermarkUpdate;
-use weir_core::record::{DeadLetter, EventTime, Meta, Rec};
+use weir_core::record::{DeadLetter, EventTime, Rec};
 use weir_core::runtime::epochs::{EpochDriver, follow_frontier};
+use weir_core::state::{
+    Input, KeyCx, KeyedLogic, StepInput, data_then_watermarks, frontier_min, keyed_step, restored_watermarks,
+};
 use weir_core::time::{CheckpointSchedule, Epoch};
 use weir_core::{Error, Flow, Result};
 
@@ -62,81 +63,6 @@ struct Partial<K, Acc> {
     start: EventTime,
     acc: Acc,
 }
-
-enum Input<D> {
-    Data(Vec<D>),
-    Watermarks(Vec<WatermarkUpdate>),
-}
-
-/// An epoch's inputs in the order they must be applied: every record of the
-/// epoch first, then its watermarks (which already account for those records).
-fn data_then_watermarks<D>(inputs: Vec<Input<D>>) -> impl Iterator<Item = Input<D>> {
-    let (data, wms): (Vec<_>, Vec<_>) = inputs.into_iter().partition(|i| matches!(i, Input::Data(_)));
-    data.into_iter().chain(wms)
-}
-
-/// The latest watermark of every input partition; the window watermark is
-/// their minimum over the partitions that are not idle. Both stages apply an
-/// epoch's updates together: a partition discovered while running joins the
-/// table with its first update, so the minimum can drop when it does, and
-/// applying one batch at a time would let the watermark (which never moves
-/// back) depend on the order batches arrived in, which differs per worker. It never moves back
-/// (an idle partition that has data again may send late records), and it is
-/// checkpointed with the table, so a restore does not move it back either.
-#[derive(Clone, Debug)]
-struct Watermarks {
-    table: Vec<EventTime>,
-    idle: Vec<bool>,
-    current: EventTime,
-}
-
-impl Watermarks {
-    fn new(partitions: u32) -> Self {
-        let table = vec![EventTime::MIN; partitions as usize];
-        let current = if table.is_empty() { EventTime::MAX } else { EventTime::MIN };
-        Watermarks { idle: vec![false; table.len()], table, current }
-    }
-
-    /// Applies updates; returns the new window watermark if it advanced.
-    fn apply(&mut self, updates: &[WatermarkUpdate]) -> Option<EventTime> {
-        for u in updates {
-            // A partition discovered while the run goes on joins with its first update.
-            let at = u.partition as usize;
-            if at >= self.table.len() && at < self.table.len() + 4096 {
-                self.table.resize(at + 1, EventTime::MIN);
-                self.idle.resize(at + 1, false);
-            }
-            if let (Some(slot), Some(idle)) =
-                (self.table.get_mut(u.partition as usize), self.idle.get_mut(u.partition as usize))
-            {
-                *slot = (*slot).max(u.watermark);
-                *idle = u.idle;
-            }
-        }
-        let active = self.table.iter().zip(&self.idle).filter(|(_, idle)| !**idle).map(|(w, _)| *w);
-        let wm = match active.min() {
-            Some(wm) => wm,
-            // Every partition idle: nothing moves the watermark (but a finished table is done).
-            None if self.table.iter().all(|&w| w == EventTime::MAX) => EventTime::MAX,
-            None => self.current,
-        };
-        (wm > self.current).then(|| {
-            self.current = wm;
-            wm
-        })
-    }
-
-    /// Folds in a checkpointed table and window watermark.
-    fn merge(&mut self, (other, current): &(Vec<EventTime>, EventTime)) {
-        for (mine, theirs) in self.table.iter_mut().zip(other) {
-            *mine = (*mine).max(*theirs);
-        }
-        let least = self.table.iter().copied().min().unwrap_or(EventTime::MAX);
-        self.current = self.current.max(least).max(*current);
-    }
-}
-
-type GroupEntries<K, Acc> = Vec<(EventTime, K, Acc)>;
 
 /// What the combiner collected for one epoch.
 struct Combined<K, T, Acc> {
@@ -205,9 +131,6 @@ impl Adaptive {
     }
 }
 
-/// Fired windows' emptied maps, kept for reuse.
-type SpareWindows<K, Acc> = std::rc::Rc<std::cell::RefCell<Vec<FxHashMap<K, Acc>>>>;
-
 /// Flushed [`Combined`]s kept for reuse.
 type Spare<K, T, Acc> = std::rc::Rc<std::cell::RefCell<Vec<Combined<K, T, Acc>>>>;
 
@@ -223,8 +146,54 @@ impl<K, T, Acc> Default for Combined<K, T, Acc> {
     }
 }
 
-fn frontier_min(frontiers: &[MutableAntichain<Epoch>]) -> Option<Epoch> {
-    frontiers.iter().filter_map(|f| f.frontier().iter().min().copied()).min()
+/// The window stage on the keyed-operator kit: a key's state is its open
+/// windows (start, accumulator); each window has a timer at its end.
+struct WindowLogic<T, A> {
+    agg: Rc<A>,
+    spec: Tumbling,
+    _records: PhantomData<fn(&T)>,
+}
+
+impl<K, T, A> KeyedLogic<K, Partial<K, A::Acc>> for WindowLogic<T, A>
+where
+    K: Clone + 'static,
+    T: 'static,
+    A: Aggregator<T>,
+{
+    type State = Vec<(EventTime, A::Acc)>;
+    type Out = WindowResult<K, A::Out>;
+
+    fn on_record(&mut self, cx: &mut KeyCx<'_, '_, K, Self::State, Self::Out>, p: Partial<K, A::Acc>) {
+        let windows = cx.state();
+        match windows.iter_mut().find(|w| w.0 == p.start) {
+            Some(w) => self.agg.merge(&mut w.1, &p.acc),
+            None => {
+                windows.push((p.start, p.acc));
+                cx.set_timer(self.spec.end_of(p.start));
+            }
+        }
+    }
+
+    fn on_timer(&mut self, cx: &mut KeyCx<'_, '_, K, Self::State, Self::Out>, time: EventTime) {
+        let mut windows = std::mem::take(cx.state());
+        let mut i = 0;
+        while i < windows.len() {
+            let start = windows[i].0;
+            let end = self.spec.end_of(start);
+            if end <= time {
+                let (_, acc) = windows.swap_remove(i);
+                let value = WindowResult { key: cx.key().clone(), start, end, value: self.agg.finish(&acc) };
+                cx.emit(end.saturating_sub(1), value);
+            } else {
+                i += 1;
+            }
+        }
+        if windows.is_empty() {
+            cx.remove();
+        } else {
+            *cx.state() = windows;
+        }
+    }
 }
 
 impl<'s, T, F> Windowed<'s, T, F>
@@ -247,34 +216,10 @@ where
                 "needs event times: call .event_time(...) on the flow before .window(...)",
             ));
         };
-        let op = ctx.operator_id("window");
-        let worker = ctx.worker();
-        let peers = ctx.peers();
-        let groups = ctx.key_groups();
-        let store = ctx.store();
-        let agg = std::rc::Rc::new(agg);
-
-        // Restore: the watermark table (every worker), and this worker's key groups
-        // (whatever worker count wrote them).
-        let mut watermarks = Watermarks::new(info.partitions);
-        let mut windows: BTreeMap<EventTime, FxHashMap<K, A::Acc>> = BTreeMap::new();
-        let files = ctx.restored_state(&op);
-        if let (false, Some(store)) = (files.is_empty(), store.as_ref()) {
-            let mine = groups.groups_of(worker, peers);
-            for file in files {
-                let bytes = store.read_part(file)?;
-                let reader = StateReader::new(&bytes, &file.path)?;
-                if let Some(table) = reader.read::<(Vec<EventTime>, EventTime)>(GLOBAL_GROUP)? {
-                    watermarks.merge(&table);
-                }
-                for g in reader.groups().filter(|g| mine.contains(g)).collect::<Vec<_>>() {
-                    let entries: GroupEntries<K, A::Acc> = reader.read(g)?.unwrap_or_default();
-                    for (start, key, acc) in entries {
-                        windows.entry(start).or_default().insert(key, acc);
-                    }
-                }
-            }
-        }
+        let op = ctx.step_id("window", flow.name.as_deref())?;
+        let agg = Rc::new(agg);
+        // The combiner judges lateness by the watermark the window stage restores.
+        let watermarks = restored_watermarks(&ctx, &op, info.partitions)?;
 
         // Stage 1: combine on the reading worker.
         let (partials, lates) = {
@@ -287,7 +232,7 @@ where
             let mut late_out: VecOutput<DeadLetter> = OutputBuilder::from(late_out);
             let mut driver: EpochDriver<Input<Rec<T>>> =
                 EpochDriver::new(ctx.start_epoch(), CheckpointSchedule::default());
-            let mut watermarks = watermarks.clone();
+            let mut watermarks = watermarks;
             let agg = agg.clone();
             let origin = info.origin.clone();
             let late = ctx.counter("dead_letters.late");
@@ -344,7 +289,7 @@ where
                     records.for_each(|cap, data: &mut Vec<Rec<T>>| {
                         let Some(&t) = cap.least() else { return };
                         if t == now {
-                            classify(open.entry(t).or_insert_with(&fresh), std::mem::take(data), watermarks.current);
+                            classify(open.entry(t).or_insert_with(&fresh), std::mem::take(data), watermarks.current());
                         } else {
                             driver.push(t, Input::Data(std::mem::take(data)));
                         }
@@ -390,7 +335,7 @@ where
                         spare.borrow_mut().push(c);
                     };
                     for step in driver.advance(f) {
-                        let wm = watermarks.current;
+                        let wm = watermarks.current();
                         // Epochs before this one are complete: flush them.
                         let later = open.split_off(&step.epoch);
                         for (e, c) in std::mem::replace(&mut open, later) {
@@ -405,7 +350,7 @@ where
                             }
                         }
                         // All of an epoch's updates at once: the watermark after an epoch
-                        // must not depend on how its updates were batched (see `Watermarks`).
+                        // must not depend on how its updates were batched (see `WatermarkTable`).
                         watermarks.apply(&updates);
                         flush(step.epoch, c, wm);
                     }
@@ -413,7 +358,7 @@ where
                         Some(f) => open.split_off(&f),
                         None => BTreeMap::new(),
                     };
-                    let wm = watermarks.current;
+                    let wm = watermarks.current();
                     for (e, c) in std::mem::replace(&mut open, later) {
                         flush(e, c, wm);
                     }
@@ -424,167 +369,13 @@ where
             (partials, lates)
         };
 
-        // Stage 2: merge partials per key group, fire, checkpoint.
-        let failure = ctx.failure();
-        let fired = ctx.counter(&format!("{op}.fired"));
-        let route = move |p: &Partial<K, A::Acc>| groups.owner(groups.group_of(&p.key), peers) as u64;
-        let mut builder = OperatorBuilder::new(format!("Window({op})"), ctx.scope());
-        let mut input = builder.new_input(partials, Exchange::new(route));
-        let mut wms = builder.new_input(wm_stream, Pipeline);
-        let (res_out, results) = builder.new_output::<Vec<Rec<WindowResult<K, A::Out>>>>();
-        let (part_out, parts) = builder.new_output::<Vec<Part>>();
-        let mut res_out: VecOutput<Rec<WindowResult<K, A::Out>>> = OutputBuilder::from(res_out);
-        let mut part_out: VecOutput<Part> = OutputBuilder::from(part_out);
-        let mut driver: EpochDriver<Input<Partial<K, A::Acc>>> = EpochDriver::new(ctx.start_epoch(), ctx.schedule());
-        let part_name = format!("{op}.w{worker}.part");
-
-        builder.build(move |caps| {
-            let mut caps: Option<Vec<_>> = Some(caps);
-            let mut last_snapshot: Option<FileEntry> = None;
-            let mut dirty = true;
-            let spare_windows: SpareWindows<K, A::Acc> = Default::default();
-            // The most keys a fired window had.
-            let biggest = std::cell::Cell::new(0usize);
-            move |frontiers| {
-                input.for_each(|cap, data: &mut Vec<Partial<K, A::Acc>>| {
-                    if let Some(&t) = cap.least() {
-                        driver.push(t, Input::Data(std::mem::take(data)));
-                    }
-                });
-                wms.for_each(|cap, data: &mut Vec<WatermarkUpdate>| {
-                    if let Some(&t) = cap.least() {
-                        driver.push(t, Input::Watermarks(std::mem::take(data)));
-                    }
-                });
-                let Some(held) = caps.as_mut() else { return };
-                if failure.aborted() {
-                    return;
-                }
-                let f = frontier_min(frontiers);
-                let mut res_h = res_out.activate();
-                let mut part_h = part_out.activate();
-                let mut fire = |windows: &mut BTreeMap<EventTime, FxHashMap<K, A::Acc>>, epoch: Epoch, upto| {
-                    let cap = held[0].delayed(&epoch);
-                    let mut session = res_h.session(&cap);
-                    while let Some(entry) = windows.first_entry() {
-                        let start = *entry.key();
-                        if spec.end_of(start) > upto {
-                            break;
-                        }
-                        let mut keys = entry.remove();
-                        fired.fetch_add(keys.len() as u64, Ordering::Relaxed);
-                        biggest.set(biggest.get().max(keys.len()));
-                        let end = spec.end_of(start);
-                        session.give_iterator(keys.drain().map(|(key, acc)| Rec {
-                            meta: Meta::derived(end.saturating_sub(1)),
-                            value: WindowResult { key, start, end, value: agg.finish(&acc) },
-                        }));
-                        // Keep the emptied map (and its capacity) for the next window.
-                        let mut spare = spare_windows.borrow_mut();
-                        if spare.len() < 16 {
-                            spare.push(keys);
-                        }
-                    }
-                };
-                let mut run = || -> Result<()> {
-                    for step in driver.advance(f) {
-                        let epoch = step.epoch;
-                        let mut updates = Vec::new();
-                        for input in data_then_watermarks(step.data) {
-                            dirty = true;
-                            match input {
-                                Input::Data(partials) => {
-                                    for p in partials {
-                                        if !windows.contains_key(&p.start) {
-                                            // Size a new window like the largest one so far (open or
-                                            // fired): no rehashing while it fills.
-                                            let hint = windows.values().map(|w| w.len()).max().unwrap_or(0);
-                                            let hint = hint.max(biggest.get());
-                                            let recycled = spare_windows.borrow_mut().pop();
-                                            let mut map = recycled.unwrap_or_default();
-                                            map.reserve(hint);
-                                            windows.insert(p.start, map);
-                                        }
-                                        let Some(window) = windows.get_mut(&p.start) else { continue };
-                                        match window.entry(p.key) {
-                                            Entry::Occupied(mut e) => agg.merge(e.get_mut(), &p.acc),
-                                            Entry::Vacant(e) => {
-                                                e.insert(p.acc);
-                                            }
-                                        }
-                                    }
-                                }
-                                Input::Watermarks(u) => updates.extend(u),
-                            }
-                        }
-                        if let Some(wm) = watermarks.apply(&updates) {
-                            fire(&mut windows, epoch, wm);
-                        }
-                        if step.checkpoint
-                            && let Some(store) = &store
-                        {
-                            let file = match (&last_snapshot, dirty) {
-                                (Some(file), false) => file.clone(),
-                                _ => store.write_part(epoch, &part_name, &snapshot(&windows, &watermarks, groups)?)?,
-                            };
-                            dirty = false;
-                            last_snapshot = Some(file.clone());
-                            let cap = held[1].delayed(&epoch);
-                            part_h.session(&cap).give(Part {
-                                epoch,
-                                worker,
-                                body: PartBody::State { operator: op.clone(), file },
-                            });
-                        }
-                    }
-                    if f.is_none() {
-                        // Input finished: flush every window, then the final snapshot.
-                        let at = *held[0].time();
-                        fire(&mut windows, at, EventTime::MAX);
-                        if let Some(store) = &store {
-                            let bytes = snapshot(&windows, &watermarks, groups)?;
-                            let file = store.write_part(at, &format!("{part_name}.final"), &bytes)?;
-                            let cap = held[1].delayed(&at);
-                            part_h.session(&cap).give(Part {
-                                epoch: at,
-                                worker,
-                                body: PartBody::State { operator: op.clone(), file },
-                            });
-                        }
-                    }
-                    Ok(())
-                };
-                if let Err(e) = run() {
-                    failure.fail(e);
-                    return;
-                }
-                drop((res_h, part_h));
-                follow_frontier(&mut caps, f);
-            }
-        });
-        ctx.register_parts(parts);
+        // Stage 2: merge partials per key, fire, checkpoint: the keyed-operator kit.
+        let input = StepInput { records: partials, watermarks: Some(wm_stream), partitions: info.partitions };
+        let logic = WindowLogic { agg, spec, _records: PhantomData };
+        let results = keyed_step(&ctx, &op, input, |p: &Partial<K, A::Acc>| p.key.clone(), logic)?;
         ctx.register_dead_letters(lates);
-        Ok(Flow { stream: results, ctx, input: None, watermarks: None })
+        Ok(Flow::derived(ctx, results))
     }
-}
-
-fn snapshot<K: Hash + Serialize, Acc: Serialize>(
-    windows: &BTreeMap<EventTime, FxHashMap<K, Acc>>,
-    watermarks: &Watermarks,
-    groups: weir_core::keygroup::KeyGroups,
-) -> Result<Vec<u8>> {
-    let mut by_group: BTreeMap<u32, GroupEntries<&K, &Acc>> = BTreeMap::new();
-    for (&start, keys) in windows {
-        for (key, acc) in keys {
-            by_group.entry(groups.group_of(key)).or_default().push((start, key, acc));
-        }
-    }
-    let mut w = StateWriter::default();
-    w.group(GLOBAL_GROUP, &(&watermarks.table, watermarks.current))?;
-    for (g, entries) in by_group {
-        w.group(g, &entries)?;
-    }
-    w.finish()
 }
 
 #[cfg(test)]

@@ -1,0 +1,20 @@
+//! The kit for stateful operators.
+//!
+//! - [`keyed`]: [`KeyedState`], a step's per-key values and event-time
+//!   timers on one worker, restored by key group and checkpointed one part
+//!   per worker (only changed key groups where that is cheaper).
+//! - [`operator`]: [`keyed_step`], the generic keyed operator (exchange by
+//!   key group, epoch order, frontier following, snapshots) that runs a
+//!   [`KeyedLogic`]: the per-record and per-timer code of an operator.
+//! - [`watermarks`]: [`WatermarkTable`], the one place a keyed stage's
+//!   watermark is computed from its input partitions'.
+
+pub mod keyed;
+pub mod operator;
+pub mod watermarks;
+
+pub use keyed::{KeyView, KeyedState};
+pub use operator::{
+    Input, KeyCx, KeyedLogic, StepInput, data_then_watermarks, frontier_min, keyed_step, restored_watermarks,
+};
+pub use watermarks::{WatermarkSnapshot, WatermarkTable};

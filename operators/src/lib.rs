@@ -6,7 +6,8 @@
 //! - [`transform`]: `filter` (counted, not dead-lettered), `map`, `try_map`.
 //! - [`event_time`]: assigns event times (from a field, or the time the source
 //!   gave: `source_time`) and tracks per-partition watermarks.
-//! - [`window`]: keyed tumbling event-time windows with mergeable [`aggregate::Aggregator`]s.
+//! - [`window`]: keyed event-time windows (tumbling, sliding, session) with
+//!   mergeable [`aggregate::Aggregator`]s, built on core's stateful-operator kit.
 
 pub mod aggregate;
 pub mod decode;
@@ -24,5 +25,5 @@ pub mod prelude {
     pub use crate::decode::{Decode, Format, Json, MqttPayload};
     pub use crate::event_time::EventTimeExt;
     pub use crate::transform::Transform;
-    pub use crate::window::{Combine, KeyBy, Keyed, Tumbling, WindowResult};
+    pub use crate::window::{Combine, KeyBy, Keyed, Session, Sliding, Tumbling, WindowResult, WindowSpec};
 }

@@ -1,18 +1,36 @@
-//! Keyed tumbling event-time windows.
+//! Keyed event-time windows: tumbling, sliding and session.
 //!
 //! ```text
 //! flow.key_by(|r| r.device.clone())
-//!     .window(Tumbling::minutes(1))
+//!     .window(Tumbling::minutes(1))          // or Sliding::new(1 min, 10 s), Session::new(30 s)
 //!     .aggregate((Count, Min(|r| r.temp), Max(|r| r.temp), Mean(|r| r.temp)))?
 //! ```
 //!
 //! Records are shuffled by key group (so keyed state can be restored with any
-//! worker count), added to the window `[start, start + size)` with
-//! `start = t - t.rem_euclid(size)` (aligned to the Unix epoch), and a window
-//! fires once the watermark (the minimum over all input partitions) reaches
-//! its end. A record whose window already fired is late: a dead letter.
+//! worker count) and a window fires once the watermark (the minimum over all
+//! input partitions) reaches its end; every window with at least one record
+//! gives one [`WindowResult`] with its start and end.
+//!
+//! - [`Tumbling`]: `[start, start + size)` with `start = t - t.rem_euclid(size)`
+//!   (aligned to the Unix epoch). A record whose window already fired is late:
+//!   a dead letter.
+//! - [`Sliding`]: windows of `size` starting at every multiple of `slide`
+//!   (aligned to the Unix epoch), so each record is in `size / slide` of
+//!   them. Pane-based: a record updates one pane of `gcd(size, slide)` and a
+//!   window merges its panes when it fires, so a 60 s / 10 s window costs one
+//!   accumulator update per record like a tumbling one. A record is late when
+//!   every window holding it fired; one whose earlier windows fired counts in
+//!   the later ones.
+//! - [`Session`]: per key, a session ends when the key's next record is at
+//!   least `gap` after its last; `start` = its first event time, `end` = its
+//!   last + `gap`. Records that arrive out of order (within the watermark's
+//!   bound) merge sessions they bridge. A record behind the watermark is late.
 
 mod operator;
+mod panes;
+mod session;
+#[cfg(test)]
+mod tests;
 
 use std::hash::Hash;
 use std::time::Duration;
@@ -57,6 +75,127 @@ impl Tumbling {
     /// End (exclusive) of the window starting at `start`, saturating at `i64::MAX`.
     pub fn end_of(&self, start: EventTime) -> EventTime {
         start.saturating_add(self.size)
+    }
+}
+
+/// Sliding windows of `size` ms starting at every multiple of `slide` ms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sliding {
+    /// Window length in ms.
+    pub size: i64,
+    /// Distance between window starts in ms (at most `size`).
+    pub slide: i64,
+}
+
+impl Sliding {
+    /// Windows of `size`, one starting every `slide` (each at least 1 ms;
+    /// `slide <= size` is checked when the window is built).
+    pub fn new(size: Duration, slide: Duration) -> Self {
+        Sliding { size: (size.as_millis() as i64).max(1), slide: (slide.as_millis() as i64).max(1) }
+    }
+
+    /// The pane length: the largest length that divides both size and slide.
+    pub fn pane(&self) -> i64 {
+        gcd(self.size, self.slide)
+    }
+}
+
+/// Session windows: a key's session ends when its next record is at least `gap` ms after its last.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Session {
+    /// The inactivity gap in ms.
+    pub gap: i64,
+}
+
+impl Session {
+    /// Sessions separated by `gap` of inactivity (at least 1 ms).
+    pub fn new(gap: Duration) -> Self {
+        Session { gap: (gap.as_millis() as i64).max(1) }
+    }
+}
+
+fn gcd(a: i64, b: i64) -> i64 {
+    let (mut a, mut b) = (a.unsigned_abs(), b.unsigned_abs());
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    (a as i64).max(1)
+}
+
+/// Which windows a keyed flow is grouped into.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WindowSpec {
+    /// Fixed, non-overlapping windows.
+    Tumbling(Tumbling),
+    /// Overlapping windows at a fixed slide.
+    Sliding(Sliding),
+    /// Per-key sessions of activity.
+    Session(Session),
+}
+
+impl From<Tumbling> for WindowSpec {
+    fn from(t: Tumbling) -> Self {
+        WindowSpec::Tumbling(t)
+    }
+}
+
+impl From<Sliding> for WindowSpec {
+    fn from(s: Sliding) -> Self {
+        WindowSpec::Sliding(s)
+    }
+}
+
+impl From<Session> for WindowSpec {
+    fn from(s: Session) -> Self {
+        WindowSpec::Session(s)
+    }
+}
+
+impl WindowSpec {
+    /// Tumbling and sliding windows as panes: (size, slide, pane length).
+    fn panes(&self) -> Option<(i64, i64, i64)> {
+        match *self {
+            WindowSpec::Tumbling(t) => Some((t.size, t.size, t.size)),
+            WindowSpec::Sliding(s) => Some((s.size, s.slide, s.pane())),
+            WindowSpec::Session(_) => None,
+        }
+    }
+
+    /// The step kind checkpoints record (another kind under the same name is refused).
+    fn kind(&self) -> &'static str {
+        match self {
+            WindowSpec::Tumbling(_) => "window",
+            WindowSpec::Sliding(_) => "sliding-window",
+            WindowSpec::Session(_) => "session-window",
+        }
+    }
+
+    fn validate(&self) -> weir_core::Result<()> {
+        if let WindowSpec::Sliding(s) = self
+            && s.slide > s.size
+        {
+            return Err(weir_core::Error::config(
+                "window",
+                format!("a sliding window's slide ({} ms) must not exceed its size ({} ms)", s.slide, s.size),
+            ));
+        }
+        Ok(())
+    }
+
+    /// What a record at `t` updates: its pane's start (tumbling, sliding) or `t` (sessions).
+    fn part_start(&self, t: EventTime) -> EventTime {
+        match self.panes() {
+            Some((_, _, pane)) => t.saturating_sub(t.rem_euclid(pane)),
+            None => t,
+        }
+    }
+
+    /// Whether a part starting at `start` comes too late at watermark `wm`.
+    fn is_late(&self, start: EventTime, wm: EventTime) -> bool {
+        match *self {
+            WindowSpec::Session(_) => start < wm,
+            _ => panes::last_end(self, start) <= wm,
+        }
     }
 }
 
@@ -117,9 +256,9 @@ pub struct Keyed<'s, T, F> {
 }
 
 impl<'s, T: 'static, F> Keyed<'s, T, F> {
-    /// Groups the keyed records into tumbling event-time windows.
-    pub fn window(self, spec: Tumbling) -> Windowed<'s, T, F> {
-        Windowed { flow: self.flow, key: self.key, spec, combine: Combine::default() }
+    /// Groups the keyed records into event-time windows ([`Tumbling`], [`Sliding`], [`Session`]).
+    pub fn window(self, spec: impl Into<WindowSpec>) -> Windowed<'s, T, F> {
+        Windowed { flow: self.flow, key: self.key, spec: spec.into(), combine: Combine::default() }
     }
 
     /// The `(key, record)` pairs as a flow.
@@ -133,7 +272,7 @@ impl<'s, T: 'static, F> Keyed<'s, T, F> {
 }
 
 #[cfg(test)]
-mod tests {
+mod unit_tests {
     use super::*;
 
     #[test]
@@ -146,5 +285,19 @@ mod tests {
         // Extreme times from the data never overflow.
         assert_eq!(w.start_of(i64::MIN), i64::MIN);
         assert_eq!(w.end_of(w.start_of(i64::MAX)), i64::MAX);
+    }
+
+    #[test]
+    fn panes_and_lateness() {
+        let s = WindowSpec::from(Sliding::new(Duration::from_secs(60), Duration::from_secs(40)));
+        assert_eq!(s.panes(), Some((60_000, 40_000, 20_000)));
+        assert_eq!(s.part_start(65_000), 60_000);
+        // The pane [60 s, 80 s) lies in the window [40 s, 100 s) only.
+        assert!(!s.is_late(60_000, 99_999));
+        assert!(s.is_late(60_000, 100_000));
+        assert!(WindowSpec::from(Sliding::new(Duration::from_secs(1), Duration::from_secs(2))).validate().is_err());
+        let session = WindowSpec::from(Session::new(Duration::from_secs(30)));
+        assert_eq!(session.part_start(1234), 1234);
+        assert!(session.is_late(99, 100) && !session.is_late(100, 100));
     }
 }

@@ -30,20 +30,20 @@ use weir_core::flow::VecOutput;
 use weir_core::flow::WatermarkUpdate;
 use weir_core::record::{DeadLetter, EventTime, Rec};
 use weir_core::runtime::epochs::{EpochDriver, follow_frontier};
-use weir_core::state::{
-    Input, KeyCx, KeyedLogic, StepInput, data_then_watermarks, frontier_min, keyed_step, restored_watermarks,
-};
+use weir_core::state::{Input, StepInput, data_then_watermarks, frontier_min, keyed_step, restored_watermarks};
 use weir_core::time::{CheckpointSchedule, Epoch};
 use weir_core::{Error, Flow, Result};
 
-use super::{Combine, Tumbling, WindowResult};
+use super::panes::PaneLogic;
+use super::session::SessionLogic;
+use super::{Combine, WindowResult, WindowSpec};
 use crate::aggregate::Aggregator;
 
 /// A keyed flow with a window spec; `aggregate` builds the operator.
 pub struct Windowed<'s, T, F> {
     pub(super) flow: Flow<'s, T>,
     pub(super) key: F,
-    pub(super) spec: Tumbling,
+    pub(super) spec: WindowSpec,
     pub(super) combine: Combine,
 }
 
@@ -58,10 +58,11 @@ impl<'s, T, F> Windowed<'s, T, F> {
 
 /// A partial aggregate of one key and window, from one worker and epoch.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-struct Partial<K, Acc> {
-    key: K,
-    start: EventTime,
-    acc: Acc,
+pub(super) struct Partial<K, Acc> {
+    pub key: K,
+    /// The pane's start (tumbling, sliding) or the record's time (sessions).
+    pub start: EventTime,
+    pub acc: Acc,
 }
 
 /// What the combiner collected for one epoch.
@@ -146,56 +147,6 @@ impl<K, T, Acc> Default for Combined<K, T, Acc> {
     }
 }
 
-/// The window stage on the keyed-operator kit: a key's state is its open
-/// windows (start, accumulator); each window has a timer at its end.
-struct WindowLogic<T, A> {
-    agg: Rc<A>,
-    spec: Tumbling,
-    _records: PhantomData<fn(&T)>,
-}
-
-impl<K, T, A> KeyedLogic<K, Partial<K, A::Acc>> for WindowLogic<T, A>
-where
-    K: Clone + 'static,
-    T: 'static,
-    A: Aggregator<T>,
-{
-    type State = Vec<(EventTime, A::Acc)>;
-    type Out = WindowResult<K, A::Out>;
-
-    fn on_record(&mut self, cx: &mut KeyCx<'_, '_, K, Self::State, Self::Out>, p: Partial<K, A::Acc>) {
-        let windows = cx.state();
-        match windows.iter_mut().find(|w| w.0 == p.start) {
-            Some(w) => self.agg.merge(&mut w.1, &p.acc),
-            None => {
-                windows.push((p.start, p.acc));
-                cx.set_timer(self.spec.end_of(p.start));
-            }
-        }
-    }
-
-    fn on_timer(&mut self, cx: &mut KeyCx<'_, '_, K, Self::State, Self::Out>, time: EventTime) {
-        let mut windows = std::mem::take(cx.state());
-        let mut i = 0;
-        while i < windows.len() {
-            let start = windows[i].0;
-            let end = self.spec.end_of(start);
-            if end <= time {
-                let (_, acc) = windows.swap_remove(i);
-                let value = WindowResult { key: cx.key().clone(), start, end, value: self.agg.finish(&acc) };
-                cx.emit(end.saturating_sub(1), value);
-            } else {
-                i += 1;
-            }
-        }
-        if windows.is_empty() {
-            cx.remove();
-        } else {
-            *cx.state() = windows;
-        }
-    }
-}
-
 impl<'s, T, F> Windowed<'s, T, F>
 where
     T: 'static + Serialize,
@@ -216,7 +167,8 @@ where
                 "needs event times: call .event_time(...) on the flow before .window(...)",
             ));
         };
-        let op = ctx.step_id("window", flow.name.as_deref())?;
+        spec.validate()?;
+        let op = ctx.step_id(spec.kind(), flow.name.as_deref())?;
         let agg = Rc::new(agg);
         // The combiner judges lateness by the watermark the window stage restores.
         let watermarks = restored_watermarks(&ctx, &op, info.partitions)?;
@@ -268,8 +220,8 @@ where
                         c.partials.reserve(recs.len());
                     }
                     for r in recs {
-                        let start = spec.start_of(r.meta.event_time);
-                        if spec.end_of(start) <= wm {
+                        let start = spec.part_start(r.meta.event_time);
+                        if spec.is_late(start, wm) {
                             c.lates.push(r);
                             continue;
                         }
@@ -371,8 +323,26 @@ where
 
         // Stage 2: merge partials per key, fire, checkpoint: the keyed-operator kit.
         let input = StepInput { records: partials, watermarks: Some(wm_stream), partitions: info.partitions };
-        let logic = WindowLogic { agg, spec, _records: PhantomData };
-        let results = keyed_step(&ctx, &op, input, |p: &Partial<K, A::Acc>| p.key.clone(), logic)?;
+        let key = |p: &Partial<K, A::Acc>| p.key.clone();
+        let results = match spec {
+            WindowSpec::Session(s) => {
+                keyed_step(&ctx, &op, input, key, SessionLogic { agg, gap: s.gap, _records: PhantomData })?
+            }
+            WindowSpec::Tumbling(t) => keyed_step(
+                &ctx,
+                &op,
+                input,
+                key,
+                PaneLogic { agg, size: t.size, slide: t.size, _records: PhantomData },
+            )?,
+            WindowSpec::Sliding(s) => keyed_step(
+                &ctx,
+                &op,
+                input,
+                key,
+                PaneLogic { agg, size: s.size, slide: s.slide, _records: PhantomData },
+            )?,
+        };
         ctx.register_dead_letters(lates);
         Ok(Flow::derived(ctx, results))
     }

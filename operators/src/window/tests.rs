@@ -1,0 +1,195 @@
+//! Every window kind against a plain reference on randomized input: records
+//! out of order within the watermark's bound, several partitions, one to
+//! three workers, any epoch boundaries.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use proptest::prelude::*;
+use serde::{Deserialize, Serialize};
+use weir_core::Pipeline;
+use weir_core::record::{DeadLetter, EventTime};
+
+use super::{Session, Sliding, Tumbling, WindowSpec};
+use crate::prelude::*;
+use crate::testing::{Collect, Memory, Record};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Ev {
+    k: String,
+    v: f64,
+}
+
+/// `(key, window start, window end)` → `(count, sum)`.
+type Rows = BTreeMap<(String, EventTime, EventTime), (u64, f64)>;
+
+fn record(time: EventTime, k: &str, v: f64) -> Record {
+    (Some(time), format!(r#"{{"k":"{k}","v":{v:?}}}"#).into_bytes())
+}
+
+/// Runs `spec` windows of count and sum over `parts` (`epoch` records per epoch, chunks of 3).
+fn run(
+    parts: Vec<Vec<Record>>,
+    spec: WindowSpec,
+    workers: usize,
+    epoch: u64,
+) -> anyhow::Result<(Rows, Vec<DeadLetter>)> {
+    run_in_chunks(parts, spec, workers, epoch, 3)
+}
+
+fn run_in_chunks(
+    parts: Vec<Vec<Record>>,
+    spec: WindowSpec,
+    workers: usize,
+    epoch: u64,
+    per_read: usize,
+) -> anyhow::Result<(Rows, Vec<DeadLetter>)> {
+    let rows = Arc::new(Mutex::new(Vec::new()));
+    let dead = Arc::new(Mutex::new(Vec::new()));
+    let source = Memory::new(parts, per_read);
+    let (r, d) = (rows.clone(), dead.clone());
+    Pipeline::new("windows").workers(workers).bounded(true).epoch_records(epoch, 2).run(move |p| {
+        p.source(source.clone())?
+            .decode::<Ev>(Json)
+            .source_time(Duration::from_millis(DELAY))?
+            .key_by(|e| e.k.clone())
+            .window(spec)
+            .aggregate((Count, Sum(|e: &Ev| e.v)))?
+            .map(|w| (w.key, w.start, w.end, w.value.0, w.value.1))
+            .sink(Collect(r.clone()))?;
+        p.dead_letters().sink(Collect(d.clone()))
+    })?;
+    let mut out = Rows::new();
+    for (k, start, end, count, sum) in rows.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.drain(..) {
+        anyhow::ensure!(out.insert((k, start, end), (count, sum)).is_none(), "a window fired twice");
+    }
+    let dead = std::mem::take(&mut *dead.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
+    Ok((out, dead))
+}
+
+/// The allowed disorder.
+const DELAY: u64 = 300;
+
+/// The rows of `events` (key, time, value) computed directly.
+fn reference(events: &[(String, EventTime, f64)], spec: WindowSpec) -> Rows {
+    let mut rows = Rows::new();
+    let mut add = |k: &str, start, end, v: f64| {
+        let r = rows.entry((k.to_string(), start, end)).or_insert((0, 0.0));
+        r.0 += 1;
+        r.1 += v;
+    };
+    match spec {
+        WindowSpec::Tumbling(w) => {
+            for (k, t, v) in events {
+                let start = t - t.rem_euclid(w.size);
+                add(k, start, start + w.size, *v);
+            }
+        }
+        WindowSpec::Sliding(w) => {
+            for (k, t, v) in events {
+                // Every start s, a multiple of the slide, with s <= t < s + size.
+                let mut s = t - t.rem_euclid(w.slide);
+                while s + w.size > *t {
+                    add(k, s, s + w.size, *v);
+                    s -= w.slide;
+                }
+            }
+        }
+        WindowSpec::Session(w) => {
+            let mut by_key: BTreeMap<&str, Vec<(EventTime, f64)>> = BTreeMap::new();
+            for (k, t, v) in events {
+                by_key.entry(k).or_default().push((*t, *v));
+            }
+            for (k, mut evs) in by_key {
+                evs.sort_by_key(|e| e.0);
+                let mut first = evs[0].0;
+                let mut last = first;
+                let mut acc = (0u64, 0.0);
+                for (t, v) in evs {
+                    if t - last >= w.gap {
+                        rows.insert((k.to_string(), first, last + w.gap), acc);
+                        first = t;
+                        acc = (0, 0.0);
+                    }
+                    last = t;
+                    acc.0 += 1;
+                    acc.1 += v;
+                }
+                rows.insert((k.to_string(), first, last + w.gap), acc);
+            }
+        }
+    }
+    rows
+}
+
+fn specs() -> impl Strategy<Value = WindowSpec> {
+    prop_oneof![
+        (1u64..4).prop_map(|s| Tumbling::new(Duration::from_millis(s * 500)).into()),
+        (1u64..4, 1u64..4).prop_map(|(a, b)| {
+            let (slide, size) = (a.min(b) * 250, a.max(b) * 250 + if a == b { 0 } else { 125 });
+            Sliding::new(Duration::from_millis(size), Duration::from_millis(slide)).into()
+        }),
+        (1u64..6).prop_map(|g| Session::new(Duration::from_millis(g * 80)).into()),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// Out-of-order input within the bound gives exactly the reference's rows,
+    /// with any worker count and any epoch boundaries, and nothing is late.
+    #[test]
+    fn every_window_kind_equals_the_reference(
+        parts in prop::collection::vec(
+            prop::collection::vec((0i64..120, 0i64..=DELAY as i64, 0usize..3, -50i64..50), 1..80),
+            1..4,
+        ),
+        spec in specs(),
+        workers in 1usize..=3,
+        epoch in 1u64..30,
+    ) {
+        let mut input = Vec::new();
+        let mut events = Vec::new();
+        for part in &parts {
+            let mut t = 1_700_000_000_000i64;
+            let mut recs = Vec::new();
+            for &(step, jitter, key, v) in part {
+                // Each record at most DELAY behind the largest time before it.
+                t += step;
+                let k = ["a", "b", "c"][key];
+                recs.push(record(t - jitter, k, v as f64));
+                events.push((k.to_string(), t - jitter, v as f64));
+            }
+            input.push(recs);
+        }
+        let (rows, dead) = run(input, spec, workers, epoch).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert!(dead.is_empty(), "{:?}", dead.first());
+        prop_assert_eq!(rows, reference(&events, spec));
+    }
+}
+
+#[test]
+fn a_late_record_bridging_two_sessions_merges_them_and_one_behind_the_watermark_is_late() -> anyhow::Result<()> {
+    let gap = Session::new(Duration::from_millis(100));
+    // 1000 and 1150 are two sessions until 1075 (within the bound) bridges them.
+    let parts =
+        vec![vec![record(1000, "a", 1.0), record(1150, "a", 2.0), record(1075, "a", 4.0), record(9000, "a", 8.0)]];
+    let (rows, dead) = run(parts, gap.into(), 2, 1)?;
+    anyhow::ensure!(dead.is_empty(), "{dead:?}");
+    let want: Rows = [(("a".to_string(), 1000, 1250), (3, 7.0)), (("a".to_string(), 9000, 9100), (1, 8.0))].into();
+    anyhow::ensure!(rows == want, "{rows:?}");
+    // Behind the watermark (9000 - 300) by more than the bound: late.
+    let parts = vec![vec![record(9000, "a", 8.0), record(1000, "a", 1.0)]];
+    let (rows, dead) = run_in_chunks(parts, gap.into(), 1, 1, 1)?;
+    anyhow::ensure!(dead.len() == 1 && dead[0].stage == "late", "{dead:?}");
+    anyhow::ensure!(rows.len() == 1, "{rows:?}");
+    Ok(())
+}
+
+#[test]
+fn a_sliding_slide_longer_than_the_size_is_refused() {
+    let spec = Sliding::new(Duration::from_secs(1), Duration::from_secs(2));
+    let err = run(vec![vec![record(1, "a", 1.0)]], spec.into(), 1, 1).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(err.contains("slide"), "{err}");
+}

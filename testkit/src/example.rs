@@ -39,3 +39,13 @@ pub fn path(name: &str) -> anyhow::Result<PathBuf> {
 pub fn command(name: &str) -> anyhow::Result<Command> {
     Ok(Command::new(path(name)?))
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_missing_example_is_an_error_saying_how_to_build_it() {
+        let err = super::path("no_such_example").err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("examples/no_such_example is missing"), "{err}");
+        assert!(err.contains("--example no_such_example") && err.contains("--all-targets"), "{err}");
+    }
+}

@@ -9,9 +9,9 @@
 //! - **plain rdkafka**: two threads, each a `BaseConsumer` assigned two
 //!   partitions from offset 0, polling until every partition reports EOF and
 //!   counting messages and payload bytes: the client's own speed on this broker;
-//! - **weir sensor, 2 workers**: the sensor-window pipeline (`--bounded`,
-//!   decode, filter, one-minute windows, Parquet, dead letters) on the same
-//!   topic, as a new consumer group each run (so it starts at the earliest offset).
+//! - **Weir, 2 workers**: the sensor-window pipeline (`weir_testkit::sensor`,
+//!   bounded: decode, filter, one-minute windows, Parquet, dead letters) on the
+//!   same topic, as a new consumer group each run (so it starts at the earliest offset).
 //!
 //! It prints the medians (messages/s, MB/s of payload) and the ratio. Both sides
 //! read the same records from the same broker process in the same round.
@@ -25,8 +25,8 @@ use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use weir::connectors::kafka::KafkaConfig;
 use weir::prelude::*;
-use weir::sensor::{self, Input};
 use weir_testkit::kafka::{create_topic, produce};
+use weir_testkit::sensor::{self, Input};
 use weir_testkit::servers::Tansu;
 
 const PARTITIONS: i32 = 4;
@@ -90,7 +90,7 @@ fn main() -> anyhow::Result<()> {
     println!("\n| reader (2 threads / workers, 4 partitions) | median s | messages/s | MB/s |");
     println!("|---|---|---|---|");
     println!("| plain rdkafka consumer, read only | {mp:.3} | {:.0} | {:.1} |", n / mp, bytes as f64 / 1e6 / mp);
-    println!("| weir sensor pipeline, end to end | {mw:.3} | {:.0} | {:.1} |", n / mw, bytes as f64 / 1e6 / mw);
+    println!("| Weir sensor pipeline, end to end | {mw:.3} | {:.0} | {:.1} |", n / mw, bytes as f64 / 1e6 / mw);
     println!("\nweir / plain time ratio: {:.2} (runs: plain {plain:.3?}, weir {weir_runs:.3?})", mw / mp);
     Ok(())
 }

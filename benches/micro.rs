@@ -1,7 +1,7 @@
 //! Micro-benchmarks of the sensor-window pipeline's hot paths, each on
-//! synthetic input from `weir::sensor::generate`:
+//! synthetic input from `weir_testkit::sensor::generate`:
 //!
-//! - `decode/json`: one JSON line to a `weir::sensor::Reading` with serde_json
+//! - `decode/json`: one JSON line to a `weir_testkit::sensor::Reading` with serde_json
 //!   (all lines, malformed ones included; throughput in lines).
 //! - `window/update`: adding valid readings to `(Count, Min, Max, Mean)`
 //!   accumulators in an `FxHashMap<(device, window_start), Acc>`, keyed the
@@ -26,7 +26,7 @@ use parquet::file::properties::WriterProperties;
 use rustc_hash::FxHashMap;
 use serde_arrow::schema::{SchemaLike, TracingOptions};
 use weir::operators::aggregate::{Aggregator, Count, Max, Mean, Min};
-use weir::sensor::{self, Reading, TEMP_RANGE, WINDOW_MS, WindowRow};
+use weir_testkit::sensor::{self, Reading, TEMP_RANGE, WINDOW_MS, WindowRow};
 
 /// Lines per decode / window batch.
 const LINES: u64 = 100_000;

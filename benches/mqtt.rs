@@ -37,7 +37,7 @@ fn main() -> anyhow::Result<()> {
     let runs: usize = std::env::var("WEIR_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(3).max(1);
     let broker = Mosquitto::start()?;
     let mut data = Vec::new();
-    weir::sensor::generate(events, 42, 10_000, &mut data)?;
+    weir_testkit::sensor::generate(events, 42, 10_000, &mut data)?;
     let messages = weir_testkit::mqtt::sensor_messages(&data);
     let n = messages.len();
     let bytes: usize = messages.iter().map(|m| m.1.len()).sum();

@@ -6,7 +6,7 @@
 //! 2. makes each input once under `target/weir-bench/`: `sensor-2m.jsonl` (2,000,000 events)
 //!    and, for the long rows, `sensor-10m.jsonl` (10,000,000 events, same generator and
 //!    seed 42), with the workload's `gen_data.py --n N --seed 42` when
-//!    `<repo>/../shared/workloads/` has it, else with `weir::sensor::generate`. A file is
+//!    `<repo>/../shared/workloads/` has it, else with `weir_testkit::sensor::generate`. A file is
 //!    reused while its `.source` stamp names the same generator; the expected rows
 //!    (`sensor-2m.expected.csv`, `sensor-10m.expected.csv`, from `reference.py`) are
 //!    remade when older than their input;
@@ -304,7 +304,9 @@ fn make_file(env: &Env, events: u64, commands: &mut Vec<String>) -> Result<(Path
     let stamp = env.bench_dir.join(format!("{stem}.jsonl.source"));
     let source = match &env.workloads {
         Some(w) => format!("gen_data.py --n {events} --seed {SEED} ({})", w.join("gen_data.py").display()),
-        None => format!("weir::sensor::generate({events}, {SEED}, 10_000, ..) (no ../shared/workloads/gen_data.py)"),
+        None => {
+            format!("weir_testkit::sensor::generate({events}, {SEED}, 10_000, ..) (no ../shared/workloads/gen_data.py)")
+        }
     };
     let fresh = path.is_file() && std::fs::read_to_string(&stamp).is_ok_and(|s| s == source);
     if let Some(w) = &env.workloads {
@@ -336,7 +338,7 @@ fn make_file(env: &Env, events: u64, commands: &mut Vec<String>) -> Result<(Path
         None => {
             let file = std::fs::File::create(&path).map_err(|e| format!("create {}: {e}", path.display()))?;
             let mut out = BufWriter::with_capacity(1 << 20, file);
-            weir::sensor::generate(events, SEED, 10_000, &mut out).map_err(|e| format!("generate: {e}"))?;
+            weir_testkit::sensor::generate(events, SEED, 10_000, &mut out).map_err(|e| format!("generate: {e}"))?;
             out.flush().map_err(|e| format!("write {}: {e}", path.display()))?;
         }
     }

@@ -46,8 +46,6 @@ pub use weir_operators as operators;
 
 pub use weir_core::{Error, Result};
 
-pub mod sensor;
-
 /// The README's examples, compiled as doc-tests so they cannot rot.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

@@ -9,10 +9,10 @@ use std::io::Write;
 use std::path::Path;
 
 use weir::prelude::*;
-use weir::sensor::Reading;
 use weir_core::record::{Chunk, Rec};
 use weir_core::source::{ReadStatus, Source};
 use weir_operators::decode::decode_chunk;
+use weir_testkit::sensor::Reading;
 
 /// Reads `path` through `LinesFile` and decodes every record, checking the read
 /// buffer never exceeds `max_bytes` (what bounds memory).
@@ -214,7 +214,10 @@ fn dead_letter_files_say_what_was_truncated() -> anyhow::Result<()> {
 fn run(input: &Path, out: &Path, dlq: &Path, state: &Path) -> weir::Result<RunSummary> {
     let (input, out, dlq) = (input.to_path_buf(), out.to_path_buf(), dlq.to_path_buf());
     Pipeline::new("bad-input").workers(1).state(state.join("state")).epoch_records(2, 1).run(move |p| {
-        weir::sensor::aggregate(p.source(LinesFile::open(&input)?.with_max_record_bytes(1000)?)?, Parquet::dir(&out))?;
+        weir_testkit::sensor::aggregate(
+            p.source(LinesFile::open(&input)?.with_max_record_bytes(1000)?)?,
+            Parquet::dir(&out),
+        )?;
         p.dead_letters().sink(DeadLetters::dir(&dlq))
     })
 }

@@ -1,7 +1,9 @@
 //! Bad configuration is a clear error at startup that names what is wrong,
 //! and nothing is touched: unknown topics, missing inputs, an output path
 //! that is a file, topic names that would escape the log directory, a state
-//! directory written by a newer format, message timestamps without Kafka.
+//! directory written by a newer format, message timestamps without Kafka, a
+//! malformed duration. `sensor ...` runs the sensor example, anything else
+//! the `weir` binary.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -10,12 +12,19 @@ use std::process::{Command, Output};
 use anyhow::Context;
 
 fn weir(dir: &Path, args: &[&str]) -> anyhow::Result<Output> {
-    Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args(args)
-        .env("RUST_LOG", "error")
-        .current_dir(dir)
-        .output()
-        .context("spawning weir")
+    let mut cmd = match args.split_first() {
+        Some((&"sensor", options)) => {
+            let mut cmd = weir_testkit::sensor::example()?;
+            cmd.args(options);
+            cmd
+        }
+        _ => {
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
+            cmd.args(args);
+            cmd
+        }
+    };
+    cmd.env("RUST_LOG", "error").current_dir(dir).output().with_context(|| format!("spawning {args:?}"))
 }
 
 /// Every path under `dir` with its size.
@@ -72,6 +81,25 @@ fn bad_inputs_and_outputs_are_startup_errors_that_touch_nothing() -> anyhow::Res
     refused(d, &[&["sensor", "--input", "in.jsonl"], &ts[..], SINKS].concat(), &wanted)?;
     refused(d, &[&["sensor", "--log-dir", "log", "--bounded"], &ts[..], SINKS].concat(), &wanted)?;
     refused(d, &[&["sensor"], &ts[..]].concat(), &wanted)?;
+    Ok(())
+}
+
+#[test]
+fn a_malformed_duration_is_a_startup_error_naming_the_option_and_the_forms() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    std::fs::write(d.join("in.jsonl"), "{\"device\":\"a\",\"ts\":1,\"temp\":2.0}\n")?;
+    for (option, value, forms) in [
+        ("--max-out-of-orderness", "soon", &["100ms", "1s", "2m"][..]),
+        ("--max-out-of-orderness", "2 weeks", &["ms, s, m or h"][..]),
+        ("--max-out-of-orderness", "", &["100ms", "1s", "2m"][..]),
+        ("--checkpoint-interval", "1x", &["ms, s, m or h"][..]),
+    ] {
+        let args = [&["sensor", "--input", "in.jsonl", option, value], SINKS].concat();
+        refused(d, &args, &[&[option, value][..], forms].concat())?;
+    }
+    // The demo (no input options) refuses it too, before generating anything.
+    refused(d, &["sensor", "--max-out-of-orderness", "2sec"], &["--max-out-of-orderness", "2sec"])?;
     Ok(())
 }
 

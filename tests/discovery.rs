@@ -17,7 +17,7 @@ use weir::connectors::log::{LogConfig, LogSource, Topic};
 use weir::core::record::{Chunk, Offset, PartitionId};
 use weir::core::source::{PartitionReader, PartitionSpec, ReadStatus, Source, Waker};
 use weir::prelude::*;
-use weir::sensor::{self, reference};
+use weir_testkit::sensor::{self, reference};
 
 /// A log topic whose partition 1 appears only through discovery.
 struct Growing {

@@ -5,14 +5,14 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize, Serializer};
 use weir::connectors::log::{LogConfig, Producer, Topic};
 use weir::prelude::*;
-use weir::sensor::{generate, reference};
+use weir_testkit::sensor::{generate, reference};
 
 /// Every file under `dir` with its size and modification time.
 fn snapshot(dir: &Path) -> BTreeMap<PathBuf, (u64, SystemTime)> {
@@ -35,13 +35,12 @@ fn snapshot(dir: &Path) -> BTreeMap<PathBuf, (u64, SystemTime)> {
 }
 
 fn sensor(dir: &Path, args: &[&str]) -> anyhow::Result<Output> {
-    Command::new(env!("CARGO_BIN_EXE_weir"))
-        .arg("sensor")
+    weir_testkit::sensor::example()?
         .args(args)
         .env("RUST_LOG", "error")
         .current_dir(dir)
         .output()
-        .context("spawning weir sensor")
+        .context("spawning the sensor example")
 }
 
 fn ok(out: Output) -> anyhow::Result<String> {
@@ -209,7 +208,7 @@ fn a_checkpoint_with_a_step_the_pipeline_lacks_is_refused() -> anyhow::Result<()
     std::fs::write(&path, &data)?;
     let (p, out, dlq) = (path.clone(), dir.path().join("out"), dir.path().join("dlq"));
     Pipeline::new("steps").state(dir.path().join("state")).epoch_records(500, 2).run(move |pf| {
-        weir::sensor::aggregate(pf.source(LinesFile::open(&p)?)?, Parquet::dir(&out))?;
+        weir_testkit::sensor::aggregate(pf.source(LinesFile::open(&p)?)?, Parquet::dir(&out))?;
         pf.dead_letters().sink(DeadLetters::dir(&dlq))
     })?;
     // The same input, without the window: the checkpoint's window state has no step.
@@ -218,7 +217,7 @@ fn a_checkpoint_with_a_step_the_pipeline_lacks_is_refused() -> anyhow::Result<()
         .state(dir.path().join("state"))
         .epoch_records(500, 2)
         .run(move |pf| {
-            pf.source(LinesFile::open(&p)?)?.decode::<weir::sensor::Reading>(Json).sink(Parquet::dir(&out2))?;
+            pf.source(LinesFile::open(&p)?)?.decode::<weir_testkit::sensor::Reading>(Json).sink(Parquet::dir(&out2))?;
             pf.dead_letters().sink(DeadLetters::dir(&dlq))
         })
         .expect_err("a pipeline without the checkpoint's window must be refused");
@@ -237,7 +236,7 @@ fn a_panic_on_one_worker_of_three_stops_the_run() -> anyhow::Result<()> {
     let result = Pipeline::new("panics").workers(3).run(move |pf| {
         let worker = pf.ctx().worker();
         pf.source(LinesFile::with_split_bytes(&p, 64 << 10)?)?
-            .decode::<weir::sensor::Reading>(Json)
+            .decode::<weir_testkit::sensor::Reading>(Json)
             .map(move |r| {
                 if worker == 1 && r.temp > 20.0 {
                     panic!("boom on worker 1");
@@ -269,7 +268,7 @@ fn an_empty_partition_does_not_stop_windows_forever() -> anyhow::Result<()> {
         let key = line.split(|&b| b == b'"').nth(3).unwrap_or_default();
         let p = (weir::core::keygroup::stable_hash(key) % 2) as usize;
         writers[p].append(&[line])?;
-        if let Ok(r) = serde_json::from_slice::<weir::sensor::Reading>(line) {
+        if let Ok(r) = serde_json::from_slice::<weir_testkit::sensor::Reading>(line) {
             newest[p] = newest[p].max(r.ts);
         }
     }
@@ -277,8 +276,7 @@ fn an_empty_partition_does_not_stop_windows_forever() -> anyhow::Result<()> {
         w.sync()?;
     }
     drop(writers);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
-        .arg("sensor")
+    let mut child = weir_testkit::sensor::example()?
         .args(["--log-dir", "log", "--topic", "sensors", "--workers", "2", "--assignor", "range"])
         .args(["--idle-timeout", "300ms"])
         .args(OUT)
@@ -337,8 +335,8 @@ fn late_and_try_map_dead_letters_carry_the_original_bytes() -> anyhow::Result<()
     let summary =
         Pipeline::new("bytes").epoch_records(50, 2).state(dir.path().join("state")).run(move |pf| {
             pf.source(LinesFile::with_split_bytes(&p, 4000)?)?
-                .decode::<weir::sensor::Reading>(Json)
-                .try_map("validate", |r: &weir::sensor::Reading| {
+                .decode::<weir_testkit::sensor::Reading>(Json)
+                .try_map("validate", |r: &weir_testkit::sensor::Reading| {
                     if r.device.as_str() == "reject-me" { Err("rejected device") } else { Ok(r.clone()) }
                 })
                 .event_time(|r| r.ts, Duration::from_secs(2))?

@@ -18,8 +18,8 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use weir::connectors::kafka::{KafkaConfig, KafkaSource, KafkaTopic};
 use weir::core::source::Source;
 use weir::prelude::*;
-use weir::sensor::{self, Input, TimeFrom};
 use weir_testkit::kafka::{consume_all, create_topic, produce, produce_with_timestamps};
+use weir_testkit::sensor::{self, Input, TimeFrom};
 use weir_testkit::servers::Tansu;
 
 const PARTITIONS: i32 = 4;
@@ -239,7 +239,7 @@ fn message_timestamps_are_the_event_times_when_asked_for() -> anyhow::Result<()>
     let summary = Pipeline::new("stamped")
         .workers(2)
         .bounded(true)
-        .run(move |p| sensor::build_with(p, &input, &outputs, TimeFrom::MessageTimestamp))?;
+        .run(move |p| sensor::build_with(p, &input, &outputs, TimeFrom::MessageTimestamp.into()))?;
     ensure!(summary.counter("records_in") == all.len() as u64, "read {}", summary.counter("records_in"));
     support::compare(&expected, &support::read_rows(&out)?)?;
     let dead = support::read_dead_letters(&dead)?;
@@ -310,8 +310,8 @@ fn a_missing_topic_and_an_offset_the_broker_lacks_are_clear_errors() -> anyhow::
 }
 
 fn spawn(brokers: &str, dir: &Path, workers: usize) -> anyhow::Result<Child> {
-    let child = Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args(["sensor", "--brokers", brokers, "--topic", "sensors", "--group", "live"])
+    let child = weir_testkit::sensor::example()?
+        .args(["--brokers", brokers, "--topic", "sensors", "--group", "live"])
         .arg("--output")
         .arg(dir.join("out"))
         .arg("--dead-letter")

@@ -1,5 +1,5 @@
 //! The embedded-log path end to end through the `weir` CLI: create a topic,
-//! produce keyed JSON lines, run the sensor pipeline from the log as a
+//! produce keyed JSON lines, run the sensor example from the log as a
 //! consumer group (5 partitions over 3 workers), compare with the reference,
 //! and check the group's committed offsets and lag; and the sensor pipeline
 //! reading a topic on its own (fault-injecting) storage.
@@ -11,10 +11,19 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 
 use anyhow::{Context, bail};
-use weir::sensor::{generate, reference};
+use weir_testkit::sensor::{generate, reference};
 
 fn weir(dir: &std::path::Path, args: &[&str], stdin: Option<&[u8]>) -> anyhow::Result<String> {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
+    run(Command::new(env!("CARGO_BIN_EXE_weir")), dir, args, stdin)
+}
+
+fn sensor(dir: &std::path::Path, args: &[&str]) -> anyhow::Result<String> {
+    run(weir_testkit::sensor::example()?, dir, args, None)
+}
+
+/// Runs `cmd` with `args` in `dir`, feeding it `stdin`: its standard output, or an error if it fails.
+fn run(mut cmd: Command, dir: &std::path::Path, args: &[&str], stdin: Option<&[u8]>) -> anyhow::Result<String> {
+    let mut child = cmd
         .args(args)
         .current_dir(dir)
         .env("RUST_LOG", "error")
@@ -28,7 +37,7 @@ fn weir(dir: &std::path::Path, args: &[&str], stdin: Option<&[u8]>) -> anyhow::R
     drop(child.stdin.take());
     let out = child.wait_with_output()?;
     if !out.status.success() {
-        bail!("weir {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!("{:?} {args:?} failed: {}", cmd.get_program(), String::from_utf8_lossy(&out.stderr));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -48,7 +57,6 @@ fn log_topic_to_parquet_through_the_cli() -> anyhow::Result<()> {
     assert!(described.contains("5 partitions, 30000 records"), "{described}");
 
     let run = [
-        "sensor",
         "--log-dir",
         "log",
         "--topic",
@@ -65,7 +73,7 @@ fn log_topic_to_parquet_through_the_cli() -> anyhow::Result<()> {
         "--state",
         "state",
     ];
-    weir(d, &run, None)?;
+    sensor(d, &run)?;
     support::compare(&expected, &support::read_rows(&d.join("out"))?)?;
     assert_eq!(support::read_dead_letters(&d.join("dlq"))?.len() as u64, malformed);
 
@@ -99,7 +107,7 @@ fn the_pipeline_reads_its_log_through_its_storage() -> anyhow::Result<()> {
     use weir::connectors::log::{LogConfig, Producer, Topic};
     use weir::core::storage::{FaultFs, OpKind, Storage};
     use weir::prelude::*;
-    use weir::sensor::Input;
+    use weir_testkit::sensor::Input;
 
     // The topic exists only on the FaultFs: the run can only read it through
     // the pipeline's storage.
@@ -123,7 +131,7 @@ fn the_pipeline_reads_its_log_through_its_storage() -> anyhow::Result<()> {
         .state("/w/state")
         .bounded(true)
         .epoch_records(60, 2)
-        .run(move |p| weir::sensor::build(p, &log, Path::new("/w/out"), Path::new("/w/dlq")))?;
+        .run(move |p| weir_testkit::sensor::build(p, &log, Path::new("/w/out"), Path::new("/w/dlq")))?;
     let reads = fs.trace().iter().filter(|o| o.kind == OpKind::ReadAt && o.path.starts_with("/w/log")).count();
     anyhow::ensure!(reads > reads_before, "the run read no segment through its storage");
 

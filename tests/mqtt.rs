@@ -518,7 +518,7 @@ fn a_user_name_and_password_are_accepted_and_a_wrong_password_is_refused() -> an
 }
 
 /// The whole MQTT path: readings published to mosquitto, stored by the
-/// gateway, aggregated by `weir sensor --record-format mqtt` from the log,
+/// gateway, aggregated by the sensor example (`--record-format mqtt`) from the log,
 /// give exactly the reference's rows.
 #[test]
 fn gateway_records_feed_the_sensor_pipeline() -> anyhow::Result<()> {
@@ -528,7 +528,7 @@ fn gateway_records_feed_the_sensor_pipeline() -> anyhow::Result<()> {
     let mut gw = Gateway::spawn(&broker.broker(), &log, "gw-pipeline", &[])?;
     gw.wait_for("subscribed")?;
     let mut data = Vec::new();
-    weir::sensor::generate(3_000, 21, 50, &mut data)?;
+    weir_testkit::sensor::generate(3_000, 21, 50, &mut data)?;
     let lines: Vec<&[u8]> = data.split(|&b| b == b'\n').filter(|l| !l.is_empty()).collect();
     let messages = weir_testkit::mqtt::sensor_messages(&data);
     let acked = publish_qos1(broker.port, "pub-pipeline", messages, Duration::ZERO, Duration::from_secs(60))?;
@@ -538,8 +538,8 @@ fn gateway_records_feed_the_sensor_pipeline() -> anyhow::Result<()> {
     assert!(status.success(), "{status}: {stats}");
 
     let out = dir.path().join("out");
-    let run = Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args(["sensor", "--topic", "readings", "--record-format", "mqtt", "--bounded", "--workers", "2"])
+    let run = weir_testkit::sensor::example()?
+        .args(["--topic", "readings", "--record-format", "mqtt", "--bounded", "--workers", "2"])
         .arg("--log-dir")
         .arg(&log)
         .arg("--output")
@@ -548,7 +548,7 @@ fn gateway_records_feed_the_sensor_pipeline() -> anyhow::Result<()> {
         .arg(dir.path().join("dead"))
         .output()?;
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
-    let (expected, malformed) = weir::sensor::reference(&data);
+    let (expected, malformed) = weir_testkit::sensor::reference(&data);
     support::compare(&expected, &support::read_rows(&out)?)?;
     let dead = support::read_dead_letters(&dir.path().join("dead"))?;
     assert_eq!(dead.len() as u64, malformed, "dead letters");

@@ -12,8 +12,8 @@ use std::time::Duration;
 use anyhow::ensure;
 use weir::connectors::mqtt::MqttTopic;
 use weir::prelude::*;
-use weir::sensor::{self, Input};
 use weir_testkit::mqtt::Subscriber;
+use weir_testkit::sensor::{self, Input};
 use weir_testkit::servers::Mosquitto;
 
 #[test]

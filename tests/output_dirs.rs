@@ -14,7 +14,7 @@ use anyhow::Context;
 use fault_support::{ROOT, case, fresh};
 use weir::core::storage::{Errno, Fault, FaultFs, Inject, LocalFs, Storage};
 use weir::prelude::*;
-use weir::sensor::reference;
+use weir_testkit::sensor::reference;
 
 fn pipeline(storage: Arc<dyn Storage>, state: &Path) -> Pipeline {
     let mut p = Pipeline::new("output-dirs").storage(storage).state(state).epoch_records(60, 2);
@@ -26,7 +26,7 @@ fn pipeline(storage: Arc<dyn Storage>, state: &Path) -> Pipeline {
 fn sensor(p: Pipeline, input: &Path, out: &Path, dlq: &Path) -> weir::Result<RunSummary> {
     let (input, out, dlq) = (input.to_path_buf(), out.to_path_buf(), dlq.to_path_buf());
     p.run(move |p| {
-        weir::sensor::aggregate(p.source(LinesFile::open(&input)?)?, Parquet::dir(&out).rows_per_file(40))?;
+        weir_testkit::sensor::aggregate(p.source(LinesFile::open(&input)?)?, Parquet::dir(&out).rows_per_file(40))?;
         p.dead_letters().sink(DeadLetters::dir(&dlq))
     })
 }
@@ -55,8 +55,8 @@ fn two_sinks_of_one_kind_share_a_directory() -> anyhow::Result<()> {
     let fs = fresh();
     let (a, b, out, dlq) = (case.input.clone(), second.clone(), w("out"), w("dlq"));
     pipeline(Arc::new(fs.clone()), &w("state")).workers(2).run(move |p| {
-        weir::sensor::aggregate(p.source(LinesFile::open(&a)?)?, Parquet::dir(&out).rows_per_file(40))?;
-        weir::sensor::aggregate(p.source(LinesFile::open(&b)?)?, Parquet::dir(&out).rows_per_file(40))?;
+        weir_testkit::sensor::aggregate(p.source(LinesFile::open(&a)?)?, Parquet::dir(&out).rows_per_file(40))?;
+        weir_testkit::sensor::aggregate(p.source(LinesFile::open(&b)?)?, Parquet::dir(&out).rows_per_file(40))?;
         p.dead_letters().sink(DeadLetters::dir(&dlq))
     })?;
     let local = tempfile::tempdir()?;

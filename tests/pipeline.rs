@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use weir::prelude::*;
-use weir::sensor::{Reading, SplitMix, WindowRow, reference};
+use weir_testkit::sensor::{Reading, SplitMix, WindowRow, reference};
 
 fn random_input(rng: &mut SplitMix, lines: usize) -> Vec<u8> {
     let mut out = Vec::new();
@@ -55,7 +55,7 @@ fn run(
     let (input, out, dlq) = (input.to_path_buf(), dir.join("out"), dir.join("dlq"));
     Pipeline::new("randomized").workers(workers).state(dir.join("state")).epoch_records(epoch_records, ckpt).run(
         move |p| {
-            weir::sensor::aggregate_with(
+            weir_testkit::sensor::aggregate_with(
                 p.source(LinesFile::with_split_bytes(&input, split)?)?,
                 Parquet::dir(&out).rows_per_file(500),
                 combine,
@@ -114,7 +114,7 @@ fn randomized_inputs_match_the_reference() -> anyhow::Result<()> {
 fn adaptive_combining_follows_the_keys_and_stays_exact() -> anyhow::Result<()> {
     for (devices, passes) in [(5000, true), (3, false)] {
         let mut input = Vec::new();
-        weir::sensor::generate(40_000, 3, devices, &mut input)?;
+        weir_testkit::sensor::generate(40_000, 3, devices, &mut input)?;
         let (expected, _) = reference(&input);
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("in.jsonl");

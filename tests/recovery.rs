@@ -6,12 +6,12 @@
 mod support;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use weir::connectors::log::{LogConfig, Producer, Topic};
-use weir::sensor::{SplitMix, generate, reference};
+use weir_testkit::sensor::{SplitMix, generate, reference};
 
 /// Where the killed pipeline reads from.
 #[derive(Clone, Copy)]
@@ -41,9 +41,8 @@ fn spawn(dir: &Path, workers: usize, feed: Feed, epochs: Epochs) -> anyhow::Resu
         Feed::File => FILE_ARGS,
         Feed::Log => LOG_ARGS,
     };
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
-    cmd.arg("sensor")
-        .args(input)
+    let mut cmd = weir_testkit::sensor::example()?;
+    cmd.args(input)
         .args(["--output", "out", "--dead-letter", "dlq", "--state", "state"])
         .args(["--workers", &workers.to_string()]);
     match epochs {
@@ -56,7 +55,7 @@ fn spawn(dir: &Path, workers: usize, feed: Feed, epochs: Epochs) -> anyhow::Resu
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .context("spawning weir sensor")
+        .context("spawning the sensor example")
 }
 
 fn wait(child: Child) -> anyhow::Result<()> {

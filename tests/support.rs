@@ -10,7 +10,7 @@ use std::path::Path;
 use anyhow::{Context, bail};
 use arrow::array::{Array, Float64Array, Int64Array, StringArray};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use weir::sensor::WindowRow;
+use weir_testkit::sensor::WindowRow;
 
 /// Visible files of a directory (names not starting with `.` or `_`), sorted.
 pub fn visible_files(dir: &Path) -> anyhow::Result<Vec<std::path::PathBuf>> {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use anyhow::bail;
 use weir::core::storage::{FaultFs, Storage};
 use weir::prelude::*;
-use weir::sensor::{SplitMix, WindowRow, reference};
+use weir_testkit::sensor::{SplitMix, WindowRow, reference};
 
 use crate::support;
 
@@ -46,7 +46,7 @@ pub fn malformed_offsets(input: &[u8]) -> BTreeSet<u64> {
     let mut at = 0u64;
     for line in input.split_inclusive(|&b| b == b'\n') {
         let body = line.strip_suffix(b"\n").unwrap_or(line);
-        if serde_json::from_slice::<weir::sensor::Reading>(body).is_err() {
+        if serde_json::from_slice::<weir_testkit::sensor::Reading>(body).is_err() {
             out.insert(at);
         }
         at += line.len() as u64;
@@ -90,7 +90,7 @@ pub fn run_at(fs: &FaultFs, case: &Case, workers: usize, root: &str) -> weir::Re
     // Small reads, so that epochs (which close between reads) are short.
     pipeline.config.read_batch_bytes = 1024;
     pipeline.run(move |p| {
-        weir::sensor::aggregate(
+        weir_testkit::sensor::aggregate(
             p.source(LinesFile::with_split_bytes(&input, split)?)?,
             Parquet::dir(&out).rows_per_file(40),
         )?;

@@ -1,9 +1,10 @@
-//! The sensor-window pipeline (see `examples/sensor_aggregation.rs`): decode
-//! readings, drop out-of-range temperatures, aggregate per device over
-//! one-minute event-time windows (event time from the `ts` field or the Kafka
-//! message timestamp, [`TimeFrom`]), write Parquet and dead letters. Also a
-//! synthetic feed generator and a plain reference implementation, used by
-//! the example and by the tests.
+//! The sensor-window workload: its pipeline (decode readings, drop
+//! out-of-range temperatures, aggregate per device over one-minute event-time
+//! windows with event times from the `ts` field or the Kafka message timestamp,
+//! [`TimeConfig`], write Parquet and dead letters), a synthetic feed generator
+//! ([`generate`]) and a plain reference implementation ([`reference`]). The
+//! example `examples/sensor_aggregation.rs` is its command line; tests and
+//! benches build the same pipeline in-process.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -12,9 +13,10 @@ use std::time::Duration;
 
 use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
-use weir_core::Dataflow;
-
-use crate::prelude::*;
+use weir_connectors::log::LogSource;
+use weir_connectors::{DeadLetters, LinesFile, Parquet};
+use weir_core::{Dataflow, Flow, Raw};
+use weir_operators::prelude::*;
 
 /// One input line.
 ///
@@ -121,8 +123,42 @@ pub enum TimeFrom {
     MessageTimestamp,
 }
 
-/// Allowed out-of-orderness of event times (the watermark's delay).
+/// The name of the example that is this workload's command line
+/// (`examples/sensor_aggregation.rs`).
+pub const EXAMPLE: &str = "sensor_aggregation";
+
+/// A [`Command`](std::process::Command) running the example's binary (see
+/// [`crate::example::path`]: an error saying how to build it if it is missing).
+pub fn example() -> anyhow::Result<std::process::Command> {
+    crate::example::command(EXAMPLE)
+}
+
+/// The default allowed out-of-orderness of event times (the watermark's delay).
 pub const MAX_OUT_OF_ORDERNESS: Duration = Duration::from_secs(2);
+
+/// How the pipeline assigns event times and watermarks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TimeConfig {
+    /// Where a reading's event time comes from.
+    pub from: TimeFrom,
+    /// How far behind the largest event time seen (per partition) a reading may
+    /// be and still count: the watermark is that largest time minus this.
+    pub max_out_of_orderness: Duration,
+}
+
+impl Default for TimeConfig {
+    /// Times from the `ts` field, [`MAX_OUT_OF_ORDERNESS`] of disorder.
+    fn default() -> Self {
+        TimeConfig { from: TimeFrom::Payload, max_out_of_orderness: MAX_OUT_OF_ORDERNESS }
+    }
+}
+
+impl From<TimeFrom> for TimeConfig {
+    /// Times from `from`, [`MAX_OUT_OF_ORDERNESS`] of disorder.
+    fn from(from: TimeFrom) -> Self {
+        TimeConfig { from, ..TimeConfig::default() }
+    }
+}
 
 /// Builds the sensor-window pipeline on one worker.
 pub fn build(p: &mut Dataflow<'_>, input: &Input, output: &Path, dead_letters: &Path) -> weir_core::Result<()> {
@@ -131,13 +167,13 @@ pub fn build(p: &mut Dataflow<'_>, input: &Input, output: &Path, dead_letters: &
 
 /// [`build`] with every kind of output.
 pub fn build_to(p: &mut Dataflow<'_>, input: &Input, out: &Outputs) -> weir_core::Result<()> {
-    build_with(p, input, out, TimeFrom::Payload)
+    build_with(p, input, out, TimeConfig::default())
 }
 
-/// [`build_to`] with event times from `time`: [`TimeFrom::MessageTimestamp`]
+/// [`build_to`] with event times as `time` says: [`TimeFrom::MessageTimestamp`]
 /// needs a Kafka input (an error naming `event_time` otherwise).
-pub fn build_with(p: &mut Dataflow<'_>, input: &Input, out: &Outputs, time: TimeFrom) -> weir_core::Result<()> {
-    if time == TimeFrom::MessageTimestamp && !matches!(input, Input::Kafka { .. }) {
+pub fn build_with(p: &mut Dataflow<'_>, input: &Input, out: &Outputs, time: TimeConfig) -> weir_core::Result<()> {
+    if time.from == TimeFrom::MessageTimestamp && !matches!(input, Input::Kafka { .. }) {
         return Err(weir_core::Error::config(
             "event_time",
             "message timestamps need a Kafka input: files and the embedded log have none",
@@ -176,11 +212,11 @@ pub fn aggregate(raw: Raw<'_>, output: Parquet) -> weir_core::Result<()> {
 
 /// [`aggregate`] with a choice of pre-aggregation (the results are the same).
 pub fn aggregate_with(raw: Raw<'_>, output: Parquet, combine: Combine) -> weir_core::Result<()> {
-    window_rows(raw, combine, TimeFrom::Payload)?.sink(output)
+    window_rows(raw, combine, TimeConfig::default())?.sink(output)
 }
 
-/// The sensor-window stages from raw lines to window rows, with event times from `time`.
-pub fn window_rows<'s>(raw: Raw<'s>, combine: Combine, time: TimeFrom) -> weir_core::Result<Flow<'s, WindowRow>> {
+/// The sensor-window stages from raw lines to window rows, with event times as `time` says.
+pub fn window_rows<'s>(raw: Raw<'s>, combine: Combine, time: TimeConfig) -> weir_core::Result<Flow<'s, WindowRow>> {
     readings_to_rows(raw.decode::<Reading>(Json), combine, time)
 }
 
@@ -188,12 +224,12 @@ pub fn window_rows<'s>(raw: Raw<'s>, combine: Combine, time: TimeFrom) -> weir_c
 pub fn readings_to_rows<'s>(
     readings: Flow<'s, Reading>,
     combine: Combine,
-    time: TimeFrom,
+    time: TimeConfig,
 ) -> weir_core::Result<Flow<'s, WindowRow>> {
     let readings = readings.filter(|r| TEMP_RANGE.contains(&r.temp));
-    let timed = match time {
-        TimeFrom::Payload => readings.event_time(|r| r.ts, MAX_OUT_OF_ORDERNESS)?,
-        TimeFrom::MessageTimestamp => readings.source_time(MAX_OUT_OF_ORDERNESS)?,
+    let timed = match time.from {
+        TimeFrom::Payload => readings.event_time(|r| r.ts, time.max_out_of_orderness)?,
+        TimeFrom::MessageTimestamp => readings.source_time(time.max_out_of_orderness)?,
     };
     Ok(timed
         .key_by(|r| r.device.clone())

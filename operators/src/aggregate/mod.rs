@@ -1,13 +1,32 @@
-//! Mergeable, serializable aggregators: [`Count`], [`Sum`], [`Min`], [`Max`],
-//! [`Mean`], and tuples of them (`(Count, Min(f), Max(f), Mean(f))`).
+//! Mergeable, serializable aggregators: the simple ones here ([`Count`], [`Sum`],
+//! [`Min`], [`Max`], [`Mean`]), the statistics and sketches in their own modules
+//! ([`Variance`], [`StdDev`], [`First`], [`Last`], [`Percentiles`],
+//! [`DistinctCount`], [`TopK`]), and two ways to combine them: tuples
+//! (`(Count, Min(f), Max(f))`, results by position) and structs declared with
+//! [`aggregates!`](crate::aggregates) (results by name).
 //!
 //! An aggregator keeps an accumulator per window and key. Accumulators are
-//! `Serialize` (they are checkpointed) and mergeable (partial aggregates can
-//! be combined, e.g. before a shuffle). User-defined aggregators implement the
-//! same trait.
+//! `Serialize` (they are checkpointed with bincode) and mergeable (partial
+//! aggregates are combined across workers, in any order), so `merge` is exact
+//! and associative where the math allows. User-defined aggregators implement
+//! the same trait.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use weir_core::record::EventTime;
+
+mod by_time;
+mod distinct;
+mod named;
+mod percentiles;
+mod top;
+mod variance;
+
+pub use by_time::{First, Last};
+pub use distinct::{Borrowed, DistinctCount, DistinctState, Owned, StableHasher};
+pub use percentiles::{DDSketch, Percentiles};
+pub use top::TopK;
+pub use variance::{Moments, StdDev, Variance};
 
 /// An aggregation over items of type `T`.
 pub trait Aggregator<T>: 'static {
@@ -19,6 +38,15 @@ pub trait Aggregator<T>: 'static {
     fn init(&self) -> Self::Acc;
     /// Adds one item.
     fn add(&self, acc: &mut Self::Acc, item: &T);
+    /// Adds one item with its event time. The window operator calls this; the
+    /// default ignores the time and calls [`add`](Aggregator::add). Aggregators
+    /// whose result depends on time ([`First`], [`Last`]) override it, and
+    /// combinations (tuples, [`aggregates!`](crate::aggregates) structs) forward it
+    /// to each part.
+    fn add_at(&self, acc: &mut Self::Acc, item: &T, time: EventTime) {
+        let _ = time;
+        self.add(acc, item)
+    }
     /// Merges another partial state into `acc`.
     fn merge(&self, acc: &mut Self::Acc, other: &Self::Acc);
     /// The result of a (non-empty) aggregation.
@@ -152,6 +180,9 @@ macro_rules! tuple_aggregator {
             }
             fn add(&self, acc: &mut Self::Acc, item: &T) {
                 $(self.$i.add(&mut acc.$i, item);)+
+            }
+            fn add_at(&self, acc: &mut Self::Acc, item: &T, time: EventTime) {
+                $(self.$i.add_at(&mut acc.$i, item, time);)+
             }
             fn merge(&self, acc: &mut Self::Acc, other: &Self::Acc) {
                 $(self.$i.merge(&mut acc.$i, &other.$i);)+

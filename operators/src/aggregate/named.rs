@@ -136,6 +136,7 @@ mod tests {
         pub(crate) struct Stats => StatsOut { count, min, max, mean, first, var }
     }
 
+    #[allow(clippy::type_complexity)]
     fn stats() -> Stats<
         Count,
         Min<impl Fn(&f64) -> f64>,

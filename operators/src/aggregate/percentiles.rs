@@ -173,14 +173,12 @@ impl Store {
         } else {
             let need = top - new_lo + 1;
             let slack = (need / 2).max(8).min(cap - need);
-            let below = if len == 0 {
-                slack / 2
-            } else if new_lo < off && top >= off + len {
-                slack / 2
-            } else if new_lo < off {
-                slack
-            } else {
-                0
+            // Slack on the side(s) that grew: both for a first allocation.
+            let (down, up) = (len == 0 || new_lo < off, len == 0 || top >= off + len);
+            let below = match (down, up) {
+                (true, true) => slack / 2,
+                (true, false) => slack,
+                _ => 0,
             };
             (new_lo - below, need + slack)
         };

@@ -50,10 +50,8 @@ fn relative_errors(n: u64, seeds: u64, dense: bool) -> Vec<f64> {
     (0..seeds)
         .map(|seed| {
             let mut s = state_of((0..n).map(|i| (seed, i)));
-            if dense {
-                if let DistinctState::Sparse(h) = &s {
-                    s = DistinctState::Dense(densify(h));
-                }
+            if let (true, DistinctState::Sparse(h)) = (dense, &s) {
+                s = DistinctState::Dense(densify(h));
             }
             s.estimate() / n as f64 - 1.0
         })

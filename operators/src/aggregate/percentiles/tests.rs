@@ -25,7 +25,8 @@ fn check(xs: &[f64]) -> std::result::Result<(), String> {
     for q in QS {
         let want = exact(&sorted, q);
         let got = s.quantile(q).unwrap_or(f64::NAN);
-        if !((got - want).abs() <= ACCURACY * want.abs()) {
+        let within = (got - want).abs() <= ACCURACY * want.abs();
+        if !within {
             return Err(format!("q={q}: got {got}, exact {want} (n={})", xs.len()));
         }
     }

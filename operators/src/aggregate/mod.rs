@@ -206,6 +206,115 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    mod pipeline {
+        use std::collections::BTreeMap;
+        use std::sync::{Arc, Mutex};
+        use std::time::Duration;
+
+        use serde::{Deserialize, Serialize};
+        use weir_core::Pipeline;
+        use weir_core::record::DeadLetter;
+
+        use crate::aggregate::*;
+        use crate::prelude::*;
+        use crate::testing::{Collect, Memory, Record, Rng};
+
+        #[derive(Clone, Debug, Serialize, Deserialize)]
+        struct Ev {
+            k: String,
+            v: f64,
+        }
+
+        crate::aggregates! {
+            struct Stats => StatsOut { count, first, last, p50, users, top2, sd }
+        }
+
+        /// `(key, window start)` → `(count, first, last, exact median, distinct, top 2)`.
+        type Windows = BTreeMap<(String, EventTime), (u64, f64, f64, f64, u64, Vec<f64>)>;
+
+        /// Every new aggregator in a checkpointed two-worker window pipeline,
+        /// against the windows computed directly: the operator hands each
+        /// record's event time to `add_at` (First/Last), and the accumulators
+        /// go through checkpoints.
+        #[test]
+        fn in_a_window_pipeline() -> anyhow::Result<()> {
+            let mut rng = Rng::new(5);
+            // Three partitions in time order (ties across and within them).
+            let parts: Vec<Vec<Record>> = (0..3)
+                .map(|_| {
+                    let mut t = 1_700_000_000_000i64;
+                    (0..300)
+                        .map(|_| {
+                            t += rng.below(3) as i64 * 20;
+                            let (k, v) = (["a", "b"][rng.below(2) as usize], rng.below(50) as f64 - 10.0);
+                            (Some(t), format!(r#"{{"k":"{k}","v":{v:?}}}"#).into_bytes())
+                        })
+                        .collect()
+                })
+                .collect();
+            let mut want = Windows::new();
+            let mut values: BTreeMap<(String, EventTime), Vec<(EventTime, f64)>> = BTreeMap::new();
+            for (time, payload) in parts.iter().flatten() {
+                let (Some(t), e) = (*time, serde_json::from_slice::<Ev>(payload)?) else { continue };
+                values.entry((e.k, t - t.rem_euclid(1000))).or_default().push((t, e.v));
+            }
+            for (key, mut vs) in values {
+                vs.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
+                let mut sorted: Vec<f64> = vs.iter().map(|v| v.1).collect();
+                sorted.sort_by(f64::total_cmp);
+                let median = sorted[(0.5 * (sorted.len() - 1) as f64) as usize];
+                let distinct = sorted.iter().map(|v| v.to_bits()).collect::<std::collections::BTreeSet<_>>().len();
+                let top2 = sorted.iter().rev().take(2).copied().collect();
+                want.insert(key, (vs.len() as u64, vs[0].1, vs[vs.len() - 1].1, median, distinct as u64, top2));
+            }
+
+            let dir = tempfile::tempdir()?;
+            let rows = Arc::new(Mutex::new(Vec::new()));
+            let dead: Arc<Mutex<Vec<DeadLetter>>> = Arc::default();
+            let source = Memory::new(parts, 7);
+            let (r, d) = (rows.clone(), dead.clone());
+            Pipeline::new("aggregators").workers(2).bounded(true).epoch_records(25, 2).state(dir.path()).run(
+                move |p| {
+                    p.source(source.clone())?
+                        .decode::<Ev>(Json)
+                        .source_time(Duration::from_millis(0))?
+                        .key_by(|e| e.k.clone())
+                        .window(Tumbling::seconds(1))
+                        .aggregate(Stats {
+                            count: Count,
+                            first: First(|e: &Ev| e.v),
+                            last: Last(|e: &Ev| e.v),
+                            p50: Percentiles::new(|e: &Ev| e.v, &[0.5]),
+                            users: DistinctCount::new(|e: &Ev| e.v.to_bits()),
+                            top2: TopK::new(|e: &Ev| e.v, 2),
+                            sd: StdDev(|e: &Ev| e.v),
+                        })?
+                        .map(|w| (w.key, w.start, w.value))
+                        .sink(Collect(r.clone()))?;
+                    p.dead_letters().sink(Collect(d.clone()))
+                },
+            )?;
+            let dead = dead.lock().expect("dead letters");
+            anyhow::ensure!(dead.is_empty(), "dead letters: {:?}", &dead[..dead.len().min(3)]);
+            let mut got = Windows::new();
+            for (k, start, v) in rows.lock().expect("rows").drain(..) {
+                let StatsOut { count, first, last, p50, users, top2, sd } = v;
+                anyhow::ensure!(count < 2 || sd.is_some(), "stddev of {count} values");
+                got.insert((k, start), (count, first, last, p50[0], users, top2));
+            }
+            anyhow::ensure!(got.len() == want.len(), "{} windows, want {}", got.len(), want.len());
+            for (key, w) in &want {
+                let g = got.get(key).ok_or_else(|| anyhow::anyhow!("window {key:?} missing"))?;
+                let median_ok = (g.3 - w.3).abs() <= 0.01 * w.3.abs();
+                anyhow::ensure!(
+                    (g.0, g.1, g.2, g.4, &g.5) == (w.0, w.1, w.2, w.4, &w.5) && median_ok,
+                    "window {key:?}: got {g:?}, want {w:?}"
+                );
+            }
+            Ok(())
+        }
+    }
+
     fn run<A: Aggregator<f64>>(a: &A, items: &[f64]) -> A::Acc {
         let mut acc = a.init();
         for x in items {

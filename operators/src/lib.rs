@@ -8,7 +8,7 @@
 //!   gave: `source_time`) and tracks per-partition watermarks.
 //! - [`window`]: keyed tumbling event-time windows with mergeable [`aggregate::Aggregator`]s.
 //! - [`aggregate`]: the aggregators (count, sum, min, max, mean, variance,
-//!   first/last by event time, percentiles, distinct count, top-k), combined in
+//!   first/last by event time, percentiles, distinct count, top-k, heavy hitters), combined in
 //!   tuples or in named structs declared with [`aggregates!`].
 
 pub mod aggregate;
@@ -30,8 +30,8 @@ pub use weir_core::record::EventTime as __EventTime;
 /// The traits that add Weir's operators to flows.
 pub mod prelude {
     pub use crate::aggregate::{
-        Aggregator, Count, DDSketch, DistinctCount, First, Last, Max, Mean, Min, Percentiles, StdDev, Sum, TopK,
-        Variance,
+        Aggregator, Count, DDSketch, DistinctCount, First, FrequentItems, Last, Max, Mean, Min, Percentiles, StdDev,
+        Sum, TopK, Variance,
     };
     pub use crate::aggregates;
     pub use crate::decode::{Decode, Format, Json, MqttPayload};

@@ -1,7 +1,7 @@
 //! Mergeable, serializable aggregators: the simple ones here ([`Count`], [`Sum`],
 //! [`Min`], [`Max`], [`Mean`]), the statistics and sketches in their own modules
 //! ([`Variance`], [`StdDev`], [`First`], [`Last`], [`Percentiles`],
-//! [`DistinctCount`], [`TopK`]), and two ways to combine them: tuples
+//! [`DistinctCount`], [`TopK`], [`FrequentItems`]), and two ways to combine them: tuples
 //! (`(Count, Min(f), Max(f))`, results by position) and structs declared with
 //! [`aggregates!`](crate::aggregates) (results by name).
 //!
@@ -17,6 +17,7 @@ use weir_core::record::EventTime;
 
 mod by_time;
 mod distinct;
+mod frequent;
 mod named;
 mod percentiles;
 mod top;
@@ -24,6 +25,7 @@ mod variance;
 
 pub use by_time::{First, Last};
 pub use distinct::{Borrowed, DistinctCount, DistinctState, Owned, StableHasher};
+pub use frequent::FrequentItems;
 pub use percentiles::{DDSketch, Percentiles};
 pub use top::TopK;
 pub use variance::{Moments, StdDev, Variance};

@@ -234,7 +234,8 @@ impl Store {
 ///   4·10¹⁷ between the smallest and largest magnitude of one sign. Beyond
 ///   that the lowest buckets are collapsed into one: the quantiles that fall
 ///   in it (the smallest magnitudes) lose the guarantee, the others keep it.
-/// - Memory: 8 bytes a bucket; data between 1 and 1000 needs about 250.
+/// - Memory: 8 bytes a bucket; values between 1 and 1000 take about 350
+///   buckets (each decade about 116), plus up to half that as room to grow.
 ///
 /// ```
 /// use weir_operators::aggregate::DDSketch;
@@ -293,8 +294,12 @@ impl DDSketch {
         } else {
             return; // NaN
         }
-        self.min = self.min.min(v);
-        self.max = self.max.max(v);
+        if v < self.min {
+            self.min = v;
+        }
+        if v > self.max {
+            self.max = v;
+        }
     }
 
     /// Adds the values of `other`: afterwards `self` answers as if it had seen

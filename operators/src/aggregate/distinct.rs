@@ -153,7 +153,7 @@ impl Hasher for StableHasher {
 }
 
 /// The state of a [`DistinctCount`]: the exact set of key hashes while small,
-/// HyperLogLog registers past [`SPARSE_MAX`] hashes. Which one a state is
+/// HyperLogLog registers past 1,024 hashes. Which one a state is
 /// depends only on the set of hashes it has seen, so merges in any order end
 /// in the state a single pass would.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -14,7 +14,7 @@
 //! - `sketch/ddsketch_add`: one value into a warmed-up `DDSketch` (lognormal
 //!   values, so every add computes a bucket index; no allocation).
 //! - `sketch/ddsketch_merge`: merging two sketches of 100,000 such values
-//!   (about 400 buckets each), the per-pane cost of a sliding window.
+//!   (a few hundred buckets each), the per-pane cost of a sliding window.
 //! - `sketch/hll_add`: one `u64` key into a dense `DistinctCount` state (hash
 //!   and register update), and `sketch/hll_add_str` a borrowed `&str` key.
 //! - `sketch/hll_merge`: merging two dense states (16,384 registers).

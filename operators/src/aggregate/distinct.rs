@@ -71,6 +71,23 @@ impl StableHasher {
     }
 }
 
+/// Up to 7 bytes as a little-endian integer, with overlapping fixed-size
+/// reads instead of a variable-length copy (the same value either way).
+#[inline(always)]
+fn read_tail(t: &[u8]) -> u64 {
+    let n = t.len();
+    if n >= 4 {
+        let lo = u32::from_le_bytes([t[0], t[1], t[2], t[3]]) as u64;
+        let hi = u32::from_le_bytes([t[n - 4], t[n - 3], t[n - 2], t[n - 1]]) as u64;
+        // Bytes read twice are equal, so or-ing the overlap is harmless.
+        lo | (hi << ((n - 4) * 8))
+    } else if n > 0 {
+        t[0] as u64 | (t[n / 2] as u64) << (8 * (n / 2)) | (t[n - 1] as u64) << (8 * (n - 1))
+    } else {
+        0
+    }
+}
+
 /// MurmurHash3's 64-bit finalizer.
 #[inline(always)]
 fn fmix64(mut k: u64) -> u64 {
@@ -95,10 +112,8 @@ impl Hasher for StableHasher {
             self.absorb(u64::from_le_bytes(w), 8);
         }
         let tail = chunks.remainder();
-        let mut w = [0u8; 8];
-        w[..tail.len()].copy_from_slice(tail);
         // The tail's length in the top byte (a tail has at most 7 bytes).
-        self.absorb(u64::from_le_bytes(w) | ((tail.len() as u64) << 56), tail.len() as u64);
+        self.absorb(read_tail(tail) | ((tail.len() as u64) << 56), tail.len() as u64);
     }
     #[inline]
     fn write_u8(&mut self, i: u8) {

@@ -45,6 +45,16 @@ const GOLDEN: [u64; 8] = [
     0x2258_63c1_ee79_5019,
 ];
 
+#[test]
+fn tail_read_is_little_endian_packing() {
+    let bytes = [0x11u8, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77];
+    for n in 0..=7 {
+        let mut w = [0u8; 8];
+        w[..n].copy_from_slice(&bytes[..n]);
+        assert_eq!(read_tail(&bytes[..n]), u64::from_le_bytes(w), "{n} bytes");
+    }
+}
+
 /// Relative errors at `n` distinct keys over `seeds` key sets.
 fn relative_errors(n: u64, seeds: u64, dense: bool) -> Vec<f64> {
     (0..seeds)

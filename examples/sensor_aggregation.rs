@@ -338,7 +338,7 @@ fn print_summary(s: &RunSummary, output: &Path, dead: &Path, state: Option<&Path
     let events = s.counter("records_in");
     let dead_letters: u64 = s.counters.iter().filter(|(k, _)| k.starts_with("dead_letters.")).map(|(_, v)| v).sum();
     let rows: u64 =
-        s.counters.iter().filter(|(k, _)| k.starts_with("parquet-") && k.ends_with(".rows")).map(|(_, v)| v).sum();
+        s.counters.iter().filter(|(k, _)| k.starts_with("parquet") && k.ends_with(".rows")).map(|(_, v)| v).sum();
     let secs = s.elapsed.as_secs_f64().max(1e-9);
     if let Some(e) = s.restored_from {
         println!("resumed from checkpoint epoch {e}");

@@ -17,6 +17,9 @@
 //! #[derive(Serialize, Deserialize)]
 //! struct Row { device: String, window_start: i64, count: i64, min: f64, max: f64, mean: f64 }
 //!
+//! // A struct of aggregators whose results are read by name: `w.value.mean`.
+//! aggregates! { struct TempStats => TempStatsOut { count, min, max, mean } }
+//!
 //! let summary = Pipeline::new("sensor-aggregation")
 //!     .workers(2)
 //!     .state("weir-data/state")
@@ -28,10 +31,15 @@
 //!             .event_time(|r| r.ts, Duration::from_secs(2))?
 //!             .key_by(|r| r.device.clone())
 //!             .window(Tumbling::minutes(1))
-//!             .aggregate((Count, Min(|r: &Reading| r.temp), Max(|r: &Reading| r.temp), Mean(|r: &Reading| r.temp)))?
+//!             .aggregate(TempStats {
+//!                 count: Count,
+//!                 min: Min(|r: &Reading| r.temp),
+//!                 max: Max(|r: &Reading| r.temp),
+//!                 mean: Mean(|r: &Reading| r.temp),
+//!             })?
 //!             .map(|w| Row {
-//!                 device: w.key, window_start: w.start, count: w.value.0 as i64,
-//!                 min: w.value.1, max: w.value.2, mean: w.value.3,
+//!                 device: w.key, window_start: w.start, count: w.value.count as i64,
+//!                 min: w.value.min, max: w.value.max, mean: w.value.mean,
 //!             })
 //!             .sink(Parquet::dir("out"))?;
 //!         p.dead_letters().sink(DeadLetters::dir("dead-letters"))

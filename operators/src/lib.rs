@@ -8,6 +8,9 @@
 //!   gave: `source_time`) and tracks per-partition watermarks.
 //! - [`window`]: keyed event-time windows (tumbling, sliding, session) with
 //!   mergeable [`aggregate::Aggregator`]s, built on core's stateful-operator kit.
+//! - [`aggregate`]: the aggregators (count, sum, min, max, mean, variance,
+//!   first/last by event time, percentiles, distinct count, top-k, heavy hitters), combined in
+//!   tuples or in named structs declared with [`aggregates!`].
 
 pub mod aggregate;
 pub mod decode;
@@ -19,9 +22,19 @@ mod testing;
 pub mod transform;
 pub mod window;
 
+// For `aggregates!`'s expansion in user crates.
+#[doc(hidden)]
+pub use serde as __serde;
+#[doc(hidden)]
+pub use weir_core::record::EventTime as __EventTime;
+
 /// The traits that add Weir's operators to flows.
 pub mod prelude {
-    pub use crate::aggregate::{Aggregator, Count, Max, Mean, Min, Sum};
+    pub use crate::aggregate::{
+        Aggregator, Count, DDSketch, DistinctCount, First, FrequentItems, Last, Max, Mean, Min, Percentiles, StdDev,
+        Sum, TopK, Variance,
+    };
+    pub use crate::aggregates;
     pub use crate::decode::{Decode, Format, Json, MqttPayload};
     pub use crate::event_time::EventTimeExt;
     pub use crate::transform::Transform;

@@ -1,5 +1,6 @@
 //! Test fixtures for running operators in a real pipeline: an in-memory
-//! source whose records may carry source times, and a sink that collects rows.
+//! source whose records may carry source times, and a sink that collects rows;
+//! and a small seeded random generator for the aggregators' reference tests.
 
 use std::sync::{Arc, Mutex};
 
@@ -126,5 +127,53 @@ impl<T> SinkWriter<T> for Collect<T> {
 
     fn stage(&mut self, _: Epoch) -> Result<Vec<Publish>> {
         Ok(Vec::new())
+    }
+}
+
+/// A seeded generator (splitmix64) with the distributions the aggregator
+/// tests draw from: reproducible without a dependency.
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator for `seed`.
+    pub fn new(seed: u64) -> Self {
+        Rng(seed)
+    }
+
+    /// 64 random bits.
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `[0, 1)`.
+    pub fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Uniform in `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        ((self.next() as u128 * n as u128) >> 64) as u64
+    }
+
+    /// Standard normal (Box-Muller).
+    pub fn normal(&mut self) -> f64 {
+        let u = 1.0 - self.unit();
+        let v = self.unit();
+        (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
+    }
+
+    /// Lognormal: `exp(mu + sigma · normal)`.
+    pub fn lognormal(&mut self, mu: f64, sigma: f64) -> f64 {
+        (mu + sigma * self.normal()).exp()
+    }
+
+    /// Pareto with scale `xm` and shape `alpha` (heavier tail for smaller alpha).
+    pub fn pareto(&mut self, xm: f64, alpha: f64) -> f64 {
+        xm / (1.0 - self.unit()).powf(1.0 / alpha)
     }
 }

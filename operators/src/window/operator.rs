@@ -228,11 +228,11 @@ where
                         c.records += 1;
                         if c.pass_through {
                             let mut acc = agg.init();
-                            agg.add(&mut acc, &r.value);
+                            agg.add_at(&mut acc, &r.value, r.meta.event_time);
                             c.direct.push(Partial { key: key_of(&r.value), start, acc });
                         } else {
                             let acc = c.partials.entry((key_of(&r.value), start)).or_insert_with(|| agg.init());
-                            agg.add(acc, &r.value);
+                            agg.add_at(acc, &r.value, r.meta.event_time);
                         }
                     }
                 };

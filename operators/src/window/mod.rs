@@ -161,6 +161,14 @@ impl WindowSpec {
         }
     }
 
+    /// A session window's gap.
+    fn gap(&self) -> Option<i64> {
+        match *self {
+            WindowSpec::Session(s) => Some(s.gap),
+            _ => None,
+        }
+    }
+
     /// The step kind checkpoints record (another kind under the same name is refused).
     fn kind(&self) -> &'static str {
         match self {

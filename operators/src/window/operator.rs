@@ -324,24 +324,14 @@ where
         // Stage 2: merge partials per key, fire, checkpoint: the keyed-operator kit.
         let input = StepInput { records: partials, watermarks: Some(wm_stream), partitions: info.partitions };
         let key = |p: &Partial<K, A::Acc>| p.key.clone();
-        let results = match spec {
-            WindowSpec::Session(s) => {
-                keyed_step(&ctx, &op, input, key, SessionLogic { agg, gap: s.gap, _records: PhantomData })?
+        let results = match (spec.panes(), spec.gap()) {
+            (Some((size, slide, _)), _) => {
+                keyed_step(&ctx, &op, input, key, PaneLogic { agg, size, slide, _records: PhantomData })?
             }
-            WindowSpec::Tumbling(t) => keyed_step(
-                &ctx,
-                &op,
-                input,
-                key,
-                PaneLogic { agg, size: t.size, slide: t.size, _records: PhantomData },
-            )?,
-            WindowSpec::Sliding(s) => keyed_step(
-                &ctx,
-                &op,
-                input,
-                key,
-                PaneLogic { agg, size: s.size, slide: s.slide, _records: PhantomData },
-            )?,
+            (None, gap) => {
+                let gap = gap.unwrap_or(1);
+                keyed_step(&ctx, &op, input, key, SessionLogic { agg, gap, _records: PhantomData })?
+            }
         };
         ctx.register_dead_letters(lates);
         Ok(Flow::derived(ctx, results))

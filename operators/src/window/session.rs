@@ -46,23 +46,23 @@ where
         let gap = self.gap;
         let mut sessions = std::mem::take(cx.state());
         let mut merged = Open { first: p.start, last: p.start, acc: p.acc };
-        // Sessions are disjoint and sorted, so one pass finds every one the record bridges.
-        let mut kept = Vec::with_capacity(sessions.len() + 1);
-        for s in sessions.drain(..) {
+        // Sessions are disjoint and sorted, so one pass finds every one the record
+        // bridges; they are merged in place, with no allocation per record.
+        sessions.retain(|s| {
             let apart = s.first.max(merged.first).saturating_sub(s.last.min(merged.last));
-            if apart < gap {
-                cx.delete_timer(s.last.saturating_add(gap));
-                merged.first = merged.first.min(s.first);
-                merged.last = merged.last.max(s.last);
-                self.agg.merge(&mut merged.acc, &s.acc);
-            } else {
-                kept.push(s);
+            if apart >= gap {
+                return true;
             }
-        }
+            cx.delete_timer(s.last.saturating_add(gap));
+            merged.first = merged.first.min(s.first);
+            merged.last = merged.last.max(s.last);
+            self.agg.merge(&mut merged.acc, &s.acc);
+            false
+        });
         cx.set_timer(merged.last.saturating_add(gap));
-        let at = kept.partition_point(|s| s.first < merged.first);
-        kept.insert(at, merged);
-        *cx.state() = kept;
+        let at = sessions.partition_point(|s| s.first < merged.first);
+        sessions.insert(at, merged);
+        *cx.state() = sessions;
     }
 
     fn on_timer(&mut self, cx: &mut KeyCx<'_, '_, K, Self::State, Self::Out>, time: EventTime) {

@@ -31,6 +31,8 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
+echo "== cargo build --examples (the tests spawn the example binaries; cargo test does not build them)"
+cargo build --workspace --examples
 echo "== cargo test (unit, integration, recovery)"
 cargo test --workspace --all-targets 2>&1 | tee -a "$log"
 echo "== doc tests"

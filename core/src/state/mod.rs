@@ -15,6 +15,7 @@ pub mod watermarks;
 
 pub use keyed::{KeyView, KeyedState};
 pub use operator::{
-    Input, KeyCx, KeyedLogic, StepInput, data_then_watermarks, frontier_min, keyed_step, restored_watermarks,
+    Input, KeyCx, KeyedLogic, StepInput, StepLogic, data_then_watermarks, frontier_min, keyed_step,
+    restored_watermarks, step,
 };
 pub use watermarks::{WatermarkSnapshot, WatermarkTable};

@@ -1,15 +1,23 @@
-//! The one keyed stateful operator every stateful step is built on.
+//! The one stateful operator every stateful step is built on, at two levels.
 //!
-//! An operator author writes a [`KeyedLogic`]: what to do with one record of
-//! a key, and with one of its event-time timers when the watermark reaches it.
-//! [`keyed_step`] does the rest: the exchange by key group, applying input in
-//! epoch order (an epoch's records, then its watermarks, then the timers they
-//! make due), following the frontier, the watermark table, restoring the
+//! - **Per key** (most operators): an operator author writes a
+//!   [`KeyedLogic`], what to do with one record of a key and with one of its
+//!   event-time timers when the watermark reaches it, and calls
+//!   [`keyed_step`]; the state is a [`KeyedState`].
+//! - **Whole state** (an operator whose state is better laid out otherwise,
+//!   e.g. windows by time): a [`StepLogic`] gets an epoch's records as a
+//!   batch and each watermark advance, and checkpoints and restores its
+//!   state by key group itself; [`step`] runs it.
+//!
+//! [`step`] does the rest at both levels: the exchange by key group, applying
+//! input in epoch order (an epoch's records, then its watermarks, then what
+//! they make due), following the frontier, the watermark table, restoring the
 //! worker's key groups, and writing one snapshot part per worker at every
-//! checkpoint epoch (see [`KeyedState`]).
+//! checkpoint epoch.
 
 use std::hash::Hash;
-use std::rc::Rc;
+use std::marker::PhantomData;
+use std::ops::Range;
 use std::sync::atomic::Ordering;
 
 use serde::Serialize;
@@ -21,9 +29,10 @@ use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::progress::frontier::MutableAntichain;
 
-use crate::checkpoint::{Part, PartBody};
+use crate::checkpoint::{CheckpointStore, FileEntry, Part, PartBody};
 use crate::error::Result;
 use crate::flow::{VecOutput, WatermarkUpdate};
+use crate::keygroup::KeyGroups;
 use crate::record::{EventTime, Meta, Rec};
 use crate::runtime::Ctx;
 use crate::runtime::epochs::{EpochDriver, follow_frontier};
@@ -148,50 +157,166 @@ pub fn restored_watermarks(ctx: &Ctx<'_>, id: &str, partitions: u32) -> Result<W
     Ok(table)
 }
 
+/// A stateful step's whole state on one worker, driven by [`step`]: the
+/// lower level of the kit, for operators whose state is not best kept per
+/// key (a window operator keeps its panes by time, so that records of one
+/// window touch one hash map). [`keyed_step`] runs a [`KeyedLogic`] through
+/// this trait with a [`KeyedState`].
+///
+/// The contract, which [`step`] relies on for exactly-once results:
+/// - The records of an epoch reach [`on_records`](Self::on_records) in
+///   batches in no particular order, before that epoch's watermark advance
+///   reaches [`on_watermark`](Self::on_watermark); the state after an epoch
+///   must not depend on the records' order.
+/// - [`checkpoint`](Self::checkpoint) runs after the epoch's watermark and
+///   writes the state, grouped by the key groups the records were routed by,
+///   so that [`restore`](Self::restore) can load any worker's share of it.
+pub trait StepLogic<D>: 'static {
+    /// What the step emits.
+    type Out: 'static;
+    /// A batch of records of the current epoch. `watermark` is the step's
+    /// watermark before this epoch's advance.
+    fn on_records(&mut self, records: Vec<D>, watermark: EventTime, out: &mut Vec<Rec<Self::Out>>);
+    /// The watermark advanced to `watermark` ([`EventTime::MAX`] once the
+    /// input is finished): emit what is now complete.
+    fn on_watermark(&mut self, watermark: EventTime, out: &mut Vec<Rec<Self::Out>>);
+    /// Writes this worker's state at `epoch` as part `name`, with `global`
+    /// (the watermark table's snapshot, restored as a [`WatermarkSnapshot`])
+    /// in [`GLOBAL_GROUP`](crate::checkpoint::state::GLOBAL_GROUP), and
+    /// returns the files that together hold it.
+    fn checkpoint(
+        &mut self,
+        store: &dyn CheckpointStore,
+        epoch: Epoch,
+        name: &str,
+        global: (&[EventTime], EventTime),
+    ) -> Result<Vec<FileEntry>>;
+    /// Loads the key groups in `mine` from the step's files of the checkpoint
+    /// the run starts from (any worker count wrote them) and returns each
+    /// file's global state.
+    fn restore(
+        &mut self,
+        store: &dyn CheckpointStore,
+        files: &[FileEntry],
+        mine: Range<u32>,
+    ) -> Result<Vec<WatermarkSnapshot>>;
+    /// After [`restore`](Self::restore): the restored watermark, up to which
+    /// the checkpointed state has already emitted.
+    fn restored(&mut self, _watermark: EventTime) {}
+}
+
+/// A [`KeyedLogic`] with its [`KeyedState`], as a [`StepLogic`].
+struct PerKey<K, D, L: KeyedLogic<K, D>, F> {
+    state: KeyedState<K, L::State>,
+    logic: L,
+    key: F,
+    _records: PhantomData<fn(D)>,
+}
+
+impl<K, D, L, F> StepLogic<D> for PerKey<K, D, L, F>
+where
+    D: 'static,
+    K: Hash + Eq + Clone + Serialize + DeserializeOwned + 'static,
+    L: KeyedLogic<K, D>,
+    F: Fn(&D) -> K + 'static,
+{
+    type Out = L::Out;
+
+    fn on_records(&mut self, records: Vec<D>, watermark: EventTime, out: &mut Vec<Rec<L::Out>>) {
+        let PerKey { state, logic, key, .. } = self;
+        for r in records {
+            state.with_key(key(&r), |view| logic.on_record(&mut KeyCx { view, out, watermark }, r));
+        }
+    }
+
+    fn on_watermark(&mut self, watermark: EventTime, out: &mut Vec<Rec<L::Out>>) {
+        let PerKey { state, logic, .. } = self;
+        state.fire_due(watermark, |time, view| logic.on_timer(&mut KeyCx { view, out, watermark }, time));
+    }
+
+    fn checkpoint(
+        &mut self,
+        store: &dyn CheckpointStore,
+        epoch: Epoch,
+        name: &str,
+        global: (&[EventTime], EventTime),
+    ) -> Result<Vec<FileEntry>> {
+        self.state.checkpoint(store, epoch, name, &global)
+    }
+
+    fn restore(
+        &mut self,
+        store: &dyn CheckpointStore,
+        files: &[FileEntry],
+        mine: Range<u32>,
+    ) -> Result<Vec<WatermarkSnapshot>> {
+        self.state.restore(store, files, mine)
+    }
+}
+
 /// Builds the keyed stateful step `id` (from [`Ctx::step_id`]): `input`'s
 /// records go to the worker that owns their key's group and, there, to
-/// `logic` with the key's state. Its state is restored from the checkpoint
-/// the run starts from (the groups this worker owns, whatever worker count
-/// wrote them) and written at every checkpoint epoch; its output rows are
-/// counted as `{id}.emitted`.
+/// `logic` with the key's state (a [`KeyedState`]). Everything else is as
+/// in [`step`].
 pub fn keyed_step<'s, D, K, L>(
     ctx: &Ctx<'s>,
     id: &str,
     input: StepInput<'s, D>,
     key: impl Fn(&D) -> K + 'static,
-    mut logic: L,
+    logic: L,
 ) -> Result<StreamVec<'s, Epoch, Rec<L::Out>>>
 where
     D: ExchangeData,
     K: Hash + Eq + Clone + Serialize + DeserializeOwned + 'static,
     L: KeyedLogic<K, D>,
 {
+    let groups = ctx.key_groups();
+    // One key function for the route (on the sending worker) and the lookup.
+    let key = std::rc::Rc::new(key);
+    let route_key = key.clone();
+    let logic = PerKey { state: KeyedState::new(groups), logic, key: move |d: &D| key(d), _records: PhantomData };
+    step(ctx, id, input, move |d: &D| groups.group_of(&route_key(d)), logic)
+}
+
+/// Builds the stateful step `id` (from [`Ctx::step_id`]): each of `input`'s
+/// records goes to the worker that owns its key group (`group`, from the
+/// step's [`KeyGroups`]) and, there, to `logic`. Its state is restored from
+/// the checkpoint the run starts from (the groups this worker owns, whatever
+/// worker count wrote them) and written at every checkpoint epoch; its output
+/// rows are counted as `{id}.emitted`.
+pub fn step<'s, D, L>(
+    ctx: &Ctx<'s>,
+    id: &str,
+    input: StepInput<'s, D>,
+    group: impl Fn(&D) -> u32 + 'static,
+    mut logic: L,
+) -> Result<StreamVec<'s, Epoch, Rec<L::Out>>>
+where
+    D: ExchangeData,
+    L: StepLogic<D>,
+{
     let worker = ctx.worker();
     let peers = ctx.peers();
-    let groups = ctx.key_groups();
+    let groups: KeyGroups = ctx.key_groups();
     let store = ctx.store();
     let failure = ctx.failure();
     let emitted_count = ctx.counter(&format!("{id}.emitted"));
     let id = id.to_string();
     let part_name = format!("{id}.w{worker}.part");
 
-    let mut state: KeyedState<K, L::State> = KeyedState::new(groups);
     // Without watermarks nothing moves the table (one partition that never
     // reports) until the input finishes.
     let mut watermarks = WatermarkTable::new(if input.watermarks.is_some() { input.partitions } else { 1 });
     let files = ctx.restored_state(&id);
     if let (false, Some(store)) = (files.is_empty(), store.as_ref()) {
-        let globals: Vec<WatermarkSnapshot> = state.restore(store.as_ref(), files, groups.groups_of(worker, peers))?;
+        let globals = logic.restore(store.as_ref(), files, groups.groups_of(worker, peers))?;
         for g in &globals {
             watermarks.merge(g);
         }
+        logic.restored(watermarks.current());
     }
 
-    let key = Rc::new(key);
-    let route = {
-        let key = key.clone();
-        move |d: &D| groups.owner(groups.group_of(&key(d)), peers) as u64
-    };
+    let route = move |d: &D| groups.owner(group(d), peers) as u64;
     let mut builder = OperatorBuilder::new(format!("Keyed({id})"), ctx.scope());
     let mut records = builder.new_input(input.records, Exchange::new(route));
     let mut wms = input.watermarks.map(|w| builder.new_input(w, Pipeline));
@@ -224,31 +349,19 @@ where
             let f = frontier_min(frontiers);
             let mut out_h = out.activate();
             let mut part_h = part_out.activate();
-            let fire = |state: &mut KeyedState<K, L::State>, logic: &mut L, wm: EventTime, emitted: &mut Vec<_>| {
-                state.fire_due(wm, |time, view| {
-                    logic.on_timer(&mut KeyCx { view, out: emitted, watermark: wm }, time);
-                });
-            };
             let mut run = || -> Result<()> {
                 for step in driver.advance(f) {
                     let epoch = step.epoch;
                     let mut updates = Vec::new();
                     for input in data_then_watermarks(step.data) {
                         match input {
-                            Input::Data(recs) => {
-                                let wm = watermarks.current();
-                                for r in recs {
-                                    state.with_key(key(&r), |view| {
-                                        logic.on_record(&mut KeyCx { view, out: &mut emitted, watermark: wm }, r);
-                                    });
-                                }
-                            }
+                            Input::Data(recs) => logic.on_records(recs, watermarks.current(), &mut emitted),
                             Input::Watermarks(u) => updates.extend(u),
                         }
                     }
                     // All of an epoch's updates at once (see `WatermarkTable`).
                     if let Some(wm) = watermarks.apply(&updates) {
-                        fire(&mut state, &mut logic, wm, &mut emitted);
+                        logic.on_watermark(wm, &mut emitted);
                     }
                     if !emitted.is_empty() {
                         emitted_count.fetch_add(emitted.len() as u64, Ordering::Relaxed);
@@ -257,7 +370,7 @@ where
                     if step.checkpoint
                         && let Some(store) = &store
                     {
-                        let files = state.checkpoint(store.as_ref(), epoch, &part_name, &watermarks.snapshot())?;
+                        let files = logic.checkpoint(store.as_ref(), epoch, &part_name, watermarks.snapshot())?;
                         let cap = held[1].delayed(&epoch);
                         part_h.session(&cap).give_iterator(files.into_iter().map(|file| Part {
                             epoch,
@@ -267,17 +380,17 @@ where
                     }
                 }
                 if f.is_none() {
-                    // Input finished: every timer fires, then the final snapshot.
+                    // Input finished: everything fires, then the final snapshot.
                     let at = *held[0].time();
                     watermarks.finish();
-                    fire(&mut state, &mut logic, EventTime::MAX, &mut emitted);
+                    logic.on_watermark(EventTime::MAX, &mut emitted);
                     if !emitted.is_empty() {
                         emitted_count.fetch_add(emitted.len() as u64, Ordering::Relaxed);
                         out_h.session(&held[0]).give_iterator(emitted.drain(..));
                     }
                     if let Some(store) = &store {
                         let name = format!("{part_name}.final");
-                        let files = state.checkpoint(store.as_ref(), at, &name, &watermarks.snapshot())?;
+                        let files = logic.checkpoint(store.as_ref(), at, &name, watermarks.snapshot())?;
                         part_h.session(&held[1]).give_iterator(files.into_iter().map(|file| Part {
                             epoch: at,
                             worker,

@@ -6,8 +6,10 @@
 //!    which cuts the shuffle by the number of records per key and window and
 //!    epoch (Flink's local-global aggregation).
 //! 2. **window** (after the shuffle by key group): partials are merged into
-//!    the keyed window state, windows fire when the watermark passes their
-//!    end, and the state is checkpointed per key group.
+//!    the window state, windows fire when the watermark passes their end, and
+//!    the state is checkpointed per key group. Tumbling and sliding windows
+//!    keep panes by time ([`PaneStore`], on the kit's [`step`]); sessions
+//!    keep each key's sessions ([`SessionLogic`], on [`keyed_step`]).
 //!
 //! Both stages track the same watermark table from the same broadcast stream
 //! and apply epoch `e`'s records before epoch `e`'s watermarks, so lateness is
@@ -30,11 +32,11 @@ use weir_core::flow::VecOutput;
 use weir_core::flow::WatermarkUpdate;
 use weir_core::record::{DeadLetter, EventTime, Rec};
 use weir_core::runtime::epochs::{EpochDriver, follow_frontier};
-use weir_core::state::{Input, StepInput, data_then_watermarks, frontier_min, keyed_step, restored_watermarks};
+use weir_core::state::{Input, StepInput, data_then_watermarks, frontier_min, keyed_step, restored_watermarks, step};
 use weir_core::time::{CheckpointSchedule, Epoch};
 use weir_core::{Error, Flow, Result};
 
-use super::panes::PaneLogic;
+use super::panes::PaneStore;
 use super::session::SessionLogic;
 use super::{Combine, WindowResult, WindowSpec};
 use crate::aggregate::Aggregator;
@@ -323,13 +325,15 @@ where
 
         // Stage 2: merge partials per key, fire, checkpoint: the keyed-operator kit.
         let input = StepInput { records: partials, watermarks: Some(wm_stream), partitions: info.partitions };
-        let key = |p: &Partial<K, A::Acc>| p.key.clone();
         let results = match (spec.panes(), spec.gap()) {
             (Some((size, slide, _)), _) => {
-                keyed_step(&ctx, &op, input, key, PaneLogic { agg, size, slide, _records: PhantomData })?
+                let groups = ctx.key_groups();
+                let store = PaneStore::new(agg, size, slide, groups);
+                step(&ctx, &op, input, move |p: &Partial<K, A::Acc>| groups.group_of(&p.key), store)?
             }
             (None, gap) => {
                 let gap = gap.unwrap_or(1);
+                let key = |p: &Partial<K, A::Acc>| p.key.clone();
                 keyed_step(&ctx, &op, input, key, SessionLogic { agg, gap, _records: PhantomData })?
             }
         };

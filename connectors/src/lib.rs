@@ -2,6 +2,7 @@
 //!
 //! - [`log`]: the embedded partitioned log (the default source, no server).
 //! - [`file`]: a JSON-lines file split into byte ranges read in parallel.
+//! - [`generate`]: a source that makes its records (throughput measurements, tests).
 //! - [`parquet`]: the Parquet sink; [`dead_letter`]: the dead-letter sink.
 //!   Both stage files and publish them after the checkpoint commits ([`staging`]).
 //! - [`kafka`]: Kafka topics as consumer-group sources and as sinks (rdkafka).
@@ -14,6 +15,7 @@
 pub mod columns;
 pub mod dead_letter;
 pub mod file;
+pub mod generate;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod json_key;

@@ -81,6 +81,19 @@ impl<T, F: Format<T>> Format<T> for MqttPayload<F> {
     }
 }
 
+/// The records of a generator source (`weir_connectors::generate::Generator`:
+/// record `i` is `i` as 8 little-endian bytes): `f(i)`.
+#[derive(Clone, Copy, Debug)]
+pub struct Generated<F>(pub F);
+
+impl<T, F: Fn(u64) -> T + Clone + 'static> Format<T> for Generated<F> {
+    fn decode(&self, bytes: &[u8]) -> Result<T, String> {
+        let bytes: [u8; 8] =
+            bytes.try_into().map_err(|_| format!("a generated record is 8 bytes, not {}", bytes.len()))?;
+        Ok((self.0)(u64::from_le_bytes(bytes)))
+    }
+}
+
 /// The error of a dead letter for an oversize record.
 /// `max_record_bytes` 0 means unknown.
 pub fn oversize_error(length: u64, max_record_bytes: u64) -> String {
@@ -204,6 +217,13 @@ mod tests {
     #[derive(serde::Deserialize)]
     struct One {
         v: f64,
+    }
+
+    #[test]
+    fn generated_records_decode_their_index_and_nothing_else() {
+        let f = Generated(|i: u64| i + 1);
+        assert_eq!(f.decode(&7u64.to_le_bytes()), Ok(8));
+        assert!(f.decode(b"abc").is_err_and(|e| e.contains("8 bytes, not 3")));
     }
 
     #[test]

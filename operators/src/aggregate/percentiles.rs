@@ -79,17 +79,16 @@ fn log2_inverse(t: f64) -> (f64, i64) {
     let t = t - BIAS;
     let e = t.floor();
     let f = t - e;
-    // c is increasing on [0, 1] (c' > 0 there): bisect for c(s) = f.
-    let (mut lo, mut hi) = (0.0f64, 1.0f64);
-    for _ in 0..60 {
-        let mid = 0.5 * (lo + hi);
-        if ((A * mid + B) * mid + C) * mid < f {
-            lo = mid;
-        } else {
-            hi = mid;
-        }
+    // c is increasing on [0, 1] (c' >= 0.74 there) and close to the
+    // identity: Newton's method from s = f converges quadratically, and 8
+    // steps reach full precision (a bisection needed 60 per bound).
+    let mut s = f;
+    for _ in 0..8 {
+        let c = ((A * s + B) * s + C) * s - f;
+        let dc = (3.0 * A * s + 2.0 * B) * s + C;
+        s = (s - c / dc).clamp(0.0, 1.0);
     }
-    (1.0 + hi, e as i64)
+    (1.0 + s, e as i64)
 }
 
 /// The bounds of bucket `i` as `(lo, hi, e)`: the bucket holds the values

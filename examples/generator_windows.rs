@@ -100,7 +100,9 @@ fn main() -> anyhow::Result<()> {
             }
             Kind::Sliding => {
                 let sliding = Sliding::new(Duration::from_secs(60), Duration::from_secs(1));
-                keyed.window(sliding).aggregate((Mean(|r: &Reading| r.temp), Percentiles::new(|r: &Reading| r.temp, &[0.99])))?;
+                keyed
+                    .window(sliding)
+                    .aggregate((Mean(|r: &Reading| r.temp), Percentiles::new(|r: &Reading| r.temp, &[0.99])))?;
             }
         }
         p.dead_letters().sink(dead.clone())

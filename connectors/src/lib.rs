@@ -15,9 +15,9 @@
 pub mod columns;
 pub mod dead_letter;
 pub mod file;
-pub mod generate;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod generate;
 pub mod json_key;
 pub mod kafka;
 pub mod log;

@@ -156,6 +156,12 @@ impl Store {
     /// depend on the order of adds and merges.
     fn make_room(&mut self, lo: i32, hi: i32) {
         let (lo, hi) = (lo as i64, hi as i64);
+        let (off, len) = (self.offset as i64, self.counts.len() as i64);
+        // Already covered (the vector never exceeds MAX_BUCKETS, so nothing
+        // collapses): the common case of a merge, without scanning the counts.
+        if lo >= off && hi < off + len {
+            return;
+        }
         let (bottom, top) = match self.occupied() {
             Some((a, b)) => (a.min(lo), b.max(hi)),
             None => (lo, hi),
@@ -163,7 +169,6 @@ impl Store {
         let cap = MAX_BUCKETS as i64;
         let collapse = top - bottom + 1 > cap;
         let new_lo = if collapse { top - cap + 1 } else { bottom };
-        let (off, len) = (self.offset as i64, self.counts.len() as i64);
         if new_lo >= off && top < off + len {
             return;
         }

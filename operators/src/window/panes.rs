@@ -82,7 +82,33 @@ pub(super) struct PaneStore<K, T, A: Aggregator<T>> {
     next: EventTime,
     /// Emptied maps, kept with their capacity for the next panes.
     spare: Vec<FxHashMap<K, A::Acc>>,
+    /// Sliding windows' merged panes (derived from `panes`, not checkpointed).
+    stacks: Stacks<K, A::Acc>,
     _records: PhantomData<fn(&T)>,
+}
+
+/// Sliding windows' merged panes, so that a window's result costs about one
+/// merge per key instead of one per pane (the "two stacks" of sliding-window
+/// aggregation): `front` holds, for each pane from the oldest window's start
+/// up to `boundary`, the merge of the panes from it to `boundary`; `back` the
+/// merge of the panes from `boundary` to `back_end`. The window
+/// `[s, s + size)` is the first `front` entry at or after `s` merged with
+/// `back`. When the windows pass `boundary`, `front` is built anew from the
+/// panes of the window firing, and `back` starts empty; so every
+/// `size / slide` windows each pane is merged once into the new `front`, and
+/// once into `back` when it completes.
+struct Stacks<K, Acc> {
+    /// (pane start, merge of the panes from it to `boundary`), by start descending.
+    front: Vec<(EventTime, FxHashMap<K, Acc>)>,
+    boundary: EventTime,
+    back: FxHashMap<K, Acc>,
+    back_end: EventTime,
+}
+
+impl<K, Acc> Default for Stacks<K, Acc> {
+    fn default() -> Self {
+        Stacks { front: Vec::new(), boundary: EventTime::MIN, back: FxHashMap::default(), back_end: EventTime::MIN }
+    }
 }
 
 impl<K, T, A: Aggregator<T>> PaneStore<K, T, A> {
@@ -96,6 +122,7 @@ impl<K, T, A: Aggregator<T>> PaneStore<K, T, A> {
             last: 0,
             next: EventTime::MIN,
             spare: Vec::new(),
+            stacks: Stacks::default(),
             _records: PhantomData,
         }
     }
@@ -104,68 +131,173 @@ impl<K, T, A: Aggregator<T>> PaneStore<K, T, A> {
 impl<K: Hash + Eq + Clone, T, A: Aggregator<T>> PaneStore<K, T, A> {
     /// The map of the pane starting at `start`, opened if need be.
     fn pane(&mut self, start: EventTime) -> &mut FxHashMap<K, A::Acc> {
-        let i = match self.panes.get(self.last) {
-            Some((s, _)) if *s == start => self.last,
-            _ => match self.panes.binary_search_by_key(&start, |p| p.0) {
-                Ok(i) => i,
-                Err(i) => {
-                    let map = self.spare.pop().unwrap_or_default();
-                    self.panes.insert(i, (start, map));
-                    i
-                }
-            },
-        };
-        self.last = i;
-        &mut self.panes[i].1
+        pane_at(&mut self.panes, &mut self.last, &mut self.spare, start)
     }
 
-    /// Emits the window `[start, end)`: its panes merged per key. Panes that
-    /// no later window holds (those before `start + slide`) are merged by
-    /// move, the others by reference.
+    /// Emits the window `[start, end)`: its panes merged per key.
     fn fire(&mut self, start: EventTime, end: EventTime, out: &mut Vec<Rec<WindowResult<K, A::Out>>>) {
-        let lo = self.panes.partition_point(|p| p.0 < start);
-        let hi = self.panes.partition_point(|p| p.0 < end);
-        let next = clamp(i128::from(start) + i128::from(self.slide));
-        let dropped = self.panes.partition_point(|p| p.0 < next).min(hi);
         let time = end.saturating_sub(1);
-        let agg = &self.agg;
+        let agg = self.agg.clone();
         let mut emit = |key: K, acc: &A::Acc| {
             let value = WindowResult { key, start, end, value: agg.finish(acc) };
             out.push(Rec { meta: Meta::derived(time), value });
         };
-        if hi == lo + 1 && dropped == hi {
-            // One pane that no later window holds (tumbling): its map is the result.
-            for (key, acc) in self.panes[lo].1.drain() {
-                emit(key, &acc);
+        if self.slide == self.size {
+            // Tumbling: the window's one pane is its result.
+            let i = self.panes.partition_point(|p| p.0 < start);
+            if let Some((s, pane)) = self.panes.get_mut(i)
+                && *s == start
+            {
+                for (key, acc) in pane.drain() {
+                    emit(key, &acc);
+                }
             }
             return;
         }
-        let mut result: FxHashMap<K, A::Acc> = self.spare.pop().unwrap_or_default();
-        for (i, (_, pane)) in self.panes[lo..hi].iter_mut().enumerate() {
-            if lo + i < dropped {
-                for (key, acc) in pane.drain() {
-                    match result.get_mut(&key) {
-                        Some(r) => agg.merge(r, &acc),
-                        None => {
-                            result.insert(key, acc);
-                        }
+        let next = clamp(i128::from(start) + i128::from(self.slide));
+        let st = &mut self.stacks;
+        while st.front.last().is_some_and(|f| f.0 < start) {
+            if let Some((_, mut map)) = st.front.pop() {
+                map.clear();
+                self.spare.push(map);
+            }
+        }
+        let lo = self.panes.partition_point(|p| p.0 < start);
+        let hi = self.panes.partition_point(|p| p.0 < end);
+        if st.boundary <= start {
+            // The windows passed `boundary`: merge this window's panes anew, newest first.
+            st.back.clear();
+            st.boundary = end;
+            st.back_end = end;
+            for (_, mut map) in st.front.drain(..) {
+                map.clear();
+                self.spare.push(map);
+            }
+            for (pane_start, pane) in self.panes[lo..hi].iter().rev() {
+                let mut merged = match st.front.last() {
+                    Some((_, later)) => later.clone(),
+                    None => self.spare.pop().unwrap_or_default(),
+                };
+                merge_into(&*agg, &mut merged, pane);
+                st.front.push((*pane_start, merged));
+            }
+        } else {
+            // Panes that completed since the last window go to `back`.
+            let from = self.panes.partition_point(|p| p.0 < st.back_end);
+            for (_, pane) in &self.panes[from.max(lo)..hi] {
+                merge_into(&*agg, &mut st.back, pane);
+            }
+            st.back_end = end;
+        }
+        // The window: its first `front` entry (taken if no later window needs it) and `back`.
+        let take = st.front.last().is_some_and(|f| f.0 < next && f.0 < st.boundary);
+        if take && let Some((_, mut front)) = st.front.pop() {
+            for (key, acc) in &st.back {
+                merge_one(&*agg, &mut front, key, acc);
+            }
+            for (key, acc) in front.drain() {
+                emit(key, &acc);
+            }
+            self.spare.push(front);
+            return;
+        }
+        let front = st.front.last().filter(|f| f.0 < st.boundary).map(|f| &f.1);
+        if let Some(front) = front {
+            for (key, acc) in front {
+                match st.back.get(key) {
+                    Some(b) => {
+                        let mut acc = acc.clone();
+                        agg.merge(&mut acc, b);
+                        emit(key.clone(), &acc);
                     }
-                }
-            } else {
-                for (key, acc) in pane.iter() {
-                    match result.get_mut(key) {
-                        Some(r) => agg.merge(r, acc),
-                        None => {
-                            result.insert(key.clone(), acc.clone());
-                        }
-                    }
+                    None => emit(key.clone(), acc),
                 }
             }
         }
-        for (key, acc) in result.drain() {
-            emit(key, &acc);
+        for (key, acc) in &st.back {
+            if front.is_none_or(|f| !f.contains_key(key)) {
+                emit(key.clone(), acc);
+            }
         }
-        self.spare.push(result);
+    }
+
+    /// A partial for a pane that `stacks` already merged (a record behind the
+    /// watermark whose later windows have not fired): merged there too.
+    fn update_stacks(&mut self, start: EventTime, key: &K, acc: &A::Acc) {
+        let st = &mut self.stacks;
+        if start >= st.back_end {
+            return;
+        }
+        if start >= st.boundary {
+            merge_one(&*self.agg, &mut st.back, key, acc);
+            return;
+        }
+        for (s, front) in st.front.iter_mut() {
+            if *s <= start {
+                merge_one(&*self.agg, front, key, acc);
+            }
+        }
+        // A pane that did not exist when `front` was built gets its entry: the
+        // next later entry's panes and this one.
+        let i = st.front.partition_point(|f| f.0 > start);
+        if st.front.get(i).is_none_or(|f| f.0 != start) {
+            let mut merged = match i.checked_sub(1).and_then(|later| st.front.get(later)) {
+                Some((_, later)) => later.clone(),
+                None => self.spare.pop().unwrap_or_default(),
+            };
+            merge_one(&*self.agg, &mut merged, key, acc);
+            st.front.insert(i, (start, merged));
+        }
+    }
+}
+
+/// The map of the pane starting at `start` in `panes` (by start; `last` the
+/// index of the pane used last, as records come in runs of one pane), opened
+/// with a map from `spare` if need be.
+fn pane_at<'p, K, Acc>(
+    panes: &'p mut Vec<(EventTime, FxHashMap<K, Acc>)>,
+    last: &mut usize,
+    spare: &mut Vec<FxHashMap<K, Acc>>,
+    start: EventTime,
+) -> &'p mut FxHashMap<K, Acc> {
+    let i = match panes.get(*last) {
+        Some((s, _)) if *s == start => *last,
+        _ => match panes.binary_search_by_key(&start, |p| p.0) {
+            Ok(i) => i,
+            Err(i) => {
+                panes.insert(i, (start, spare.pop().unwrap_or_default()));
+                i
+            }
+        },
+    };
+    *last = i;
+    &mut panes[i].1
+}
+
+/// Merges `acc` into `key`'s entry of `into`.
+fn merge_one<K: Hash + Eq + Clone, T, A: Aggregator<T>>(
+    agg: &A,
+    into: &mut FxHashMap<K, A::Acc>,
+    key: &K,
+    acc: &A::Acc,
+) {
+    match into.get_mut(key) {
+        Some(a) => agg.merge(a, acc),
+        None => {
+            into.insert(key.clone(), acc.clone());
+        }
+    }
+}
+
+/// Merges every key of `pane` into `into`.
+fn merge_into<K: Hash + Eq + Clone, T, A: Aggregator<T>>(
+    agg: &A,
+    into: &mut FxHashMap<K, A::Acc>,
+    pane: &FxHashMap<K, A::Acc>,
+) {
+    into.reserve(pane.len());
+    for (key, acc) in pane {
+        merge_one(agg, into, key, acc);
     }
 }
 
@@ -179,8 +311,12 @@ where
 
     fn on_records(&mut self, records: Vec<Partial<K, A::Acc>>, _: EventTime, _: &mut Vec<Rec<Self::Out>>) {
         for p in records {
-            let agg = self.agg.clone();
-            match self.pane(p.start).entry(p.key) {
+            if p.start < self.stacks.back_end {
+                self.update_stacks(p.start, &p.key, &p.acc);
+            }
+            let agg = &*self.agg;
+            let pane = pane_at(&mut self.panes, &mut self.last, &mut self.spare, p.start);
+            match pane.entry(p.key) {
                 std::collections::hash_map::Entry::Occupied(mut o) => agg.merge(o.get_mut(), &p.acc),
                 std::collections::hash_map::Entry::Vacant(v) => {
                     v.insert(p.acc);
@@ -202,6 +338,7 @@ where
             let next = clamp(i128::from(start) + i128::from(slide));
             let done = if next == start {
                 // The end of time: nothing can follow.
+                self.stacks = Stacks::default();
                 self.panes.len()
             } else {
                 self.panes.partition_point(|p| p.0 < next)

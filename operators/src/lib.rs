@@ -38,5 +38,5 @@ pub mod prelude {
     pub use crate::decode::{Decode, Format, Json, MqttPayload};
     pub use crate::event_time::EventTimeExt;
     pub use crate::transform::Transform;
-    pub use crate::window::{Combine, KeyBy, Keyed, Session, Sliding, Tumbling, WindowResult, WindowSpec};
+    pub use crate::window::{Combine, CountWindow, KeyBy, Keyed, Session, Sliding, Tumbling, WindowResult, WindowSpec};
 }

@@ -21,11 +21,17 @@
 //!   accumulator update per record like a tumbling one. A record is late when
 //!   every window holding it fired; one whose earlier windows fired counts in
 //!   the later ones.
+//! - [`CountWindow`]: per key, every `size` records, counted in event-time
+//!   order (ties by partition, then offset, so the rows do not depend on
+//!   timing): `start` = the first record's time, `end` = the last's + 1. A
+//!   record behind the watermark is late. The last, incomplete window of a
+//!   key is not emitted (it waits for more records, across restarts).
 //! - [`Session`]: per key, a session ends when the key's next record is at
 //!   least `gap` after its last; `start` = its first event time, `end` = its
 //!   last + `gap`. Records that arrive out of order (within the watermark's
 //!   bound) merge sessions they bridge. A record behind the watermark is late.
 
+mod count;
 mod operator;
 mod panes;
 mod session;
@@ -114,6 +120,20 @@ impl Session {
     }
 }
 
+/// Count windows: every `size` records of a key, in event-time order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CountWindow {
+    /// Records per window (at least 1).
+    pub size: u64,
+}
+
+impl CountWindow {
+    /// Windows of `size` records (at least 1).
+    pub fn new(size: u64) -> Self {
+        CountWindow { size: size.max(1) }
+    }
+}
+
 fn gcd(a: i64, b: i64) -> i64 {
     let (mut a, mut b) = (a.unsigned_abs(), b.unsigned_abs());
     while b != 0 {
@@ -131,6 +151,14 @@ pub enum WindowSpec {
     Sliding(Sliding),
     /// Per-key sessions of activity.
     Session(Session),
+    /// Every N records of a key.
+    Count(CountWindow),
+}
+
+impl From<CountWindow> for WindowSpec {
+    fn from(c: CountWindow) -> Self {
+        WindowSpec::Count(c)
+    }
 }
 
 impl From<Tumbling> for WindowSpec {
@@ -157,7 +185,7 @@ impl WindowSpec {
         match *self {
             WindowSpec::Tumbling(t) => Some((t.size, t.size, t.size)),
             WindowSpec::Sliding(s) => Some((s.size, s.slide, s.pane())),
-            WindowSpec::Session(_) => None,
+            WindowSpec::Session(_) | WindowSpec::Count(_) => None,
         }
     }
 
@@ -175,6 +203,7 @@ impl WindowSpec {
             WindowSpec::Tumbling(_) => "window",
             WindowSpec::Sliding(_) => "sliding-window",
             WindowSpec::Session(_) => "session-window",
+            WindowSpec::Count(_) => "count-window",
         }
     }
 
@@ -201,7 +230,7 @@ impl WindowSpec {
     /// Whether a part starting at `start` comes too late at watermark `wm`.
     fn is_late(&self, start: EventTime, wm: EventTime) -> bool {
         match *self {
-            WindowSpec::Session(_) => start < wm,
+            WindowSpec::Session(_) | WindowSpec::Count(_) => start < wm,
             _ => panes::last_end(self, start) <= wm,
         }
     }
@@ -264,7 +293,7 @@ pub struct Keyed<'s, T, F> {
 }
 
 impl<'s, T: 'static, F> Keyed<'s, T, F> {
-    /// Groups the keyed records into event-time windows ([`Tumbling`], [`Sliding`], [`Session`]).
+    /// Groups the keyed records into windows ([`Tumbling`], [`Sliding`], [`Session`], [`CountWindow`]).
     pub fn window(self, spec: impl Into<WindowSpec>) -> Windowed<'s, T, F> {
         Windowed { flow: self.flow, key: self.key, spec: spec.into(), combine: Combine::default() }
     }

@@ -25,17 +25,21 @@ use rustc_hash::FxHashMap;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use timely::ExchangeData;
+use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
-use weir_core::flow::VecOutput;
-use weir_core::flow::WatermarkUpdate;
-use weir_core::record::{DeadLetter, EventTime, Rec};
+use weir_core::flow::{InputInfo, VecOutput, WatermarkUpdate};
+use weir_core::record::{DeadLetter, EventTime, Meta, Offset, PartitionId, Rec};
+use weir_core::runtime::Ctx;
 use weir_core::runtime::epochs::{EpochDriver, follow_frontier};
-use weir_core::state::{Input, StepInput, data_then_watermarks, frontier_min, keyed_step, restored_watermarks, step};
+use weir_core::state::{
+    Input, StepInput, WatermarkTable, data_then_watermarks, frontier_min, keyed_step, restored_watermarks, step,
+};
 use weir_core::time::{CheckpointSchedule, Epoch};
 use weir_core::{Error, Flow, Result};
 
+use super::count::CountLogic;
 use super::panes::PaneStore;
 use super::session::SessionLogic;
 use super::{Combine, WindowResult, WindowSpec};
@@ -60,19 +64,21 @@ impl<'s, T, F> Windowed<'s, T, F> {
 
 /// A partial aggregate of one key and window, from one worker and epoch.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub(super) struct Partial<K, Acc> {
+pub(super) struct Partial<K, Acc, P = ()> {
     pub key: K,
-    /// The pane's start (tumbling, sliding) or the record's time (sessions).
+    /// The pane's start (tumbling, sliding) or the record's time (sessions, counts).
     pub start: EventTime,
     pub acc: Acc,
+    /// The record's position (count windows: its partition and offset; `()` otherwise).
+    pub pos: P,
 }
 
 /// What the combiner collected for one epoch.
-struct Combined<K, T, Acc> {
+struct Combined<K, T, Acc, P> {
     /// Pre-aggregated per key and window (combining epochs).
     partials: FxHashMap<(K, EventTime), Acc>,
     /// One partial per record (pass-through epochs, see [`Adaptive`]).
-    direct: Vec<Partial<K, Acc>>,
+    direct: Vec<Partial<K, Acc, P>>,
     /// Whether this epoch passes records through instead of combining them.
     pass_through: bool,
     /// Records added (not late).
@@ -135,9 +141,9 @@ impl Adaptive {
 }
 
 /// Flushed [`Combined`]s kept for reuse.
-type Spare<K, T, Acc> = std::rc::Rc<std::cell::RefCell<Vec<Combined<K, T, Acc>>>>;
+type Spare<K, T, Acc, P> = std::rc::Rc<std::cell::RefCell<Vec<Combined<K, T, Acc, P>>>>;
 
-impl<K, T, Acc> Default for Combined<K, T, Acc> {
+impl<K, T, Acc, P> Default for Combined<K, T, Acc, P> {
     fn default() -> Self {
         Combined {
             partials: FxHashMap::default(),
@@ -175,171 +181,219 @@ where
         // The combiner judges lateness by the watermark the window stage restores.
         let watermarks = restored_watermarks(&ctx, &op, info.partitions)?;
 
-        // Stage 1: combine on the reading worker.
-        let (partials, lates) = {
-            let mut builder = OperatorBuilder::new(format!("Combine({op})"), ctx.scope());
-            let mut records = builder.new_input(flow.stream, Pipeline);
-            let mut wms = builder.new_input(wm_stream.clone(), Pipeline);
-            let (partial_out, partials) = builder.new_output::<Vec<Partial<K, A::Acc>>>();
-            let (late_out, lates) = builder.new_output::<Vec<DeadLetter>>();
-            let mut partial_out: VecOutput<Partial<K, A::Acc>> = OutputBuilder::from(partial_out);
-            let mut late_out: VecOutput<DeadLetter> = OutputBuilder::from(late_out);
-            let mut driver: EpochDriver<Input<Rec<T>>> =
-                EpochDriver::new(ctx.start_epoch(), CheckpointSchedule::default());
-            let mut watermarks = watermarks;
-            let agg = agg.clone();
-            let origin = info.origin.clone();
-            let late = ctx.counter("dead_letters.late");
-            // Records sent on without combining (see `Adaptive`).
-            let passed = ctx.counter(&format!("{op}.passed_through"));
-            builder.build(move |caps| {
-                let mut caps = Some(caps);
-                // Per open epoch: partial aggregates and late records. Records of the
-                // first open epoch are classified on arrival (the watermark after the
-                // epochs before it is known); later epochs' records wait in `driver`.
-                let mut open: BTreeMap<Epoch, Combined<K, T, A::Acc>> = BTreeMap::new();
-                // Flushed epochs' maps, kept with their capacity: a new epoch's map
-                // does not grow (and rehash) from empty again.
-                let spare: Spare<K, T, A::Acc> = Default::default();
-                let adaptive = std::rc::Rc::new(std::cell::Cell::new(Adaptive::new(combine)));
-                let fresh = {
-                    let spare = spare.clone();
-                    let adaptive = adaptive.clone();
-                    move || {
-                        let mut c: Combined<K, T, A::Acc> = spare.borrow_mut().pop().unwrap_or_default();
-                        let mut a = adaptive.get();
-                        c.pass_through = a.next_epoch();
-                        adaptive.set(a);
-                        c
-                    }
-                };
-                let classify = move |c: &mut Combined<K, T, A::Acc>, recs: Vec<Rec<T>>, wm: EventTime| {
-                    // Room for every record at once: one allocation instead of a chain of
-                    // doublings (each a fresh table the kernel must zero, plus a rehash).
-                    if c.pass_through {
-                        c.direct.reserve(recs.len());
-                    } else {
-                        c.partials.reserve(recs.len());
-                    }
-                    for r in recs {
-                        let start = spec.part_start(r.meta.event_time);
-                        if spec.is_late(start, wm) {
-                            c.lates.push(r);
-                            continue;
-                        }
-                        c.records += 1;
-                        if c.pass_through {
-                            let mut acc = agg.init();
-                            agg.add_at(&mut acc, &r.value, r.meta.event_time);
-                            c.direct.push(Partial { key: key_of(&r.value), start, acc });
-                        } else {
-                            let acc = c.partials.entry((key_of(&r.value), start)).or_insert_with(|| agg.init());
-                            agg.add_at(acc, &r.value, r.meta.event_time);
-                        }
-                    }
-                };
-                move |frontiers| {
-                    let now = driver.done();
-                    records.for_each(|cap, data: &mut Vec<Rec<T>>| {
-                        let Some(&t) = cap.least() else { return };
-                        if t == now {
-                            classify(open.entry(t).or_insert_with(&fresh), std::mem::take(data), watermarks.current());
-                        } else {
-                            driver.push(t, Input::Data(std::mem::take(data)));
-                        }
+        let input = CombinerInput { stream: flow.stream, watermarks: wm_stream.clone(), info: &info, op: &op };
+        let (results, lates) = match spec {
+            WindowSpec::Count(c) => {
+                // No combining: the window stage orders every record by time and position.
+                let (partials, lates) =
+                    combiner(&ctx, input, watermarks, key_of, spec, Combine::Never, agg.clone(), |m: &Meta| {
+                        (m.partition, m.offset)
                     });
-                    wms.for_each(|cap, data: &mut Vec<WatermarkUpdate>| {
-                        if let Some(&t) = cap.least() {
-                            driver.push(t, Input::Watermarks(std::mem::take(data)));
-                        }
-                    });
-                    let Some(held) = caps.as_mut() else { return };
-                    let f = frontier_min(frontiers);
-                    let mut partial_h = partial_out.activate();
-                    let mut late_h = late_out.activate();
-                    let mut flush = |epoch: Epoch, mut c: Combined<K, T, A::Acc>, wm: EventTime| {
-                        if c.pass_through {
-                            passed.fetch_add(c.records as u64, Ordering::Relaxed);
-                        } else {
-                            let mut a = adaptive.get();
-                            a.measured(c.records, c.partials.len());
-                            adaptive.set(a);
-                        }
-                        c.records = 0;
-                        if !c.partials.is_empty() {
-                            let cap = held[0].delayed(&epoch);
-                            partial_h.session(&cap).give_iterator(
-                                c.partials.drain().map(|((key, start), acc)| Partial { key, start, acc }),
-                            );
-                        }
-                        if !c.direct.is_empty() {
-                            let cap = held[0].delayed(&epoch);
-                            partial_h.session(&cap).give_iterator(c.direct.drain(..));
-                        }
-                        if !c.lates.is_empty() {
-                            late.fetch_add(c.lates.len() as u64, Ordering::Relaxed);
-                            let cap = held[1].delayed(&epoch);
-                            let mut session = late_h.session(&cap);
-                            for r in c.lates.drain(..) {
-                                let error =
-                                    format!("late event: time {} is behind the watermark {wm}", r.meta.event_time);
-                                session.give(origin.dead_letter(&r.meta, "late", error, &r.value));
-                            }
-                        }
-                        spare.borrow_mut().push(c);
-                    };
-                    for step in driver.advance(f) {
-                        let wm = watermarks.current();
-                        // Epochs before this one are complete: flush them.
-                        let later = open.split_off(&step.epoch);
-                        for (e, c) in std::mem::replace(&mut open, later) {
-                            flush(e, c, wm);
-                        }
-                        let mut c = open.remove(&step.epoch).unwrap_or_else(&fresh);
-                        let mut updates = Vec::new();
-                        for input in data_then_watermarks(step.data) {
-                            match input {
-                                Input::Data(recs) => classify(&mut c, recs, wm),
-                                Input::Watermarks(u) => updates.extend(u),
-                            }
-                        }
-                        // All of an epoch's updates at once: the watermark after an epoch
-                        // must not depend on how its updates were batched (see `WatermarkTable`).
-                        watermarks.apply(&updates);
-                        flush(step.epoch, c, wm);
-                    }
-                    let later = match f {
-                        Some(f) => open.split_off(&f),
-                        None => BTreeMap::new(),
-                    };
-                    let wm = watermarks.current();
-                    for (e, c) in std::mem::replace(&mut open, later) {
-                        flush(e, c, wm);
-                    }
-                    drop((partial_h, late_h));
-                    follow_frontier(&mut caps, f);
-                }
-            });
-            (partials, lates)
-        };
-
-        // Stage 2: merge partials per key, fire, checkpoint: the keyed-operator kit.
-        let input = StepInput { records: partials, watermarks: Some(wm_stream), partitions: info.partitions };
-        let results = match (spec.panes(), spec.gap()) {
-            (Some((size, slide, _)), _) => {
-                let groups = ctx.key_groups();
-                let store = PaneStore::new(agg, size, slide, groups);
-                step(&ctx, &op, input, move |p: &Partial<K, A::Acc>| groups.group_of(&p.key), store)?
+                let input = StepInput { records: partials, watermarks: Some(wm_stream), partitions: info.partitions };
+                let key = |p: &Partial<K, A::Acc, (PartitionId, Offset)>| p.key.clone();
+                (keyed_step(&ctx, &op, input, key, CountLogic { agg, size: c.size, _records: PhantomData })?, lates)
             }
-            (None, gap) => {
-                let gap = gap.unwrap_or(1);
-                let key = |p: &Partial<K, A::Acc>| p.key.clone();
-                keyed_step(&ctx, &op, input, key, SessionLogic { agg, gap, _records: PhantomData })?
+            _ => {
+                let (partials, lates) = combiner(&ctx, input, watermarks, key_of, spec, combine, agg.clone(), |_| ());
+
+                let input = StepInput { records: partials, watermarks: Some(wm_stream), partitions: info.partitions };
+                let results = match (spec.panes(), spec.gap()) {
+                    (Some((size, slide, _)), _) => {
+                        let groups = ctx.key_groups();
+                        let store = PaneStore::new(agg, size, slide, groups);
+                        step(&ctx, &op, input, move |p: &Partial<K, A::Acc>| groups.group_of(&p.key), store)?
+                    }
+                    (None, gap) => {
+                        let gap = gap.unwrap_or(1);
+                        let key = |p: &Partial<K, A::Acc>| p.key.clone();
+                        keyed_step(&ctx, &op, input, key, SessionLogic { agg, gap, _records: PhantomData })?
+                    }
+                };
+                (results, lates)
             }
         };
         ctx.register_dead_letters(lates);
         Ok(Flow::derived(ctx, results))
     }
+}
+
+/// The combiner's partials.
+type Partials<'s, K, Acc, P> = StreamVec<'s, Epoch, Partial<K, Acc, P>>;
+
+/// What the combiner reads: the flow's records and watermarks, its source, and the step's id.
+struct CombinerInput<'a, 's, T> {
+    stream: StreamVec<'s, Epoch, Rec<T>>,
+    watermarks: StreamVec<'s, Epoch, WatermarkUpdate>,
+    info: &'a InputInfo<'s>,
+    op: &'a str,
+}
+
+/// Stage 1: checks lateness and combines records on the reading worker;
+/// returns the partials for the window stage and the late records' dead
+/// letters. `pos` gives each partial of a record its position (count windows).
+#[allow(clippy::too_many_arguments)]
+fn combiner<'s, T, K, A, P>(
+    ctx: &Ctx<'s>,
+    input: CombinerInput<'_, 's, T>,
+    watermarks: WatermarkTable,
+    key_of: impl Fn(&T) -> K + 'static,
+    spec: WindowSpec,
+    combine: Combine,
+    agg: Rc<A>,
+    pos: impl Fn(&Meta) -> P + 'static,
+) -> (Partials<'s, K, A::Acc, P>, StreamVec<'s, Epoch, DeadLetter>)
+where
+    T: 'static + Serialize,
+    K: ExchangeData + Hash + Eq + Clone,
+    A: Aggregator<T>,
+    P: ExchangeData + Default,
+{
+    let CombinerInput { stream, watermarks: wm_stream, info, op } = input;
+    let mut builder = OperatorBuilder::new(format!("Combine({op})"), ctx.scope());
+    let mut records = builder.new_input(stream, Pipeline);
+    let mut wms = builder.new_input(wm_stream.clone(), Pipeline);
+    let (partial_out, partials) = builder.new_output::<Vec<Partial<K, A::Acc, P>>>();
+    let (late_out, lates) = builder.new_output::<Vec<DeadLetter>>();
+    let mut partial_out: VecOutput<Partial<K, A::Acc, P>> = OutputBuilder::from(partial_out);
+    let mut late_out: VecOutput<DeadLetter> = OutputBuilder::from(late_out);
+    let mut driver: EpochDriver<Input<Rec<T>>> = EpochDriver::new(ctx.start_epoch(), CheckpointSchedule::default());
+    let mut watermarks = watermarks;
+    let agg = agg.clone();
+    let origin = info.origin.clone();
+    let late = ctx.counter("dead_letters.late");
+    // Records sent on without combining (see `Adaptive`).
+    let passed = ctx.counter(&format!("{op}.passed_through"));
+    builder.build(move |caps| {
+        let mut caps = Some(caps);
+        // Per open epoch: partial aggregates and late records. Records of the
+        // first open epoch are classified on arrival (the watermark after the
+        // epochs before it is known); later epochs' records wait in `driver`.
+        let mut open: BTreeMap<Epoch, Combined<K, T, A::Acc, P>> = BTreeMap::new();
+        // Flushed epochs' maps, kept with their capacity: a new epoch's map
+        // does not grow (and rehash) from empty again.
+        let spare: Spare<K, T, A::Acc, P> = Default::default();
+        let adaptive = std::rc::Rc::new(std::cell::Cell::new(Adaptive::new(combine)));
+        let fresh = {
+            let spare = spare.clone();
+            let adaptive = adaptive.clone();
+            move || {
+                let mut c: Combined<K, T, A::Acc, P> = spare.borrow_mut().pop().unwrap_or_default();
+                let mut a = adaptive.get();
+                c.pass_through = a.next_epoch();
+                adaptive.set(a);
+                c
+            }
+        };
+        let classify = move |c: &mut Combined<K, T, A::Acc, P>, recs: Vec<Rec<T>>, wm: EventTime| {
+            // Room for every record at once: one allocation instead of a chain of
+            // doublings (each a fresh table the kernel must zero, plus a rehash).
+            if c.pass_through {
+                c.direct.reserve(recs.len());
+            } else {
+                c.partials.reserve(recs.len());
+            }
+            for r in recs {
+                let start = spec.part_start(r.meta.event_time);
+                if spec.is_late(start, wm) {
+                    c.lates.push(r);
+                    continue;
+                }
+                c.records += 1;
+                if c.pass_through {
+                    let mut acc = agg.init();
+                    agg.add_at(&mut acc, &r.value, r.meta.event_time);
+                    c.direct.push(Partial { key: key_of(&r.value), start, acc, pos: pos(&r.meta) });
+                } else {
+                    let acc = c.partials.entry((key_of(&r.value), start)).or_insert_with(|| agg.init());
+                    agg.add_at(acc, &r.value, r.meta.event_time);
+                }
+            }
+        };
+        move |frontiers| {
+            let now = driver.done();
+            records.for_each(|cap, data: &mut Vec<Rec<T>>| {
+                let Some(&t) = cap.least() else { return };
+                if t == now {
+                    classify(open.entry(t).or_insert_with(&fresh), std::mem::take(data), watermarks.current());
+                } else {
+                    driver.push(t, Input::Data(std::mem::take(data)));
+                }
+            });
+            wms.for_each(|cap, data: &mut Vec<WatermarkUpdate>| {
+                if let Some(&t) = cap.least() {
+                    driver.push(t, Input::Watermarks(std::mem::take(data)));
+                }
+            });
+            let Some(held) = caps.as_mut() else { return };
+            let f = frontier_min(frontiers);
+            let mut partial_h = partial_out.activate();
+            let mut late_h = late_out.activate();
+            let mut flush = |epoch: Epoch, mut c: Combined<K, T, A::Acc, P>, wm: EventTime| {
+                if c.pass_through {
+                    passed.fetch_add(c.records as u64, Ordering::Relaxed);
+                } else {
+                    let mut a = adaptive.get();
+                    a.measured(c.records, c.partials.len());
+                    adaptive.set(a);
+                }
+                c.records = 0;
+                if !c.partials.is_empty() {
+                    let cap = held[0].delayed(&epoch);
+                    partial_h.session(&cap).give_iterator(c.partials.drain().map(|((key, start), acc)| Partial {
+                        key,
+                        start,
+                        acc,
+                        pos: P::default(),
+                    }));
+                }
+                if !c.direct.is_empty() {
+                    let cap = held[0].delayed(&epoch);
+                    partial_h.session(&cap).give_iterator(c.direct.drain(..));
+                }
+                if !c.lates.is_empty() {
+                    late.fetch_add(c.lates.len() as u64, Ordering::Relaxed);
+                    let cap = held[1].delayed(&epoch);
+                    let mut session = late_h.session(&cap);
+                    for r in c.lates.drain(..) {
+                        let error = format!("late event: time {} is behind the watermark {wm}", r.meta.event_time);
+                        session.give(origin.dead_letter(&r.meta, "late", error, &r.value));
+                    }
+                }
+                spare.borrow_mut().push(c);
+            };
+            for step in driver.advance(f) {
+                let wm = watermarks.current();
+                // Epochs before this one are complete: flush them.
+                let later = open.split_off(&step.epoch);
+                for (e, c) in std::mem::replace(&mut open, later) {
+                    flush(e, c, wm);
+                }
+                let mut c = open.remove(&step.epoch).unwrap_or_else(&fresh);
+                let mut updates = Vec::new();
+                for input in data_then_watermarks(step.data) {
+                    match input {
+                        Input::Data(recs) => classify(&mut c, recs, wm),
+                        Input::Watermarks(u) => updates.extend(u),
+                    }
+                }
+                // All of an epoch's updates at once: the watermark after an epoch
+                // must not depend on how its updates were batched (see `WatermarkTable`).
+                watermarks.apply(&updates);
+                flush(step.epoch, c, wm);
+            }
+            let later = match f {
+                Some(f) => open.split_off(&f),
+                None => BTreeMap::new(),
+            };
+            let wm = watermarks.current();
+            for (e, c) in std::mem::replace(&mut open, later) {
+                flush(e, c, wm);
+            }
+            drop((partial_h, late_h));
+            follow_frontier(&mut caps, f);
+        }
+    });
+    (partials, lates)
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use weir_core::Pipeline;
 use weir_core::record::{DeadLetter, EventTime};
 
-use super::{Session, Sliding, Tumbling, WindowSpec};
+use super::{CountWindow, Session, Sliding, Tumbling, WindowSpec};
 use crate::prelude::*;
 use crate::testing::{Collect, Memory, Record};
 
@@ -21,8 +21,26 @@ struct Ev {
     v: f64,
 }
 
-/// `(key, window start, window end)` → `(count, sum)`.
-type Rows = BTreeMap<(String, EventTime, EventTime), (u64, f64)>;
+/// `(key, window start, window end, n)` → `(count, sum)`. `n` numbers the
+/// windows of a key with the same start and end (count windows over records
+/// of equal times) in the order of their values; it is 0 for every other kind.
+type Rows = BTreeMap<(String, EventTime, EventTime, usize), (u64, f64)>;
+
+/// Rows from windows, numbering those with the same key, start and end.
+fn rows_of(windows: impl IntoIterator<Item = ((String, EventTime, EventTime), (u64, f64))>) -> Rows {
+    let mut by_window: BTreeMap<(String, EventTime, EventTime), Vec<(u64, f64)>> = BTreeMap::new();
+    for (w, v) in windows {
+        by_window.entry(w).or_default().push(v);
+    }
+    let mut rows = Rows::new();
+    for ((k, start, end), mut vs) in by_window {
+        vs.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+        for (n, v) in vs.into_iter().enumerate() {
+            rows.insert((k.clone(), start, end, n), v);
+        }
+    }
+    rows
+}
 
 fn record(time: EventTime, k: &str, v: f64) -> Record {
     (Some(time), format!(r#"{{"k":"{k}","v":{v:?}}}"#).into_bytes())
@@ -60,9 +78,15 @@ fn run_in_chunks(
             .sink(Collect(r.clone()))?;
         p.dead_letters().sink(Collect(d.clone()))
     })?;
-    let mut out = Rows::new();
-    for (k, start, end, count, sum) in rows.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.drain(..) {
-        anyhow::ensure!(out.insert((k, start, end), (count, sum)).is_none(), "a window fired twice");
+    let windows: Vec<_> = rows
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?
+        .drain(..)
+        .map(|(k, start, end, count, sum)| ((k, start, end), (count, sum)))
+        .collect();
+    let out = rows_of(windows);
+    if !matches!(spec, WindowSpec::Count(_)) {
+        anyhow::ensure!(out.keys().all(|w| w.3 == 0), "a window fired twice");
     }
     let dead = std::mem::take(&mut *dead.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
     Ok((out, dead))
@@ -71,9 +95,13 @@ fn run_in_chunks(
 /// The allowed disorder.
 const DELAY: u64 = 300;
 
-/// The rows of `events` (key, time, value) computed directly.
-fn reference(events: &[(String, EventTime, f64)], spec: WindowSpec) -> Rows {
-    let mut rows = Rows::new();
+/// An input event: key, time, value, and its (partition, offset).
+type Event = (String, EventTime, f64, (u32, u64));
+
+/// The rows of `events` computed directly.
+fn reference(events: &[Event], spec: WindowSpec) -> Rows {
+    let mut rows = BTreeMap::new();
+    let mut ties = Vec::new();
     let mut add = |k: &str, start, end, v: f64| {
         let r = rows.entry((k.to_string(), start, end)).or_insert((0, 0.0));
         r.0 += 1;
@@ -81,13 +109,13 @@ fn reference(events: &[(String, EventTime, f64)], spec: WindowSpec) -> Rows {
     };
     match spec {
         WindowSpec::Tumbling(w) => {
-            for (k, t, v) in events {
+            for (k, t, v, _) in events {
                 let start = t - t.rem_euclid(w.size);
                 add(k, start, start + w.size, *v);
             }
         }
         WindowSpec::Sliding(w) => {
-            for (k, t, v) in events {
+            for (k, t, v, _) in events {
                 // Every start s, a multiple of the slide, with s <= t < s + size.
                 let mut s = t - t.rem_euclid(w.slide);
                 while s + w.size > *t {
@@ -98,7 +126,7 @@ fn reference(events: &[(String, EventTime, f64)], spec: WindowSpec) -> Rows {
         }
         WindowSpec::Session(w) => {
             let mut by_key: BTreeMap<&str, Vec<(EventTime, f64)>> = BTreeMap::new();
-            for (k, t, v) in events {
+            for (k, t, v, _) in events {
                 by_key.entry(k).or_default().push((*t, *v));
             }
             for (k, mut evs) in by_key {
@@ -119,8 +147,22 @@ fn reference(events: &[(String, EventTime, f64)], spec: WindowSpec) -> Rows {
                 rows.insert((k.to_string(), first, last + w.gap), acc);
             }
         }
+        WindowSpec::Count(w) => {
+            let mut by_key: BTreeMap<&str, Vec<&Event>> = BTreeMap::new();
+            for e in events {
+                by_key.entry(&e.0).or_default().push(e);
+            }
+            for (k, mut evs) in by_key {
+                evs.sort_by_key(|e| (e.1, e.3));
+                // Full windows only: the last, incomplete one waits for more records.
+                for chunk in evs.chunks_exact(w.size as usize) {
+                    let (first, last) = (chunk[0].1, chunk[chunk.len() - 1].1);
+                    ties.push(((k.to_string(), first, last + 1), (w.size, chunk.iter().map(|e| e.2).sum())));
+                }
+            }
+        }
     }
-    rows
+    rows_of(rows.into_iter().chain(ties))
 }
 
 fn specs() -> impl Strategy<Value = WindowSpec> {
@@ -131,6 +173,7 @@ fn specs() -> impl Strategy<Value = WindowSpec> {
             Sliding::new(Duration::from_millis(size), Duration::from_millis(slide)).into()
         }),
         (1u64..6).prop_map(|g| Session::new(Duration::from_millis(g * 80)).into()),
+        (1u64..5).prop_map(|n| CountWindow::new(n).into()),
     ]
 }
 
@@ -151,15 +194,15 @@ proptest! {
     ) {
         let mut input = Vec::new();
         let mut events = Vec::new();
-        for part in &parts {
+        for (p, part) in parts.iter().enumerate() {
             let mut t = 1_700_000_000_000i64;
             let mut recs = Vec::new();
-            for &(step, jitter, key, v) in part {
+            for (offset, &(step, jitter, key, v)) in part.iter().enumerate() {
                 // Each record at most DELAY behind the largest time before it.
                 t += step;
                 let k = ["a", "b", "c"][key];
                 recs.push(record(t - jitter, k, v as f64));
-                events.push((k.to_string(), t - jitter, v as f64));
+                events.push((k.to_string(), t - jitter, v as f64, (p as u32, offset as u64)));
             }
             input.push(recs);
         }
@@ -177,7 +220,8 @@ fn a_late_record_bridging_two_sessions_merges_them_and_one_behind_the_watermark_
         vec![vec![record(1000, "a", 1.0), record(1150, "a", 2.0), record(1075, "a", 4.0), record(9000, "a", 8.0)]];
     let (rows, dead) = run(parts, gap.into(), 2, 1)?;
     anyhow::ensure!(dead.is_empty(), "{dead:?}");
-    let want: Rows = [(("a".to_string(), 1000, 1250), (3, 7.0)), (("a".to_string(), 9000, 9100), (1, 8.0))].into();
+    let want: Rows =
+        [(("a".to_string(), 1000, 1250, 0), (3, 7.0)), (("a".to_string(), 9000, 9100, 0), (1, 8.0))].into();
     anyhow::ensure!(rows == want, "{rows:?}");
     // Behind the watermark (9000 - 300) by more than the bound: late.
     let parts = vec![vec![record(9000, "a", 8.0), record(1000, "a", 1.0)]];
@@ -200,11 +244,11 @@ fn a_sliding_record_behind_the_watermark_counts_in_its_windows_that_have_not_fir
     for workers in 1..=2 {
         let (rows, dead) = run_in_chunks(parts.clone(), spec, workers, 1, 1)?;
         anyhow::ensure!(dead.is_empty(), "{dead:?}");
-        let events: Vec<_> = times.iter().map(|&t| ("a".to_string(), t, t as f64)).collect();
+        let events: Vec<_> = times.iter().zip(0..).map(|(&t, o)| ("a".to_string(), t, t as f64, (0, o))).collect();
         let mut want = reference(&events, spec);
         // What the reference cannot know: the windows that fired before a record came.
         for (start, t) in [(3500, 4350), (4000, 4800), (4250, 4800), (4500, 4800)] {
-            let key = ("a".to_string(), start, start + 1000);
+            let key = ("a".to_string(), start, start + 1000, 0);
             if let Some(row) = want.get_mut(&key) {
                 row.0 -= 1;
                 row.1 -= t as f64;

@@ -23,12 +23,21 @@ pub struct Memory {
     /// Records per chunk at most (with `Pipeline::epoch_records`, this decides
     /// which records share an epoch).
     per_read: usize,
+    /// Each partition stops (reads return `Idle`) for this long once it has
+    /// read this many records.
+    pause: Option<(Offset, std::time::Duration)>,
 }
 
 impl Memory {
     /// A source over `partitions`, at most `per_read` records per chunk.
     pub fn new(partitions: Vec<Vec<Record>>, per_read: usize) -> Self {
-        Memory { partitions: Arc::new(partitions), per_read: per_read.max(1) }
+        Memory { partitions: Arc::new(partitions), per_read: per_read.max(1), pause: None }
+    }
+
+    /// Each partition pauses for `pause` (processing time) after `records` records.
+    pub fn pause_after(mut self, records: Offset, pause: std::time::Duration) -> Self {
+        self.pause = Some((records, pause));
+        self
     }
 }
 
@@ -47,7 +56,15 @@ impl Source for Memory {
     fn open(&self, partition: PartitionId, from: Offset, until: Option<Offset>) -> Result<Box<dyn PartitionReader>> {
         let end = until.unwrap_or(self.partitions[partition as usize].len() as Offset);
         let records = self.partitions.clone();
-        Ok(Box::new(MemoryReader { records, partition, next: from, end, per_read: self.per_read }))
+        Ok(Box::new(MemoryReader {
+            records,
+            partition,
+            next: from,
+            end,
+            per_read: self.per_read,
+            pause: self.pause,
+            paused: None,
+        }))
     }
 
     fn fingerprint(&self) -> Result<serde_json::Value> {
@@ -69,6 +86,8 @@ struct MemoryReader {
     next: Offset,
     end: Offset,
     per_read: usize,
+    pause: Option<(Offset, std::time::Duration)>,
+    paused: Option<std::time::Instant>,
 }
 
 impl PartitionReader for MemoryReader {
@@ -76,13 +95,24 @@ impl PartitionReader for MemoryReader {
         if self.next >= self.end {
             return Ok(ReadStatus::End);
         }
+        if let Some((after, pause)) = self.pause
+            && self.next >= after
+        {
+            let since = *self.paused.get_or_insert_with(std::time::Instant::now);
+            if since.elapsed() < pause {
+                return Ok(ReadStatus::Idle);
+            }
+            self.pause = None;
+        }
         out.clear();
         out.partition = self.partition;
         out.first = self.next;
         out.kind = OffsetKind::Records;
         out.sep = 0;
         let records = &self.records[self.partition as usize];
-        while self.next < self.end && out.data.len() < max_bytes && out.len() < self.per_read {
+        let stop =
+            self.pause.map_or(self.end, |(after, _)| if self.next < after { after.min(self.end) } else { self.end });
+        while self.next < stop && out.data.len() < max_bytes && out.len() < self.per_read {
             let (time, payload) = &records[self.next as usize];
             out.data.extend_from_slice(payload);
             out.ends.push(out.data.len() as u32);

@@ -19,6 +19,7 @@ use std::hash::Hash;
 use std::marker::PhantomData;
 use std::ops::Range;
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -203,6 +204,16 @@ pub trait StepLogic<D>: 'static {
     /// After [`restore`](Self::restore): the restored watermark, up to which
     /// the checkpointed state has already emitted.
     fn restored(&mut self, _watermark: EventTime) {}
+    /// When (processing time) the step wants
+    /// [`on_processing_time`](Self::on_processing_time) to run next, if ever.
+    /// [`step`] asks after every activation and schedules itself then.
+    fn next_deadline(&self) -> Option<Instant> {
+        None
+    }
+    /// Processing time reached [`next_deadline`](Self::next_deadline): `now`.
+    /// What it emits is not exactly-once (a restarted run's processing times
+    /// differ): for previews, such as a window's early firings.
+    fn on_processing_time(&mut self, _now: Instant, _watermark: EventTime, _out: &mut Vec<Rec<Self::Out>>) {}
 }
 
 /// A [`KeyedLogic`] with its [`KeyedState`], as a [`StepLogic`].
@@ -325,6 +336,7 @@ where
     let mut out: VecOutput<Rec<L::Out>> = OutputBuilder::from(out);
     let mut part_out: VecOutput<Part> = OutputBuilder::from(part_out);
     let mut driver: EpochDriver<Input<D>> = EpochDriver::new(ctx.start_epoch(), ctx.schedule());
+    let activator = ctx.scope().activator_for(builder.operator_info().address);
 
     builder.build(move |caps| {
         let mut caps = Some(caps);
@@ -377,6 +389,21 @@ where
                             worker,
                             body: PartBody::State { operator: id.clone(), file },
                         }));
+                    }
+                }
+                if f.is_some()
+                    && let Some(deadline) = logic.next_deadline()
+                {
+                    let now = Instant::now();
+                    if deadline <= now {
+                        logic.on_processing_time(now, watermarks.current(), &mut emitted);
+                        if !emitted.is_empty() {
+                            emitted_count.fetch_add(emitted.len() as u64, Ordering::Relaxed);
+                            out_h.session(&held[0]).give_iterator(emitted.drain(..));
+                        }
+                    }
+                    if let Some(next) = logic.next_deadline() {
+                        activator.activate_after(next.saturating_duration_since(Instant::now()));
                     }
                 }
                 if f.is_none() {

@@ -103,7 +103,13 @@ where
             };
             if open.records >= self.size {
                 let (start, end) = (open.first, open.last.saturating_add(1));
-                let value = WindowResult { key: cx.key().clone(), start, end, value: self.agg.finish(&open.acc) };
+                let value = WindowResult {
+                    key: cx.key().clone(),
+                    start,
+                    end,
+                    value: self.agg.finish(&open.acc),
+                    partial: false,
+                };
                 cx.emit(open.last, value);
                 state.open = None;
             }

@@ -263,6 +263,9 @@ pub struct WindowResult<K, V> {
     pub end: EventTime,
     /// The aggregate.
     pub value: V,
+    /// An early firing's row ([`Windowed::early_firings`]): the window so far,
+    /// before it closes. `false` for the one final row of every window.
+    pub partial: bool,
 }
 
 /// Adds `key_by` to flows.
@@ -295,7 +298,7 @@ pub struct Keyed<'s, T, F> {
 impl<'s, T: 'static, F> Keyed<'s, T, F> {
     /// Groups the keyed records into windows ([`Tumbling`], [`Sliding`], [`Session`], [`CountWindow`]).
     pub fn window(self, spec: impl Into<WindowSpec>) -> Windowed<'s, T, F> {
-        Windowed { flow: self.flow, key: self.key, spec: spec.into(), combine: Combine::default() }
+        Windowed { flow: self.flow, key: self.key, spec: spec.into(), combine: Combine::default(), early: None }
     }
 
     /// The `(key, record)` pairs as a flow.

@@ -20,6 +20,7 @@ use std::hash::Hash;
 use std::marker::PhantomData;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use rustc_hash::FxHashMap;
 use serde::de::DeserializeOwned;
@@ -51,6 +52,7 @@ pub struct Windowed<'s, T, F> {
     pub(super) key: F,
     pub(super) spec: WindowSpec,
     pub(super) combine: Combine,
+    pub(super) early: Option<Duration>,
 }
 
 impl<'s, T, F> Windowed<'s, T, F> {
@@ -58,6 +60,17 @@ impl<'s, T, F> Windowed<'s, T, F> {
     /// [`Combine::Adaptive`]). The results are the same either way.
     pub fn combine(mut self, mode: Combine) -> Self {
         self.combine = mode;
+        self
+    }
+
+    /// Early firings (off by default): every `every` of processing time, each
+    /// open tumbling or sliding window emits its result so far, marked
+    /// [`partial`](WindowResult::partial); its final row follows when it
+    /// closes. For long windows watched live. Partial rows depend on timing,
+    /// so unlike final rows they are not reproduced exactly by a restarted
+    /// run. Session and count windows refuse it (a config error when built).
+    pub fn early_firings(mut self, every: Duration) -> Self {
+        self.early = Some(every);
         self
     }
 }
@@ -167,7 +180,7 @@ where
         F: Fn(&T) -> K + 'static,
         A::Out: 'static,
     {
-        let Windowed { flow, key: key_of, spec, combine } = self;
+        let Windowed { flow, key: key_of, spec, combine, early } = self;
         let ctx = flow.ctx.clone();
         let (Some(info), Some(wm_stream)) = (flow.input.clone(), flow.watermarks.clone()) else {
             return Err(Error::config(
@@ -176,6 +189,15 @@ where
             ));
         };
         spec.validate()?;
+        match (early, spec) {
+            (Some(every), _) if every.is_zero() => {
+                return Err(Error::config("early_firings", "the interval must be longer than zero"));
+            }
+            (Some(_), WindowSpec::Session(_) | WindowSpec::Count(_)) => {
+                return Err(Error::config("early_firings", "only tumbling and sliding windows fire early"));
+            }
+            _ => {}
+        }
         let op = ctx.step_id(spec.kind(), flow.name.as_deref())?;
         let agg = Rc::new(agg);
         // The combiner judges lateness by the watermark the window stage restores.
@@ -200,7 +222,7 @@ where
                 let results = match (spec.panes(), spec.gap()) {
                     (Some((size, slide, _)), _) => {
                         let groups = ctx.key_groups();
-                        let store = PaneStore::new(agg, size, slide, groups);
+                        let store = PaneStore::new(agg, size, slide, groups, early);
                         step(&ctx, &op, input, move |p: &Partial<K, A::Acc>| groups.group_of(&p.key), store)?
                     }
                     (None, gap) => {

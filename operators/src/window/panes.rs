@@ -20,6 +20,7 @@ use std::hash::Hash;
 use std::marker::PhantomData;
 use std::ops::Range;
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use rustc_hash::FxHashMap;
 use serde::Serialize;
@@ -84,6 +85,8 @@ pub(super) struct PaneStore<K, T, A: Aggregator<T>> {
     spare: Vec<FxHashMap<K, A::Acc>>,
     /// Sliding windows' merged panes (derived from `panes`, not checkpointed).
     stacks: Stacks<K, A::Acc>,
+    /// Early firings: how often, and when next (processing time).
+    early: Option<(Duration, Instant)>,
     _records: PhantomData<fn(&T)>,
 }
 
@@ -112,7 +115,7 @@ impl<K, Acc> Default for Stacks<K, Acc> {
 }
 
 impl<K, T, A: Aggregator<T>> PaneStore<K, T, A> {
-    pub(super) fn new(agg: Rc<A>, size: i64, slide: i64, groups: KeyGroups) -> Self {
+    pub(super) fn new(agg: Rc<A>, size: i64, slide: i64, groups: KeyGroups, early: Option<Duration>) -> Self {
         PaneStore {
             agg,
             size,
@@ -123,6 +126,7 @@ impl<K, T, A: Aggregator<T>> PaneStore<K, T, A> {
             next: EventTime::MIN,
             spare: Vec::new(),
             stacks: Stacks::default(),
+            early: early.map(|every| (every, Instant::now() + every)),
             _records: PhantomData,
         }
     }
@@ -139,7 +143,7 @@ impl<K: Hash + Eq + Clone, T, A: Aggregator<T>> PaneStore<K, T, A> {
         let time = end.saturating_sub(1);
         let agg = self.agg.clone();
         let mut emit = |key: K, acc: &A::Acc| {
-            let value = WindowResult { key, start, end, value: agg.finish(acc) };
+            let value = WindowResult { key, start, end, value: agg.finish(acc), partial: false };
             out.push(Rec { meta: Meta::derived(time), value });
         };
         if self.slide == self.size {
@@ -219,6 +223,34 @@ impl<K: Hash + Eq + Clone, T, A: Aggregator<T>> PaneStore<K, T, A> {
                 emit(key.clone(), acc);
             }
         }
+    }
+
+    /// Emits every open window as it is so far, marked partial.
+    fn fire_early(&mut self, out: &mut Vec<Rec<WindowResult<K, A::Out>>>) {
+        let (size, slide) = (self.size, self.slide);
+        let (Some(&(first, _)), Some(&(last, _))) = (self.panes.first(), self.panes.last()) else { return };
+        let agg = &*self.agg;
+        let mut merged: FxHashMap<K, A::Acc> = self.spare.pop().unwrap_or_default();
+        let mut start = first_start_ending_after(size, slide, first).max(self.next);
+        while start <= last {
+            let end = end_of(size, start);
+            let lo = self.panes.partition_point(|p| p.0 < start);
+            let hi = self.panes.partition_point(|p| p.0 < end);
+            let time = end.saturating_sub(1);
+            for (_, pane) in &self.panes[lo..hi] {
+                merge_into(agg, &mut merged, pane);
+            }
+            for (key, acc) in merged.drain() {
+                let value = WindowResult { key, start, end, value: agg.finish(&acc), partial: true };
+                out.push(Rec { meta: Meta::derived(time), value });
+            }
+            let next = clamp(i128::from(start) + i128::from(slide));
+            if next == start {
+                break;
+            }
+            start = next;
+        }
+        self.spare.push(merged);
     }
 
     /// A partial for a pane that `stacks` already merged (a record behind the
@@ -350,6 +382,17 @@ where
             self.next = next;
         }
         self.last = 0;
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.early.map(|(_, next)| next)
+    }
+
+    fn on_processing_time(&mut self, now: Instant, _: EventTime, out: &mut Vec<Rec<Self::Out>>) {
+        if let Some((every, _)) = self.early {
+            self.fire_early(out);
+            self.early = Some((every, now + every));
+        }
     }
 
     fn checkpoint(

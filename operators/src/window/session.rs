@@ -73,7 +73,13 @@ where
             let end = sessions[i].last.saturating_add(gap);
             if end <= time {
                 let s = sessions.remove(i);
-                let value = WindowResult { key: cx.key().clone(), start: s.first, end, value: self.agg.finish(&s.acc) };
+                let value = WindowResult {
+                    key: cx.key().clone(),
+                    start: s.first,
+                    end,
+                    value: self.agg.finish(&s.acc),
+                    partial: false,
+                };
                 cx.emit(end.saturating_sub(1), value);
             } else {
                 i += 1;

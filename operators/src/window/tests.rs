@@ -260,6 +260,60 @@ fn a_sliding_record_behind_the_watermark_counts_in_its_windows_that_have_not_fir
     Ok(())
 }
 
+/// Early firings: while the input pauses, the open window emits its rows so
+/// far, marked partial; the final rows are those of a run without them.
+#[test]
+fn early_firings_emit_partial_rows_then_the_final_ones() -> anyhow::Result<()> {
+    let parts =
+        vec![vec![record(1000, "a", 1.0), record(1200, "a", 2.0), record(1300, "b", 4.0), record(9000, "a", 8.0)]];
+    let rows = Arc::new(Mutex::new(Vec::new()));
+    let source = Memory::new(parts, 1).pause_after(2, Duration::from_millis(300));
+    let r = rows.clone();
+    Pipeline::new("early").bounded(true).epoch_records(1, 2).run(move |p| {
+        p.source(source.clone())?
+            .decode::<Ev>(Json)
+            .source_time(Duration::from_millis(DELAY))?
+            .key_by(|e| e.k.clone())
+            .window(Tumbling::new(Duration::from_secs(2)))
+            .early_firings(Duration::from_millis(20))
+            .aggregate((Count, Sum(|e: &Ev| e.v)))?
+            .map(|w| (w.partial, w.key, w.start, w.value.0, w.value.1))
+            .sink(Collect(r.clone()))?;
+        p.dead_letters().sink(Collect(Arc::new(Mutex::new(Vec::new()))))
+    })?;
+    let rows = std::mem::take(&mut *rows.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
+    let finals: Vec<_> = rows.iter().filter(|r| !r.0).cloned().collect();
+    let want = [
+        (false, "a".to_string(), 0, 2, 3.0),
+        (false, "b".to_string(), 0, 1, 4.0),
+        (false, "a".to_string(), 8000, 1, 8.0),
+    ];
+    anyhow::ensure!(finals.len() == 3 && want.iter().all(|w| finals.contains(w)), "{finals:?}");
+    // During the pause, the window [0, 2000) of a held the first two records.
+    anyhow::ensure!(rows.contains(&(true, "a".to_string(), 0, 2, 3.0)), "{rows:?}");
+    anyhow::ensure!(rows.iter().filter(|r| r.0).all(|r| r.2 == 0), "{rows:?}");
+    Ok(())
+}
+
+#[test]
+fn early_firings_of_a_session_window_are_refused() {
+    let err = Pipeline::new("early")
+        .run(|p| {
+            p.source(Memory::new(vec![vec![record(1, "a", 1.0)]], 1))?
+                .decode::<Ev>(Json)
+                .source_time(Duration::ZERO)?
+                .key_by(|e| e.k.clone())
+                .window(Session::new(Duration::from_secs(1)))
+                .early_firings(Duration::from_millis(20))
+                .aggregate(Count)?;
+            Ok(())
+        })
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(err.contains("early_firings") && err.contains("tumbling and sliding"), "{err}");
+}
+
 #[test]
 fn a_sliding_slide_longer_than_the_size_is_refused() {
     let spec = Sliding::new(Duration::from_secs(1), Duration::from_secs(2));

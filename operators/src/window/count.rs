@@ -109,6 +109,7 @@ where
                     end,
                     value: self.agg.finish(&open.acc),
                     partial: false,
+                    diff: 1,
                 };
                 cx.emit(open.last, value);
                 state.open = None;

@@ -227,11 +227,20 @@ impl WindowSpec {
         }
     }
 
-    /// Whether a part starting at `start` comes too late at watermark `wm`.
+    /// Whether a part starting at `start` comes too late at watermark `wm`
+    /// (without allowed lateness).
+    #[cfg(test)]
     fn is_late(&self, start: EventTime, wm: EventTime) -> bool {
+        self.is_late_by(start, wm, 0)
+    }
+
+    /// Whether a part starting at `start` comes too late at watermark `wm`
+    /// with `lateness` ms of allowed lateness: every window that holds it
+    /// closed more than `lateness` before the watermark.
+    fn is_late_by(&self, start: EventTime, wm: EventTime, lateness: i64) -> bool {
         match *self {
-            WindowSpec::Session(_) | WindowSpec::Count(_) => start < wm,
-            _ => panes::last_end(self, start) <= wm,
+            WindowSpec::Session(_) | WindowSpec::Count(_) => start.saturating_add(lateness) < wm,
+            _ => panes::last_end(self, start).saturating_add(lateness) <= wm,
         }
     }
 }
@@ -266,6 +275,10 @@ pub struct WindowResult<K, V> {
     /// An early firing's row ([`Windowed::early_firings`]): the window so far,
     /// before it closes. `false` for the one final row of every window.
     pub partial: bool,
+    /// +1, or -1 for a row that a late record's update retracts (with
+    /// [`Windowed::allowed_lateness`]: the old row with -1, then the new one
+    /// with +1). Always +1 without allowed lateness.
+    pub diff: i64,
 }
 
 /// Adds `key_by` to flows.
@@ -298,7 +311,14 @@ pub struct Keyed<'s, T, F> {
 impl<'s, T: 'static, F> Keyed<'s, T, F> {
     /// Groups the keyed records into windows ([`Tumbling`], [`Sliding`], [`Session`], [`CountWindow`]).
     pub fn window(self, spec: impl Into<WindowSpec>) -> Windowed<'s, T, F> {
-        Windowed { flow: self.flow, key: self.key, spec: spec.into(), combine: Combine::default(), early: None }
+        Windowed {
+            flow: self.flow,
+            key: self.key,
+            spec: spec.into(),
+            combine: Combine::default(),
+            early: None,
+            lateness: 0,
+        }
     }
 
     /// The `(key, record)` pairs as a flow.

@@ -53,6 +53,7 @@ pub struct Windowed<'s, T, F> {
     pub(super) spec: WindowSpec,
     pub(super) combine: Combine,
     pub(super) early: Option<Duration>,
+    pub(super) lateness: i64,
 }
 
 impl<'s, T, F> Windowed<'s, T, F> {
@@ -71,6 +72,19 @@ impl<'s, T, F> Windowed<'s, T, F> {
     /// run. Session and count windows refuse it (a config error when built).
     pub fn early_firings(mut self, every: Duration) -> Self {
         self.early = Some(every);
+        self
+    }
+
+    /// Allowed lateness (default 0: off). A record behind the watermark whose
+    /// window closed at most `lateness` before the watermark still updates it:
+    /// the window's old row is emitted again with [`diff`](WindowResult::diff)
+    /// -1, then its new row with +1 (the workload's change-log convention), so
+    /// a sink that applies diffs holds the corrected rows. Windows keep their
+    /// state that much longer. A record later than that is a dead letter with
+    /// reason `late`. Tumbling and sliding windows for now: session and count
+    /// windows refuse it (a config error when built).
+    pub fn allowed_lateness(mut self, lateness: Duration) -> Self {
+        self.lateness = i64::try_from(lateness.as_millis()).unwrap_or(i64::MAX);
         self
     }
 }
@@ -180,7 +194,7 @@ where
         F: Fn(&T) -> K + 'static,
         A::Out: 'static,
     {
-        let Windowed { flow, key: key_of, spec, combine, early } = self;
+        let Windowed { flow, key: key_of, spec, combine, early, lateness } = self;
         let ctx = flow.ctx.clone();
         let (Some(info), Some(wm_stream)) = (flow.input.clone(), flow.watermarks.clone()) else {
             return Err(Error::config(
@@ -198,6 +212,9 @@ where
             }
             _ => {}
         }
+        if lateness > 0 && matches!(spec, WindowSpec::Session(_) | WindowSpec::Count(_)) {
+            return Err(Error::config("allowed_lateness", "only tumbling and sliding windows have it for now"));
+        }
         let op = ctx.step_id(spec.kind(), flow.name.as_deref())?;
         let agg = Rc::new(agg);
         // The combiner judges lateness by the watermark the window stage restores.
@@ -208,7 +225,7 @@ where
             WindowSpec::Count(c) => {
                 // No combining: the window stage orders every record by time and position.
                 let (partials, lates) =
-                    combiner(&ctx, input, watermarks, key_of, spec, Combine::Never, agg.clone(), |m: &Meta| {
+                    combiner(&ctx, input, watermarks, key_of, (spec, 0), Combine::Never, agg.clone(), |m: &Meta| {
                         (m.partition, m.offset)
                     });
                 let input = StepInput { records: partials, watermarks: Some(wm_stream), partitions: info.partitions };
@@ -216,13 +233,14 @@ where
                 (keyed_step(&ctx, &op, input, key, CountLogic { agg, size: c.size, _records: PhantomData })?, lates)
             }
             _ => {
-                let (partials, lates) = combiner(&ctx, input, watermarks, key_of, spec, combine, agg.clone(), |_| ());
+                let (partials, lates) =
+                    combiner(&ctx, input, watermarks, key_of, (spec, lateness), combine, agg.clone(), |_| ());
 
                 let input = StepInput { records: partials, watermarks: Some(wm_stream), partitions: info.partitions };
                 let results = match (spec.panes(), spec.gap()) {
                     (Some((size, slide, _)), _) => {
                         let groups = ctx.key_groups();
-                        let store = PaneStore::new(agg, size, slide, groups, early);
+                        let store = PaneStore::new(agg, size, slide, groups, early, lateness);
                         step(&ctx, &op, input, move |p: &Partial<K, A::Acc>| groups.group_of(&p.key), store)?
                     }
                     (None, gap) => {
@@ -259,7 +277,7 @@ fn combiner<'s, T, K, A, P>(
     input: CombinerInput<'_, 's, T>,
     watermarks: WatermarkTable,
     key_of: impl Fn(&T) -> K + 'static,
-    spec: WindowSpec,
+    (spec, lateness): (WindowSpec, i64),
     combine: Combine,
     agg: Rc<A>,
     pos: impl Fn(&Meta) -> P + 'static,
@@ -316,7 +334,7 @@ where
             }
             for r in recs {
                 let start = spec.part_start(r.meta.event_time);
-                if spec.is_late(start, wm) {
+                if spec.is_late_by(start, wm, lateness) {
                     c.lates.push(r);
                     continue;
                 }

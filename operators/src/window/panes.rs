@@ -87,6 +87,8 @@ pub(super) struct PaneStore<K, T, A: Aggregator<T>> {
     stacks: Stacks<K, A::Acc>,
     /// Early firings: how often, and when next (processing time).
     early: Option<(Duration, Instant)>,
+    /// Allowed lateness (ms): fired windows keep their panes this much longer.
+    lateness: i64,
     _records: PhantomData<fn(&T)>,
 }
 
@@ -115,7 +117,14 @@ impl<K, Acc> Default for Stacks<K, Acc> {
 }
 
 impl<K, T, A: Aggregator<T>> PaneStore<K, T, A> {
-    pub(super) fn new(agg: Rc<A>, size: i64, slide: i64, groups: KeyGroups, early: Option<Duration>) -> Self {
+    pub(super) fn new(
+        agg: Rc<A>,
+        size: i64,
+        slide: i64,
+        groups: KeyGroups,
+        early: Option<Duration>,
+        lateness: i64,
+    ) -> Self {
         PaneStore {
             agg,
             size,
@@ -127,12 +136,21 @@ impl<K, T, A: Aggregator<T>> PaneStore<K, T, A> {
             spare: Vec::new(),
             stacks: Stacks::default(),
             early: early.map(|every| (every, Instant::now() + every)),
+            lateness,
             _records: PhantomData,
         }
     }
 }
 
 impl<K: Hash + Eq + Clone, T, A: Aggregator<T>> PaneStore<K, T, A> {
+    /// Drops the first `n` panes, keeping their maps for reuse.
+    fn recycle(&mut self, n: usize) {
+        for (_, mut map) in self.panes.drain(..n) {
+            map.clear();
+            self.spare.push(map);
+        }
+    }
+
     /// The map of the pane starting at `start`, opened if need be.
     fn pane(&mut self, start: EventTime) -> &mut FxHashMap<K, A::Acc> {
         pane_at(&mut self.panes, &mut self.last, &mut self.spare, start)
@@ -143,7 +161,7 @@ impl<K: Hash + Eq + Clone, T, A: Aggregator<T>> PaneStore<K, T, A> {
         let time = end.saturating_sub(1);
         let agg = self.agg.clone();
         let mut emit = |key: K, acc: &A::Acc| {
-            let value = WindowResult { key, start, end, value: agg.finish(acc), partial: false };
+            let value = WindowResult { key, start, end, value: agg.finish(acc), partial: false, diff: 1 };
             out.push(Rec { meta: Meta::derived(time), value });
         };
         if self.slide == self.size {
@@ -152,8 +170,15 @@ impl<K: Hash + Eq + Clone, T, A: Aggregator<T>> PaneStore<K, T, A> {
             if let Some((s, pane)) = self.panes.get_mut(i)
                 && *s == start
             {
-                for (key, acc) in pane.drain() {
-                    emit(key, &acc);
+                if self.lateness == 0 {
+                    for (key, acc) in pane.drain() {
+                        emit(key, &acc);
+                    }
+                } else {
+                    // Kept for late updates until the allowed lateness passes.
+                    for (key, acc) in pane.iter() {
+                        emit(key.clone(), acc);
+                    }
                 }
             }
             return;
@@ -225,6 +250,62 @@ impl<K: Hash + Eq + Clone, T, A: Aggregator<T>> PaneStore<K, T, A> {
         }
     }
 
+    /// A record for windows that already fired (within the allowed lateness):
+    /// each such window of `key` still within it emits its old row with diff
+    /// -1 (if it had one) and its new row with +1.
+    fn update_fired(
+        &mut self,
+        p: &Partial<K, A::Acc>,
+        watermark: EventTime,
+        out: &mut Vec<Rec<WindowResult<K, A::Out>>>,
+    ) {
+        let (size, slide) = (self.size, self.slide);
+        let agg = &*self.agg;
+        let mut start = first_start_ending_after(size, slide, p.start);
+        while start < self.next && start <= p.start {
+            let end = end_of(size, start);
+            if end.saturating_add(self.lateness) > watermark {
+                let lo = self.panes.partition_point(|q| q.0 < start);
+                let hi = self.panes.partition_point(|q| q.0 < end);
+                let mut old: Option<A::Acc> = None;
+                for (_, pane) in &self.panes[lo..hi] {
+                    if let Some(acc) = pane.get(&p.key) {
+                        match old.as_mut() {
+                            Some(o) => agg.merge(o, acc),
+                            None => old = Some(acc.clone()),
+                        }
+                    }
+                }
+                let time = end.saturating_sub(1);
+                let new = match old {
+                    Some(old) => {
+                        let value = WindowResult {
+                            key: p.key.clone(),
+                            start,
+                            end,
+                            value: agg.finish(&old),
+                            partial: false,
+                            diff: -1,
+                        };
+                        out.push(Rec { meta: Meta::derived(time), value });
+                        let mut new = old;
+                        agg.merge(&mut new, &p.acc);
+                        new
+                    }
+                    None => p.acc.clone(),
+                };
+                let value =
+                    WindowResult { key: p.key.clone(), start, end, value: agg.finish(&new), partial: false, diff: 1 };
+                out.push(Rec { meta: Meta::derived(time), value });
+            }
+            let next = clamp(i128::from(start) + i128::from(slide));
+            if next == start {
+                break;
+            }
+            start = next;
+        }
+    }
+
     /// Emits every open window as it is so far, marked partial.
     fn fire_early(&mut self, out: &mut Vec<Rec<WindowResult<K, A::Out>>>) {
         let (size, slide) = (self.size, self.slide);
@@ -241,7 +322,7 @@ impl<K: Hash + Eq + Clone, T, A: Aggregator<T>> PaneStore<K, T, A> {
                 merge_into(agg, &mut merged, pane);
             }
             for (key, acc) in merged.drain() {
-                let value = WindowResult { key, start, end, value: agg.finish(&acc), partial: true };
+                let value = WindowResult { key, start, end, value: agg.finish(&acc), partial: true, diff: 1 };
                 out.push(Rec { meta: Meta::derived(time), value });
             }
             let next = clamp(i128::from(start) + i128::from(slide));
@@ -341,8 +422,12 @@ where
 {
     type Out = WindowResult<K, A::Out>;
 
-    fn on_records(&mut self, records: Vec<Partial<K, A::Acc>>, _: EventTime, _: &mut Vec<Rec<Self::Out>>) {
+    fn on_records(&mut self, records: Vec<Partial<K, A::Acc>>, watermark: EventTime, out: &mut Vec<Rec<Self::Out>>) {
         for p in records {
+            // Windows of the pane that fired already (it can be in unfired ones too).
+            if self.lateness > 0 && first_start_ending_after(self.size, self.slide, p.start) < self.next {
+                self.update_fired(&p, watermark, out);
+            }
             if p.start < self.stacks.back_end {
                 self.update_stacks(p.start, &p.key, &p.acc);
             }
@@ -359,8 +444,11 @@ where
 
     fn on_watermark(&mut self, watermark: EventTime, out: &mut Vec<Rec<Self::Out>>) {
         let (size, slide) = (self.size, self.slide);
-        // Every window up to the watermark that holds a pane, in start order.
-        while let Some(&(first, _)) = self.panes.first() {
+        // Every window up to the watermark that holds a pane, in start order
+        // (an unfired window holds only panes at or after `next`).
+        loop {
+            let i = self.panes.partition_point(|p| p.0 < self.next);
+            let Some(&(first, _)) = self.panes.get(i) else { break };
             let start = first_start_ending_after(size, slide, first).max(self.next);
             let end = end_of(size, start);
             if end > watermark {
@@ -368,18 +456,23 @@ where
             }
             self.fire(start, end, out);
             let next = clamp(i128::from(start) + i128::from(slide));
-            let done = if next == start {
+            if next == start {
                 // The end of time: nothing can follow.
                 self.stacks = Stacks::default();
-                self.panes.len()
-            } else {
-                self.panes.partition_point(|p| p.0 < next)
-            };
-            for (_, mut map) in self.panes.drain(..done) {
-                map.clear();
-                self.spare.push(map);
+                self.recycle(self.panes.len());
+                break;
             }
             self.next = next;
+            if self.lateness == 0 {
+                let done = self.panes.partition_point(|p| p.0 < next);
+                self.recycle(done);
+            }
+        }
+        if self.lateness > 0 {
+            // Panes whose last window closed more than the allowed lateness ago.
+            let (spec, lateness) = (WindowSpec::Sliding(super::Sliding { size, slide }), self.lateness);
+            let done = self.panes.partition_point(|p| last_end(&spec, p.0).saturating_add(lateness) <= watermark);
+            self.recycle(done);
         }
         self.last = 0;
     }

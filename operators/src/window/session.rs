@@ -79,6 +79,7 @@ where
                     end,
                     value: self.agg.finish(&s.acc),
                     partial: false,
+                    diff: 1,
                 };
                 cx.emit(end.saturating_sub(1), value);
             } else {

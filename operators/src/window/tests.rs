@@ -231,6 +231,111 @@ fn a_late_record_bridging_two_sessions_merges_them_and_one_behind_the_watermark_
     Ok(())
 }
 
+/// Allowed lateness on top of the watermark's bound.
+const LATENESS: u64 = 400;
+
+/// Runs `spec` windows with [`LATENESS`] and applies the change log (a row
+/// with diff -1 must retract the live row exactly, a row with +1 must not
+/// replace one); returns the net rows and the dead letters.
+fn run_with_lateness(
+    parts: Vec<Vec<Record>>,
+    spec: WindowSpec,
+    workers: usize,
+    epoch: u64,
+    per_read: usize,
+) -> anyhow::Result<(Rows, Vec<DeadLetter>)> {
+    let rows = Arc::new(Mutex::new(Vec::new()));
+    let dead = Arc::new(Mutex::new(Vec::new()));
+    let source = Memory::new(parts, per_read);
+    let (r, d) = (rows.clone(), dead.clone());
+    Pipeline::new("windows").workers(workers).bounded(true).epoch_records(epoch, 2).run(move |p| {
+        p.source(source.clone())?
+            .decode::<Ev>(Json)
+            .source_time(Duration::from_millis(DELAY))?
+            .key_by(|e| e.k.clone())
+            .window(spec)
+            .allowed_lateness(Duration::from_millis(LATENESS))
+            .aggregate((Count, Sum(|e: &Ev| e.v)))?
+            .map(|w| (w.key, w.start, w.end, w.diff, w.value.0, w.value.1))
+            .sink(Collect(r.clone()))?;
+        p.dead_letters().sink(Collect(d.clone()))
+    })?;
+    let mut live: BTreeMap<(String, EventTime, EventTime), (u64, f64)> = BTreeMap::new();
+    for (k, start, end, diff, count, sum) in rows.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.drain(..) {
+        let w = (k, start, end);
+        match diff {
+            1 => anyhow::ensure!(live.insert(w.clone(), (count, sum)).is_none(), "{w:?}: a second live row"),
+            -1 => anyhow::ensure!(live.remove(&w) == Some((count, sum)), "{w:?}: retracts a row it did not emit"),
+            _ => anyhow::bail!("diff {diff}"),
+        }
+    }
+    let dead = std::mem::take(&mut *dead.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
+    Ok((rows_of(live), dead))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// Records behind the watermark by up to the allowed lateness update
+    /// their windows: the change log's net rows are exactly the reference's.
+    #[test]
+    fn late_records_within_the_allowed_lateness_correct_their_windows(
+        parts in prop::collection::vec(
+            prop::collection::vec((0i64..120, 0i64..=(DELAY + LATENESS) as i64, 0usize..3, -50i64..50), 1..60),
+            1..4,
+        ),
+        sliding in any::<bool>(),
+        workers in 1usize..=3,
+        epoch in 1u64..20,
+    ) {
+        let spec: WindowSpec = if sliding {
+            Sliding::new(Duration::from_millis(750), Duration::from_millis(250)).into()
+        } else {
+            Tumbling::new(Duration::from_millis(500)).into()
+        };
+        let mut input = Vec::new();
+        let mut events = Vec::new();
+        for (p, part) in parts.iter().enumerate() {
+            let mut t = 1_700_000_000_000i64;
+            let mut recs = Vec::new();
+            for (offset, &(step, jitter, key, v)) in part.iter().enumerate() {
+                t += step;
+                let k = ["a", "b", "c"][key];
+                recs.push(record(t - jitter, k, v as f64));
+                events.push((k.to_string(), t - jitter, v as f64, (p as u32, offset as u64)));
+            }
+            input.push(recs);
+        }
+        let (rows, dead) = run_with_lateness(input, spec, workers, epoch, 3).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert!(dead.is_empty(), "{:?}", dead.first());
+        prop_assert_eq!(rows, reference(&events, spec));
+    }
+}
+
+#[test]
+fn a_record_later_than_the_allowed_lateness_is_a_dead_letter() -> anyhow::Result<()> {
+    // After 5000 the watermark is 4700; 4000 - 4500 closed at 4500, and 4500 + 400 > 4700:
+    // 4200 corrects it. After 6000 (watermark 5700) 4300 is 800 late: a dead letter.
+    let parts = vec![vec![
+        record(4100, "a", 1.0),
+        record(5000, "a", 2.0),
+        record(4200, "a", 4.0),
+        record(6000, "a", 8.0),
+        record(4300, "a", 16.0),
+    ]];
+    let (rows, dead) = run_with_lateness(parts, Tumbling::new(Duration::from_millis(500)).into(), 1, 1, 1)?;
+    anyhow::ensure!(dead.len() == 1 && dead[0].stage == "late", "{dead:?}");
+    anyhow::ensure!(dead[0].error.contains("watermark 5700"), "{}", dead[0].error);
+    let want: Rows = [
+        (("a".to_string(), 4000, 4500, 0), (2, 5.0)),
+        (("a".to_string(), 5000, 5500, 0), (1, 2.0)),
+        (("a".to_string(), 6000, 6500, 0), (1, 8.0)),
+    ]
+    .into();
+    anyhow::ensure!(rows == want, "{rows:?}");
+    Ok(())
+}
+
 /// A record behind the watermark whose earlier windows fired counts in its
 /// later ones, also once the window stage merged its pane (sliding windows
 /// keep merged panes: see `panes::Stacks`).

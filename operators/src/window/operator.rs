@@ -28,10 +28,9 @@ use timely::ExchangeData;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
-use weir_core::flow::VecOutput;
-use weir_core::flow::WatermarkUpdate;
-use weir_core::record::{DeadLetter, EventTime, Rec};
-use weir_core::runtime::epochs::{EpochDriver, follow_frontier};
+use weir_core::epochs::{EpochDriver, follow_frontier};
+use weir_core::flow::{DeadLetterOutput, VecOutput, WatermarkUpdate};
+use weir_core::record::{EventTime, Rec};
 use weir_core::state::{Input, StepInput, data_then_watermarks, frontier_min, keyed_step, restored_watermarks, step};
 use weir_core::time::{CheckpointSchedule, Epoch};
 use weir_core::{Error, Flow, Result};
@@ -176,20 +175,18 @@ where
         let watermarks = restored_watermarks(&ctx, &op, info.partitions)?;
 
         // Stage 1: combine on the reading worker.
-        let (partials, lates) = {
+        let partials = {
             let mut builder = OperatorBuilder::new(format!("Combine({op})"), ctx.scope());
             let mut records = builder.new_input(flow.stream, Pipeline);
             let mut wms = builder.new_input(wm_stream.clone(), Pipeline);
             let (partial_out, partials) = builder.new_output::<Vec<Partial<K, A::Acc>>>();
-            let (late_out, lates) = builder.new_output::<Vec<DeadLetter>>();
+            let mut late_out = DeadLetterOutput::new(&mut builder, &ctx, "late");
             let mut partial_out: VecOutput<Partial<K, A::Acc>> = OutputBuilder::from(partial_out);
-            let mut late_out: VecOutput<DeadLetter> = OutputBuilder::from(late_out);
             let mut driver: EpochDriver<Input<Rec<T>>> =
                 EpochDriver::new(ctx.start_epoch(), CheckpointSchedule::default());
             let mut watermarks = watermarks;
             let agg = agg.clone();
             let origin = info.origin.clone();
-            let late = ctx.counter("dead_letters.late");
             // Records sent on without combining (see `Adaptive`).
             let passed = ctx.counter(&format!("{op}.passed_through"));
             builder.build(move |caps| {
@@ -256,7 +253,6 @@ where
                     let Some(held) = caps.as_mut() else { return };
                     let f = frontier_min(frontiers);
                     let mut partial_h = partial_out.activate();
-                    let mut late_h = late_out.activate();
                     let mut flush = |epoch: Epoch, mut c: Combined<K, T, A::Acc>, wm: EventTime| {
                         if c.pass_through {
                             passed.fetch_add(c.records as u64, Ordering::Relaxed);
@@ -277,14 +273,14 @@ where
                             partial_h.session(&cap).give_iterator(c.direct.drain(..));
                         }
                         if !c.lates.is_empty() {
-                            late.fetch_add(c.lates.len() as u64, Ordering::Relaxed);
-                            let cap = held[1].delayed(&epoch);
-                            let mut session = late_h.session(&cap);
-                            for r in c.lates.drain(..) {
-                                let error =
-                                    format!("late event: time {} is behind the watermark {wm}", r.meta.event_time);
-                                session.give(origin.dead_letter(&r.meta, "late", error, &r.value));
-                            }
+                            late_out.give(
+                                &held[1].delayed(&epoch),
+                                c.lates.drain(..).map(|r| {
+                                    let error =
+                                        format!("late event: time {} is behind the watermark {wm}", r.meta.event_time);
+                                    origin.dead_letter(&r.meta, "late", error, &r.value)
+                                }),
+                            );
                         }
                         spare.borrow_mut().push(c);
                     };
@@ -316,11 +312,11 @@ where
                     for (e, c) in std::mem::replace(&mut open, later) {
                         flush(e, c, wm);
                     }
-                    drop((partial_h, late_h));
+                    drop(partial_h);
                     follow_frontier(&mut caps, f);
                 }
             });
-            (partials, lates)
+            partials
         };
 
         // Stage 2: merge partials per key, fire, checkpoint: the keyed-operator kit.
@@ -337,7 +333,6 @@ where
                 keyed_step(&ctx, &op, input, key, SessionLogic { agg, gap, _records: PhantomData })?
             }
         };
-        ctx.register_dead_letters(lates);
         Ok(Flow::derived(ctx, results))
     }
 }

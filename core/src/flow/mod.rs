@@ -8,6 +8,14 @@
 //! `Flow` wraps a timely stream together with the build context rather than
 //! being a bare extension trait on `Stream`, because every stage needs the
 //! context (dead letters, snapshot streams, restored state, watermarks).
+//!
+//! Every method of [`Dataflow`] is here; the operators the build API adds
+//! are its submodules: `source` (the source operator), `sink` (the sink
+//! operator behind [`Flow::sink`]) and `dead_letters` ([`DeadLetterOutput`],
+//! [`with_dead_letters`]). The build API stands on the build context
+//! ([`Ctx`]), epoch order and the stateful kit, never on the runtime: the
+//! runtime builds a worker's dataflow through it and adds the commit
+//! operator after `Dataflow::finish`.
 
 mod dead_letters;
 mod sink;

@@ -6,10 +6,12 @@
 //! until a bounded run completes or any worker fails. An error or panic in one
 //! worker sets a shared abort flag that every worker's step loop checks, so
 //! the process never waits forever and the run returns the first error.
-
 //!
-//! The runtime sits on top: it depends on the build API ([`Dataflow`]) and on
-//! the build context below both ([`crate::ctx`]); nothing under it imports it.
+//! The runtime sits on top of core: it depends on the build API
+//! ([`Dataflow`]) and on what lies below both ([`crate::ctx`],
+//! [`crate::config`]); the build API does not import it. It re-exports
+//! `Ctx`, `PipelineConfig` and `epochs` under their old paths, for code that
+//! still names them here (the stateful kit).
 
 mod commit;
 mod plan;

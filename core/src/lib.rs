@@ -4,8 +4,17 @@
 //!
 //! core knows no connector and no operator: connectors implement
 //! [`source::Source`] and [`sink::Sink`], operators build on [`flow::Flow`].
+//!
+//! Inside core, dependencies point one way (see ARCHITECTURE.md): the ground
+//! modules (records, time, storage, checkpoints, the source and sink traits),
+//! then [`config`], [`ctx`] (the build context), [`epochs`] and [`stream`],
+//! then the stateful kit ([`state`]), then the build API ([`flow`]), and the
+//! [`runtime`] on top.
 
 pub mod checkpoint;
+pub mod config;
+pub mod ctx;
+pub mod epochs;
 pub mod error;
 pub mod flow;
 #[doc(hidden)]
@@ -18,8 +27,10 @@ pub mod sink;
 pub mod source;
 pub mod state;
 pub mod storage;
+pub mod stream;
 pub mod time;
 
+pub use config::PipelineConfig;
 pub use error::{Error, Result};
 pub use flow::{Dataflow, Flow, Raw};
-pub use runtime::{Pipeline, PipelineConfig, RunSummary};
+pub use runtime::{Pipeline, RunSummary};

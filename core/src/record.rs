@@ -187,3 +187,42 @@ pub struct DeadLetter {
     /// The event time, when known.
     pub event_time: Option<EventTime>,
 }
+
+impl DeadLetter {
+    /// A dead letter of `stage` for a record of `source` at `meta`, with
+    /// `payload` as the record's bytes: the whole record, or only its first
+    /// bytes when it was longer (`length` bytes in all). A derived record's
+    /// position ([`Meta::derived`]) is kept as it is; [`Meta::NO_TIME`] means
+    /// no event time. Every dead letter is made here.
+    pub fn new(stage: &str, source: &str, meta: &Meta, error: String, payload: Vec<u8>, length: u64) -> DeadLetter {
+        DeadLetter {
+            payload_truncated: (payload.len() as u64) < length,
+            payload_length: length,
+            payload,
+            error,
+            stage: stage.to_owned(),
+            source: source.to_owned(),
+            partition: meta.partition,
+            offset: meta.offset,
+            event_time: (meta.event_time != Meta::NO_TIME).then_some(meta.event_time),
+        }
+    }
+
+    /// A dead letter at `meta` whose payload is `value` as JSON (or empty, with
+    /// the encoder's message added to `error`, when even that fails): for a
+    /// record whose input bytes are not at hand.
+    pub fn as_json<T: Serialize>(stage: &str, source: &str, meta: &Meta, error: String, value: &T) -> DeadLetter {
+        let (payload, error) = match serde_json::to_vec(value) {
+            Ok(p) => (p, error),
+            Err(e) => (Vec::new(), format!("{error} (the row could not be written as JSON either: {e})")),
+        };
+        let length = payload.len() as u64;
+        DeadLetter::new(stage, source, meta, error, payload, length)
+    }
+
+    /// A dead letter for a derived row (no source position, no event time): its
+    /// payload is the row as JSON (see [`DeadLetter::as_json`]).
+    pub fn of_row<T: Serialize>(row: &T, error: String, stage: &str, source: &str) -> DeadLetter {
+        DeadLetter::as_json(stage, source, &Meta::derived(Meta::NO_TIME), error, row)
+    }
+}

@@ -1,7 +1,7 @@
 //! The sink interface: transactional sinks stage files and publish them only
 //! after the checkpoint that lists them commits (two-phase commit).
 //!
-//! The runtime's sink operator (see [`crate::flow::Flow::sink`]) stashes
+//! The sink operator of the build API (`Flow::sink`, `core/src/flow/sink.rs`) stashes
 //! input by epoch, hands each complete epoch to a [`SinkWriter`] in epoch
 //! order, and at every checkpoint epoch asks it to [`SinkWriter::stage`] what
 //! it wrote; the commit operator publishes those files with

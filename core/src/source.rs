@@ -1,8 +1,8 @@
 //! The source interface: a source is a stable list of partitions, each read
 //! sequentially from an offset by a [`PartitionReader`].
 //!
-//! The runtime's source operator (see [`crate::runtime`]) owns the group
-//! logic: which worker reads which partition (an [`crate::partition::Assignor`]),
+//! The source operator (`Dataflow::source`, `core/src/flow/source.rs`) owns
+//! the group logic: which worker reads which partition (an [`crate::partition::Assignor`]),
 //! epochs, the offsets that go into every checkpoint, and the bounded-run end.
 //! A connector only says what partitions exist and how to read one.
 

@@ -14,10 +14,7 @@
 use std::sync::atomic::Ordering;
 
 use serde::de::DeserializeOwned;
-use timely::dataflow::channels::pact::Pipeline;
-use timely::dataflow::operators::generic::OutputBuilder;
-use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
-use weir_core::flow::VecOutput;
+use weir_core::flow::with_dead_letters;
 use weir_core::record::{Chunk, DeadLetter, Meta, Rec};
 use weir_core::{Flow, Raw};
 
@@ -114,16 +111,9 @@ pub fn decode_chunk<T>(
     mut ok: impl FnMut(Rec<T>),
     mut dead: impl FnMut(DeadLetter),
 ) {
-    let dead_letter = |i: usize, offset, payload: &[u8], error, length| DeadLetter {
-        payload: payload.to_vec(),
-        payload_truncated: (payload.len() as u64) < length,
-        payload_length: length,
-        error,
-        stage: "decode".into(),
-        source: source.to_owned(),
-        partition: chunk.partition,
-        offset,
-        event_time: Some(chunk.time(i)).filter(|&t| t != Meta::NO_TIME),
+    let dead_letter = |i: usize, offset, payload: &[u8], error, length| {
+        let meta = Meta { partition: chunk.partition, offset, event_time: chunk.time(i) };
+        DeadLetter::new("decode", source, &meta, error, payload.to_vec(), length)
     };
     let one = |i: usize, offset, payload: &[u8]| {
         let meta = Meta { partition: chunk.partition, offset, event_time: chunk.time(i) };
@@ -160,51 +150,33 @@ pub trait Decode<'s> {
 impl<'s> Decode<'s> for Raw<'s> {
     fn decode<T: 'static>(self, format: impl Format<T>) -> Flow<'s, T> {
         let ctx = self.ctx.clone();
-        let mut builder = OperatorBuilder::new("Decode".to_owned(), ctx.scope());
-        let mut input = builder.new_input(self.stream, Pipeline);
-        let (ok_out, ok) = builder.new_output::<Vec<Rec<T>>>();
-        let (err_out, err) = builder.new_output::<Vec<DeadLetter>>();
-        let mut ok_out: VecOutput<Rec<T>> = OutputBuilder::from(ok_out);
-        let mut err_out: VecOutput<DeadLetter> = OutputBuilder::from(err_out);
         let source = self.input.source.clone();
         let pool = self.pool.clone();
-        let dead = ctx.counter("dead_letters.decode");
         let decoded = ctx.counter("decoded");
-        builder.build(move |_caps| {
-            let mut batch: Vec<Rec<T>> = Vec::new();
-            move |_frontiers| {
-                let mut ok_h = ok_out.activate();
-                let mut err_h = err_out.activate();
-                input.for_each(|cap, data: &mut Vec<Chunk>| {
-                    let mut errs = err_h.session(&cap);
-                    let (mut n_ok, mut n_err) = (0u64, 0u64);
-                    for chunk in data.drain(..) {
-                        batch.reserve(chunk.len());
-                        decode_chunk(
-                            &format,
-                            &chunk,
-                            &source,
-                            |rec| {
-                                n_ok += 1;
-                                batch.push(rec);
-                            },
-                            |dead| {
-                                n_err += 1;
-                                errs.give(dead);
-                            },
-                        );
-                        pool.put(chunk);
-                        // One message per chunk: batches stay small enough (about a thousand
-                        // records) for the allocator to reuse hot memory, where one batch of a
-                        // whole activation would be a fresh multi-megabyte allocation each time.
-                        ok_h.session(&cap).give_container(&mut batch);
-                    }
-                    decoded.fetch_add(n_ok, Ordering::Relaxed);
-                    dead.fetch_add(n_err, Ordering::Relaxed);
-                });
-            }
-        });
-        ctx.register_dead_letters(err);
+        let mut batch: Vec<Rec<T>> = Vec::new();
+        let ok =
+            with_dead_letters(&ctx, "Decode".to_owned(), "decode", self.stream, move |data: &mut Vec<Chunk>, emit| {
+                let mut n_ok = 0u64;
+                for chunk in data.drain(..) {
+                    batch.reserve(chunk.len());
+                    decode_chunk(
+                        &format,
+                        &chunk,
+                        &source,
+                        |rec| {
+                            n_ok += 1;
+                            batch.push(rec);
+                        },
+                        |dead| emit.dead_letter(dead),
+                    );
+                    pool.put(chunk);
+                    // One message per chunk: batches stay small enough (about a thousand
+                    // records) for the allocator to reuse hot memory, where one batch of a
+                    // whole activation would be a fresh multi-megabyte allocation each time.
+                    emit.give_batch(&mut batch);
+                }
+                decoded.fetch_add(n_ok, Ordering::Relaxed);
+            });
         Flow { stream: ok, ctx, input: Some(self.input), watermarks: None, name: None }
     }
 }

@@ -20,7 +20,6 @@
 //! every window worker takes the minimum over all partitions.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use rustc_hash::FxHashMap;
@@ -29,8 +28,7 @@ use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::vec::Broadcast;
-use weir_core::flow::VecOutput;
-use weir_core::flow::{PartitionEvent, WatermarkUpdate};
+use weir_core::flow::{DeadLetterOutput, PartitionEvent, VecOutput, WatermarkUpdate};
 use weir_core::record::{DeadLetter, EventTime, Meta, PartitionId, Rec};
 use weir_core::time::Epoch;
 use weir_core::{Error, Flow, Result};
@@ -115,13 +113,7 @@ fn watermarked<'s, T: 'static, F: Fn(&T) -> EventTime + 'static>(
     let mut events = builder.new_input(info.events, Pipeline);
     let (rec_out, recs) = builder.new_output::<Vec<Rec<T>>>();
     // Only `source_time` can reject records: `event_time` registers no dead letters.
-    let (mut dead_out, dead_letters, dead) = match from {
-        TimeFrom::Source(_) => {
-            let (out, stream) = builder.new_output::<Vec<DeadLetter>>();
-            (Some(VecOutput::<DeadLetter>::from(out)), Some(stream), ctx.counter(&format!("dead_letters.{step}")))
-        }
-        TimeFrom::Value(_) => (None, None, Default::default()),
-    };
+    let mut dead_out = matches!(from, TimeFrom::Source(_)).then(|| DeadLetterOutput::new(&mut builder, &ctx, step));
     // The last output: its capability is the one the operator holds (see `caps.pop()`).
     let (wm_out, wms) = builder.new_output::<Vec<WatermarkUpdate>>();
     let mut rec_out: VecOutput<Rec<T>> = OutputBuilder::from(rec_out);
@@ -140,7 +132,6 @@ fn watermarked<'s, T: 'static, F: Fn(&T) -> EventTime + 'static>(
         let mut emitted: FxHashMap<PartitionId, (EventTime, bool)> = FxHashMap::default();
         move |frontiers| {
             let mut rec_h = rec_out.activate();
-            let mut dead_h = dead_out.as_mut().map(|o| o.activate());
             let mut wm_h = wm_out.activate();
             records.for_each(|cap, data: &mut Vec<Rec<T>>| {
                 let Some(&epoch) = cap.least() else { return };
@@ -154,20 +145,18 @@ fn watermarked<'s, T: 'static, F: Fn(&T) -> EventTime + 'static>(
                         }
                     }
                     TimeFrom::Source(dead_letter) => {
-                        let mut rejected = 0u64;
-                        let mut session = dead_h.as_mut().map(|h| h.session(&cap));
+                        let mut rejected = Vec::new();
                         data.retain(|r| {
                             if r.meta.event_time != Meta::NO_TIME {
                                 raise(maxima, r.meta.partition, r.meta.event_time);
                                 return true;
                             }
-                            rejected += 1;
-                            if let Some(s) = session.as_mut() {
-                                s.give(dead_letter(r));
-                            }
+                            rejected.push(dead_letter(r));
                             false
                         });
-                        dead.fetch_add(rejected, Ordering::Relaxed);
+                        if let Some(out) = dead_out.as_mut().filter(|_| !rejected.is_empty()) {
+                            out.give(&cap, rejected);
+                        }
                     }
                 }
                 rec_h.session(&cap).give_container(data);
@@ -224,9 +213,6 @@ fn watermarked<'s, T: 'static, F: Fn(&T) -> EventTime + 'static>(
             }
         }
     });
-    if let Some(dead_letters) = dead_letters {
-        ctx.register_dead_letters(dead_letters);
-    }
     let mut flow = meta.flow(recs);
     flow.watermarks = Some(wms.broadcast());
     Ok(flow)

@@ -6,10 +6,9 @@ use std::sync::atomic::Ordering;
 
 use serde::Serialize;
 use timely::dataflow::channels::pact::Pipeline;
-use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
-use timely::dataflow::operators::generic::{Operator, OutputBuilder};
+use timely::dataflow::operators::generic::Operator;
 use weir_core::Flow;
-use weir_core::flow::VecOutput;
+use weir_core::flow::with_dead_letters;
 use weir_core::record::{DeadLetter, Rec};
 
 /// Adds stateless stages to flows.
@@ -71,38 +70,22 @@ impl<'s, T: 'static> Transform<'s, T> for Flow<'s, T> {
         let ctx = self.ctx.clone();
         let origin = self.input.as_ref().map(|i| i.origin.clone());
         let (stream, meta) = self.into_parts();
-        let mut builder = OperatorBuilder::new(format!("TryMap({stage})"), ctx.scope());
-        let mut input = builder.new_input(stream, Pipeline);
-        let (ok_out, ok) = builder.new_output::<Vec<Rec<U>>>();
-        let (err_out, err) = builder.new_output::<Vec<DeadLetter>>();
-        let mut ok_out: VecOutput<Rec<U>> = OutputBuilder::from(ok_out);
-        let mut err_out: VecOutput<DeadLetter> = OutputBuilder::from(err_out);
-        let stage = stage.to_string();
-        let dead = ctx.counter(&format!("dead_letters.{stage}"));
-        builder.build(move |_caps| {
-            move |_frontiers| {
-                let mut ok_h = ok_out.activate();
-                let mut err_h = err_out.activate();
-                input.for_each(|cap, data: &mut Vec<Rec<T>>| {
-                    let mut oks = ok_h.session(&cap);
-                    let mut errs = err_h.session(&cap);
-                    for r in data.drain(..) {
-                        match f(&r.value) {
-                            Ok(value) => oks.give(Rec { meta: r.meta, value }),
-                            Err(e) => {
-                                dead.fetch_add(1, Ordering::Relaxed);
-                                let error = e.to_string();
-                                errs.give(match &origin {
-                                    Some(info) => info.dead_letter(&r.meta, &stage, error, &r.value),
-                                    None => DeadLetter::of_row(&r.value, error, &stage, ""),
-                                });
-                            }
-                        }
+        let name = format!("TryMap({stage})");
+        let step = stage.to_string();
+        let ok = with_dead_letters(&ctx, name, stage, stream, move |data: &mut Vec<Rec<T>>, emit| {
+            for r in data.drain(..) {
+                match f(&r.value) {
+                    Ok(value) => emit.give(Rec { meta: r.meta, value }),
+                    Err(e) => {
+                        let error = e.to_string();
+                        emit.dead_letter(match &origin {
+                            Some(info) => info.dead_letter(&r.meta, &step, error, &r.value),
+                            None => DeadLetter::of_row(&r.value, error, &step, ""),
+                        });
                     }
-                });
+                }
             }
         });
-        ctx.register_dead_letters(err);
         meta.flow(ok)
     }
 }

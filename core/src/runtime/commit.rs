@@ -12,9 +12,8 @@ use timely::dataflow::operators::{Concatenate, Probe};
 
 use crate::checkpoint::protocol::{next_manifest, publish};
 use crate::checkpoint::{Manifest, Part};
+use crate::ctx::{Ctx, Shared};
 use crate::error::Result;
-use crate::flow::{Dataflow, unconsumed_dead_letters};
-use crate::runtime::ctx::Shared;
 use crate::sink::AfterCommit;
 use crate::source::Source;
 use crate::time::Epoch;
@@ -85,89 +84,84 @@ impl Committer {
     }
 }
 
-impl<'s> Dataflow<'s> {
-    /// Adds the commit operator over every registered part stream. Called by the
-    /// runtime after the user's build function.
-    pub(crate) fn finish(self) -> Result<()> {
-        let ctx = self.ctx;
-        if !ctx.0.dead.borrow().is_empty() {
-            return Err(unconsumed_dead_letters());
-        }
-        if ctx.planning() {
-            return Ok(());
-        }
-        let shared = ctx.shared().clone();
-        let scope = ctx.scope();
-        let parts: Vec<_> = ctx.0.parts.borrow_mut().drain(..).collect();
-        let parts = scope.concatenate(parts).probe_with(ctx.probe());
-        let schedule = ctx.schedule();
-        let cfg = &shared.cfg;
-        let template = Manifest {
-            pipeline: cfg.name.clone(),
-            workers: cfg.workers,
-            key_groups: cfg.key_groups.count(),
-            steps: shared.plan.lock().map(|p| p.steps.clone()).unwrap_or_default(),
-            ..Default::default()
-        };
-        let restored_complete = shared.restored.as_ref().is_some_and(|m| m.complete);
-        let sources = std::mem::take(&mut *ctx.0.sources.borrow_mut());
-        let after_commit = std::mem::take(&mut *ctx.0.after_commit.borrow_mut());
-        let mut committer =
-            Committer { shared: shared.clone(), last: shared.restored.clone(), template, sources, after_commit };
-        let bounded = cfg.bounded;
-        let is_leader = ctx.worker() == 0;
-        let mut pending: Vec<Part> = Vec::new();
-        let mut done = ctx.start_epoch();
-        let mut max_seen: Epoch = 0;
-        parts.unary_frontier::<timely::container::CapacityContainerBuilder<Vec<()>>, _, _, _>(
-            Exchange::new(|_: &Part| 0u64),
-            "Commit",
-            move |_cap, _| {
-                move |(input, frontier), _output| {
-                    input.for_each(|_, data: &mut Vec<Part>| {
-                        for p in data.drain(..) {
-                            max_seen = max_seen.max(p.epoch);
-                            pending.push(p);
-                        }
-                    });
-                    if shared.aborted() || !is_leader {
-                        return;
-                    }
-                    let f = frontier.frontier().iter().min().copied();
-                    let result = match f {
-                        Some(f) if f > done => {
-                            let newest = schedule.between(done, f).last();
-                            done = f;
-                            match newest {
-                                Some(c) => {
-                                    let (now, later): (Vec<_>, Vec<_>) = pending.drain(..).partition(|p| p.epoch <= c);
-                                    pending = later;
-                                    committer.commit(now, c, false)
-                                }
-                                None => Ok(()),
-                            }
-                        }
-                        None if done != Epoch::MAX => {
-                            done = Epoch::MAX;
-                            let committed = if restored_complete {
-                                // Only what a crash left undelivered goes out.
-                                committer.deliver()
-                            } else {
-                                let prev = committer.last.as_ref().map_or(0, |m| m.epoch + 1);
-                                let epoch = max_seen.max(prev);
-                                let now = std::mem::take(&mut pending);
-                                committer.commit(now, epoch, bounded)
-                            };
-                            committed.and_then(|()| committer.finish())
-                        }
-                        _ => Ok(()),
-                    };
-                    if let Err(e) = result {
-                        shared.fail(e);
-                    }
-                }
-            },
-        );
-        Ok(())
+/// Adds the commit operator over every part stream registered with `ctx`
+/// (the runtime calls it after the user's build function, on the context
+/// [`Dataflow::finish`](crate::flow::Dataflow::finish) hands back).
+pub(super) fn build(ctx: Ctx<'_>) -> Result<()> {
+    if ctx.planning() {
+        return Ok(());
     }
+    let shared = ctx.shared().clone();
+    let scope = ctx.scope();
+    let parts: Vec<_> = ctx.0.parts.borrow_mut().drain(..).collect();
+    let parts = scope.concatenate(parts).probe_with(ctx.probe());
+    let schedule = ctx.schedule();
+    let cfg = &shared.cfg;
+    let template = Manifest {
+        pipeline: cfg.name.clone(),
+        workers: cfg.workers,
+        key_groups: cfg.key_groups.count(),
+        steps: shared.plan.lock().map(|p| p.steps.clone()).unwrap_or_default(),
+        ..Default::default()
+    };
+    let restored_complete = shared.restored.as_ref().is_some_and(|m| m.complete);
+    let sources = std::mem::take(&mut *ctx.0.sources.borrow_mut());
+    let after_commit = std::mem::take(&mut *ctx.0.after_commit.borrow_mut());
+    let mut committer =
+        Committer { shared: shared.clone(), last: shared.restored.clone(), template, sources, after_commit };
+    let bounded = cfg.bounded;
+    let is_leader = ctx.worker() == 0;
+    let mut pending: Vec<Part> = Vec::new();
+    let mut done = ctx.start_epoch();
+    let mut max_seen: Epoch = 0;
+    parts.unary_frontier::<timely::container::CapacityContainerBuilder<Vec<()>>, _, _, _>(
+        Exchange::new(|_: &Part| 0u64),
+        "Commit",
+        move |_cap, _| {
+            move |(input, frontier), _output| {
+                input.for_each(|_, data: &mut Vec<Part>| {
+                    for p in data.drain(..) {
+                        max_seen = max_seen.max(p.epoch);
+                        pending.push(p);
+                    }
+                });
+                if shared.aborted() || !is_leader {
+                    return;
+                }
+                let f = frontier.frontier().iter().min().copied();
+                let result = match f {
+                    Some(f) if f > done => {
+                        let newest = schedule.between(done, f).last();
+                        done = f;
+                        match newest {
+                            Some(c) => {
+                                let (now, later): (Vec<_>, Vec<_>) = pending.drain(..).partition(|p| p.epoch <= c);
+                                pending = later;
+                                committer.commit(now, c, false)
+                            }
+                            None => Ok(()),
+                        }
+                    }
+                    None if done != Epoch::MAX => {
+                        done = Epoch::MAX;
+                        let committed = if restored_complete {
+                            // Only what a crash left undelivered goes out.
+                            committer.deliver()
+                        } else {
+                            let prev = committer.last.as_ref().map_or(0, |m| m.epoch + 1);
+                            let epoch = max_seen.max(prev);
+                            let now = std::mem::take(&mut pending);
+                            committer.commit(now, epoch, bounded)
+                        };
+                        committed.and_then(|()| committer.finish())
+                    }
+                    _ => Ok(()),
+                };
+                if let Err(e) = result {
+                    shared.fail(e);
+                }
+            }
+        },
+    );
+    Ok(())
 }

@@ -8,12 +8,13 @@
 
 use std::sync::{Arc, Mutex};
 
+use super::{build_dataflow, panic_message};
 use crate::checkpoint::Manifest;
 use crate::checkpoint::identity::Plan;
+use crate::config::PipelineConfig;
+use crate::ctx::Shared;
 use crate::error::{Error, Result};
 use crate::flow::Dataflow;
-use crate::runtime::PipelineConfig;
-use crate::runtime::ctx::{Shared, build_dataflow, panic_message};
 use crate::time::Epoch;
 
 /// Runs `build` once in planning mode and returns what it declared.

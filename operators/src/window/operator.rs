@@ -30,10 +30,10 @@ use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
-use weir_core::flow::{InputInfo, VecOutput, WatermarkUpdate};
-use weir_core::record::{DeadLetter, EventTime, Meta, Offset, PartitionId, Rec};
-use weir_core::runtime::Ctx;
-use weir_core::runtime::epochs::{EpochDriver, follow_frontier};
+use weir_core::ctx::Ctx;
+use weir_core::epochs::{EpochDriver, follow_frontier};
+use weir_core::flow::{DeadLetterOutput, InputInfo, VecOutput, WatermarkUpdate};
+use weir_core::record::{EventTime, Meta, Offset, PartitionId, Rec};
 use weir_core::state::{
     Input, StepInput, WatermarkTable, data_then_watermarks, frontier_min, keyed_step, restored_watermarks, step,
 };
@@ -221,23 +221,22 @@ where
         let watermarks = restored_watermarks(&ctx, &op, info.partitions)?;
 
         let input = CombinerInput { stream: flow.stream, watermarks: wm_stream.clone(), info: &info, op: &op };
-        let (results, lates) = match spec {
+        let results = match spec {
             WindowSpec::Count(c) => {
                 // No combining: the window stage orders every record by time and position.
-                let (partials, lates) =
+                let partials =
                     combiner(&ctx, input, watermarks, key_of, (spec, 0), Combine::Never, agg.clone(), |m: &Meta| {
                         (m.partition, m.offset)
                     });
                 let input = StepInput { records: partials, watermarks: Some(wm_stream), partitions: info.partitions };
                 let key = |p: &Partial<K, A::Acc, (PartitionId, Offset)>| p.key.clone();
-                (keyed_step(&ctx, &op, input, key, CountLogic { agg, size: c.size, _records: PhantomData })?, lates)
+                keyed_step(&ctx, &op, input, key, CountLogic { agg, size: c.size, _records: PhantomData })?
             }
             _ => {
-                let (partials, lates) =
+                let partials =
                     combiner(&ctx, input, watermarks, key_of, (spec, lateness), combine, agg.clone(), |_| ());
-
                 let input = StepInput { records: partials, watermarks: Some(wm_stream), partitions: info.partitions };
-                let results = match (spec.panes(), spec.gap()) {
+                match (spec.panes(), spec.gap()) {
                     (Some((size, slide, _)), _) => {
                         let groups = ctx.key_groups();
                         let store = PaneStore::new(agg, size, slide, groups, early, lateness);
@@ -248,11 +247,9 @@ where
                         let key = |p: &Partial<K, A::Acc>| p.key.clone();
                         keyed_step(&ctx, &op, input, key, SessionLogic { agg, gap, _records: PhantomData })?
                     }
-                };
-                (results, lates)
+                }
             }
         };
-        ctx.register_dead_letters(lates);
         Ok(Flow::derived(ctx, results))
     }
 }
@@ -269,8 +266,8 @@ struct CombinerInput<'a, 's, T> {
 }
 
 /// Stage 1: checks lateness and combines records on the reading worker;
-/// returns the partials for the window stage and the late records' dead
-/// letters. `pos` gives each partial of a record its position (count windows).
+/// returns the partials for the window stage (late records become dead
+/// letters with reason `late`, registered with the dataflow). `pos` gives each partial of a record its position (count windows).
 #[allow(clippy::too_many_arguments)]
 fn combiner<'s, T, K, A, P>(
     ctx: &Ctx<'s>,
@@ -281,7 +278,7 @@ fn combiner<'s, T, K, A, P>(
     combine: Combine,
     agg: Rc<A>,
     pos: impl Fn(&Meta) -> P + 'static,
-) -> (Partials<'s, K, A::Acc, P>, StreamVec<'s, Epoch, DeadLetter>)
+) -> Partials<'s, K, A::Acc, P>
 where
     T: 'static + Serialize,
     K: ExchangeData + Hash + Eq + Clone,
@@ -293,14 +290,12 @@ where
     let mut records = builder.new_input(stream, Pipeline);
     let mut wms = builder.new_input(wm_stream.clone(), Pipeline);
     let (partial_out, partials) = builder.new_output::<Vec<Partial<K, A::Acc, P>>>();
-    let (late_out, lates) = builder.new_output::<Vec<DeadLetter>>();
+    let mut late_out = DeadLetterOutput::new(&mut builder, ctx, "late");
     let mut partial_out: VecOutput<Partial<K, A::Acc, P>> = OutputBuilder::from(partial_out);
-    let mut late_out: VecOutput<DeadLetter> = OutputBuilder::from(late_out);
     let mut driver: EpochDriver<Input<Rec<T>>> = EpochDriver::new(ctx.start_epoch(), CheckpointSchedule::default());
     let mut watermarks = watermarks;
     let agg = agg.clone();
     let origin = info.origin.clone();
-    let late = ctx.counter("dead_letters.late");
     // Records sent on without combining (see `Adaptive`).
     let passed = ctx.counter(&format!("{op}.passed_through"));
     builder.build(move |caps| {
@@ -367,7 +362,6 @@ where
             let Some(held) = caps.as_mut() else { return };
             let f = frontier_min(frontiers);
             let mut partial_h = partial_out.activate();
-            let mut late_h = late_out.activate();
             let mut flush = |epoch: Epoch, mut c: Combined<K, T, A::Acc, P>, wm: EventTime| {
                 if c.pass_through {
                     passed.fetch_add(c.records as u64, Ordering::Relaxed);
@@ -391,13 +385,13 @@ where
                     partial_h.session(&cap).give_iterator(c.direct.drain(..));
                 }
                 if !c.lates.is_empty() {
-                    late.fetch_add(c.lates.len() as u64, Ordering::Relaxed);
-                    let cap = held[1].delayed(&epoch);
-                    let mut session = late_h.session(&cap);
-                    for r in c.lates.drain(..) {
-                        let error = format!("late event: time {} is behind the watermark {wm}", r.meta.event_time);
-                        session.give(origin.dead_letter(&r.meta, "late", error, &r.value));
-                    }
+                    late_out.give(
+                        &held[1].delayed(&epoch),
+                        c.lates.drain(..).map(|r| {
+                            let error = format!("late event: time {} is behind the watermark {wm}", r.meta.event_time);
+                            origin.dead_letter(&r.meta, "late", error, &r.value)
+                        }),
+                    );
                 }
                 spare.borrow_mut().push(c);
             };
@@ -429,11 +423,11 @@ where
             for (e, c) in std::mem::replace(&mut open, later) {
                 flush(e, c, wm);
             }
-            drop((partial_h, late_h));
+            drop(partial_h);
             follow_frontier(&mut caps, f);
         }
     });
-    (partials, lates)
+    partials
 }
 
 #[cfg(test)]

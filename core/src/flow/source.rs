@@ -21,12 +21,14 @@ use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::generic::operator::empty;
 
+use super::{ChunkPool, InputInfo, Origin, Raw};
 use crate::checkpoint::identity::SourcePlan;
 use crate::checkpoint::{Part, PartBody};
+use crate::ctx::Ctx;
 use crate::error::{Error, Result};
-use crate::flow::{Dataflow, InputInfo, Origin, PartitionEvent, Raw, VecOutput};
 use crate::record::{Chunk, Offset, PartitionId};
 use crate::source::{PartitionReader, ReadOrder, ReadStatus, Source, Waker};
+use crate::stream::{PartitionEvent, VecOutput};
 use crate::time::{Epoch, EpochPolicy};
 
 struct Owned {
@@ -44,125 +46,120 @@ struct Owned {
 /// data for this long closes its epoch anyway, so checkpoints go on.
 const IDLE_EPOCH: Duration = Duration::from_millis(10);
 
-impl<'s> Dataflow<'s> {
-    /// Adds a source: this worker reads the partitions assigned to it.
-    ///
-    /// Its partitions and end offsets come from the planning pass, so every
-    /// worker of a run reads up to the same ends; what the run reads (the
-    /// source's identity and, when bounded, its ends) is recorded in every
-    /// checkpoint and checked at every start.
-    pub fn source<S: Source>(&mut self, src: S) -> Result<Raw<'s>> {
-        let ctx = self.ctx.clone();
-        let shared = ctx.shared().clone();
-        let cfg = shared.cfg.clone();
-        let name = src.name().to_string();
-        let sequential = src.read_order() == ReadOrder::Sequential;
-        let src: Arc<dyn Source> = Arc::new(src);
-        let scope = ctx.scope();
-        if ctx.planning() {
-            let specs = src.partitions()?;
-            let fingerprint = src.fingerprint()?;
-            let partitions = specs.len() as u32;
-            let mut plan = shared.plan.lock().map_err(|_| Error::Pipeline("plan lock poisoned".into()))?;
-            if plan.sources.contains_key(&name) {
-                return Err(Error::config("source", format!("two sources are named `{name}`: read each input once")));
-            }
-            plan.sources.insert(name.clone(), SourcePlan { specs, fingerprint });
-            drop(plan);
-            return Ok(Raw {
-                stream: empty(scope),
-                ctx: ctx.clone(),
-                input: InputInfo {
-                    origin: Origin { name: name.clone(), source: src },
-                    source: name,
-                    partitions,
-                    events: empty(scope),
-                },
-                pool: Default::default(),
-            });
+/// Builds the source operator for `src` on this worker (see
+/// [`Dataflow::source`](super::Dataflow::source)).
+pub(super) fn build<'s, S: Source>(ctx: &Ctx<'s>, src: S) -> Result<Raw<'s>> {
+    let ctx = ctx.clone();
+    let shared = ctx.shared().clone();
+    let cfg = shared.cfg.clone();
+    let name = src.name().to_string();
+    let sequential = src.read_order() == ReadOrder::Sequential;
+    let src: Arc<dyn Source> = Arc::new(src);
+    let scope = ctx.scope();
+    if ctx.planning() {
+        let specs = src.partitions()?;
+        let fingerprint = src.fingerprint()?;
+        let partitions = specs.len() as u32;
+        let mut plan = shared.plan.lock().map_err(|_| Error::Pipeline("plan lock poisoned".into()))?;
+        if plan.sources.contains_key(&name) {
+            return Err(Error::config("source", format!("two sources are named `{name}`: read each input once")));
         }
-        let specs = match shared.plan.lock().ok().and_then(|p| p.sources.get(&name).map(|s| s.specs.clone())) {
-            Some(specs) => specs,
-            None => {
-                return Err(Error::config(
-                    "source",
-                    format!(
-                        "source `{name}` was not built when the pipeline was planned: the build function must \
-                         build the same pipeline every time it is called"
-                    ),
-                ));
-            }
-        };
-        let restored = ctx.restored();
-        let committed = restored.and_then(|m| m.offsets.get(&name)).cloned().unwrap_or_default();
-        // Bounded runs stop at the ends recorded when the run first started.
-        let ends: BTreeMap<PartitionId, Offset> = shared
-            .inputs
-            .lock()
-            .ok()
-            .and_then(|i| i.get(&name).map(|b| b.ends.clone()))
-            .unwrap_or_else(|| specs.iter().map(|s| (s.id, s.end)).collect());
-
-        let ids: Vec<PartitionId> = specs.iter().map(|s| s.id).collect();
-        // The previous run's assignment, so `sticky` moves as few partitions as possible.
-        let previous = restored
-            .and_then(|m| m.assignments.get(&name))
-            .and_then(|a| crate::partition::Assignment::from_workers(a.clone()).ok());
-        let assignment = cfg.assignor.assign(&ids, ctx.peers(), previous.as_ref())?;
-        if let Ok(mut all) = shared.assignments.lock() {
-            all.insert(name.clone(), assignment.clone().into());
-        }
-        ctx.0.sources.borrow_mut().push((name.clone(), src.clone()));
-        let mut builder = OperatorBuilder::new(format!("Source({name})"), scope);
-        let info = builder.operator_info();
-        let sync_activator = scope.worker().sync_activator_for(info.address.to_vec());
-        let waker = Waker::new(move || {
-            // Fails only once the worker is gone, when there is nobody left to wake.
-            let _ = sync_activator.activate();
+        plan.sources.insert(name.clone(), SourcePlan { specs, fingerprint });
+        drop(plan);
+        return Ok(Raw {
+            stream: empty(scope),
+            ctx: ctx.clone(),
+            input: InputInfo {
+                origin: Origin { name: name.clone(), source: src },
+                source: name,
+                partitions,
+                events: empty(scope),
+            },
+            pool: Default::default(),
         });
-        let mut owned = Vec::new();
-        // Every partition id of the source this run knows of (discovery adds to it).
-        let mut known: Vec<PartitionId> = ids.clone();
-        let discovery_every = if cfg.bounded || !src.discovers_partitions() { None } else { cfg.partition_discovery };
-        let mut discovery = Discovery { every: discovery_every, last: Instant::now(), pending: None };
-        let peers = ctx.peers();
-        let discover_src = src.clone();
-        // Whether every reader wakes the operator when data arrives (then it sleeps when idle).
-        let mut all_wake = true;
-        for &id in assignment.partitions_of(ctx.worker()) {
-            let Some(spec) = specs.iter().find(|s| s.id == id) else { continue };
-            let from = committed.get(&id).copied().unwrap_or(spec.start);
-            let until = if cfg.bounded { ends.get(&id).copied() } else { None };
-            let mut reader = src.open(id, from, until)?;
-            all_wake &= reader.set_waker(waker.clone());
-            owned.push(Owned { id, reader, next: from, finished: false, last_data: Instant::now(), idle: false });
+    }
+    let specs = match shared.plan.lock().ok().and_then(|p| p.sources.get(&name).map(|s| s.specs.clone())) {
+        Some(specs) => specs,
+        None => {
+            return Err(Error::config(
+                "source",
+                format!(
+                    "source `{name}` was not built when the pipeline was planned: the build function must \
+                         build the same pipeline every time it is called"
+                ),
+            ));
         }
-        let (data_out, data) = builder.new_output::<Vec<Chunk>>();
-        let (event_out, events) = builder.new_output::<Vec<PartitionEvent>>();
-        let (part_out, parts) = builder.new_output::<Vec<Part>>();
-        let mut data_out: VecOutput<Chunk> = OutputBuilder::from(data_out);
-        let mut event_out: VecOutput<PartitionEvent> = OutputBuilder::from(event_out);
-        let mut part_out: VecOutput<Part> = OutputBuilder::from(part_out);
-        let activator = scope.activator_for(info.address.clone());
-        let probe = ctx.probe().clone();
-        let failure = ctx.failure();
-        let worker = ctx.worker();
-        let schedule = cfg.schedule();
-        let policy = cfg.epoch;
-        let max_in_flight = cfg.max_epochs_in_flight();
-        let batch_bytes = cfg.read_batch_bytes;
-        let activation_bytes = cfg.activation_bytes;
-        let idle_timeout = if cfg.bounded { None } else { cfg.idle_timeout };
-        let records_in = ctx.counter("records_in");
-        let bytes_in = ctx.counter("bytes_in");
-        let mut epoch: Epoch = ctx.start_epoch();
-        let first_epoch = epoch;
-        let started = shared.started;
-        let pool = crate::flow::ChunkPool::default();
-        let source_pool = pool.clone();
-        let source_name = name.clone();
+    };
+    let restored = ctx.restored();
+    let committed = restored.and_then(|m| m.offsets.get(&name)).cloned().unwrap_or_default();
+    // Bounded runs stop at the ends recorded when the run first started.
+    let ends: BTreeMap<PartitionId, Offset> = shared
+        .inputs
+        .lock()
+        .ok()
+        .and_then(|i| i.get(&name).map(|b| b.ends.clone()))
+        .unwrap_or_else(|| specs.iter().map(|s| (s.id, s.end)).collect());
 
-        builder.build(move |caps| {
+    let ids: Vec<PartitionId> = specs.iter().map(|s| s.id).collect();
+    // The previous run's assignment, so `sticky` moves as few partitions as possible.
+    let previous = restored
+        .and_then(|m| m.assignments.get(&name))
+        .and_then(|a| crate::partition::Assignment::from_workers(a.clone()).ok());
+    let assignment = cfg.assignor.assign(&ids, ctx.peers(), previous.as_ref())?;
+    if let Ok(mut all) = shared.assignments.lock() {
+        all.insert(name.clone(), assignment.clone().into());
+    }
+    ctx.0.sources.borrow_mut().push((name.clone(), src.clone()));
+    let mut builder = OperatorBuilder::new(format!("Source({name})"), scope);
+    let info = builder.operator_info();
+    let sync_activator = scope.worker().sync_activator_for(info.address.to_vec());
+    let waker = Waker::new(move || {
+        // Fails only once the worker is gone, when there is nobody left to wake.
+        let _ = sync_activator.activate();
+    });
+    let mut owned = Vec::new();
+    // Every partition id of the source this run knows of (discovery adds to it).
+    let mut known: Vec<PartitionId> = ids.clone();
+    let discovery_every = if cfg.bounded || !src.discovers_partitions() { None } else { cfg.partition_discovery };
+    let mut discovery = Discovery { every: discovery_every, last: Instant::now(), pending: None };
+    let peers = ctx.peers();
+    let discover_src = src.clone();
+    // Whether every reader wakes the operator when data arrives (then it sleeps when idle).
+    let mut all_wake = true;
+    for &id in assignment.partitions_of(ctx.worker()) {
+        let Some(spec) = specs.iter().find(|s| s.id == id) else { continue };
+        let from = committed.get(&id).copied().unwrap_or(spec.start);
+        let until = if cfg.bounded { ends.get(&id).copied() } else { None };
+        let mut reader = src.open(id, from, until)?;
+        all_wake &= reader.set_waker(waker.clone());
+        owned.push(Owned { id, reader, next: from, finished: false, last_data: Instant::now(), idle: false });
+    }
+    let (data_out, data) = builder.new_output::<Vec<Chunk>>();
+    let (event_out, events) = builder.new_output::<Vec<PartitionEvent>>();
+    let (part_out, parts) = builder.new_output::<Vec<Part>>();
+    let mut data_out: VecOutput<Chunk> = OutputBuilder::from(data_out);
+    let mut event_out: VecOutput<PartitionEvent> = OutputBuilder::from(event_out);
+    let mut part_out: VecOutput<Part> = OutputBuilder::from(part_out);
+    let activator = scope.activator_for(info.address.clone());
+    let probe = ctx.probe().clone();
+    let failure = ctx.failure();
+    let worker = ctx.worker();
+    let schedule = cfg.schedule();
+    let policy = cfg.epoch;
+    let max_in_flight = cfg.max_epochs_in_flight();
+    let batch_bytes = cfg.read_batch_bytes;
+    let activation_bytes = cfg.activation_bytes;
+    let idle_timeout = if cfg.bounded { None } else { cfg.idle_timeout };
+    let records_in = ctx.counter("records_in");
+    let bytes_in = ctx.counter("bytes_in");
+    let mut epoch: Epoch = ctx.start_epoch();
+    let first_epoch = epoch;
+    let started = shared.started;
+    let pool = ChunkPool::default();
+    let source_pool = pool.clone();
+    let source_name = name.clone();
+
+    builder.build(move |caps| {
             let mut caps: Option<Vec<_>> = Some(
                 caps.into_iter()
                     .map(|mut c| {
@@ -380,19 +377,18 @@ impl<'s> Dataflow<'s> {
             }
         });
 
-        Ok(Raw {
-            stream: data,
-            ctx: ctx.clone(),
-            input: InputInfo {
-                origin: Origin { name: name.clone(), source: src },
-                source: name,
-                partitions: specs.len() as u32,
-                events,
-            },
-            pool,
-        })
-        .inspect(|_| ctx.register_parts(parts))
-    }
+    Ok(Raw {
+        stream: data,
+        ctx: ctx.clone(),
+        input: InputInfo {
+            origin: Origin { name: name.clone(), source: src },
+            source: name,
+            partitions: specs.len() as u32,
+            events,
+        },
+        pool,
+    })
+    .inspect(|_| ctx.register_parts(parts))
 }
 
 /// Looks for new partitions every `every`, on a thread of its own (a

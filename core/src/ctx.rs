@@ -1,6 +1,11 @@
-//! The build context shared by every operator of one worker's dataflow, and
-//! the state shared by all workers of a run (abort flag, counters, restored
-//! manifest, checkpoint store).
+//! The build context shared by every operator of one worker's dataflow
+//! ([`Ctx`]), and the state shared by all workers of a run (abort flag,
+//! counters, restored manifest, checkpoint store, the plan).
+//!
+//! It sits below both the build API (`flow`) and the runtime: the runtime
+//! makes a `Ctx` for each worker's dataflow, operators register their part
+//! and dead-letter streams with it, and the runtime's commit operator takes
+//! them at the end. It knows neither of them.
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
@@ -14,10 +19,10 @@ use timely::dataflow::{ProbeHandle, Scope, StreamVec};
 use crate::checkpoint::identity::Plan;
 use crate::checkpoint::manifest::InputBound;
 use crate::checkpoint::{CheckpointStore, FileEntry, Manifest, Part};
+use crate::config::PipelineConfig;
 use crate::error::Error;
 use crate::keygroup::KeyGroups;
 use crate::record::DeadLetter;
-use crate::runtime::PipelineConfig;
 use crate::sink::SinkContext;
 use crate::storage::{DirLocks, Storage};
 use crate::time::{CheckpointSchedule, Epoch};
@@ -115,48 +120,27 @@ pub(crate) struct CtxInner<'s> {
     pub after_commit: RefCell<Vec<(String, Box<dyn crate::sink::AfterCommit>)>>,
 }
 
-/// Builds the user's pipeline on `scope`, then the commit operator: the one way
-/// a worker's dataflow is made, in the planning pass and in the real run.
-pub(crate) fn build_dataflow<'s, F>(
-    scope: Scope<'s, Epoch>,
-    shared: Arc<Shared>,
-    probe: ProbeHandle<Epoch>,
-    build: &F,
-) -> crate::error::Result<()>
-where
-    F: Fn(&mut crate::flow::Dataflow<'_>) -> crate::error::Result<()>,
-{
-    let ctx = Ctx(Rc::new(CtxInner {
-        scope,
-        shared,
-        parts: Default::default(),
-        dead: Default::default(),
-        dead_taken: Default::default(),
-        steps: Default::default(),
-        probe,
-        sources: Default::default(),
-        after_commit: Default::default(),
-    }));
-    let mut df = crate::flow::Dataflow { ctx };
-    build(&mut df)?;
-    df.finish()
-}
-
-/// The message of a caught panic.
-pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown panic".into())
-}
-
 /// One worker's build context: registers snapshot and dead-letter streams, hands
 /// out stable operator ids, and gives operators the restored checkpoint.
 #[derive(Clone)]
 pub struct Ctx<'s>(pub(crate) Rc<CtxInner<'s>>);
 
 impl<'s> Ctx<'s> {
+    /// A fresh build context for one worker's dataflow on `scope`.
+    pub(crate) fn new(scope: Scope<'s, Epoch>, shared: Arc<Shared>, probe: ProbeHandle<Epoch>) -> Self {
+        Ctx(Rc::new(CtxInner {
+            scope,
+            shared,
+            parts: Default::default(),
+            dead: Default::default(),
+            dead_taken: Default::default(),
+            steps: Default::default(),
+            probe,
+            sources: Default::default(),
+            after_commit: Default::default(),
+        }))
+    }
+
     /// The timely scope.
     pub fn scope(&self) -> Scope<'s, Epoch> {
         self.0.scope
@@ -298,7 +282,7 @@ impl<'s> Ctx<'s> {
         self.0.parts.borrow_mut().push(parts);
     }
 
-    /// Registers a stream of dead letters; [`crate::flow::Dataflow::dead_letters`] collects them.
+    /// Registers a stream of dead letters; `Dataflow::dead_letters` collects them all.
     pub fn register_dead_letters(&self, dead: StreamVec<'s, Epoch, DeadLetter>) {
         self.0.dead.borrow_mut().push(dead);
         self.0.dead_taken.set(false);

@@ -8,53 +8,35 @@
 //! `Flow` wraps a timely stream together with the build context rather than
 //! being a bare extension trait on `Stream`, because every stage needs the
 //! context (dead letters, snapshot streams, restored state, watermarks).
+//!
+//! Every method of [`Dataflow`] is here; the operators the build API adds
+//! are its submodules: `source` (the source operator), `sink` (the sink
+//! operator behind [`Flow::sink`]) and `dead_letters` ([`DeadLetterOutput`],
+//! [`with_dead_letters`]). The build API stands on the build context
+//! ([`Ctx`]), epoch order and the stateful kit, never on the runtime: the
+//! runtime builds a worker's dataflow through it and adds the commit
+//! operator after `Dataflow::finish`.
 
-use std::sync::atomic::Ordering;
+mod dead_letters;
+mod sink;
+mod source;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::Concatenate;
-use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
-use timely::dataflow::operators::generic::{Operator, OutputBuilder};
+use timely::dataflow::operators::generic::Operator;
 
-use crate::checkpoint::{Part, PartBody};
+pub use self::dead_letters::{DeadLetterOutput, Emit, with_dead_letters};
+pub use crate::ctx::Ctx;
+pub use crate::stream::{PartitionEvent, VecOutput, WatermarkUpdate};
+
 use crate::error::{Error, Result};
-use crate::record::{Chunk, DeadLetter, EventTime, Meta, PartitionId, Rec};
-use crate::runtime::Ctx;
-use crate::runtime::epochs::{EpochDriver, follow_frontier};
-use crate::sink::{Rejected, Sink};
+use crate::record::{Chunk, DeadLetter, Meta, Rec};
+use crate::sink::Sink;
 use crate::source::Source;
+use crate::state::{KeyedLogic, StepInput, keyed_step};
 use crate::time::Epoch;
-
-/// An operator output of `Vec<D>` batches at epochs (what every Weir operator builds).
-pub type VecOutput<D> =
-    timely::dataflow::operators::generic::OutputBuilder<Epoch, timely::container::CapacityContainerBuilder<Vec<D>>>;
-
-/// A source partition event, sent at the epoch it happened in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum PartitionEvent {
-    /// The partition has no more input (bounded runs): it stops holding the watermark back.
-    Finished(PartitionId),
-    /// The partition had no data for the pipeline's `idle_timeout` (unbounded
-    /// runs): it stops holding the watermark back until it has data again.
-    Idle(PartitionId),
-    /// An idle partition has data again (sent before that data, in the same epoch).
-    Active(PartitionId),
-}
-
-/// A partition's watermark, broadcast to every worker once per epoch it changed in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WatermarkUpdate {
-    /// The source partition.
-    pub partition: PartitionId,
-    /// No event time at or below this is expected from the partition any more
-    /// (`EventTime::MAX` once it finished).
-    pub watermark: EventTime,
-    /// The partition is idle: the window watermark is the minimum over the
-    /// partitions that are not (records it sends later may then be late).
-    pub idle: bool,
-}
 
 /// What the stages after a source know about it.
 #[derive(Clone)]
@@ -107,6 +89,11 @@ pub struct Dataflow<'s> {
 }
 
 impl<'s> Dataflow<'s> {
+    /// The build API over a fresh build context (the runtime makes one per worker).
+    pub(crate) fn new(ctx: Ctx<'s>) -> Self {
+        Dataflow { ctx }
+    }
+
     /// The build context.
     pub fn ctx(&self) -> &Ctx<'s> {
         &self.ctx
@@ -123,10 +110,10 @@ impl<'s> Dataflow<'s> {
                 input.for_each(|cap, data: &mut Vec<DeadLetter>| {
                     let mut session = output.session(&cap);
                     for d in data.drain(..) {
-                        let meta = crate::record::Meta {
+                        let meta = Meta {
                             partition: d.partition,
                             offset: d.offset,
-                            event_time: d.event_time.unwrap_or(crate::record::Meta::NO_TIME),
+                            event_time: d.event_time.unwrap_or(Meta::NO_TIME),
                         };
                         session.give(Rec { meta, value: d });
                     }
@@ -134,6 +121,25 @@ impl<'s> Dataflow<'s> {
             }
         });
         Flow { stream, ctx: self.ctx.clone(), input: None, watermarks: None, name: None }
+    }
+
+    /// Adds a source: this worker reads the partitions assigned to it.
+    ///
+    /// Its partitions and end offsets come from the planning pass, so every
+    /// worker of a run reads up to the same ends; what the run reads (the
+    /// source's identity and, when bounded, its ends) is recorded in every
+    /// checkpoint and checked at every start.
+    pub fn source<S: Source>(&mut self, src: S) -> Result<Raw<'s>> {
+        source::build(&self.ctx, src)
+    }
+
+    /// Ends the build: checks that every dead letter goes somewhere and hands
+    /// the context back for the runtime to add the commit operator.
+    pub(crate) fn finish(self) -> Result<Ctx<'s>> {
+        if !self.ctx.0.dead.borrow().is_empty() {
+            return Err(unconsumed_dead_letters());
+        }
+        Ok(self.ctx)
     }
 }
 
@@ -223,7 +229,7 @@ impl<'s, T: 'static> Flow<'s, T> {
 
     /// A keyed stateful step named `name`, running `logic` on each record of a
     /// key with the key's state and event-time timers (see
-    /// [`KeyedLogic`](crate::state::KeyedLogic)): records go to the worker
+    /// [`KeyedLogic`]): records go to the worker
     /// that owns their key's group; state is checkpointed and restored with
     /// any worker count. Timers fire as the flow's watermark passes them (a
     /// flow without event times fires them at the end of its input).
@@ -231,15 +237,15 @@ impl<'s, T: 'static> Flow<'s, T> {
     where
         T: timely::ExchangeData,
         K: std::hash::Hash + Eq + Clone + Serialize + serde::de::DeserializeOwned + 'static,
-        L: crate::state::KeyedLogic<K, Rec<T>>,
+        L: KeyedLogic<K, Rec<T>>,
     {
         let id = self.ctx.step_id("stateful", Some(name))?;
-        let input = crate::state::StepInput {
+        let input = StepInput {
             records: self.stream,
             watermarks: self.watermarks,
             partitions: self.input.as_ref().map_or(0, |i| i.partitions),
         };
-        let stream = crate::state::keyed_step(&self.ctx, &id, input, move |r: &Rec<T>| key(&r.value), logic)?;
+        let stream = keyed_step(&self.ctx, &id, input, move |r: &Rec<T>| key(&r.value), logic)?;
         Ok(Flow::derived(self.ctx, stream))
     }
 
@@ -250,129 +256,7 @@ impl<'s, T: 'static> Flow<'s, T> {
     where
         T: Serialize,
     {
-        let ctx = self.ctx.clone();
-        let operator = ctx.step_id(sink.kind(), self.name.as_deref())?;
-        let rejects = sink.rejects_rows();
-        if ctx.planning() {
-            // Nothing is opened or written while planning.
-            if sink.delivers()
-                && let Ok(mut plan) = ctx.shared().plan.lock()
-            {
-                plan.delivering.push(operator.clone());
-            }
-            if rejects {
-                ctx.register_dead_letters(timely::dataflow::operators::generic::operator::empty(ctx.scope()));
-            }
-            return Ok(());
-        }
-        let sctx = ctx.sink_context(&operator);
-        let mut writer = sink.open(&sctx)?;
-        if ctx.worker() == 0
-            && sink.delivers()
-            && let Some(handler) = sink.after_commit(&sctx)?
-        {
-            ctx.0.after_commit.borrow_mut().push((operator.clone(), handler));
-        }
-        let failure = ctx.failure();
-        let worker = ctx.worker();
-        let rows_out = ctx.counter(&format!("{operator}.rows"));
-        let dead = ctx.counter("dead_letters.sink");
-        let source = self.input.as_ref().map_or_else(|| operator.clone(), |i| i.source.clone());
-        let mut driver: EpochDriver<Vec<T>> = EpochDriver::new(ctx.start_epoch(), ctx.schedule());
-        let mut builder = OperatorBuilder::new(format!("Sink({operator})"), ctx.scope());
-        let mut input = builder.new_input(self.stream, Pipeline);
-        let (part_out, parts) = builder.new_output::<Vec<Part>>();
-        let (dead_out, dead_letters) = builder.new_output::<Vec<DeadLetter>>();
-        let mut part_out: VecOutput<Part> = OutputBuilder::from(part_out);
-        let mut dead_out: VecOutput<DeadLetter> = OutputBuilder::from(dead_out);
-        builder.build(move |caps| {
-            let mut caps = Some(caps);
-            let mut rejected: Vec<Rejected<T>> = Vec::new();
-            move |frontiers| {
-                input.for_each(|time, data: &mut Vec<Rec<T>>| {
-                    if let Some(&t) = time.least() {
-                        driver.push(t, data.drain(..).map(|r| r.value).collect());
-                    }
-                });
-                let Some(held) = caps.as_mut() else { return };
-                if failure.aborted() {
-                    return;
-                }
-                let f = frontiers.iter().filter_map(|f| f.frontier().iter().min().copied()).min();
-                let mut part_h = part_out.activate();
-                let mut dead_h = dead_out.activate();
-                let step = (|| -> Result<()> {
-                    for step in driver.advance(f) {
-                        for mut rows in step.data {
-                            let n = rows.len() as u64;
-                            writer.write(&mut rows, &mut rejected)?;
-                            rows_out.fetch_add(n - rejected.len() as u64, Ordering::Relaxed);
-                            if !rejected.is_empty() {
-                                dead.fetch_add(rejected.len() as u64, Ordering::Relaxed);
-                                let cap = held[1].delayed(&step.epoch);
-                                let mut session = dead_h.session(&cap);
-                                for r in rejected.drain(..) {
-                                    session.give(DeadLetter::of_row(&r.row, r.reason, "sink", &source));
-                                }
-                            }
-                        }
-                        if step.checkpoint {
-                            let files = writer.stage(step.epoch)?;
-                            let part = Part {
-                                epoch: step.epoch,
-                                worker,
-                                body: PartBody::Output { operator: operator.clone(), files },
-                            };
-                            part_h.session(&held[0].delayed(&step.epoch)).give(part);
-                        }
-                    }
-                    if f.is_none() {
-                        let at = *held[0].time();
-                        let files = writer.stage(at)?;
-                        part_h.session(&held[0]).give(Part {
-                            epoch: at,
-                            worker,
-                            body: PartBody::Output { operator: operator.clone(), files },
-                        });
-                    }
-                    Ok(())
-                })();
-                drop((part_h, dead_h));
-                if let Err(e) = step {
-                    failure.fail(e);
-                    return;
-                }
-                follow_frontier(&mut caps, f);
-            }
-        });
-        ctx.register_parts(parts);
-        if rejects {
-            ctx.register_dead_letters(dead_letters);
-        }
-        Ok(())
-    }
-}
-
-impl DeadLetter {
-    /// A dead letter for a derived row (no source position): its payload is the
-    /// row as JSON (or empty, with the encoder's message added to `error`, when
-    /// even that fails).
-    pub fn of_row<T: Serialize>(row: &T, error: String, stage: &str, source: &str) -> DeadLetter {
-        let (payload, error) = match serde_json::to_vec(row) {
-            Ok(p) => (p, error),
-            Err(e) => (Vec::new(), format!("{error} (the row could not be written as JSON either: {e})")),
-        };
-        DeadLetter {
-            payload_truncated: false,
-            payload_length: payload.len() as u64,
-            payload,
-            error,
-            stage: stage.to_string(),
-            source: source.to_string(),
-            partition: Meta::derived(0).partition,
-            offset: Meta::derived(0).offset,
-            event_time: None,
-        }
+        sink::build(self, sink)
     }
 }
 
@@ -382,7 +266,6 @@ impl Origin {
     /// the source ([`Source::record_at`]); only when the source cannot re-read
     /// them is it `value` as JSON.
     pub fn dead_letter<T: Serialize>(&self, meta: &Meta, stage: &str, error: String, value: &T) -> DeadLetter {
-        let event_time = (meta.event_time != Meta::NO_TIME).then_some(meta.event_time);
         let original = match self.source.record_at(meta.partition, meta.offset) {
             Ok(bytes) => bytes,
             Err(e) => {
@@ -390,27 +273,18 @@ impl Origin {
                 None
             }
         };
-        let mut d = match original {
-            Some(payload) => DeadLetter {
-                payload_length: payload.len() as u64,
-                payload,
-                error,
-                stage: stage.to_string(),
-                source: self.name.clone(),
-                ..DeadLetter::default()
-            },
-            None => DeadLetter::of_row(value, error, stage, &self.name),
-        };
-        // The record's position, whichever payload it carries.
-        d.partition = meta.partition;
-        d.offset = meta.offset;
-        d.event_time = event_time;
-        d
+        match original {
+            Some(payload) => {
+                let length = payload.len() as u64;
+                DeadLetter::new(stage, &self.name, meta, error, payload, length)
+            }
+            None => DeadLetter::as_json(stage, &self.name, meta, error, value),
+        }
     }
 }
 
 /// A startup error for a pipeline that produces dead letters nobody consumes.
-pub(crate) fn unconsumed_dead_letters() -> Error {
+fn unconsumed_dead_letters() -> Error {
     Error::config(
         "dead_letters",
         "the pipeline produces dead letters but sends them nowhere: add \

@@ -1,5 +1,5 @@
 //! The Parquet sink: rows of any `Serialize` type become Arrow record batches
-//! (schema traced from the type with `serde_arrow`: a `String` is Utf8, an
+//! (schema traced from the type with `serde_arrow`, or given: [`Parquet::fields`]; a `String` is Utf8, an
 //! `i64` Int64, an `f64` Float64, nothing nullable unless it is an `Option`),
 //! written to rolling `*.parquet` files that stay in `_staging/` until the
 //! checkpoint that covers them commits. Exactly-once: a reader of the output
@@ -34,17 +34,27 @@ pub struct Parquet {
     dir: PathBuf,
     rows_per_file: usize,
     rows_per_batch: usize,
+    fields: Option<Vec<FieldRef>>,
 }
 
 impl Parquet {
     /// Writes into `dir` (created if missing).
     pub fn dir(dir: impl Into<PathBuf>) -> Self {
-        Parquet { dir: dir.into(), rows_per_file: 4_000_000, rows_per_batch: 8 * 1024 }
+        Parquet { dir: dir.into(), rows_per_file: 4_000_000, rows_per_batch: 8 * 1024, fields: None }
     }
 
     /// Starts a new file after this many rows (files also close at every checkpoint).
     pub fn rows_per_file(mut self, rows: usize) -> Self {
         self.rows_per_file = rows.max(1);
+        self
+    }
+
+    /// Writes these columns instead of the ones traced from the row type: for
+    /// rows whose `Serialize` names fields only known at run time (a column per
+    /// configured quantile, say). Each row must serialize as a struct with
+    /// these field names and types; a row that does not is rejected (a dead letter).
+    pub fn fields(mut self, fields: Vec<FieldRef>) -> Self {
+        self.fields = Some(fields);
         self
     }
 }
@@ -59,8 +69,12 @@ impl<T: Serialize + DeserializeOwned + 'static> Sink<T> for Parquet {
     }
 
     fn open(&self, ctx: &SinkContext) -> Result<Box<dyn SinkWriter<T>>> {
-        let fields = Vec::<FieldRef>::from_type::<T>(TracingOptions::default().strings_as_large_utf8(false))
-            .map_err(|e| Error::config("parquet", format!("cannot derive an Arrow schema from the row type: {e}")))?;
+        let fields = match &self.fields {
+            Some(fields) => fields.clone(),
+            None => Vec::<FieldRef>::from_type::<T>(TracingOptions::default().strings_as_large_utf8(false)).map_err(
+                |e| Error::config("parquet", format!("cannot derive an Arrow schema from the row type: {e}")),
+            )?,
+        };
         let staging = Staging::open(&self.dir, ctx)?;
         Ok(Box::new(ParquetWriter {
             schema: Arc::new(Schema::new(fields.clone())),

@@ -145,7 +145,7 @@ struct Args {
     /// Also write these quantiles of the temperature (`0.5,0.99`), one Float64
     /// column each named `p` + the percent (`p50`, `p99`, `p99.9`); estimated
     /// within 1 % (DDSketch).
-    #[arg(long, value_name = "Q,Q,...", value_parser = sensor::parse_percentiles)]
+    #[arg(long, value_name = "Q,Q,...", allow_negative_numbers = true, value_parser = sensor::parse_percentiles)]
     percentiles: Option<Quantiles>,
     /// Topic to read (embedded log or Kafka).
     #[arg(long, default_value = "sensors")]

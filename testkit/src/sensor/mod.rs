@@ -285,9 +285,9 @@ pub fn readings_to_rows<'s>(
 
 /// [`readings_to_rows`] over the windows and with the percentiles `window` says.
 ///
-/// With percentiles the window step is named `percentile-window` (its state
-/// holds a sketch per window), so a checkpoint taken without them, or with
-/// other windows, is refused at start rather than misread.
+/// The window step is named by [`WindowConfig::step_name`], so a checkpoint
+/// taken with other windows or without percentiles is refused at start
+/// rather than misread.
 pub fn readings_to_rows_in<'s>(
     readings: Flow<'s, Reading>,
     combine: Combine,
@@ -298,6 +298,10 @@ pub fn readings_to_rows_in<'s>(
     let timed = match time.from {
         TimeFrom::Payload => readings.event_time(|r| r.ts, time.max_out_of_orderness)?,
         TimeFrom::MessageTimestamp => readings.source_time(time.max_out_of_orderness)?,
+    };
+    let timed = match window.step_name() {
+        Some(name) => timed.named(&name),
+        None => timed,
     };
     let stats = (Count, Min(|r: &Reading| r.temp), Max(|r: &Reading| r.temp), Mean(|r: &Reading| r.temp));
     let q = &window.percentiles;
@@ -317,13 +321,8 @@ pub fn readings_to_rows_in<'s>(
     }
     let sketch = Percentiles::try_new(|r: &Reading| r.temp, q.values())?;
     let columns = q.columns();
-    Ok(timed
-        .named("percentile-window")
-        .key_by(|r| r.device.clone())
-        .window(window.spec)
-        .combine(combine)
-        .aggregate((stats, sketch))?
-        .map(move |w| {
+    Ok(timed.key_by(|r| r.device.clone()).window(window.spec).combine(combine).aggregate((stats, sketch))?.map(
+        move |w| {
             let ((count, min, max, mean), values) = w.value;
             WindowRow {
                 device: w.key,
@@ -335,7 +334,8 @@ pub fn readings_to_rows_in<'s>(
                 mean,
                 percentiles: QuantileValues { columns, values },
             }
-        }))
+        },
+    ))
 }
 
 /// A small deterministic PRNG (SplitMix64) for the synthetic feed.

@@ -46,6 +46,27 @@ impl WindowConfig {
         self
     }
 
+    /// The name of the window step: `None` (the kind's default, `window`)
+    /// for the default windows, so checkpoints of earlier versions still
+    /// resume; else the windows' kind and lengths, and `-p` with percentiles
+    /// (`sliding-60000ms-10000ms-p`). A checkpoint taken with other windows
+    /// (their state means something else) is then refused at start, naming
+    /// its step, instead of being misread.
+    pub fn step_name(&self) -> Option<String> {
+        if *self == WindowConfig::default() {
+            return None;
+        }
+        let mut name = match self.spec {
+            WindowSpec::Tumbling(t) => format!("tumbling-{}ms", t.size),
+            WindowSpec::Sliding(s) => format!("sliding-{}ms-{}ms", s.size, s.slide),
+            WindowSpec::Session(s) => format!("session-{}ms", s.gap),
+        };
+        if !self.percentiles.is_empty() {
+            name.push_str("-p");
+        }
+        Some(name)
+    }
+
     /// The Parquet columns of the rows: `device` (Utf8), `window_start`,
     /// `window_end`, `count` (Int64), `min`, `max`, `mean` and one column
     /// per quantile (Float64), none nullable.
@@ -154,7 +175,7 @@ fn interned(list: Vec<&'static str>) -> &'static [&'static str] {
 /// ([`parse_duration`]), each at least 1 ms, a slide at most the size.
 pub fn parse_window(text: &str) -> Result<WindowSpec, String> {
     let bad = |why: String| format!("{why}; expected {WINDOW_FORMS}");
-    let (kind, args) = text.split_once(':').ok_or_else(|| bad("no window kind".into()))?;
+    let (kind, args) = text.split_once(':').ok_or_else(|| bad("no `:` between the kind and its duration".into()))?;
     let duration = |what: &str, d: &str| -> Result<Duration, String> {
         if d.trim().is_empty() {
             return Err(bad(format!("missing {what}")));
@@ -212,6 +233,25 @@ mod tests {
         ] {
             assert_eq!(column_name(q), name, "{q}");
         }
+    }
+
+    #[test]
+    fn step_names_tell_windows_apart() {
+        let p = parse_percentiles("0.5").expect("valid");
+        let names: Vec<Option<String>> = [
+            WindowConfig::default(),
+            WindowConfig::new(Tumbling::minutes(2)),
+            WindowConfig::default().percentiles(p.clone()),
+            WindowConfig::new(Sliding::new(Duration::from_secs(60), Duration::from_secs(10))).percentiles(p),
+            WindowConfig::new(Session::new(Duration::from_secs(30))),
+        ]
+        .iter()
+        .map(WindowConfig::step_name)
+        .collect();
+        let want = [None, Some("tumbling-120000ms"), Some("tumbling-60000ms-p"), Some("sliding-60000ms-10000ms-p")];
+        let want: Vec<Option<String>> =
+            want.iter().map(|n| n.map(String::from)).chain([Some("session-30000ms".to_string())]).collect();
+        assert_eq!(names, want);
     }
 
     #[test]

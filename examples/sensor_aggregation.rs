@@ -1,5 +1,6 @@
-//! The sensor-window example (workload: per device, one-minute event-time
-//! windows of count/min/max/mean temperature), as a command line.
+//! The sensor-window example (workload: per device, event-time windows, by
+//! default tumbling one-minute ones, of count/min/max/mean temperature and
+//! optional percentiles), as a command line.
 //!
 //! ```text
 //! cargo run --release --example sensor_aggregation            # demo on a generated feed

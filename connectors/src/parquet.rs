@@ -13,10 +13,11 @@ use std::marker::PhantomData;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use arrow::datatypes::{FieldRef, Schema};
+use arrow::datatypes::{DataType, FieldRef, Schema};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_arrow::schema::{SchemaLike, TracingOptions};
@@ -57,6 +58,19 @@ impl Parquet {
         self.fields = Some(fields);
         self
     }
+}
+
+/// Snappy; no dictionary for floating-point columns: measured values seldom
+/// repeat, so interning each one into a dictionary costs time (a tenth of a
+/// sliding-window run's) and the writer falls back to plain encoding anyway.
+fn writer_properties(schema: &Schema) -> WriterProperties {
+    let mut props = WriterProperties::builder().set_compression(Compression::SNAPPY);
+    for field in schema.fields() {
+        if matches!(field.data_type(), DataType::Float16 | DataType::Float32 | DataType::Float64) {
+            props = props.set_column_dictionary_enabled(ColumnPath::from(field.name().as_str()), false);
+        }
+    }
+    props.build()
 }
 
 fn arrow_err(path: &std::path::Path, e: impl std::fmt::Display) -> Error {
@@ -134,7 +148,7 @@ impl<T: Serialize> ParquetWriter<T> {
         }
         if self.current.is_none() {
             let (file, out) = self.staging.create(self.epoch, "parquet")?;
-            let props = WriterProperties::builder().set_compression(Compression::SNAPPY).build();
+            let props = writer_properties(&self.schema);
             let writer =
                 ArrowWriter::try_new(out, self.schema.clone(), Some(props)).map_err(|e| arrow_err(&file.staged, e))?;
             self.current = Some(Open { file, writer, rows: 0 });

@@ -1,9 +1,11 @@
-//! The sensor-window example (workload: per device, one-minute event-time
-//! windows of count/min/max/mean temperature), as a command line.
+//! The sensor-window example (workload: per device, event-time windows, by
+//! default tumbling one-minute ones, of count/min/max/mean temperature and
+//! optional percentiles), as a command line.
 //!
 //! ```text
 //! cargo run --release --example sensor_aggregation            # demo on a generated feed
 //! sensor_aggregation --input FILE.jsonl --output OUT --dead-letter DLQ --workers 2 [--state DIR]
+//!     [--window tumbling:1m | sliding:1m/10s | session:30s] [--percentiles 0.5,0.99]
 //! sensor_aggregation --log-dir DIR --topic sensors --group G --bounded --output OUT --dead-letter DLQ
 //! ```
 //!
@@ -22,15 +24,16 @@ use weir::connectors::mqtt::{GatewayTls, MqttTopic, Password};
 use weir::core::partition::Assignor;
 use weir::core::time::parse_duration;
 use weir::prelude::*;
-use weir_testkit::sensor::{self, Input, TimeConfig, TimeFrom};
+use weir_testkit::sensor::{self, Input, Quantiles, TimeConfig, TimeFrom, WindowConfig};
 
 // Pipelines allocate on one worker thread and free on another; mimalloc
 // handles that far better than the system allocator (about 1.5x end to end).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Run the sensor-window pipeline: per device, one-minute windows of
-/// count/min/max/mean temperature, written as Parquet; malformed lines go to
+/// Run the sensor-window pipeline: per device, event-time windows (one-minute
+/// tumbling ones by default) of count/min/max/mean temperature and optional
+/// percentiles, written as Parquet; malformed lines go to
 /// the dead-letter directory. With no input options, generates a synthetic
 /// feed into an embedded log under ./weir-data/ and runs on it.
 #[derive(Parser, Debug)]
@@ -135,6 +138,16 @@ struct Args {
     /// delay. A reading whose window has already fired is a dead letter (`late`).
     #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration)]
     max_out_of_orderness: Duration,
+    /// The windows: `tumbling:SIZE`, `sliding:SIZE/SLIDE` (a window of SIZE
+    /// starting every SLIDE) or `session:GAP` (a device's session ends after
+    /// GAP without readings); durations as for `--max-out-of-orderness`.
+    #[arg(long, value_name = "KIND:DURATION", default_value = "tumbling:1m", value_parser = sensor::parse_window)]
+    window: WindowSpec,
+    /// Also write these quantiles of the temperature (`0.5,0.99`), one Float64
+    /// column each named `p` + the percent (`p50`, `p99`, `p99.9`); estimated
+    /// within 1 % (DDSketch).
+    #[arg(long, value_name = "Q,Q,...", allow_negative_numbers = true, value_parser = sensor::parse_percentiles)]
+    percentiles: Option<Quantiles>,
     /// Topic to read (embedded log or Kafka).
     #[arg(long, default_value = "sensors")]
     topic: String,
@@ -280,9 +293,10 @@ fn run(args: Args) -> anyhow::Result<()> {
         pipeline = pipeline.epoch_records(n, 2);
     }
     let time = TimeConfig { from: args.event_time.into(), max_out_of_orderness: args.max_out_of_orderness };
+    let window = WindowConfig::new(args.window).percentiles(args.percentiles.clone().unwrap_or_default());
     let i = input.clone();
     let summary = pipeline
-        .run(move |p| sensor::build_with(p, &i, &outputs, time))
+        .run(move |p| sensor::build_windowed(p, &i, &outputs, time, &window))
         .context("the sensor-aggregation pipeline failed")?;
     print_summary(&summary, &output, &dead, state.as_deref());
     Ok(())

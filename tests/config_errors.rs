@@ -2,7 +2,7 @@
 //! and nothing is touched: unknown topics, missing inputs, an output path
 //! that is a file, topic names that would escape the log directory, a state
 //! directory written by a newer format, message timestamps without Kafka, a
-//! malformed duration. `sensor ...` runs the sensor example, anything else
+//! malformed duration, window or list of percentiles. `sensor ...` runs the sensor example, anything else
 //! the `weir` binary.
 
 use std::collections::BTreeMap;
@@ -100,6 +100,62 @@ fn a_malformed_duration_is_a_startup_error_naming_the_option_and_the_forms() -> 
     }
     // The demo (no input options) refuses it too, before generating anything.
     refused(d, &["sensor", "--max-out-of-orderness", "2sec"], &["--max-out-of-orderness", "2sec"])?;
+    Ok(())
+}
+
+#[test]
+fn a_malformed_window_or_percentiles_is_a_startup_error_naming_the_option_and_the_forms() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    std::fs::write(d.join("in.jsonl"), "{\"device\":\"a\",\"ts\":1,\"temp\":2.0}\n")?;
+    let windows = ["tumbling:SIZE", "sliding:SIZE/SLIDE", "session:GAP"];
+    for (value, why) in [
+        ("hopping:1m", "unknown window kind `hopping`"),
+        ("tumbling", "no `:` between the kind and its duration"),
+        ("tumbling:", "missing size"),
+        ("sliding:1m", "missing /SLIDE"),
+        ("sliding:1m/", "missing slide"),
+        ("sliding:10s/1m", "must not exceed the size"),
+        ("session:0s", "at least 1ms"),
+        ("tumbling:0", "at least 1ms"),
+        ("session:30 parsecs", "ms, s, m or h"),
+    ] {
+        let args = [&["sensor", "--input", "in.jsonl", "--window", value], SINKS].concat();
+        refused(d, &args, &[&["--window", value, why][..], &windows[..]].concat())?;
+    }
+    let form = "distinct quantiles in [0, 1]";
+    for (value, why) in [
+        ("", "no quantile given"),
+        ("0.5,", "an empty entry"),
+        ("1.5", "quantile 1.5 is not in [0, 1]"),
+        ("-0.1", "not in [0, 1]"),
+        ("0.5,0.99,0.5", "quantile 0.5 is given twice"),
+        ("median", "`median` is not a number"),
+    ] {
+        let args = [&["sensor", "--input", "in.jsonl", "--percentiles", value], SINKS].concat();
+        refused(d, &args, &["--percentiles", why, form])?;
+    }
+    // The demo (no input options) refuses them too, before generating anything.
+    refused(d, &["sensor", "--window", "sliding:1m/2m"], &["--window", "sliding:1m/2m"])?;
+    refused(d, &["sensor", "--percentiles", "2"], &["--percentiles", "2"])?;
+    Ok(())
+}
+
+#[test]
+fn a_checkpoint_resumes_only_with_the_windows_it_was_taken_with() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    std::fs::write(d.join("in.jsonl"), "{\"device\":\"a\",\"ts\":1,\"temp\":2.0}\n")?;
+    let run =
+        |window: &[&'static str]| [&["sensor", "--input", "in.jsonl", "--state", "state"], SINKS, window].concat();
+    assert!(weir(d, &run(&["--window", "sliding:1m/10s"]))?.status.success());
+    for (other, step) in [
+        (&["--window", "tumbling:1m"][..], "sliding-60000ms-10000ms"),
+        (&["--window", "sliding:1m/20s"][..], "sliding-60000ms-10000ms"),
+        (&["--window", "sliding:1m/10s", "--percentiles", "0.5"][..], "sliding-60000ms-10000ms"),
+    ] {
+        refused(d, &run(other), &["the checkpoint has state of step", step])?;
+    }
     Ok(())
 }
 

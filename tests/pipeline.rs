@@ -171,10 +171,12 @@ fn without_state_output_is_not_mixed_with_an_earlier_run() -> anyhow::Result<()>
                 .map(|w| WindowRow {
                     device: w.key,
                     window_start: w.start,
+                    window_end: w.end,
                     count: w.value as i64,
                     min: 0.0,
                     max: 0.0,
                     mean: 0.0,
+                    percentiles: Default::default(),
                 })
                 .sink(Parquet::dir(&out))?;
             p.dead_letters().sink(DeadLetters::dir(&dlq))

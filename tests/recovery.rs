@@ -2,6 +2,7 @@
 //! moments and started again (with changing worker counts) until it
 //! completes; the final output and dead letters must equal the reference
 //! exactly: every row once, nothing lost. A run after completion changes nothing.
+//! Tumbling windows (the workload), sliding windows with percentiles, and sessions.
 
 mod support;
 
@@ -11,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use weir::connectors::log::{LogConfig, Producer, Topic};
-use weir_testkit::sensor::{SplitMix, generate, reference};
+use weir_testkit::sensor::{
+    SplitMix, WindowConfig, generate, parse_percentiles, parse_window, reference, reference_with,
+};
 
 /// Where the killed pipeline reads from.
 #[derive(Clone, Copy)]
@@ -36,7 +39,34 @@ enum Epochs {
 const FILE_ARGS: &[&str] = &["--input", "in.jsonl"];
 const LOG_ARGS: &[&str] = &["--log-dir", "log", "--topic", "sensors", "--bounded"];
 
-fn spawn(dir: &Path, workers: usize, feed: Feed, epochs: Epochs) -> anyhow::Result<Child> {
+/// The input and the windows of a killed pipeline.
+#[derive(Clone, Copy)]
+struct Workload {
+    events: u64,
+    devices: u64,
+    /// `--window` and `--percentiles` options (none: the default tumbling minute).
+    options: &'static [&'static str],
+}
+
+/// 200,000 events of 500 devices, tumbling one-minute windows.
+const TUMBLING: Workload = Workload { events: 200_000, devices: 500, options: &[] };
+
+impl Workload {
+    /// The window configuration its options give (parsed as the example parses them).
+    fn config(&self) -> anyhow::Result<WindowConfig> {
+        let mut config = WindowConfig::default();
+        for pair in self.options.chunks(2) {
+            match pair {
+                ["--window", w] => config.spec = parse_window(w).map_err(anyhow::Error::msg)?,
+                ["--percentiles", q] => config.percentiles = parse_percentiles(q).map_err(anyhow::Error::msg)?,
+                other => bail!("unknown workload options {other:?}"),
+            }
+        }
+        Ok(config)
+    }
+}
+
+fn spawn(dir: &Path, workers: usize, feed: Feed, epochs: Epochs, options: &[&str]) -> anyhow::Result<Child> {
     let input = match feed {
         Feed::File => FILE_ARGS,
         Feed::Log => LOG_ARGS,
@@ -44,7 +74,8 @@ fn spawn(dir: &Path, workers: usize, feed: Feed, epochs: Epochs) -> anyhow::Resu
     let mut cmd = weir_testkit::sensor::example()?;
     cmd.args(input)
         .args(["--output", "out", "--dead-letter", "dlq", "--state", "state"])
-        .args(["--workers", &workers.to_string()]);
+        .args(["--workers", &workers.to_string()])
+        .args(options);
     match epochs {
         Epochs::Records => cmd.env("WEIR_EPOCH_RECORDS", "1500"),
         Epochs::Timed => cmd.args(["--epoch-interval", "1ms", "--checkpoint-interval", "10ms"]),
@@ -84,29 +115,51 @@ fn setup(dir: &Path, input: &[u8], feed: Feed) -> anyhow::Result<()> {
 
 #[test]
 fn file_pipeline_killed_at_random_moments_output_is_exact() -> anyhow::Result<()> {
-    killed_at_random_moments(Feed::File, 4, Epochs::Records)
+    killed_at_random_moments(Feed::File, 4, Epochs::Records, TUMBLING)
 }
 
 #[test]
 fn timed_epochs_killed_at_random_moments_output_is_exact() -> anyhow::Result<()> {
-    killed_at_random_moments(Feed::File, 2, Epochs::Timed)
+    killed_at_random_moments(Feed::File, 2, Epochs::Timed, TUMBLING)
 }
 
 #[test]
 fn log_pipeline_killed_at_random_moments_output_is_exact() -> anyhow::Result<()> {
-    killed_at_random_moments(Feed::Log, 2, Epochs::Records)
+    killed_at_random_moments(Feed::Log, 2, Epochs::Records, TUMBLING)
 }
 
-fn killed_at_random_moments(feed: Feed, scenarios: usize, epochs: Epochs) -> anyhow::Result<()> {
+/// Sliding windows with percentiles (the sketches are checkpointed): 60,000
+/// events of 500 devices, about 150 s of event time, so each reading is in 6
+/// windows and windows fire all along the run.
+#[test]
+fn sliding_windows_killed_at_random_moments_output_is_exact() -> anyhow::Result<()> {
+    let workload = Workload {
+        events: 60_000,
+        devices: 500,
+        options: &["--window", "sliding:1m/10s", "--percentiles", "0.5,0.99"],
+    };
+    killed_at_random_moments(Feed::File, 2, Epochs::Records, workload)
+}
+
+/// Session windows: 60,000 events of 10,000 devices, so a device's readings
+/// are about 25 s apart and a 30 s gap ends sessions all along the run.
+#[test]
+fn session_windows_killed_at_random_moments_output_is_exact() -> anyhow::Result<()> {
+    let workload = Workload { events: 60_000, devices: 10_000, options: &["--window", "session:30s"] };
+    killed_at_random_moments(Feed::Log, 2, Epochs::Records, workload)
+}
+
+fn killed_at_random_moments(feed: Feed, scenarios: usize, epochs: Epochs, workload: Workload) -> anyhow::Result<()> {
     let mut input = Vec::new();
-    generate(200_000, 11, 500, &mut input)?;
-    let (expected, malformed) = reference(&input);
+    generate(workload.events, 11, workload.devices, &mut input)?;
+    let (expected, malformed) = reference_with(&input, &workload.config()?);
+    let options = workload.options;
 
     // How long an undisturbed run takes here, to spread kills over it.
     let base = tempfile::tempdir()?;
     setup(base.path(), &input, feed)?;
     let started = Instant::now();
-    wait(spawn(base.path(), 2, feed, epochs)?)?;
+    wait(spawn(base.path(), 2, feed, epochs, options)?)?;
     let full = started.elapsed();
     support::compare(&expected, &support::read_rows(&base.path().join("out"))?)?;
 
@@ -124,7 +177,7 @@ fn killed_at_random_moments(feed: Feed, scenarios: usize, epochs: Epochs) -> any
         loop {
             attempts += 1;
             let workers = 1 + rng.below(3) as usize;
-            let mut child = spawn(dir.path(), workers, feed, epochs)?;
+            let mut child = spawn(dir.path(), workers, feed, epochs, options)?;
             // Kill the first few runs at a random moment; let the last one finish.
             if kills < 3 && attempts < 8 {
                 // Restarts resume from a checkpoint and finish sooner: aim early.
@@ -188,7 +241,7 @@ fn killed_at_random_moments(feed: Feed, scenarios: usize, epochs: Epochs) -> any
         // Run again after completion: nothing changes.
         let before =
             (support::visible_files(&dir.path().join("out"))?, support::visible_files(&dir.path().join("dlq"))?);
-        wait(spawn(dir.path(), 2, feed, epochs)?)?;
+        wait(spawn(dir.path(), 2, feed, epochs, options)?)?;
         let after =
             (support::visible_files(&dir.path().join("out"))?, support::visible_files(&dir.path().join("dlq"))?);
         assert_eq!(before, after, "scenario {scenario}: a completed run changed its output");
@@ -238,7 +291,7 @@ fn torture(seed: u64, kills_wanted: usize) -> anyhow::Result<()> {
     setup(base.path(), &input, Feed::File)?;
     let started = Instant::now();
     let wall = std::time::SystemTime::now();
-    let child = spawn(base.path(), 2, Feed::File, Epochs::Fast)?;
+    let child = spawn(base.path(), 2, Feed::File, Epochs::Fast, &[])?;
     let out = child.wait_with_output()?;
     let full = started.elapsed();
     anyhow::ensure!(out.status.success(), "undisturbed run failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -253,7 +306,7 @@ fn torture(seed: u64, kills_wanted: usize) -> anyhow::Result<()> {
     loop {
         runs += 1;
         let workers = 1 + rng.below(4) as usize;
-        let mut child = spawn(dir.path(), workers, Feed::File, Epochs::Fast)?;
+        let mut child = spawn(dir.path(), workers, Feed::File, Epochs::Fast, &[])?;
         if kills >= kills_wanted || budget.elapsed() > Duration::from_secs(300) {
             wait(child).context("final run")?;
             break;

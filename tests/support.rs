@@ -10,7 +10,7 @@ use std::path::Path;
 use anyhow::{Context, bail};
 use arrow::array::{Array, Float64Array, Int64Array, StringArray};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use weir_testkit::sensor::WindowRow;
+use weir_testkit::sensor::{QuantileValues, WindowRow};
 
 /// Visible files of a directory (names not starting with `.` or `_`), sorted.
 pub fn visible_files(dir: &Path) -> anyhow::Result<Vec<std::path::PathBuf>> {
@@ -45,14 +45,34 @@ pub fn read_rows(dir: &Path) -> anyhow::Result<BTreeMap<(String, i64), WindowRow
             let min = col("min")?.as_any().downcast_ref::<Float64Array>().context("min")?;
             let max = col("max")?.as_any().downcast_ref::<Float64Array>().context("max")?;
             let mean = col("mean")?.as_any().downcast_ref::<Float64Array>().context("mean")?;
+            let end = col("window_end")?.as_any().downcast_ref::<Int64Array>().context("window_end is not Int64")?;
+            // The quantile columns: every column after `mean`, in schema order.
+            let schema = batch.schema();
+            let after = schema.index_of("mean")? + 1;
+            let quantiles = (after..batch.num_columns())
+                .map(|i| {
+                    let name = schema.field(i).name();
+                    anyhow::ensure!(name.starts_with('p'), "{}: unexpected column {name}", path.display());
+                    batch
+                        .column(i)
+                        .as_any()
+                        .downcast_ref::<Float64Array>()
+                        .with_context(|| format!("{name} is not Float64"))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
             for i in 0..batch.num_rows() {
                 let row = WindowRow {
                     device: device.value(i).into(),
                     window_start: ws.value(i),
+                    window_end: end.value(i),
                     count: count.value(i),
                     min: min.value(i),
                     max: max.value(i),
                     mean: mean.value(i),
+                    percentiles: QuantileValues {
+                        columns: &[],
+                        values: quantiles.iter().map(|q| q.value(i)).collect(),
+                    },
                 };
                 let key = (row.device.to_string(), row.window_start);
                 if rows.insert(key.clone(), row).is_some() {
@@ -64,7 +84,8 @@ pub fn read_rows(dir: &Path) -> anyhow::Result<BTreeMap<(String, i64), WindowRow
     Ok(rows)
 }
 
-/// Compares output rows with the reference under the workload's rule.
+/// Compares output rows with the reference under the workload's rule, plus
+/// each window's end, and each quantile within 1 % (relative) of the exact one.
 pub fn compare(
     expected: &BTreeMap<(String, i64), WindowRow>,
     got: &BTreeMap<(String, i64), WindowRow>,
@@ -78,7 +99,15 @@ pub fn compare(
         let g = &got[k];
         let mean_ok =
             (g.mean - e.mean).abs() <= 1e-9 * e.mean.abs().max(g.mean.abs()) || (g.mean - e.mean).abs() <= 1e-12;
-        if g.count != e.count || g.min.to_bits() != e.min.to_bits() || g.max.to_bits() != e.max.to_bits() || !mean_ok {
+        let (gq, eq) = (&g.percentiles.values, &e.percentiles.values);
+        let quantiles_ok = gq.len() == eq.len() && gq.iter().zip(eq).all(|(g, e)| (g - e).abs() <= 0.01 * e.abs());
+        if g.count != e.count
+            || g.window_end != e.window_end
+            || g.min.to_bits() != e.min.to_bits()
+            || g.max.to_bits() != e.max.to_bits()
+            || !mean_ok
+            || !quantiles_ok
+        {
             bail!("row {k:?}: expected {e:?}, got {g:?}");
         }
     }

@@ -1,5 +1,5 @@
 //! The Parquet sink: rows of any `Serialize` type become Arrow record batches
-//! (schema traced from the type with `serde_arrow`: a `String` is Utf8, an
+//! (schema traced from the type with `serde_arrow`, or given: [`Parquet::fields`]; a `String` is Utf8, an
 //! `i64` Int64, an `f64` Float64, nothing nullable unless it is an `Option`),
 //! written to rolling `*.parquet` files that stay in `_staging/` until the
 //! checkpoint that covers them commits. Exactly-once: a reader of the output
@@ -13,10 +13,11 @@ use std::marker::PhantomData;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use arrow::datatypes::{FieldRef, Schema};
+use arrow::datatypes::{DataType, FieldRef, Schema};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_arrow::schema::{SchemaLike, TracingOptions};
@@ -34,12 +35,13 @@ pub struct Parquet {
     dir: PathBuf,
     rows_per_file: usize,
     rows_per_batch: usize,
+    fields: Option<Vec<FieldRef>>,
 }
 
 impl Parquet {
     /// Writes into `dir` (created if missing).
     pub fn dir(dir: impl Into<PathBuf>) -> Self {
-        Parquet { dir: dir.into(), rows_per_file: 4_000_000, rows_per_batch: 8 * 1024 }
+        Parquet { dir: dir.into(), rows_per_file: 4_000_000, rows_per_batch: 8 * 1024, fields: None }
     }
 
     /// Starts a new file after this many rows (files also close at every checkpoint).
@@ -47,6 +49,28 @@ impl Parquet {
         self.rows_per_file = rows.max(1);
         self
     }
+
+    /// Writes these columns instead of the ones traced from the row type: for
+    /// rows whose `Serialize` names fields only known at run time (a column per
+    /// configured quantile, say). Each row must serialize as a struct with
+    /// these field names and types; a row that does not is rejected (a dead letter).
+    pub fn fields(mut self, fields: Vec<FieldRef>) -> Self {
+        self.fields = Some(fields);
+        self
+    }
+}
+
+/// Snappy; no dictionary for floating-point columns: measured values seldom
+/// repeat, so interning each one into a dictionary costs time (a tenth of a
+/// sliding-window run's) and the writer falls back to plain encoding anyway.
+fn writer_properties(schema: &Schema) -> WriterProperties {
+    let mut props = WriterProperties::builder().set_compression(Compression::SNAPPY);
+    for field in schema.fields() {
+        if matches!(field.data_type(), DataType::Float16 | DataType::Float32 | DataType::Float64) {
+            props = props.set_column_dictionary_enabled(ColumnPath::from(field.name().as_str()), false);
+        }
+    }
+    props.build()
 }
 
 fn arrow_err(path: &std::path::Path, e: impl std::fmt::Display) -> Error {
@@ -59,8 +83,12 @@ impl<T: Serialize + DeserializeOwned + 'static> Sink<T> for Parquet {
     }
 
     fn open(&self, ctx: &SinkContext) -> Result<Box<dyn SinkWriter<T>>> {
-        let fields = Vec::<FieldRef>::from_type::<T>(TracingOptions::default().strings_as_large_utf8(false))
-            .map_err(|e| Error::config("parquet", format!("cannot derive an Arrow schema from the row type: {e}")))?;
+        let fields = match &self.fields {
+            Some(fields) => fields.clone(),
+            None => Vec::<FieldRef>::from_type::<T>(TracingOptions::default().strings_as_large_utf8(false)).map_err(
+                |e| Error::config("parquet", format!("cannot derive an Arrow schema from the row type: {e}")),
+            )?,
+        };
         let staging = Staging::open(&self.dir, ctx)?;
         Ok(Box::new(ParquetWriter {
             schema: Arc::new(Schema::new(fields.clone())),
@@ -120,7 +148,7 @@ impl<T: Serialize> ParquetWriter<T> {
         }
         if self.current.is_none() {
             let (file, out) = self.staging.create(self.epoch, "parquet")?;
-            let props = WriterProperties::builder().set_compression(Compression::SNAPPY).build();
+            let props = writer_properties(&self.schema);
             let writer =
                 ArrowWriter::try_new(out, self.schema.clone(), Some(props)).map_err(|e| arrow_err(&file.staged, e))?;
             self.current = Some(Open { file, writer, rows: 0 });

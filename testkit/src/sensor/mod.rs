@@ -6,7 +6,6 @@
 //! example `examples/sensor_aggregation.rs` is its command line; tests and
 //! benches build the same pipeline in-process.
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -17,6 +16,14 @@ use weir_connectors::log::LogSource;
 use weir_connectors::{DeadLetters, LinesFile, Parquet};
 use weir_core::{Dataflow, Flow, Raw};
 use weir_operators::prelude::*;
+
+mod reference;
+mod windows;
+
+pub use reference::{reference, reference_with};
+pub use windows::{
+    PERCENTILES_FORM, Quantiles, WINDOW_FORMS, WindowConfig, column_name, parse_percentiles, parse_window,
+};
 
 /// One input line.
 ///
@@ -32,13 +39,18 @@ pub struct Reading {
     pub temp: f64,
 }
 
-/// One output row (the workload's columns).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// One output row: the workload's columns, the window's end and, with
+/// [`Quantiles`], a column per quantile (serialized as a struct with those
+/// field names; Parquet columns in [`WindowConfig::parquet_fields`]).
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 pub struct WindowRow {
     /// Device name (written as Utf8, like a `String`).
     pub device: CompactString,
-    /// Window start, ms since the Unix epoch.
+    /// Window start, ms since the Unix epoch (a session's first event time).
     pub window_start: i64,
+    /// Window end (exclusive), ms since the Unix epoch (a session's last event time + gap).
+    #[serde(default)]
+    pub window_end: i64,
     /// Readings in the window.
     pub count: i64,
     /// Smallest temperature.
@@ -47,6 +59,37 @@ pub struct WindowRow {
     pub max: f64,
     /// Mean temperature.
     pub mean: f64,
+    /// The temperature's quantiles (none unless configured).
+    #[serde(skip)]
+    pub percentiles: QuantileValues,
+}
+
+/// A row's quantiles: the values, and their column names.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct QuantileValues {
+    /// Column names ([`Quantiles::columns`]), one per value.
+    pub columns: &'static [&'static str],
+    /// The values, estimated by a DDSketch (within 1 %).
+    pub values: Vec<f64>,
+}
+
+impl Serialize for WindowRow {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct as _;
+        let p = &self.percentiles;
+        let mut st = s.serialize_struct("WindowRow", 7 + p.values.len())?;
+        st.serialize_field("device", self.device.as_str())?;
+        st.serialize_field("window_start", &self.window_start)?;
+        st.serialize_field("window_end", &self.window_end)?;
+        st.serialize_field("count", &self.count)?;
+        st.serialize_field("min", &self.min)?;
+        st.serialize_field("max", &self.max)?;
+        st.serialize_field("mean", &self.mean)?;
+        for (name, v) in p.columns.iter().zip(&p.values) {
+            st.serialize_field(name, v)?;
+        }
+        st.end()
+    }
 }
 
 /// Valid temperature range (inclusive).
@@ -173,6 +216,17 @@ pub fn build_to(p: &mut Dataflow<'_>, input: &Input, out: &Outputs) -> weir_core
 /// [`build_to`] with event times as `time` says: [`TimeFrom::MessageTimestamp`]
 /// needs a Kafka input (an error naming `event_time` otherwise).
 pub fn build_with(p: &mut Dataflow<'_>, input: &Input, out: &Outputs, time: TimeConfig) -> weir_core::Result<()> {
+    build_windowed(p, input, out, time, &WindowConfig::default())
+}
+
+/// [`build_with`] over the windows and with the percentiles `window` says.
+pub fn build_windowed(
+    p: &mut Dataflow<'_>,
+    input: &Input,
+    out: &Outputs,
+    time: TimeConfig,
+    window: &WindowConfig,
+) -> weir_core::Result<()> {
     if time.from == TimeFrom::MessageTimestamp && !matches!(input, Input::Kafka { .. }) {
         return Err(weir_core::Error::config(
             "event_time",
@@ -189,14 +243,14 @@ pub fn build_with(p: &mut Dataflow<'_>, input: &Input, out: &Outputs, time: Time
             p.source(weir_connectors::kafka::KafkaSource::new(config.clone(), topic)?)?.decode(Json)
         }
     };
-    let rows = readings_to_rows(readings, Combine::Adaptive, time)?;
+    let rows = readings_to_rows_in(readings, Combine::Adaptive, time, window)?;
     if let Some(topic) = &out.kafka_results {
         rows.clone().sink(topic.clone().sink::<WindowRow>().keyed(|r: &WindowRow| r.device.clone()))?;
     }
     if let Some(topic) = &out.mqtt_results {
         rows.clone().sink(topic.clone().sink::<WindowRow>().keyed(|r: &WindowRow| r.device.clone()))?;
     }
-    rows.sink(Parquet::dir(&out.parquet))?;
+    rows.sink(Parquet::dir(&out.parquet).fields(window.parquet_fields()))?;
     let dead = p.dead_letters();
     if let Some(topic) = &out.kafka_dead_letters {
         dead.clone().sink(weir_connectors::outbox::OutboxSink::dead_letters(topic.clone()))?;
@@ -226,70 +280,62 @@ pub fn readings_to_rows<'s>(
     combine: Combine,
     time: TimeConfig,
 ) -> weir_core::Result<Flow<'s, WindowRow>> {
+    readings_to_rows_in(readings, combine, time, &WindowConfig::default())
+}
+
+/// [`readings_to_rows`] over the windows and with the percentiles `window` says.
+///
+/// The window step is named by [`WindowConfig::step_name`], so a checkpoint
+/// taken with other windows or without percentiles is refused at start
+/// rather than misread.
+pub fn readings_to_rows_in<'s>(
+    readings: Flow<'s, Reading>,
+    combine: Combine,
+    time: TimeConfig,
+    window: &WindowConfig,
+) -> weir_core::Result<Flow<'s, WindowRow>> {
     let readings = readings.filter(|r| TEMP_RANGE.contains(&r.temp));
     let timed = match time.from {
         TimeFrom::Payload => readings.event_time(|r| r.ts, time.max_out_of_orderness)?,
         TimeFrom::MessageTimestamp => readings.source_time(time.max_out_of_orderness)?,
     };
-    Ok(timed
-        .key_by(|r| r.device.clone())
-        .window(Tumbling::minutes(1))
-        .combine(combine)
-        .aggregate((Count, Min(|r: &Reading| r.temp), Max(|r: &Reading| r.temp), Mean(|r: &Reading| r.temp)))?
-        .map(|w| WindowRow {
-            device: w.key,
-            window_start: w.start,
-            count: w.value.0 as i64,
-            min: w.value.1,
-            max: w.value.2,
-            mean: w.value.3,
-        }))
-}
-
-/// The plain reference: expected rows keyed by (device, window start), and the
-/// number of malformed lines. Same semantics as the workload's `reference.py`.
-pub fn reference(input: &[u8]) -> (BTreeMap<(String, i64), WindowRow>, u64) {
-    let mut rows: BTreeMap<(String, i64), (i64, f64, f64, f64)> = BTreeMap::new();
-    let mut malformed = 0;
-    let mut lines: Vec<&[u8]> = input.split(|&b| b == b'\n').collect();
-    if input.ends_with(b"\n") || input.is_empty() {
-        lines.pop();
+    let timed = match window.step_name() {
+        Some(name) => timed.named(&name),
+        None => timed,
+    };
+    let stats = (Count, Min(|r: &Reading| r.temp), Max(|r: &Reading| r.temp), Mean(|r: &Reading| r.temp));
+    let q = &window.percentiles;
+    if q.is_empty() {
+        return Ok(timed.key_by(|r| r.device.clone()).window(window.spec).combine(combine).aggregate(stats)?.map(
+            |w| WindowRow {
+                device: w.key,
+                window_start: w.start,
+                window_end: w.end,
+                count: w.value.0 as i64,
+                min: w.value.1,
+                max: w.value.2,
+                mean: w.value.3,
+                percentiles: QuantileValues::default(),
+            },
+        ));
     }
-    for line in lines {
-        // A record is a JSON object in UTF-8 (as the pipeline's `Json` decodes it).
-        let parsed = std::str::from_utf8(line)
-            .ok()
-            .filter(|text| text.trim_start().starts_with('{'))
-            .and_then(|text| serde_json::from_str::<Reading>(text).ok());
-        let Some(r) = parsed else {
-            malformed += 1;
-            continue;
-        };
-        if !TEMP_RANGE.contains(&r.temp) {
-            continue;
-        }
-        let ws = r.ts.saturating_sub(r.ts.rem_euclid(WINDOW_MS));
-        let e = rows.entry((r.device.to_string(), ws)).or_insert((0, f64::INFINITY, f64::NEG_INFINITY, 0.0));
-        e.0 += 1;
-        e.1 = e.1.min(r.temp);
-        e.2 = e.2.max(r.temp);
-        e.3 += r.temp;
-    }
-    let rows = rows
-        .into_iter()
-        .map(|((device, ws), (c, mn, mx, s))| {
-            let row = WindowRow {
-                device: device.as_str().into(),
-                window_start: ws,
-                count: c,
-                min: mn,
-                max: mx,
-                mean: s / c as f64,
-            };
-            ((device, ws), row)
-        })
-        .collect();
-    (rows, malformed)
+    let sketch = Percentiles::try_new(|r: &Reading| r.temp, q.values())?;
+    let columns = q.columns();
+    Ok(timed.key_by(|r| r.device.clone()).window(window.spec).combine(combine).aggregate((stats, sketch))?.map(
+        move |w| {
+            let ((count, min, max, mean), values) = w.value;
+            WindowRow {
+                device: w.key,
+                window_start: w.start,
+                window_end: w.end,
+                count: count as i64,
+                min,
+                max,
+                mean,
+                percentiles: QuantileValues { columns, values },
+            }
+        },
+    ))
 }
 
 /// A small deterministic PRNG (SplitMix64) for the synthetic feed.

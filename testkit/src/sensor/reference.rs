@@ -90,6 +90,24 @@ pub fn reference_with(input: &[u8], window: &WindowConfig) -> (BTreeMap<(String,
                 }
             }
         }
+        WindowSpec::Count(c) => {
+            // Every `size` readings of a device in event-time order, ties in input
+            // order (a file's partitions are its byte ranges, in order); the last,
+            // incomplete window is not a row.
+            let mut by_device: BTreeMap<&str, Vec<(i64, f64)>> = BTreeMap::new();
+            for r in &readings {
+                by_device.entry(r.device.as_str()).or_default().push((r.ts, r.temp));
+            }
+            for (device, mut events) in by_device {
+                events.sort_by_key(|e| e.0);
+                for chunk in events.chunks_exact(c.size as usize) {
+                    let (first, last) = (chunk[0].0, chunk[chunk.len() - 1].0);
+                    for &(_, temp) in chunk {
+                        add(device, first, last.saturating_add(1), temp);
+                    }
+                }
+            }
+        }
     }
     let q = &window.percentiles;
     let rows = windows

@@ -60,6 +60,7 @@ impl WindowConfig {
             WindowSpec::Tumbling(t) => format!("tumbling-{}ms", t.size),
             WindowSpec::Sliding(s) => format!("sliding-{}ms-{}ms", s.size, s.slide),
             WindowSpec::Session(s) => format!("session-{}ms", s.gap),
+            WindowSpec::Count(c) => format!("count-{}", c.size),
         };
         if !self.percentiles.is_empty() {
             name.push_str("-p");

@@ -31,14 +31,14 @@ use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::progress::frontier::MutableAntichain;
 
 use crate::checkpoint::{CheckpointStore, FileEntry, Part, PartBody};
+use crate::ctx::Ctx;
+use crate::epochs::{EpochDriver, follow_frontier};
 use crate::error::Result;
-use crate::flow::{VecOutput, WatermarkUpdate};
 use crate::keygroup::KeyGroups;
 use crate::record::{EventTime, Meta, Rec};
-use crate::runtime::Ctx;
-use crate::runtime::epochs::{EpochDriver, follow_frontier};
 use crate::state::keyed::{KeyView, KeyedState};
 use crate::state::watermarks::{WatermarkSnapshot, WatermarkTable};
+use crate::stream::{VecOutput, WatermarkUpdate};
 use crate::time::Epoch;
 
 /// What a keyed stateful step does with each record and each timer of a key.

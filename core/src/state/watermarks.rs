@@ -1,8 +1,8 @@
 //! The window watermark of a keyed stage: the minimum of its input
 //! partitions' watermarks.
 
-use crate::flow::WatermarkUpdate;
 use crate::record::EventTime;
+use crate::stream::WatermarkUpdate;
 
 /// The latest watermark of every input partition; the stage's watermark is
 /// their minimum over the partitions that are not idle.

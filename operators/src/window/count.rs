@@ -15,8 +15,7 @@ use serde::{Deserialize, Serialize};
 use weir_core::record::{EventTime, Offset, PartitionId};
 use weir_core::state::{KeyCx, KeyedLogic};
 
-use super::WindowResult;
-use super::operator::Partial;
+use super::{Partial, WindowResult};
 use crate::aggregate::Aggregator;
 
 /// A record waiting to be counted: time, partition, offset, accumulator.

@@ -245,6 +245,17 @@ impl WindowSpec {
     }
 }
 
+/// A partial aggregate of one key and window, from one worker and epoch.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct Partial<K, Acc, P = ()> {
+    pub key: K,
+    /// The pane's start (tumbling, sliding) or the record's time (sessions, counts).
+    pub start: EventTime,
+    pub acc: Acc,
+    /// The record's position (count windows: its partition and offset; `()` otherwise).
+    pub pos: P,
+}
+
 /// Whether the window operator pre-aggregates records on the worker that
 /// read them, before the shuffle by key (see [`Windowed::combine`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

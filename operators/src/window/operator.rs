@@ -23,8 +23,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use rustc_hash::FxHashMap;
+use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
 use timely::ExchangeData;
 use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::Pipeline;
@@ -43,7 +43,7 @@ use weir_core::{Error, Flow, Result};
 use super::count::CountLogic;
 use super::panes::PaneStore;
 use super::session::SessionLogic;
-use super::{Combine, WindowResult, WindowSpec};
+use super::{Combine, Partial, WindowResult, WindowSpec};
 use crate::aggregate::Aggregator;
 
 /// A keyed flow with a window spec; `aggregate` builds the operator.
@@ -87,17 +87,6 @@ impl<'s, T, F> Windowed<'s, T, F> {
         self.lateness = i64::try_from(lateness.as_millis()).unwrap_or(i64::MAX);
         self
     }
-}
-
-/// A partial aggregate of one key and window, from one worker and epoch.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub(super) struct Partial<K, Acc, P = ()> {
-    pub key: K,
-    /// The pane's start (tumbling, sliding) or the record's time (sessions, counts).
-    pub start: EventTime,
-    pub acc: Acc,
-    /// The record's position (count windows: its partition and offset; `()` otherwise).
-    pub pos: P,
 }
 
 /// What the combiner collected for one epoch.

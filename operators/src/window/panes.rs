@@ -33,8 +33,7 @@ use weir_core::record::{EventTime, Meta, Rec};
 use weir_core::state::{StepLogic, WatermarkSnapshot};
 use weir_core::time::Epoch;
 
-use super::operator::Partial;
-use super::{WindowResult, WindowSpec};
+use super::{Partial, WindowResult, WindowSpec};
 use crate::aggregate::Aggregator;
 
 /// Window arithmetic in i128, clamped to the event-time range: windows at

@@ -14,8 +14,7 @@ use serde::{Deserialize, Serialize};
 use weir_core::record::EventTime;
 use weir_core::state::{KeyCx, KeyedLogic};
 
-use super::WindowResult;
-use super::operator::Partial;
+use super::{Partial, WindowResult};
 use crate::aggregate::Aggregator;
 
 /// One open session of a key.

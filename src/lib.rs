@@ -59,6 +59,11 @@ pub use weir_core::{Error, Result};
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 
+/// ARCHITECTURE.md's examples (the operator how-to), compiled and run as doc-tests.
+#[cfg(doctest)]
+#[doc = include_str!("../ARCHITECTURE.md")]
+pub struct ArchitectureDoctests;
+
 /// Everything a pipeline author needs.
 pub mod prelude {
     pub use weir_connectors::kafka::{KafkaConfig, KafkaSource, KafkaTopic};

@@ -56,6 +56,43 @@ fn run(
     run_in_chunks(parts, spec, workers, epoch, 3)
 }
 
+/// A window row as the tests collect it: key, start, end, diff, count, sum.
+type Emitted = (String, EventTime, EventTime, i64, u64, f64);
+
+/// Runs `spec` windows of count and sum (with `lateness` ms of allowed
+/// lateness, if any) and returns every row emitted, in order, and the dead letters.
+fn collect(
+    parts: Vec<Vec<Record>>,
+    spec: WindowSpec,
+    (workers, epoch, per_read): (usize, u64, usize),
+    lateness: Option<u64>,
+) -> anyhow::Result<(Vec<Emitted>, Vec<DeadLetter>)> {
+    let rows = Arc::new(Mutex::new(Vec::new()));
+    let dead = Arc::new(Mutex::new(Vec::new()));
+    let source = Memory::new(parts, per_read);
+    let (r, d) = (rows.clone(), dead.clone());
+    Pipeline::new("windows").workers(workers).bounded(true).epoch_records(epoch, 2).run(move |p| {
+        let windowed = p
+            .source(source.clone())?
+            .decode::<Ev>(Json)
+            .source_time(Duration::from_millis(DELAY))?
+            .key_by(|e| e.k.clone())
+            .window(spec);
+        let windowed = match lateness {
+            Some(ms) => windowed.allowed_lateness(Duration::from_millis(ms)),
+            None => windowed,
+        };
+        windowed
+            .aggregate((Count, Sum(|e: &Ev| e.v)))?
+            .map(|w| (w.key, w.start, w.end, w.diff, w.value.0, w.value.1))
+            .sink(Collect(r.clone()))?;
+        p.dead_letters().sink(Collect(d.clone()))
+    })?;
+    let rows = std::mem::take(&mut *rows.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
+    let dead = std::mem::take(&mut *dead.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
+    Ok((rows, dead))
+}
+
 fn run_in_chunks(
     parts: Vec<Vec<Record>>,
     spec: WindowSpec,
@@ -63,32 +100,14 @@ fn run_in_chunks(
     epoch: u64,
     per_read: usize,
 ) -> anyhow::Result<(Rows, Vec<DeadLetter>)> {
-    let rows = Arc::new(Mutex::new(Vec::new()));
-    let dead = Arc::new(Mutex::new(Vec::new()));
-    let source = Memory::new(parts, per_read);
-    let (r, d) = (rows.clone(), dead.clone());
-    Pipeline::new("windows").workers(workers).bounded(true).epoch_records(epoch, 2).run(move |p| {
-        p.source(source.clone())?
-            .decode::<Ev>(Json)
-            .source_time(Duration::from_millis(DELAY))?
-            .key_by(|e| e.k.clone())
-            .window(spec)
-            .aggregate((Count, Sum(|e: &Ev| e.v)))?
-            .map(|w| (w.key, w.start, w.end, w.value.0, w.value.1))
-            .sink(Collect(r.clone()))?;
-        p.dead_letters().sink(Collect(d.clone()))
-    })?;
-    let windows: Vec<_> = rows
-        .lock()
-        .map_err(|_| anyhow::anyhow!("poisoned"))?
-        .drain(..)
-        .map(|(k, start, end, count, sum)| ((k, start, end), (count, sum)))
-        .collect();
+    let (rows, dead) = collect(parts, spec, (workers, epoch, per_read), None)?;
+    anyhow::ensure!(rows.iter().all(|r| r.3 == 1), "a retraction without allowed lateness");
+    let windows: Vec<_> =
+        rows.into_iter().map(|(k, start, end, _, count, sum)| ((k, start, end), (count, sum))).collect();
     let out = rows_of(windows);
     if !matches!(spec, WindowSpec::Count(_)) {
         anyhow::ensure!(out.keys().all(|w| w.3 == 0), "a window fired twice");
     }
-    let dead = std::mem::take(&mut *dead.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
     Ok((out, dead))
 }
 
@@ -244,24 +263,9 @@ fn run_with_lateness(
     epoch: u64,
     per_read: usize,
 ) -> anyhow::Result<(Rows, Vec<DeadLetter>)> {
-    let rows = Arc::new(Mutex::new(Vec::new()));
-    let dead = Arc::new(Mutex::new(Vec::new()));
-    let source = Memory::new(parts, per_read);
-    let (r, d) = (rows.clone(), dead.clone());
-    Pipeline::new("windows").workers(workers).bounded(true).epoch_records(epoch, 2).run(move |p| {
-        p.source(source.clone())?
-            .decode::<Ev>(Json)
-            .source_time(Duration::from_millis(DELAY))?
-            .key_by(|e| e.k.clone())
-            .window(spec)
-            .allowed_lateness(Duration::from_millis(LATENESS))
-            .aggregate((Count, Sum(|e: &Ev| e.v)))?
-            .map(|w| (w.key, w.start, w.end, w.diff, w.value.0, w.value.1))
-            .sink(Collect(r.clone()))?;
-        p.dead_letters().sink(Collect(d.clone()))
-    })?;
+    let (rows, dead) = collect(parts, spec, (workers, epoch, per_read), Some(LATENESS))?;
     let mut live: BTreeMap<(String, EventTime, EventTime), (u64, f64)> = BTreeMap::new();
-    for (k, start, end, diff, count, sum) in rows.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.drain(..) {
+    for (k, start, end, diff, count, sum) in rows {
         let w = (k, start, end);
         match diff {
             1 => anyhow::ensure!(live.insert(w.clone(), (count, sum)).is_none(), "{w:?}: a second live row"),
@@ -269,7 +273,6 @@ fn run_with_lateness(
             _ => anyhow::bail!("diff {diff}"),
         }
     }
-    let dead = std::mem::take(&mut *dead.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
     Ok((rows_of(live), dead))
 }
 

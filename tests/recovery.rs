@@ -183,9 +183,11 @@ fn killed_at_random_moments(feed: Feed, scenarios: usize, epochs: Epochs, worklo
                 // Restarts resume from a checkpoint and finish sooner: aim early.
                 let delay = Duration::from_micros(rng.below(full.as_micros() as u64 / u64::from(scale) + 1));
                 let mut exited = None;
-                if matches!(epochs, Epochs::Timed) {
-                    // Timed checkpoints depend on the machine's speed: count the delay
-                    // from the first commit, so kills land mid-run on slow builds too.
+                if matches!(epochs, Epochs::Timed) || kills == 0 {
+                    // Checkpoints depend on the machine's speed (timed ones, and the
+                    // first one of any run): count the first kill's delay from the first
+                    // commit, so every scenario restarts from a checkpoint at least once
+                    // however slow or busy the machine; later kills land anywhere.
                     while !has_manifest(&dir.path().join("state")) {
                         if let Some(status) = child.try_wait()? {
                             exited = Some(status);

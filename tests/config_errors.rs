@@ -116,6 +116,7 @@ fn a_malformed_window_or_percentiles_is_a_startup_error_naming_the_option_and_th
         ("sliding:1m", "missing /SLIDE"),
         ("sliding:1m/", "missing slide"),
         ("sliding:10s/1m", "must not exceed the size"),
+        ("sliding:1m/7ms", "60000 panes"),
         ("session:0s", "at least 1ms"),
         ("tumbling:0", "at least 1ms"),
         ("session:30 parsecs", "ms, s, m or h"),

@@ -207,17 +207,39 @@ impl WindowSpec {
         }
     }
 
-    fn validate(&self) -> weir_core::Result<()> {
-        if let WindowSpec::Sliding(s) = self
-            && s.slide > s.size
-        {
-            return Err(weir_core::Error::config(
-                "window",
-                format!("a sliding window's slide ({} ms) must not exceed its size ({} ms)", s.slide, s.size),
-            ));
+    /// Checks the spec: a sliding window's slide must not exceed its size,
+    /// nor make more than [`MAX_PANES`](Self::MAX_PANES) panes per window (a
+    /// slide that does not divide the size makes panes of their greatest
+    /// common divisor: 1 min / 7 ms would be 60,000 panes of 1 ms). The
+    /// window operator calls it when it is built.
+    pub fn validate(&self) -> weir_core::Result<()> {
+        if let WindowSpec::Sliding(s) = self {
+            if s.slide > s.size {
+                return Err(weir_core::Error::config(
+                    "window",
+                    format!("a sliding window's slide ({} ms) must not exceed the size ({} ms)", s.slide, s.size),
+                ));
+            }
+            let panes = s.size / s.pane();
+            if panes > Self::MAX_PANES {
+                return Err(weir_core::Error::config(
+                    "window",
+                    format!(
+                        "a sliding window of {} ms every {} ms has {panes} panes of {} ms (at most {}): \
+                         make the slide divide the size",
+                        s.size,
+                        s.slide,
+                        s.pane(),
+                        Self::MAX_PANES
+                    ),
+                ));
+            }
         }
         Ok(())
     }
+
+    /// The most panes a sliding window may have ([`validate`](Self::validate)).
+    pub const MAX_PANES: i64 = 10_000;
 
     /// What a record at `t` updates: its pane's start (tumbling, sliding) or `t` (sessions).
     fn part_start(&self, t: EventTime) -> EventTime {
@@ -367,6 +389,10 @@ mod unit_tests {
         assert!(!s.is_late(60_000, 99_999));
         assert!(s.is_late(60_000, 100_000));
         assert!(WindowSpec::from(Sliding::new(Duration::from_secs(1), Duration::from_secs(2))).validate().is_err());
+        let fine = Sliding::new(Duration::from_secs(60), Duration::from_millis(6));
+        assert!(WindowSpec::from(fine).validate().is_ok(), "10,000 panes of 6 ms");
+        let ragged = WindowSpec::from(Sliding::new(Duration::from_secs(60), Duration::from_millis(7)));
+        assert!(ragged.validate().is_err_and(|e| e.to_string().contains("60000 panes")));
         let session = WindowSpec::from(Session::new(Duration::from_secs(30)));
         assert_eq!(session.part_start(1234), 1234);
         assert!(session.is_late(99, 100) && !session.is_late(100, 100));

@@ -173,7 +173,8 @@ fn interned(list: Vec<&'static str>) -> &'static [&'static str] {
 
 /// Parses `--window`: `tumbling:SIZE`, `sliding:SIZE/SLIDE` or
 /// `session:GAP`, durations as `--max-out-of-orderness` takes them
-/// ([`parse_duration`]), each at least 1 ms, a slide at most the size.
+/// ([`parse_duration`]), each at least 1 ms, and a sliding window that
+/// [`WindowSpec::validate`] accepts.
 pub fn parse_window(text: &str) -> Result<WindowSpec, String> {
     let bad = |why: String| format!("{why}; expected {WINDOW_FORMS}");
     let (kind, args) = text.split_once(':').ok_or_else(|| bad("no `:` between the kind and its duration".into()))?;
@@ -191,11 +192,10 @@ pub fn parse_window(text: &str) -> Result<WindowSpec, String> {
         "tumbling" => Ok(Tumbling::new(duration("size", args)?).into()),
         "sliding" => {
             let (size, slide) = args.split_once('/').ok_or_else(|| bad("missing /SLIDE".into()))?;
-            let (size, slide) = (duration("size", size)?, duration("slide", slide)?);
-            if slide > size {
-                return Err(bad(format!("the slide ({slide:?}) must not exceed the size ({size:?})")));
-            }
-            Ok(Sliding::new(size, slide).into())
+            let spec: WindowSpec = Sliding::new(duration("size", size)?, duration("slide", slide)?).into();
+            // The window operator's own rules (slide at most the size, a bounded number of panes).
+            spec.validate().map_err(|e| bad(e.to_string()))?;
+            Ok(spec)
         }
         "session" => Ok(Session::new(duration("gap", args)?).into()),
         other => Err(bad(format!("unknown window kind `{other}`"))),

@@ -114,6 +114,28 @@ fn run_in_chunks(
 /// The allowed disorder.
 const DELAY: u64 = 300;
 
+/// One generated record: the step from the partition's largest time so far,
+/// how far behind it the record is, its key (0..3) and value.
+type Step = (i64, i64, usize, i64);
+
+/// The records of generated partitions and the same events for the reference.
+fn inputs(parts: &[Vec<Step>]) -> (Vec<Vec<Record>>, Vec<Event>) {
+    let mut input = Vec::new();
+    let mut events = Vec::new();
+    for (p, part) in parts.iter().enumerate() {
+        let mut t = 1_700_000_000_000i64;
+        let mut recs = Vec::new();
+        for (offset, &(step, jitter, key, v)) in part.iter().enumerate() {
+            t += step;
+            let k = ["a", "b", "c"][key];
+            recs.push(record(t - jitter, k, v as f64));
+            events.push((k.to_string(), t - jitter, v as f64, (p as u32, offset as u64)));
+        }
+        input.push(recs);
+    }
+    (input, events)
+}
+
 /// An input event: key, time, value, and its (partition, offset).
 type Event = (String, EventTime, f64, (u32, u64));
 
@@ -211,20 +233,7 @@ proptest! {
         workers in 1usize..=3,
         epoch in 1u64..30,
     ) {
-        let mut input = Vec::new();
-        let mut events = Vec::new();
-        for (p, part) in parts.iter().enumerate() {
-            let mut t = 1_700_000_000_000i64;
-            let mut recs = Vec::new();
-            for (offset, &(step, jitter, key, v)) in part.iter().enumerate() {
-                // Each record at most DELAY behind the largest time before it.
-                t += step;
-                let k = ["a", "b", "c"][key];
-                recs.push(record(t - jitter, k, v as f64));
-                events.push((k.to_string(), t - jitter, v as f64, (p as u32, offset as u64)));
-            }
-            input.push(recs);
-        }
+        let (input, events) = inputs(&parts);
         let (rows, dead) = run(input, spec, workers, epoch).map_err(|e| TestCaseError::fail(e.to_string()))?;
         prop_assert!(dead.is_empty(), "{:?}", dead.first());
         prop_assert_eq!(rows, reference(&events, spec));
@@ -296,19 +305,7 @@ proptest! {
         } else {
             Tumbling::new(Duration::from_millis(500)).into()
         };
-        let mut input = Vec::new();
-        let mut events = Vec::new();
-        for (p, part) in parts.iter().enumerate() {
-            let mut t = 1_700_000_000_000i64;
-            let mut recs = Vec::new();
-            for (offset, &(step, jitter, key, v)) in part.iter().enumerate() {
-                t += step;
-                let k = ["a", "b", "c"][key];
-                recs.push(record(t - jitter, k, v as f64));
-                events.push((k.to_string(), t - jitter, v as f64, (p as u32, offset as u64)));
-            }
-            input.push(recs);
-        }
+        let (input, events) = inputs(&parts);
         let (rows, dead) = run_with_lateness(input, spec, workers, epoch, 3).map_err(|e| TestCaseError::fail(e.to_string()))?;
         prop_assert!(dead.is_empty(), "{:?}", dead.first());
         prop_assert_eq!(rows, reference(&events, spec));

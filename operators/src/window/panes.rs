@@ -81,7 +81,7 @@ pub(super) struct PaneStore<K, T, A: Aggregator<T>> {
     /// The start of the first window that has not fired.
     next: EventTime,
     /// Emptied maps, kept with their capacity for the next panes.
-    spare: Vec<FxHashMap<K, A::Acc>>,
+    spare: Spare<K, A::Acc>,
     /// Sliding windows' merged panes (derived from `panes`, not checkpointed).
     stacks: Stacks<K, A::Acc>,
     /// Early firings: how often, and when next (processing time).
@@ -132,7 +132,7 @@ impl<K, T, A: Aggregator<T>> PaneStore<K, T, A> {
             panes: Vec::new(),
             last: 0,
             next: EventTime::MIN,
-            spare: Vec::new(),
+            spare: Spare::default(),
             stacks: Stacks::default(),
             early: early.map(|every| (every, Instant::now() + every)),
             lateness,
@@ -144,9 +144,8 @@ impl<K, T, A: Aggregator<T>> PaneStore<K, T, A> {
 impl<K: Hash + Eq + Clone, T, A: Aggregator<T>> PaneStore<K, T, A> {
     /// Drops the first `n` panes, keeping their maps for reuse.
     fn recycle(&mut self, n: usize) {
-        for (_, mut map) in self.panes.drain(..n) {
-            map.clear();
-            self.spare.push(map);
+        for (_, map) in self.panes.drain(..n) {
+            self.spare.give(map);
         }
     }
 
@@ -185,9 +184,8 @@ impl<K: Hash + Eq + Clone, T, A: Aggregator<T>> PaneStore<K, T, A> {
         let next = clamp(i128::from(start) + i128::from(self.slide));
         let st = &mut self.stacks;
         while st.front.last().is_some_and(|f| f.0 < start) {
-            if let Some((_, mut map)) = st.front.pop() {
-                map.clear();
-                self.spare.push(map);
+            if let Some((_, map)) = st.front.pop() {
+                self.spare.give(map);
             }
         }
         let lo = self.panes.partition_point(|p| p.0 < start);
@@ -197,14 +195,13 @@ impl<K: Hash + Eq + Clone, T, A: Aggregator<T>> PaneStore<K, T, A> {
             st.back.clear();
             st.boundary = end;
             st.back_end = end;
-            for (_, mut map) in st.front.drain(..) {
-                map.clear();
-                self.spare.push(map);
+            for (_, map) in st.front.drain(..) {
+                self.spare.give(map);
             }
             for (pane_start, pane) in self.panes[lo..hi].iter().rev() {
                 let mut merged = match st.front.last() {
-                    Some((_, later)) => later.clone(),
-                    None => self.spare.pop().unwrap_or_default(),
+                    Some((_, later)) => self.spare.copy_of(later),
+                    None => self.spare.take(),
                 };
                 merge_into(&*agg, &mut merged, pane);
                 st.front.push((*pane_start, merged));
@@ -226,7 +223,7 @@ impl<K: Hash + Eq + Clone, T, A: Aggregator<T>> PaneStore<K, T, A> {
             for (key, acc) in front.drain() {
                 emit(key, &acc);
             }
-            self.spare.push(front);
+            self.spare.give(front);
             return;
         }
         let front = st.front.last().filter(|f| f.0 < st.boundary).map(|f| &f.1);
@@ -310,7 +307,7 @@ impl<K: Hash + Eq + Clone, T, A: Aggregator<T>> PaneStore<K, T, A> {
         let (size, slide) = (self.size, self.slide);
         let (Some(&(first, _)), Some(&(last, _))) = (self.panes.first(), self.panes.last()) else { return };
         let agg = &*self.agg;
-        let mut merged: FxHashMap<K, A::Acc> = self.spare.pop().unwrap_or_default();
+        let mut merged = self.spare.take();
         let mut start = first_start_ending_after(size, slide, first).max(self.next);
         while start <= last {
             let end = end_of(size, start);
@@ -330,7 +327,7 @@ impl<K: Hash + Eq + Clone, T, A: Aggregator<T>> PaneStore<K, T, A> {
             }
             start = next;
         }
-        self.spare.push(merged);
+        self.spare.give(merged);
     }
 
     /// A partial for a pane that `stacks` already merged (a record behind the
@@ -354,11 +351,50 @@ impl<K: Hash + Eq + Clone, T, A: Aggregator<T>> PaneStore<K, T, A> {
         let i = st.front.partition_point(|f| f.0 > start);
         if st.front.get(i).is_none_or(|f| f.0 != start) {
             let mut merged = match i.checked_sub(1).and_then(|later| st.front.get(later)) {
-                Some((_, later)) => later.clone(),
-                None => self.spare.pop().unwrap_or_default(),
+                Some((_, later)) => self.spare.copy_of(later),
+                None => self.spare.take(),
             };
             merge_one(&*self.agg, &mut merged, key, acc);
             st.front.insert(i, (start, merged));
+        }
+    }
+}
+
+/// Emptied maps kept with their capacity, so panes and merged panes reuse
+/// memory instead of allocating (and the kernel zeroing) fresh maps. At most
+/// [`Spare::MAX`] are kept: the rest are freed.
+struct Spare<K, Acc>(Vec<FxHashMap<K, Acc>>);
+
+impl<K, Acc> Default for Spare<K, Acc> {
+    fn default() -> Self {
+        Spare(Vec::new())
+    }
+}
+
+impl<K, Acc> Spare<K, Acc> {
+    /// Maps kept at most: about as many as a sliding window's merged panes
+    /// and the panes that open while they fire.
+    const MAX: usize = 16;
+
+    /// An empty map, reused if one is kept.
+    fn take(&mut self) -> FxHashMap<K, Acc> {
+        self.0.pop().unwrap_or_default()
+    }
+}
+
+impl<K: Hash + Eq + Clone, Acc: Clone> Spare<K, Acc> {
+    /// A copy of `map` in a reused map.
+    fn copy_of(&mut self, map: &FxHashMap<K, Acc>) -> FxHashMap<K, Acc> {
+        let mut copy = self.take();
+        copy.clone_from(map);
+        copy
+    }
+
+    /// Keeps `map`, emptied, for reuse (or frees it if enough are kept).
+    fn give(&mut self, mut map: FxHashMap<K, Acc>) {
+        if self.0.len() < Self::MAX {
+            map.clear();
+            self.0.push(map);
         }
     }
 }
@@ -369,7 +405,7 @@ impl<K: Hash + Eq + Clone, T, A: Aggregator<T>> PaneStore<K, T, A> {
 fn pane_at<'p, K, Acc>(
     panes: &'p mut Vec<(EventTime, FxHashMap<K, Acc>)>,
     last: &mut usize,
-    spare: &mut Vec<FxHashMap<K, Acc>>,
+    spare: &mut Spare<K, Acc>,
     start: EventTime,
 ) -> &'p mut FxHashMap<K, Acc> {
     let i = match panes.get(*last) {
@@ -377,7 +413,7 @@ fn pane_at<'p, K, Acc>(
         _ => match panes.binary_search_by_key(&start, |p| p.0) {
             Ok(i) => i,
             Err(i) => {
-                panes.insert(i, (start, spare.pop().unwrap_or_default()));
+                panes.insert(i, (start, spare.take()));
                 i
             }
         },

@@ -18,6 +18,8 @@ pub mod event_time;
 #[doc(hidden)]
 pub mod fuzzing;
 #[cfg(test)]
+mod kit_tests;
+#[cfg(test)]
 mod testing;
 pub mod transform;
 pub mod window;

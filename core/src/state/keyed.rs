@@ -1,5 +1,5 @@
-//! [`KeyedState`]: one stateful step's per-key values and event-time timers
-//! on one worker, checkpointed by key group.
+//! [`KeyedState`]: one stateful step's per-key values, event-time timers and
+//! processing-time timers on one worker, checkpointed by key group.
 
 use std::collections::BTreeMap;
 use std::hash::{BuildHasher, Hash};
@@ -19,19 +19,37 @@ use crate::keygroup::KeyGroups;
 use crate::record::EventTime;
 use crate::time::Epoch;
 
-/// One key's value and its pending event-time timers.
+/// Processing time: wall-clock milliseconds since the Unix epoch (so a
+/// checkpointed processing-time timer means the same moment after a restart).
+pub type ProcessingTime = i64;
+
+/// The wall clock now, as [`ProcessingTime`].
+pub fn processing_now() -> ProcessingTime {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// One key's value and its pending timers.
 #[derive(Debug)]
 struct Slot<V> {
     group: u32,
     value: V,
     timers: Vec<EventTime>,
+    proc_timers: Vec<ProcessingTime>,
+}
+
+/// Timers by time, one index per kind: an entry whose key no longer has
+/// that timer (it was deleted, or the key removed) is skipped when it comes due.
+struct Index<K> {
+    event: BTreeMap<EventTime, Vec<K>>,
+    processing: BTreeMap<ProcessingTime, Vec<K>>,
 }
 
 /// One key's state while a callback works on it: its value and timers.
 pub struct KeyView<'a, K, V> {
     key: &'a K,
     slot: &'a mut Slot<V>,
-    index: &'a mut BTreeMap<EventTime, Vec<K>>,
+    index: &'a mut Index<K>,
     remove: bool,
 }
 
@@ -50,7 +68,7 @@ impl<K: Clone, V> KeyView<'_, K, V> {
     pub fn set_timer(&mut self, time: EventTime) {
         if !self.slot.timers.contains(&time) {
             self.slot.timers.push(time);
-            self.index.entry(time).or_default().push(self.key.clone());
+            self.index.event.entry(time).or_default().push(self.key.clone());
         }
     }
 
@@ -66,6 +84,26 @@ impl<K: Clone, V> KeyView<'_, K, V> {
         &self.slot.timers
     }
 
+    /// Sets a processing-time timer at `at` (a second one at the same time is the same timer).
+    pub fn set_processing_timer(&mut self, at: ProcessingTime) {
+        if !self.slot.proc_timers.contains(&at) {
+            self.slot.proc_timers.push(at);
+            self.index.processing.entry(at).or_default().push(self.key.clone());
+        }
+    }
+
+    /// Deletes the processing-time timer at `at`, if set.
+    pub fn delete_processing_timer(&mut self, at: ProcessingTime) {
+        if let Some(i) = self.slot.proc_timers.iter().position(|&t| t == at) {
+            self.slot.proc_timers.swap_remove(i);
+        }
+    }
+
+    /// The key's pending processing-time timers, in no particular order.
+    pub fn processing_timers(&self) -> &[ProcessingTime] {
+        &self.slot.proc_timers
+    }
+
     /// Removes the key, its value and its timers when the callback returns.
     pub fn remove(&mut self) {
         self.remove = true;
@@ -73,7 +111,8 @@ impl<K: Clone, V> KeyView<'_, K, V> {
 }
 
 /// The per-key values of one stateful step on one worker, with event-time
-/// timers, written to checkpoints one part per worker, indexed by key group.
+/// and processing-time timers, written to checkpoints one part per worker,
+/// indexed by key group.
 ///
 /// - **Restore** ([`restore`](Self::restore)) reads the groups this worker
 ///   owns now from every file the checkpoint lists for the step, whatever
@@ -92,13 +131,15 @@ impl<K: Clone, V> KeyView<'_, K, V> {
 ///   file. Restore applies the files in the order they were written (their
 ///   paths sort by checkpoint epoch), so a group's newest block wins. The
 ///   checkpoint store's retention keeps every file a retained manifest lists.
-/// - **Timers** fire in time order ([`fire_due`](Self::fire_due)).
+/// - **Timers** fire in time order: event-time ones as the watermark passes
+///   them ([`fire_due`](Self::fire_due)), processing-time ones as the wall
+///   clock does ([`fire_due_processing`](Self::fire_due_processing)). Both
+///   kinds are checkpointed; a processing-time timer whose moment passed
+///   while the pipeline was down fires as soon as it runs again.
 pub struct KeyedState<K, V> {
     groups: KeyGroups,
     table: HashTable<(K, Slot<V>)>,
-    /// Event-time timers by time. An entry whose key no longer has that timer
-    /// (it was deleted, or the key removed) is skipped when it comes due.
-    index: BTreeMap<EventTime, Vec<K>>,
+    index: Index<K>,
     dirty: Vec<bool>,
     dirty_groups: usize,
     /// Entries per key group.
@@ -107,11 +148,19 @@ pub struct KeyedState<K, V> {
     chain: Vec<FileEntry>,
 }
 
-/// The entries of one key group in a state file.
-type GroupEntries<K, V> = Vec<(K, V, Vec<EventTime>)>;
+/// Which timers.
+#[derive(Clone, Copy)]
+enum Kind {
+    Event,
+    Processing,
+}
+
+/// The entries of one key group in a state file: key, value, event-time
+/// timers, processing-time timers.
+type GroupEntries<K, V> = Vec<(K, V, Vec<EventTime>, Vec<ProcessingTime>)>;
 
 /// The entries of one key group, borrowed for writing.
-type GroupRefs<'a, K, V> = Vec<(&'a K, &'a V, &'a [EventTime])>;
+type GroupRefs<'a, K, V> = Vec<(&'a K, &'a V, &'a [EventTime], &'a [ProcessingTime])>;
 
 fn hash_of<K: Hash>(key: &K) -> u64 {
     FxBuildHasher.hash_one(key)
@@ -131,7 +180,7 @@ where
         KeyedState {
             groups,
             table: HashTable::new(),
-            index: BTreeMap::new(),
+            index: Index { event: BTreeMap::new(), processing: BTreeMap::new() },
             dirty: vec![false; n],
             dirty_groups: 0,
             group_len: vec![0; n],
@@ -191,7 +240,7 @@ where
                 if let Some(n) = group_len.get_mut(group as usize) {
                     *n += 1;
                 }
-                v.insert((key, Slot { group, value: V::default(), timers: Vec::new() }))
+                v.insert((key, Slot { group, value: V::default(), timers: Vec::new(), proc_timers: Vec::new() }))
             }
         };
         let (key, slot) = entry.get_mut();
@@ -206,12 +255,27 @@ where
         r
     }
 
-    /// Fires every timer at or below `watermark`, earliest first: runs `f` on
-    /// each key whose timer it is, with the timer's time (the timer is gone by
-    /// then), and marks the key's group changed.
-    pub fn fire_due(&mut self, watermark: EventTime, mut f: impl FnMut(EventTime, &mut KeyView<'_, K, V>)) {
-        while let Some(entry) = self.index.first_entry() {
-            if *entry.key() > watermark {
+    /// Fires every event-time timer at or below `watermark`, earliest first:
+    /// runs `f` on each key whose timer it is, with the timer's time (the
+    /// timer is gone by then), and marks the key's group changed.
+    pub fn fire_due(&mut self, watermark: EventTime, f: impl FnMut(EventTime, &mut KeyView<'_, K, V>)) {
+        self.fire(Kind::Event, watermark, f)
+    }
+
+    /// Fires every processing-time timer at or before `now`, earliest first,
+    /// as [`fire_due`](Self::fire_due) does event-time ones.
+    pub fn fire_due_processing(&mut self, now: ProcessingTime, f: impl FnMut(ProcessingTime, &mut KeyView<'_, K, V>)) {
+        self.fire(Kind::Processing, now, f)
+    }
+
+    fn fire(&mut self, kind: Kind, upto: i64, mut f: impl FnMut(i64, &mut KeyView<'_, K, V>)) {
+        loop {
+            let index = match kind {
+                Kind::Event => &mut self.index.event,
+                Kind::Processing => &mut self.index.processing,
+            };
+            let Some(entry) = index.first_entry() else { break };
+            if *entry.key() > upto {
                 break;
             }
             let (time, keys) = entry.remove_entry();
@@ -219,8 +283,12 @@ where
                 let hash = hash_of(&key);
                 let Ok(mut entry) = self.table.find_entry(hash, |e| e.0 == key) else { continue };
                 let (key, slot) = entry.get_mut();
-                let Some(i) = slot.timers.iter().position(|&t| t == time) else { continue };
-                slot.timers.swap_remove(i);
+                let timers = match kind {
+                    Kind::Event => &mut slot.timers,
+                    Kind::Processing => &mut slot.proc_timers,
+                };
+                let Some(i) = timers.iter().position(|&t| t == time) else { continue };
+                timers.swap_remove(i);
                 let group = slot.group;
                 let mut view = KeyView { key, slot, index: &mut self.index, remove: false };
                 f(time, &mut view);
@@ -233,9 +301,14 @@ where
         }
     }
 
+    /// The earliest pending processing-time timer, if any (possibly of a deleted timer).
+    pub fn next_processing_timer(&self) -> Option<ProcessingTime> {
+        self.index.processing.first_key_value().map(|(&t, _)| t)
+    }
+
     /// The earliest pending timer time, if any (possibly of a deleted timer).
     pub fn next_timer(&self) -> Option<EventTime> {
-        self.index.first_key_value().map(|(&t, _)| t)
+        self.index.event.first_key_value().map(|(&t, _)| t)
     }
 
     /// Writes this worker's part for checkpoint `epoch` (as `name` in the
@@ -262,7 +335,7 @@ where
         }
         for (k, s) in self.table.iter() {
             if !delta || self.dirty.get(s.group as usize).copied().unwrap_or(true) {
-                by_group.entry(s.group).or_default().push((k, &s.value, &s.timers));
+                by_group.entry(s.group).or_default().push((k, &s.value, &s.timers, &s.proc_timers));
             }
         }
         let mut w = StateWriter::default();
@@ -305,16 +378,20 @@ where
             }
         }
         for (_, entries) in latest {
-            for (key, value, timers) in entries {
+            for (key, value, timers, proc_timers) in entries {
                 let group = self.groups.group_of(&key);
                 if let Some(n) = self.group_len.get_mut(group as usize) {
                     *n += 1;
                 }
                 for &t in &timers {
-                    self.index.entry(t).or_default().push(key.clone());
+                    self.index.event.entry(t).or_default().push(key.clone());
+                }
+                for &t in &proc_timers {
+                    self.index.processing.entry(t).or_default().push(key.clone());
                 }
                 let hash = hash_of(&key);
-                self.table.insert_unique(hash, (key, Slot { group, value, timers }), |e| hash_of(&e.0));
+                let slot = Slot { group, value, timers, proc_timers };
+                self.table.insert_unique(hash, (key, slot), |e| hash_of(&e.0));
             }
         }
         // The first checkpoint after a restore is a full one of this worker's own.
@@ -381,6 +458,41 @@ mod tests {
         }
         let again = s.checkpoint(&store, 4, "op.w0.part", &9u8).unwrap();
         assert_eq!(again.len(), 1);
+    }
+
+    #[test]
+    fn processing_timers_fire_in_order_and_survive_a_restore() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path()).unwrap();
+        let groups = KeyGroups::new(8).unwrap();
+        let mut s: KeyedState<u32, u8> = KeyedState::new(groups);
+        for (k, at) in [(1u32, 300), (2, 100), (3, 200), (4, 100)] {
+            s.with_key(k, |view| {
+                view.set_processing_timer(at);
+                view.set_timer(at + 1);
+            });
+        }
+        s.with_key(3, |view| view.delete_processing_timer(200));
+        assert_eq!(s.next_processing_timer(), Some(100));
+        let files = s.checkpoint(&store, 1, "op.w0.part", &0u8).unwrap();
+        // Restored (as one worker of two, then the other), the timers are pending again.
+        let mut fired = Vec::new();
+        for mine in [groups.groups_of(0, 2), groups.groups_of(1, 2)] {
+            let mut r: KeyedState<u32, u8> = KeyedState::new(groups);
+            let _: Vec<u8> = r.restore(&store, &files, mine).unwrap();
+            r.fire_due_processing(250, |at, view| fired.push((at, *view.key())));
+            // Event-time timers are their own: none fired.
+            assert!(r.next_timer().is_some_and(|t| t >= 101));
+        }
+        fired.sort_unstable();
+        assert_eq!(fired, vec![(100, 2), (100, 4)]);
+        // In one state: earliest first; a deleted timer never fires.
+        let mut order = Vec::new();
+        s.fire_due_processing(i64::MAX, |at, view| order.push((at, *view.key())));
+        assert_eq!(order.len(), 3);
+        assert_eq!(order.last(), Some(&(300, 1)));
+        assert!(order.iter().all(|&(_, k)| k != 3));
+        assert_eq!(s.next_processing_timer(), None);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The kit for stateful operators.
 //!
-//! - [`keyed`]: [`KeyedState`], a step's per-key values and event-time
-//!   timers on one worker, restored by key group and checkpointed one part
+//! - [`keyed`]: [`KeyedState`], a step's per-key values, event-time and
+//!   processing-time timers on one worker, restored by key group and checkpointed one part
 //!   per worker (only changed key groups where that is cheaper).
 //! - [`operator`]: [`keyed_step`], the generic keyed operator (exchange by
 //!   key group, epoch order, frontier following, snapshots) that runs a
@@ -13,7 +13,7 @@ pub mod keyed;
 pub mod operator;
 pub mod watermarks;
 
-pub use keyed::{KeyView, KeyedState};
+pub use keyed::{KeyView, KeyedState, ProcessingTime, processing_now};
 pub use operator::{
     Input, KeyCx, KeyedLogic, StepInput, StepLogic, data_then_watermarks, frontier_min, keyed_step,
     restored_watermarks, step,

@@ -36,7 +36,7 @@ use crate::epochs::{EpochDriver, follow_frontier};
 use crate::error::Result;
 use crate::keygroup::KeyGroups;
 use crate::record::{EventTime, Meta, Rec};
-use crate::state::keyed::{KeyView, KeyedState};
+use crate::state::keyed::{KeyView, KeyedState, ProcessingTime, processing_now};
 use crate::state::watermarks::{WatermarkSnapshot, WatermarkTable};
 use crate::stream::{VecOutput, WatermarkUpdate};
 use crate::time::Epoch;
@@ -56,6 +56,9 @@ pub trait KeyedLogic<K, D>: 'static {
     fn on_record(&mut self, cx: &mut KeyCx<'_, '_, K, Self::State, Self::Out>, record: D);
     /// `cx.key()`'s timer at `time` came due: the watermark reached it.
     fn on_timer(&mut self, cx: &mut KeyCx<'_, '_, K, Self::State, Self::Out>, time: EventTime);
+    /// `cx.key()`'s processing-time timer at `at` came due: the wall clock
+    /// reached it (see [`KeyCx::set_processing_timer`]). Ignored by default.
+    fn on_processing_timer(&mut self, _cx: &mut KeyCx<'_, '_, K, Self::State, Self::Out>, _at: ProcessingTime) {}
 }
 
 /// One key's state, timers and the step's output, during a [`KeyedLogic`] callback.
@@ -91,6 +94,33 @@ impl<K: Clone, V, O> KeyCx<'_, '_, K, V, O> {
     /// The key's pending timers, in no particular order.
     pub fn timers(&self) -> &[EventTime] {
         self.view.timers()
+    }
+
+    /// Sets a processing-time timer at `at` (wall-clock ms since the Unix
+    /// epoch; [`processing_time`](Self::processing_time) is now):
+    /// `on_processing_timer` runs once the clock reaches it, between epochs,
+    /// with output at the epoch then open. Such timers are checkpointed; one
+    /// whose moment passed while the pipeline was down fires as soon as it
+    /// runs again; one still pending when a bounded input ends does not
+    /// fire. What they emit depends on timing, so unlike event-time timers a
+    /// restarted run need not reproduce it exactly.
+    pub fn set_processing_timer(&mut self, at: ProcessingTime) {
+        self.view.set_processing_timer(at)
+    }
+
+    /// Deletes the key's processing-time timer at `at`, if set.
+    pub fn delete_processing_timer(&mut self, at: ProcessingTime) {
+        self.view.delete_processing_timer(at)
+    }
+
+    /// The key's pending processing-time timers, in no particular order.
+    pub fn processing_timers(&self) -> &[ProcessingTime] {
+        self.view.processing_timers()
+    }
+
+    /// The wall clock now, as [`ProcessingTime`].
+    pub fn processing_time(&self) -> ProcessingTime {
+        processing_now()
     }
 
     /// Drops the key's state and timers when the callback returns (a later
@@ -243,6 +273,19 @@ where
     fn on_watermark(&mut self, watermark: EventTime, out: &mut Vec<Rec<L::Out>>) {
         let PerKey { state, logic, .. } = self;
         state.fire_due(watermark, |time, view| logic.on_timer(&mut KeyCx { view, out, watermark }, time));
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let at = self.state.next_processing_timer()?;
+        let wait = u64::try_from(at.saturating_sub(processing_now())).unwrap_or(0);
+        Some(Instant::now() + std::time::Duration::from_millis(wait))
+    }
+
+    fn on_processing_time(&mut self, _now: Instant, watermark: EventTime, out: &mut Vec<Rec<L::Out>>) {
+        let PerKey { state, logic, .. } = self;
+        state.fire_due_processing(processing_now(), |at, view| {
+            logic.on_processing_timer(&mut KeyCx { view, out, watermark }, at)
+        });
     }
 
     fn checkpoint(

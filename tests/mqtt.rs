@@ -401,6 +401,10 @@ fn a_key_field_picks_the_partition_and_messages_without_it_go_round_robin() -> a
     Ok(())
 }
 
+/// Two gateways of one shared subscription split the messages, and both
+/// append to one partition: every message's device hashes to the same
+/// partition, so with both storing a share that partition holds appends from
+/// both (the lock is taken per batch, not for the run).
 #[test]
 fn two_gateways_of_a_shared_subscription_split_messages_and_share_partitions() -> anyhow::Result<()> {
     let (broker, dir) = setup(2)?;
@@ -409,10 +413,13 @@ fn two_gateways_of_a_shared_subscription_split_messages_and_share_partitions() -
     a.wait_for("subscribed")?;
     b.wait_for("subscribed")?;
     let n = 2000;
-    let acked =
-        publish_qos1(broker.port, "pub-group", (0..n).map(message).collect(), Duration::ZERO, Duration::from_secs(60))?;
+    let device = |t: &str| t.split('/').nth(1).map(|d| partition_for_key(d.as_bytes(), 2));
+    let shared = device(&message(0).0);
+    let (ids, messages): (Vec<usize>, Vec<_>) =
+        (0..).map(|i| (i, message(i))).filter(|(_, (t, _))| device(t) == shared).take(n).unzip();
+    let acked = publish_qos1(broker.port, "pub-group", messages, Duration::ZERO, Duration::from_secs(60))?;
     assert_eq!(acked.len(), n);
-    wait_ids(dir.path(), 0..n, Duration::from_secs(30))?;
+    wait_stored(dir.path(), n, Duration::from_secs(30))?;
     let (status_a, stats_a) = a.terminate()?;
     let (status_b, stats_b) = b.terminate()?;
     assert!(status_a.success() && status_b.success(), "{stats_a} / {stats_b}");
@@ -424,9 +431,11 @@ fn two_gateways_of_a_shared_subscription_split_messages_and_share_partitions() -
     let records = stored(dir.path())?;
     assert_eq!(records.len(), n, "{stats_a} / {stats_b}");
     assert_eq!(sa + sb, n);
+    // Every record in the one partition: it holds appends from both gateways.
+    assert!(records.iter().all(|(p, _, _)| Some(*p) == shared), "records outside partition {shared:?}");
     let counts = counts(&records)?;
-    assert!((0..n).all(|i| counts.get(&i) == Some(&1)));
-    println!("group: gateway a stored {sa}, b stored {sb}");
+    assert!(counts.len() == n && ids.iter().all(|i| counts.get(i) == Some(&1)));
+    println!("group: gateway a stored {sa}, b stored {sb}, all in partition {shared:?}");
     Ok(())
 }
 

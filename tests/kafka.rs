@@ -418,14 +418,17 @@ fn an_unbounded_run_survives_a_broker_outage_and_a_kill() -> anyhow::Result<()> 
     Ok(())
 }
 
-/// `weir group describe G --brokers ... --topic T`: its rows by partition,
-/// `(checkpoint, broker, end, lag)` (`broker` is `-` when never committed).
+/// A row of `weir group describe` for a Kafka topic: checkpoint offset, the
+/// broker group's committed offset (`-` when never committed), end offset, lag.
+type DescribeRow = (u64, String, u64, u64);
+
+/// `weir group describe G --brokers ... --topic T`: its output, and its rows by partition.
 fn describe_kafka_group(
     group: &str,
     state: &Path,
     brokers: &str,
     topic: &str,
-) -> anyhow::Result<(String, BTreeMap<i32, (u64, String, u64, u64)>)> {
+) -> anyhow::Result<(String, BTreeMap<i32, DescribeRow>)> {
     let out = Command::new(env!("CARGO_BIN_EXE_weir"))
         .args(["group", "describe", group, "--brokers", brokers, "--topic", topic, "--state"])
         .arg(state)

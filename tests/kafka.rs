@@ -2,8 +2,9 @@
 //! by the test on 127.0.0.1 on a free port): exact output against the
 //! reference, the broker group's committed offsets equal to the checkpoint's,
 //! SIGKILL and restart with another worker count, the broker stopped and
-//! started again mid-run, event time from the message timestamp, and the
-//! errors a user meets first.
+//! started again mid-run, event time from the message timestamp, the
+//! example's bounded run with `weir group describe`, a start timestamp, a
+//! sink with a tiny producer queue, and the errors a user meets first.
 
 mod support;
 

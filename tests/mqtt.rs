@@ -3,7 +3,8 @@
 //! once when the gateway is SIGKILLed or the broker restarts), with its MQTT
 //! topic and its payload bytes as published; over mutual TLS and with a user
 //! name and password too, where a gateway without the client certificate or
-//! with a wrong password stores nothing.
+//! with a wrong password stores nothing; `--key-field` picks partitions by a
+//! payload's field, and shared-subscription gateways append to one partition.
 
 mod support;
 

@@ -2,8 +2,9 @@
 //! by the test on 127.0.0.1 on a free port): exact output against the
 //! reference, the broker group's committed offsets equal to the checkpoint's,
 //! SIGKILL and restart with another worker count, the broker stopped and
-//! started again mid-run, event time from the message timestamp, and the
-//! errors a user meets first.
+//! started again mid-run, event time from the message timestamp, the
+//! example's bounded run with `weir group describe`, a start timestamp, a
+//! sink with a tiny producer queue, and the errors a user meets first.
 
 mod support;
 
@@ -415,5 +416,165 @@ fn an_unbounded_run_survives_a_broker_outage_and_a_kill() -> anyhow::Result<()> 
     let checkpoint: BTreeMap<i32, i64> =
         manifest.offsets["sensors"].iter().map(|(&p, &o)| (p as i32, o as i64)).collect();
     ensure!(checkpoint == committed, "checkpoint offsets {checkpoint:?}, group offsets {committed:?}");
+    Ok(())
+}
+
+/// A row of `weir group describe` for a Kafka topic: checkpoint offset, the
+/// broker group's committed offset (`-` when never committed), end offset, lag.
+type DescribeRow = (u64, String, u64, u64);
+
+/// `weir group describe G --brokers ... --topic T`: its output, and its rows by partition.
+fn describe_kafka_group(
+    group: &str,
+    state: &Path,
+    brokers: &str,
+    topic: &str,
+) -> anyhow::Result<(String, BTreeMap<i32, DescribeRow>)> {
+    let out = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["group", "describe", group, "--brokers", brokers, "--topic", topic, "--state"])
+        .arg(state)
+        .output()
+        .context("running weir group describe")?;
+    let text = String::from_utf8(out.stdout)?;
+    ensure!(out.status.success(), "weir group describe: {}", String::from_utf8_lossy(&out.stderr));
+    let mut rows = BTreeMap::new();
+    // A title line, a header line, then `TOPIC PARTITION CHECKPOINT BROKER END LAG`.
+    for line in text.lines().skip(2) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        ensure!(f.len() == 6 && f[0] == topic, "not a partition row: {line:?} in\n{text}");
+        rows.insert(f[1].parse()?, (f[2].parse()?, f[3].to_string(), f[4].parse()?, f[5].parse()?));
+    }
+    Ok((text, rows))
+}
+
+/// The example's bounded Kafka path, as a user runs it: the output is the
+/// reference's, the broker's group offsets are the end offsets (lag 0), and
+/// `weir group describe` shows per partition the checkpoint's offset, the
+/// broker's committed offset and the end offset, all equal, and lag 0.
+#[test]
+fn the_example_reads_a_kafka_topic_to_its_end_and_group_describe_shows_lag_0() -> anyhow::Result<()> {
+    let broker = Tansu::start()?;
+    let brokers = broker.brokers();
+    create_topic(&brokers, "sensors", PARTITIONS)?;
+    let data = generated(20_000, 17)?;
+    produce(&brokers, "sensors", &lines(&data))?;
+    let (expected, malformed) = sensor::reference(&data);
+
+    let dir = tempfile::tempdir()?;
+    let (out, dead, state) = (dir.path().join("out"), dir.path().join("dead"), dir.path().join("state"));
+    let run = weir_testkit::sensor::example()?
+        .args(["--brokers", &brokers, "--topic", "sensors", "--group", "bounded-g", "--bounded"])
+        .arg("--output")
+        .arg(&out)
+        .arg("--dead-letter")
+        .arg(&dead)
+        .arg("--state")
+        .arg(&state)
+        .args(["--workers", "2", "--checkpoint-interval", "100ms"])
+        .env("RUST_LOG", "warn")
+        .output()?;
+    ensure!(run.status.success(), "the example failed: {}", String::from_utf8_lossy(&run.stderr));
+    support::compare(&expected, &support::read_rows(&out)?)?;
+    ensure!(support::read_dead_letters(&dead)?.len() as u64 == malformed, "dead letters");
+    let (committed, ends) = group_view(&brokers, "bounded-g", "sensors")?;
+    ensure!(committed == ends, "group offsets {committed:?}, end offsets {ends:?}");
+    ensure!(ends.len() == PARTITIONS as usize && ends.values().sum::<i64>() == lines(&data).len() as i64);
+
+    let (text, rows) = describe_kafka_group("bounded-g", &state, &brokers, "sensors")?;
+    ensure!(text.lines().next().is_some_and(|l| l.contains("(complete)")), "{text}");
+    ensure!(rows.len() == ends.len(), "{} partition rows for {} partitions:\n{text}", rows.len(), ends.len());
+    for (p, &end) in &ends {
+        let end = end as u64;
+        let row = rows.get(p).with_context(|| format!("no row for partition {p}:\n{text}"))?;
+        ensure!(*row == (end, end.to_string(), end, 0), "partition {p}: {row:?}, end offset {end}:\n{text}");
+    }
+    // Another group's name is refused, naming the group the state belongs to.
+    let other = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["group", "describe", "other", "--brokers", &brokers, "--topic", "sensors", "--state"])
+        .arg(&state)
+        .output()?;
+    let msg = String::from_utf8_lossy(&other.stderr);
+    ensure!(!other.status.success() && msg.contains("`bounded-g`"), "{msg}");
+    Ok(())
+}
+
+/// `--start-from timestamp:MS` is resolved on the broker to each partition's
+/// first record stamped at or after MS: with message timestamps increasing
+/// along the topic, a run reads exactly the records from a cut in the middle.
+#[test]
+fn a_start_timestamp_reads_only_the_records_stamped_at_or_after_it() -> anyhow::Result<()> {
+    let broker = Tansu::start()?;
+    let brokers = broker.brokers();
+    create_topic(&brokers, "stamped", PARTITIONS)?;
+    let data = generated(10_000, 19)?;
+    let all = lines(&data);
+    // Each message stamped with its payload's `ts` (increasing along the
+    // input), a malformed line with the previous one's.
+    let mut last = 1_700_000_000_000;
+    let stamps: Vec<i64> = all
+        .iter()
+        .map(|line| {
+            if let Ok(r) = serde_json::from_slice::<sensor::Reading>(line) {
+                last = r.ts;
+            }
+            last
+        })
+        .collect();
+    produce_with_timestamps(&brokers, "stamped", &all, &stamps)?;
+    // The cut: a line in the middle with a stamp of its own.
+    let cut = (all.len() / 2..all.len()).find(|&i| stamps[i] > stamps[i - 1]).context("no cut")?;
+    let from = stamps[cut];
+    let tail: Vec<u8> = all[cut..].iter().flat_map(|l| l.iter().copied().chain([b'\n'])).collect();
+    let (expected, malformed) = sensor::reference(&tail);
+
+    let config =
+        KafkaConfig::new(brokers.clone(), "from-ts").start(weir::connectors::kafka::StartPosition::Timestamp(from));
+    let starts: u64 = KafkaSource::new(config.clone(), "stamped")?.partitions()?.iter().map(|s| s.end - s.start).sum();
+    ensure!(
+        starts == (all.len() - cut) as u64,
+        "{starts} records after the start offsets, expected {}",
+        all.len() - cut
+    );
+
+    let dir = tempfile::tempdir()?;
+    let (out, dead) = (dir.path().join("out"), dir.path().join("dead"));
+    let input = Input::Kafka { config, topic: "stamped".into() };
+    let summary =
+        Pipeline::new("from-ts").workers(2).bounded(true).run(move |p| sensor::build(p, &input, &out, &dead))?;
+    ensure!(summary.counter("records_in") == (all.len() - cut) as u64, "read {}", summary.counter("records_in"));
+    support::compare(&expected, &support::read_rows(&dir.path().join("out"))?)?;
+    let dead = support::read_dead_letters(&dir.path().join("dead"))?;
+    ensure!(dead.len() as u64 == malformed, "{} dead letters, expected {malformed}", dead.len());
+    Ok(())
+}
+
+/// A producer queue far smaller than a checkpoint's rows
+/// (`queue.buffering.max.messages=5`): the sink waits for room on every
+/// `QueueFull` instead of failing or dropping rows, and each row arrives
+/// exactly once, as with the default queue.
+#[test]
+fn a_tiny_producer_queue_delays_the_kafka_sink_but_loses_no_row() -> anyhow::Result<()> {
+    let broker = Tansu::start()?;
+    let brokers = broker.brokers();
+    create_topic(&brokers, "results", 3)?;
+    let dir = tempfile::tempdir()?;
+    let input = dir.path().join("in.jsonl");
+    let data = generated(20_000, 23)?;
+    std::fs::write(&input, &data)?;
+    let (expected, _) = sensor::reference(&data);
+    ensure!(expected.len() > 50, "only {} rows: the queue would not fill", expected.len());
+
+    let mut outputs = sensor::Outputs::dirs(&dir.path().join("out"), &dir.path().join("dead"));
+    let cfg = KafkaConfig::new(brokers.clone(), "tiny-queue").option("queue.buffering.max.messages", "5");
+    outputs.kafka_results = Some(KafkaTopic::new(cfg, "results"));
+    let (i, o) = (Input::File(input), outputs);
+    Pipeline::new("tiny-queue")
+        .workers(2)
+        .state(dir.path().join("state"))
+        .bounded(true)
+        .run(move |p| sensor::build_to(p, &i, &o))?;
+    let (rows, delivered) = kafka_rows(&brokers, "results")?;
+    support::compare(&expected, &rows)?;
+    ensure!(delivered == expected.len(), "{delivered} records for {} rows", expected.len());
     Ok(())
 }

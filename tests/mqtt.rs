@@ -3,7 +3,8 @@
 //! once when the gateway is SIGKILLed or the broker restarts), with its MQTT
 //! topic and its payload bytes as published; over mutual TLS and with a user
 //! name and password too, where a gateway without the client certificate or
-//! with a wrong password stores nothing.
+//! with a wrong password stores nothing; `--key-field` picks partitions by a
+//! payload's field, and shared-subscription gateways append to one partition.
 
 mod support;
 
@@ -126,13 +127,18 @@ impl Drop for Gateway {
     }
 }
 
-/// `weir ingest mqtt` into topic `readings`, keyed by the device level;
-/// `WEIR_MQTT_PASSWORD` from the test's environment removed.
+/// `weir ingest mqtt` into topic `readings`, keyed by the device level unless
+/// `extra` gives `--key-field`; `WEIR_MQTT_PASSWORD` from the test's environment removed.
 fn gateway_command(broker: &str, log_dir: &Path, client_id: &str, extra: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_weir"));
     command
         .args(["ingest", "mqtt", "--broker", broker, "--subscribe", "sensors/#", "--client-id", client_id])
-        .args(["--topic", "readings", "--key-from-topic-level", "1", "--log-dir"])
+        .args(["--topic", "readings"]);
+    if !extra.contains(&"--key-field") {
+        command.args(["--key-from-topic-level", "1"]);
+    }
+    command
+        .arg("--log-dir")
         .arg(log_dir)
         .args(extra)
         .env("RUST_LOG", "weir_connectors=info")
@@ -340,6 +346,66 @@ fn the_gateway_reconnects_after_a_broker_restart_and_loses_nothing() -> anyhow::
     Ok(())
 }
 
+/// `--key-field device`: a JSON payload with a string `device` goes to the
+/// partition that value hashes to (all of one device in one partition, whatever
+/// its MQTT topic); one without a usable key (no such field, a null, not JSON)
+/// is stored too, round-robin over the partitions.
+#[test]
+fn a_key_field_picks_the_partition_and_messages_without_it_go_round_robin() -> anyhow::Result<()> {
+    let (broker, dir) = setup(3)?;
+    let mut gw = Gateway::spawn(&broker.broker(), dir.path(), "gw-field", &["--key-field", "device"])?;
+    gw.wait_for("subscribed")?;
+    let n = 600;
+    // One MQTT topic for all: its levels cannot be what picks the partition.
+    let messages: Vec<(String, Vec<u8>)> = (0..n)
+        .map(|i| {
+            let payload = match i % 6 {
+                3 => format!("{{\"i\":{i},\"t\":1.5}}"),
+                5 => format!("{{\"device\":null,\"i\":{i}}}"),
+                _ => format!("{{\"t\":2.5,\"device\":\"dev-{}\",\"i\":{i}}}", i % 5),
+            };
+            ("sensors/all/temp".to_owned(), payload.into_bytes())
+        })
+        .chain([("sensors/all/raw".to_owned(), b"not json".to_vec())])
+        .collect();
+    let acked = publish_qos1(broker.port, "pub-field", messages, Duration::ZERO, Duration::from_secs(60))?;
+    assert_eq!(acked.len(), n + 1);
+    let records = wait_stored(dir.path(), n + 1, Duration::from_secs(30))?;
+    let (status, stats) = gw.terminate()?;
+    assert!(status.success(), "{status}: {stats}");
+    let unkeyed = n / 3 + 1;
+    assert!(stats.contains(&format!("stored {} messages ({unkeyed} without a key)", n + 1)), "{stats}");
+    assert_eq!(records.len(), n + 1, "exactly once: {stats}");
+
+    let mut per_partition = [0usize; 3];
+    let mut device_partitions = BTreeMap::new();
+    for (p, _, payload) in &records {
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(payload) else {
+            assert_eq!(payload, b"not json");
+            per_partition[*p as usize] += 1;
+            continue;
+        };
+        match v["device"].as_str() {
+            Some(device) => {
+                assert_eq!(*p, partition_for_key(device.as_bytes(), 3), "{v}");
+                device_partitions.insert(device.to_owned(), *p);
+            }
+            None => per_partition[*p as usize] += 1,
+        }
+    }
+    assert_eq!(device_partitions.len(), 5);
+    let used: std::collections::BTreeSet<_> = device_partitions.values().collect();
+    assert!(used.len() > 1, "the devices' keys spread over partitions: {device_partitions:?}");
+    assert_eq!(per_partition.iter().sum::<usize>(), unkeyed);
+    let (min, max) = (per_partition.iter().min(), per_partition.iter().max());
+    assert!(max.zip(min).is_some_and(|(max, min)| max - min <= 1), "unkeyed messages by partition: {per_partition:?}");
+    Ok(())
+}
+
+/// Two gateways of one shared subscription split the messages, and both
+/// append to one partition: every message's device hashes to the same
+/// partition, so with both storing a share that partition holds appends from
+/// both (the lock is taken per batch, not for the run).
 #[test]
 fn two_gateways_of_a_shared_subscription_split_messages_and_share_partitions() -> anyhow::Result<()> {
     let (broker, dir) = setup(2)?;
@@ -348,10 +414,13 @@ fn two_gateways_of_a_shared_subscription_split_messages_and_share_partitions() -
     a.wait_for("subscribed")?;
     b.wait_for("subscribed")?;
     let n = 2000;
-    let acked =
-        publish_qos1(broker.port, "pub-group", (0..n).map(message).collect(), Duration::ZERO, Duration::from_secs(60))?;
+    let device = |t: &str| t.split('/').nth(1).map(|d| partition_for_key(d.as_bytes(), 2));
+    let shared = device(&message(0).0);
+    let (ids, messages): (Vec<usize>, Vec<_>) =
+        (0..).map(|i| (i, message(i))).filter(|(_, (t, _))| device(t) == shared).take(n).unzip();
+    let acked = publish_qos1(broker.port, "pub-group", messages, Duration::ZERO, Duration::from_secs(60))?;
     assert_eq!(acked.len(), n);
-    wait_ids(dir.path(), 0..n, Duration::from_secs(30))?;
+    wait_stored(dir.path(), n, Duration::from_secs(30))?;
     let (status_a, stats_a) = a.terminate()?;
     let (status_b, stats_b) = b.terminate()?;
     assert!(status_a.success() && status_b.success(), "{stats_a} / {stats_b}");
@@ -363,9 +432,11 @@ fn two_gateways_of_a_shared_subscription_split_messages_and_share_partitions() -
     let records = stored(dir.path())?;
     assert_eq!(records.len(), n, "{stats_a} / {stats_b}");
     assert_eq!(sa + sb, n);
+    // Every record in the one partition: it holds appends from both gateways.
+    assert!(records.iter().all(|(p, _, _)| Some(*p) == shared), "records outside partition {shared:?}");
     let counts = counts(&records)?;
-    assert!((0..n).all(|i| counts.get(&i) == Some(&1)));
-    println!("group: gateway a stored {sa}, b stored {sb}");
+    assert!(counts.len() == n && ids.iter().all(|i| counts.get(i) == Some(&1)));
+    println!("group: gateway a stored {sa}, b stored {sb}, all in partition {shared:?}");
     Ok(())
 }
 

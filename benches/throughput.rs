@@ -2,7 +2,7 @@
 //!
 //! `cargo bench --bench throughput` (a few minutes; the first run also generates the inputs):
 //!
-//! 1. builds the release examples `sensor_aggregation` and `raw_timely`;
+//! 1. builds the release examples `sensor_aggregation`, `raw_timely` and `generator_windows`;
 //! 2. makes each input once under `target/weir-bench/`: `sensor-2m.jsonl` (2,000,000 events)
 //!    and, for the long rows, `sensor-10m.jsonl` (10,000,000 events, same generator and
 //!    seed 42), with the workload's `gen_data.py --n N --seed 42` when
@@ -27,9 +27,15 @@
 //!
 //! Configurations, in run order: Weir with 1 and 2 workers, checkpoints off and every 1 s,
 //! plus 2 workers every 100 ms (all on the 2M input; a 2M-event run is shorter than 1 s,
-//! so "every 1s" takes only the final checkpoint); Weir with 2 workers on the 10M input,
+//! so "every 1s" takes only the final checkpoint); Weir with 2 workers and sliding
+//! 1m/10s windows (6x the rows; not checked: the checker knows the tumbling rows only);
+//! Weir with 2 workers on the 10M input,
 //! checkpoints off and every 1 s, for the checkpoint overhead of a run that lasts several
 //! intervals; the raw-timely baseline (`examples/raw_timely.rs`) with 1 and 2 workers;
+//! the window operator alone on generated input (`examples/generator_windows.rs`, 2
+//! workers, 20M readings each of 100,000 keys: 1 s tumbling windows with count, sum, min,
+//! max, mean at 1,000 readings per ms of event time per worker, and 60 s / 1 s sliding
+//! windows with mean and p99 at 100 per ms);
 //! DuckDB (`SET threads=2`, query timed inside Python) when `import duckdb` works.
 //!
 //! Environment: `WEIR_BENCH_RUNS` (timed rounds, default 3), `WEIR_BENCH_WARMUP` (warm-up
@@ -49,6 +55,10 @@ const EVENTS: u64 = 2_000_000;
 const LONG_EVENTS: u64 = 10_000_000;
 /// Seed of the input files.
 const SEED: u64 = 42;
+/// The workload's window.
+const TUMBLING: &str = "tumbling:1m";
+/// Readings per worker of the generator rows.
+const GENERATED_PER_WORKER: u64 = 20_000_000;
 
 type Result<T> = std::result::Result<T, String>;
 
@@ -98,6 +108,17 @@ enum Kind {
     Weir {
         workers: usize,
         checkpoint: Option<&'static str>,
+        /// `--window` (the workload's is `tumbling:1m`; only its rows can be checked).
+        window: &'static str,
+    },
+    /// `examples/generator_windows` (no input file): `--window`, `--workers`,
+    /// `--events` per worker.
+    Generator {
+        window: &'static str,
+        workers: usize,
+        per_worker: u64,
+        /// `--per-ms`: readings per millisecond of event time, per worker.
+        per_ms: u64,
     },
     Raw {
         workers: usize,
@@ -155,7 +176,16 @@ fn run() -> Result<()> {
 
     // 1. The release examples.
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let build = ["build", "--release", "--example", "sensor_aggregation", "--example", "raw_timely"];
+    let build = [
+        "build",
+        "--release",
+        "--example",
+        "sensor_aggregation",
+        "--example",
+        "raw_timely",
+        "--example",
+        "generator_windows",
+    ];
     commands.push(format!("cargo {}", build.join(" ")));
     println!("== building: cargo {}", build.join(" "));
     let status = Command::new(&cargo)
@@ -193,15 +223,21 @@ fn run() -> Result<()> {
         for checkpoint in [None, Some("1s")] {
             let name =
                 format!("weir {workers}w, {}", checkpoint.map_or("ckpt off".into(), |i| format!("ckpt every {i}")));
-            configs.push(Config { name, kind: Kind::Weir { workers, checkpoint }, events: EVENTS });
+            configs.push(Config { name, kind: Kind::Weir { workers, checkpoint, window: TUMBLING }, events: EVENTS });
         }
     }
+    // Sliding windows (six per reading, six times the rows) against the tumbling row above.
+    configs.push(Config {
+        name: "weir 2w, sliding 1m/10s, ckpt off".into(),
+        kind: Kind::Weir { workers: 2, checkpoint: None, window: "sliding:1m/10s" },
+        events: EVENTS,
+    });
     // Extra: at 2M events a run is shorter than 1 s, so `--checkpoint-interval 1s`
     // takes only the final checkpoint; 100ms (the default epoch length) shows the cost
     // of checkpoints taken while the data flows.
     configs.push(Config {
         name: "weir 2w, ckpt every 100ms".into(),
-        kind: Kind::Weir { workers: 2, checkpoint: Some("100ms") },
+        kind: Kind::Weir { workers: 2, checkpoint: Some("100ms"), window: TUMBLING },
         events: EVENTS,
     });
     // The checkpoint overhead needs a run of several checkpoint intervals: the 10M input.
@@ -209,11 +245,24 @@ fn run() -> Result<()> {
         for checkpoint in [None, Some("1s")] {
             let ckpt = checkpoint.map_or("ckpt off".into(), |i| format!("ckpt every {i}"));
             let name = format!("weir 2w, {ckpt}, {}", count_label(LONG_EVENTS));
-            configs.push(Config { name, kind: Kind::Weir { workers: 2, checkpoint }, events: LONG_EVENTS });
+            let kind = Kind::Weir { workers: 2, checkpoint, window: TUMBLING };
+            configs.push(Config { name, kind, events: LONG_EVENTS });
         }
     }
     for workers in [1, 2] {
         configs.push(Config { name: format!("raw timely {workers}w"), kind: Kind::Raw { workers }, events: EVENTS });
+    }
+    // The window operator without parsing: generated readings of 100,000 keys.
+    // Tumbling: 1,000 readings per ms per worker (10 per key and window and worker).
+    // Sliding: 100 per ms (2 per key and second in all, 120 per window), as a fleet
+    // of 100,000 sensors reporting twice a second would.
+    for (window, per_ms) in [("tumbling", 1000), ("sliding", 100)] {
+        let (workers, per_worker) = (2, GENERATED_PER_WORKER);
+        configs.push(Config {
+            name: format!("generator 2w, {window}"),
+            kind: Kind::Generator { window, workers, per_worker, per_ms },
+            events: EVENTS,
+        });
     }
     let duck = Command::new("python3")
         .args(["-c", "import duckdb"])
@@ -425,13 +474,19 @@ fn run_once(env: &Env, config: &Config, input: &Path, label: &str) -> Result<(Ru
     }
     std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
     let mut cmd = match config.kind {
-        Kind::Weir { workers, checkpoint } => {
+        Kind::Weir { workers, checkpoint, window } => {
             let mut c = Command::new(env.examples.join("sensor_aggregation"));
             c.arg("--input").arg(input).arg("--output").arg(&out).arg("--dead-letter").arg(&dlq);
-            c.args(["--workers", &workers.to_string()]);
+            c.args(["--workers", &workers.to_string(), "--window", window]);
             if let Some(interval) = checkpoint {
                 c.arg("--state").arg(&state).args(["--checkpoint-interval", interval]);
             }
+            c
+        }
+        Kind::Generator { window, workers, per_worker, per_ms } => {
+            let mut c = Command::new(env.examples.join("generator_windows"));
+            c.args(["--window", window, "--workers", &workers.to_string(), "--events", &per_worker.to_string()]);
+            c.args(["--per-ms", &per_ms.to_string()]);
             c
         }
         Kind::Raw { workers } => {
@@ -476,9 +531,14 @@ fn summarize(env: &Env, config: &Config, input: &Input, runs: Vec<Run>) -> Row {
         .enumerate()
         .min_by(|a, b| (a.1 - median_s).abs().total_cmp(&(b.1 - median_s).abs()))
         .map(|(i, _)| i);
+    let (events, checkable) = match config.kind {
+        Kind::Generator { workers, per_worker, .. } => (per_worker * workers as u64, false),
+        Kind::Weir { window, .. } => (input.events, window == TUMBLING),
+        Kind::Raw { .. } | Kind::Duck => (input.events, true),
+    };
     Row {
         name: config.name.clone(),
-        events: input.events,
+        events,
         median_s,
         median_self_s,
         median_wall_s: median(&runs.iter().map(|r| r.wall.as_secs_f64()).collect::<Vec<_>>()),
@@ -486,7 +546,7 @@ fn summarize(env: &Env, config: &Config, input: &Input, runs: Vec<Run>) -> Row {
         checkpoints: mid.and_then(|i| runs[i].checkpoints),
         times,
         check: "-".into(),
-        check_target: Some(output_of(env, config)),
+        check_target: checkable.then(|| output_of(env, config)),
         dir: scratch(env, config),
     }
 }
@@ -568,7 +628,7 @@ fn parse_checkpoints(stdout: &str) -> Option<(u64, f64)> {
 fn self_timed(kind: &Kind, stdout: &str) -> Option<f64> {
     let number_before_s = |s: &str| s.trim().strip_suffix(" s").and_then(|n| n.trim().parse::<f64>().ok());
     stdout.lines().find_map(|line| match kind {
-        Kind::Weir { .. } => number_before_s(line.strip_prefix("elapsed:")?),
+        Kind::Weir { .. } | Kind::Generator { .. } => number_before_s(line.strip_prefix("elapsed:")?),
         Kind::Raw { .. } => {
             let rest = line.strip_prefix("raw-timely: ")?;
             let (_, rest) = rest.split_once(" events in ")?;
@@ -736,6 +796,22 @@ fn report(rows: &[Row], hardware: &str, inputs: &[Input], env: &Env, commands: &
             100.0 * (on / off - 1.0)
         );
     }
+    if let (Some(sliding), Some(tumbling)) = (find("weir 2w, sliding 1m/10s, ckpt off"), find("weir 2w, ckpt off")) {
+        let _ = writeln!(
+            s,
+            "- Weir 2 workers: sliding 1m/10s vs tumbling 1m (both ckpt off): {:.2}x the time",
+            sliding / tumbling
+        );
+    }
+    for r in rows.iter().filter(|r| r.name.starts_with("generator")) {
+        let _ = writeln!(
+            s,
+            "- {}: {:.2} M events/s, {:.2} M per worker (wall time of the process)",
+            r.name,
+            r.events as f64 / r.median_s / 1e6,
+            r.events as f64 / r.median_s / 2e6
+        );
+    }
     if let Some(duck) = find("duckdb threads=2") {
         for ckpt in ["ckpt off", "ckpt every 1s"] {
             if let Some(w) = find(&format!("weir 2w, {ckpt}")) {
@@ -769,7 +845,7 @@ fn self_test() {
     let weir = "events in:     2000000\nelapsed:       0.602 s\nevents/s:      3322259\n\
                 checkpoints:   7 (total 12.5 ms, max 3.1 ms)\ncheckpoints:   /tmp/state\n";
     assert_eq!(parse_checkpoints(weir), Some((7, 12.5)));
-    assert_eq!(self_timed(&Kind::Weir { workers: 2, checkpoint: None }, weir), Some(0.602));
+    assert_eq!(self_timed(&Kind::Weir { workers: 2, checkpoint: None, window: TUMBLING }, weir), Some(0.602));
     let raw = "windows out:   760000\nraw-timely: 2000000 events in 0.284 s (7042253 events/s)\n";
     assert_eq!(self_timed(&Kind::Raw { workers: 2 }, raw), Some(0.284));
     assert_eq!(parse_checkpoints(raw), None);

@@ -177,7 +177,7 @@ fn disorder_beyond_the_bound_is_late() -> anyhow::Result<()> {
 }
 
 /// The net rows of a change log in `out` (every row has a diff), with the number of retractions.
-fn net_of(out: &Path) -> anyhow::Result<(std::collections::BTreeMap<(String, i64), sensor::WindowRow>, usize)> {
+fn net_of(out: &Path) -> anyhow::Result<(support::Rows, usize)> {
     let log = support::read_change_log(out)?;
     ensure!(!log.is_empty() && log.iter().all(|r| r.diff.is_some()), "rows without a diff column");
     support::net_rows(&log)

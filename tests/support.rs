@@ -30,9 +30,12 @@ pub fn visible_files(dir: &Path) -> anyhow::Result<Vec<std::path::PathBuf>> {
     Ok(out)
 }
 
+/// Window rows by (device, window start).
+pub type Rows = BTreeMap<(String, i64), WindowRow>;
+
 /// Reads every row of the Parquet files in `dir`; fails on a duplicate key
 /// and on a `diff` column (a change log: see [`read_change_log`]).
-pub fn read_rows(dir: &Path) -> anyhow::Result<BTreeMap<(String, i64), WindowRow>> {
+pub fn read_rows(dir: &Path) -> anyhow::Result<Rows> {
     let mut rows = BTreeMap::new();
     for row in read_change_log(dir)? {
         if let Some(diff) = row.diff {
@@ -120,7 +123,7 @@ pub fn read_change_log(dir: &Path) -> anyhow::Result<Vec<WindowRow>> {
 /// row of its window (device, start, end) exactly, one with +1 must not
 /// replace a live one. The net rows, keyed like [`read_rows`]'s; with the
 /// number of retractions.
-pub fn net_rows(log: &[WindowRow]) -> anyhow::Result<(BTreeMap<(String, i64), WindowRow>, usize)> {
+pub fn net_rows(log: &[WindowRow]) -> anyhow::Result<(Rows, usize)> {
     let mut live: BTreeMap<(String, i64, i64), WindowRow> = BTreeMap::new();
     let mut retractions = 0;
     for row in log {

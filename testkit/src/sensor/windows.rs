@@ -68,9 +68,11 @@ impl WindowConfig {
     /// resume; else the windows' kind and lengths, and `-p` with percentiles
     /// (`sliding-60000ms-10000ms-p`). A checkpoint taken with other windows
     /// (their state means something else) is then refused at start, naming
-    /// its step, instead of being misread.
+    /// its step, instead of being misread. The allowed lateness does not
+    /// change the name: the state means the same with or without it.
     pub fn step_name(&self) -> Option<String> {
-        if *self == WindowConfig::default() {
+        let default = WindowConfig::default();
+        if self.spec == default.spec && self.percentiles == default.percentiles {
             return None;
         }
         let mut name = match self.spec {

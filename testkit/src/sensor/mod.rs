@@ -66,8 +66,10 @@ pub struct WindowRow {
     /// change log's diff, written as the last column: +1 for a row, -1 for a
     /// row that a late reading's correction retracts (the same values as the
     /// row it retracts). `None` without allowed lateness: no `diff` column,
-    /// every window's one final row.
-    #[serde(default)]
+    /// every window's one final row. Skipped by `Deserialize` like the
+    /// quantiles: a Parquet schema traced from the type (no
+    /// [`WindowConfig::parquet_fields`]) has no `diff` column.
+    #[serde(skip)]
     pub diff: Option<i64>,
 }
 

@@ -6,6 +6,7 @@
 //! cargo run --release --example sensor_aggregation            # demo on a generated feed
 //! sensor_aggregation --input FILE.jsonl --output OUT --dead-letter DLQ --workers 2 [--state DIR]
 //!     [--window tumbling:1m | sliding:1m/10s | session:30s] [--percentiles 0.5,0.99]
+//!     [--allowed-lateness 30s]    # late readings correct their windows: a change log with a `diff` column
 //! sensor_aggregation --log-dir DIR --topic sensors --group G --bounded --output OUT --dead-letter DLQ
 //! ```
 //!
@@ -138,6 +139,15 @@ struct Args {
     /// delay. A reading whose window has already fired is a dead letter (`late`).
     #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration)]
     max_out_of_orderness: Duration,
+    /// How long (30s, 1m, ...; 0 = off) after a window fired a late reading
+    /// still corrects it. The output is then a change log with an Int64 column
+    /// `diff`, last: a corrected window's old row again with -1, then its new
+    /// row with +1 (a late reading that bridges two sessions retracts both).
+    /// Session windows take a reading at most this far behind the watermark.
+    /// A reading later than that is a dead letter (`late`). Without it: no
+    /// `diff` column, one final row per window.
+    #[arg(long, value_name = "DURATION", default_value = "0ms", value_parser = parse_duration)]
+    allowed_lateness: Duration,
     /// The windows: `tumbling:SIZE`, `sliding:SIZE/SLIDE` (a window of SIZE
     /// starting every SLIDE) or `session:GAP` (a device's session ends after
     /// GAP without readings); durations as for `--max-out-of-orderness`.
@@ -293,7 +303,9 @@ fn run(args: Args) -> anyhow::Result<()> {
         pipeline = pipeline.epoch_records(n, 2);
     }
     let time = TimeConfig { from: args.event_time.into(), max_out_of_orderness: args.max_out_of_orderness };
-    let window = WindowConfig::new(args.window).percentiles(args.percentiles.clone().unwrap_or_default());
+    let window = WindowConfig::new(args.window)
+        .percentiles(args.percentiles.clone().unwrap_or_default())
+        .allowed_lateness(args.allowed_lateness);
     let i = input.clone();
     let summary = pipeline
         .run(move |p| sensor::build_windowed(p, &i, &outputs, time, &window))

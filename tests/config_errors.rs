@@ -2,8 +2,9 @@
 //! and nothing is touched: unknown topics, missing inputs, an output path
 //! that is a file, topic names that would escape the log directory, a state
 //! directory written by a newer format, message timestamps without Kafka, a
-//! malformed duration, window or list of percentiles. `sensor ...` runs the sensor example, anything else
-//! the `weir` binary.
+//! malformed duration (`--max-out-of-orderness`, `--allowed-lateness`, ...),
+//! window or list of percentiles. `sensor ...` runs the sensor example,
+//! anything else the `weir` binary.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -94,6 +95,8 @@ fn a_malformed_duration_is_a_startup_error_naming_the_option_and_the_forms() -> 
         ("--max-out-of-orderness", "2 weeks", &["ms, s, m or h"][..]),
         ("--max-out-of-orderness", "", &["100ms", "1s", "2m"][..]),
         ("--checkpoint-interval", "1x", &["ms, s, m or h"][..]),
+        ("--allowed-lateness", "later", &["100ms", "1s", "2m"][..]),
+        ("--allowed-lateness", "5 days", &["ms, s, m or h"][..]),
     ] {
         let args = [&["sensor", "--input", "in.jsonl", option, value], SINKS].concat();
         refused(d, &args, &[&[option, value][..], forms].concat())?;

@@ -2,7 +2,10 @@
 //! most the bound give exactly the rows of the sorted input (the reference),
 //! from a file and from the embedded log, on 1, 2 and 3 workers; readings
 //! further out of order than the bound are late (dead letters of stage
-//! `late`), so the option is what decides.
+//! `late`), so the option is what decides. With `--allowed-lateness`,
+//! readings behind the watermark by up to it correct their windows: the
+//! output is a change log (a `diff` column) whose net rows are the
+//! reference's, for tumbling and session windows; beyond it they are late.
 
 mod support;
 
@@ -169,6 +172,55 @@ fn disorder_beyond_the_bound_is_late() -> anyhow::Result<()> {
         let (out, late) = aggregate(d, &name, &args)?;
         ensure!(late.is_empty(), "{name}: {late:?}");
         support::compare(&expected, &support::read_rows(&out)?).with_context(|| name.clone())?;
+    }
+    Ok(())
+}
+
+/// The net rows of a change log in `out` (every row has a diff), with the number of retractions.
+fn net_of(out: &Path) -> anyhow::Result<(support::Rows, usize)> {
+    let log = support::read_change_log(out)?;
+    ensure!(!log.is_empty() && log.iter().all(|r| r.diff.is_some()), "rows without a diff column");
+    support::net_rows(&log)
+}
+
+#[test]
+fn allowed_lateness_corrects_windows_with_a_change_log_whose_net_is_the_reference() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    // Displaced by up to a minute under a bound of 500 ms: many readings come
+    // after their window (or session) fired.
+    let sorted = sorted_readings(16_000, 21, 0);
+    let shuffled = shuffled_within(&sorted, 60_000, 22);
+    std::fs::write(d.join("in.jsonl"), jsonl(&shuffled))?;
+    let input = ["--input", "in.jsonl", "--max-out-of-orderness", "500ms"];
+    for window in ["tumbling:1m", "session:3s"] {
+        let config = sensor::WindowConfig::new(sensor::parse_window(window).map_err(anyhow::Error::msg)?);
+        let (expected, _) = sensor::reference_with(&jsonl(&sorted), &config);
+        let kind = &window[..window.find(':').context("kind")?];
+        // No lateness: late readings are dead letters, the schema has no diff column.
+        let name = format!("{kind}-off");
+        let (out, late) = aggregate(d, &name, &[&input[..], &["--window", window, "--workers", "2"]].concat())?;
+        ensure!(late.len() > 100, "{name}: only {} late readings", late.len());
+        support::read_rows(&out).with_context(|| name.clone())?;
+        // Lateness beyond the displacement: nothing is late, and late readings correct their windows.
+        for workers in ["1", "2", "3"] {
+            let name = format!("{kind}-2m-{workers}");
+            let args = [&input[..], &["--window", window, "--workers", workers, "--allowed-lateness", "2m"]].concat();
+            let (out, late) = aggregate(d, &name, &args)?;
+            ensure!(late.is_empty(), "{name}: {} late readings, e.g. {}", late.len(), late[0]);
+            let (net, retractions) = net_of(&out).with_context(|| name.clone())?;
+            ensure!(retractions > 100, "{name}: only {retractions} corrections");
+            support::compare(&expected, &net).with_context(|| name.clone())?;
+        }
+        // A shorter lateness: readings beyond it are late, the others all count.
+        let name = format!("{kind}-10s");
+        let args = [&input[..], &["--window", window, "--workers", "2", "--allowed-lateness", "10s"]].concat();
+        let (out, late) = aggregate(d, &name, &args)?;
+        ensure!(late.len() > 10, "{name}: only {} late readings", late.len());
+        let kept: Vec<_> = shuffled.iter().filter(|(_, line)| !late.contains(line)).cloned().collect();
+        ensure!(kept.len() + late.len() == shuffled.len(), "a late payload is no input line");
+        let (net, _) = net_of(&out).with_context(|| name.clone())?;
+        support::compare(&sensor::reference_with(&jsonl(&kept), &config).0, &net).with_context(|| name.clone())?;
     }
     Ok(())
 }

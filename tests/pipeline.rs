@@ -177,6 +177,7 @@ fn without_state_output_is_not_mixed_with_an_earlier_run() -> anyhow::Result<()>
                     max: 0.0,
                     mean: 0.0,
                     percentiles: Default::default(),
+                    diff: None,
                 })
                 .sink(Parquet::dir(&out))?;
             p.dead_letters().sink(DeadLetters::dir(&dlq))

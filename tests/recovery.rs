@@ -2,7 +2,10 @@
 //! moments and started again (with changing worker counts) until it
 //! completes; the final output and dead letters must equal the reference
 //! exactly: every row once, nothing lost. A run after completion changes nothing.
-//! Tumbling windows (the workload), sliding windows with percentiles, and sessions.
+//! Tumbling windows (the workload), sliding windows with percentiles, and
+//! sessions, also with allowed lateness on shuffled input: then the output is
+//! a change log, which may differ between runs (it depends on when watermarks
+//! advance), so its net rows are compared.
 
 mod support;
 
@@ -12,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use weir::connectors::log::{LogConfig, Producer, Topic};
+use weir::core::time::parse_duration;
 use weir_testkit::sensor::{
     SplitMix, WindowConfig, generate, parse_percentiles, parse_window, reference, reference_with,
 };
@@ -44,12 +48,15 @@ const LOG_ARGS: &[&str] = &["--log-dir", "log", "--topic", "sensors", "--bounded
 struct Workload {
     events: u64,
     devices: u64,
-    /// `--window` and `--percentiles` options (none: the default tumbling minute).
+    /// `--window`, `--percentiles`, `--allowed-lateness` and
+    /// `--max-out-of-orderness` options (none: the default tumbling minute).
     options: &'static [&'static str],
+    /// Displace readings by up to this many ms (0: the generated order).
+    shuffle_ms: u64,
 }
 
 /// 200,000 events of 500 devices, tumbling one-minute windows.
-const TUMBLING: Workload = Workload { events: 200_000, devices: 500, options: &[] };
+const TUMBLING: Workload = Workload { events: 200_000, devices: 500, options: &[], shuffle_ms: 0 };
 
 impl Workload {
     /// The window configuration its options give (parsed as the example parses them).
@@ -59,10 +66,49 @@ impl Workload {
             match pair {
                 ["--window", w] => config.spec = parse_window(w).map_err(anyhow::Error::msg)?,
                 ["--percentiles", q] => config.percentiles = parse_percentiles(q).map_err(anyhow::Error::msg)?,
+                ["--allowed-lateness", d] => {
+                    config.allowed_lateness = parse_duration(d).map_err(anyhow::Error::msg)?;
+                }
+                ["--max-out-of-orderness", _] => {}
                 other => bail!("unknown workload options {other:?}"),
             }
         }
         Ok(config)
+    }
+
+    /// The generated input, displaced by up to `shuffle_ms` (each line sorted
+    /// by its time plus a random amount; a malformed line keeps the time of
+    /// the line before it).
+    fn input(&self) -> anyhow::Result<Vec<u8>> {
+        let mut input = Vec::new();
+        generate(self.events, 11, self.devices, &mut input)?;
+        if self.shuffle_ms == 0 {
+            return Ok(input);
+        }
+        let mut rng = SplitMix::new(13);
+        let mut ts = 0i64;
+        let mut lines: Vec<(i64, &[u8])> = Vec::new();
+        for line in input.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(line)
+                && let Some(t) = v["ts"].as_i64()
+            {
+                ts = t;
+            }
+            lines.push((ts + rng.below(self.shuffle_ms + 1) as i64, line));
+        }
+        lines.sort_by_key(|l| l.0);
+        Ok(lines.iter().flat_map(|(_, line)| [*line, b"\n"].concat()).collect())
+    }
+
+    /// The rows in `out`: the net rows of the change log with allowed lateness.
+    fn rows(&self, out: &Path) -> anyhow::Result<support::Rows> {
+        if self.config()?.has_diff() {
+            let (net, retractions) = support::net_rows(&support::read_change_log(out)?)?;
+            anyhow::ensure!(retractions > 0, "no late reading corrected a window: the input is not disordered enough");
+            Ok(net)
+        } else {
+            support::read_rows(out)
+        }
     }
 }
 
@@ -137,6 +183,7 @@ fn sliding_windows_killed_at_random_moments_output_is_exact() -> anyhow::Result<
         events: 60_000,
         devices: 500,
         options: &["--window", "sliding:1m/10s", "--percentiles", "0.5,0.99"],
+        shuffle_ms: 0,
     };
     killed_at_random_moments(Feed::File, 2, Epochs::Records, workload)
 }
@@ -145,13 +192,27 @@ fn sliding_windows_killed_at_random_moments_output_is_exact() -> anyhow::Result<
 /// are about 25 s apart and a 30 s gap ends sessions all along the run.
 #[test]
 fn session_windows_killed_at_random_moments_output_is_exact() -> anyhow::Result<()> {
-    let workload = Workload { events: 60_000, devices: 10_000, options: &["--window", "session:30s"] };
+    let workload = Workload { events: 60_000, devices: 10_000, options: &["--window", "session:30s"], shuffle_ms: 0 };
     killed_at_random_moments(Feed::Log, 2, Epochs::Records, workload)
 }
 
+/// Session windows with allowed lateness: readings displaced by up to 40 s
+/// under a bound of 1 s, so late readings correct (and merge) fired
+/// sessions; the lateness covers the displacement, so none is late. The
+/// fired sessions kept for late readings are checkpointed state.
+#[test]
+fn session_windows_with_allowed_lateness_killed_at_random_moments_net_rows_are_exact() -> anyhow::Result<()> {
+    let workload = Workload {
+        events: 60_000,
+        devices: 10_000,
+        options: &["--window", "session:30s", "--allowed-lateness", "1m", "--max-out-of-orderness", "1s"],
+        shuffle_ms: 40_000,
+    };
+    killed_at_random_moments(Feed::File, 2, Epochs::Records, workload)
+}
+
 fn killed_at_random_moments(feed: Feed, scenarios: usize, epochs: Epochs, workload: Workload) -> anyhow::Result<()> {
-    let mut input = Vec::new();
-    generate(workload.events, 11, workload.devices, &mut input)?;
+    let input = workload.input()?;
     let (expected, malformed) = reference_with(&input, &workload.config()?);
     let options = workload.options;
 
@@ -161,7 +222,7 @@ fn killed_at_random_moments(feed: Feed, scenarios: usize, epochs: Epochs, worklo
     let started = Instant::now();
     wait(spawn(base.path(), 2, feed, epochs, options)?)?;
     let full = started.elapsed();
-    support::compare(&expected, &support::read_rows(&base.path().join("out"))?)?;
+    support::compare(&expected, &workload.rows(&base.path().join("out"))?)?;
 
     let mut rng = SplitMix::new(7);
     let mut mid_run_kills = 0;
@@ -231,7 +292,7 @@ fn killed_at_random_moments(feed: Feed, scenarios: usize, epochs: Epochs, worklo
         }
         eprintln!("scenario {scenario}: {kills} kills, {committed_before_kill} after a commit");
         mid_run_kills += committed_before_kill;
-        let got = support::read_rows(&dir.path().join("out"))?;
+        let got = workload.rows(&dir.path().join("out"))?;
         support::compare(&expected, &got).with_context(|| format!("scenario {scenario} after {kills} kills"))?;
         let dead = support::read_dead_letters(&dir.path().join("dlq"))?;
         let mut offsets: Vec<u64> = dead.iter().filter_map(|d| d["offset"].as_u64()).collect();

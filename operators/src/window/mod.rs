@@ -29,7 +29,9 @@
 //! - [`Session`]: per key, a session ends when the key's next record is at
 //!   least `gap` after its last; `start` = its first event time, `end` = its
 //!   last + `gap`. Records that arrive out of order (within the watermark's
-//!   bound) merge sessions they bridge. A record behind the watermark is late.
+//!   bound) merge sessions they bridge. A record behind the watermark is late
+//!   (with allowed lateness: more than the lateness behind it; it then
+//!   retracts the fired sessions it merges, see [`Windowed::allowed_lateness`]).
 
 mod count;
 mod operator;
@@ -257,8 +259,10 @@ impl WindowSpec {
     }
 
     /// Whether a part starting at `start` comes too late at watermark `wm`
-    /// with `lateness` ms of allowed lateness: every window that holds it
-    /// closed more than `lateness` before the watermark.
+    /// with `lateness` ms of allowed lateness: tumbling and sliding, every
+    /// window that holds it closed at least `lateness` before the watermark;
+    /// sessions (and counts, which have no lateness), the record is more
+    /// than `lateness` behind the watermark (see [`Windowed::allowed_lateness`]).
     fn is_late_by(&self, start: EventTime, wm: EventTime, lateness: i64) -> bool {
         match *self {
             WindowSpec::Session(_) | WindowSpec::Count(_) => start.saturating_add(lateness) < wm,
@@ -396,5 +400,7 @@ mod unit_tests {
         let session = WindowSpec::from(Session::new(Duration::from_secs(30)));
         assert_eq!(session.part_start(1234), 1234);
         assert!(session.is_late(99, 100) && !session.is_late(100, 100));
+        // With 400 ms of lateness: at most 400 behind the watermark.
+        assert!(session.is_late_by(599, 1000, 400) && !session.is_late_by(600, 1000, 400));
     }
 }

@@ -81,8 +81,25 @@ impl<'s, T, F> Windowed<'s, T, F> {
     /// -1, then its new row with +1 (the workload's change-log convention), so
     /// a sink that applies diffs holds the corrected rows. Windows keep their
     /// state that much longer. A record later than that is a dead letter with
-    /// reason `late`. Tumbling and sliding windows for now: session and count
-    /// windows refuse it (a config error when built).
+    /// reason `late` (its message names the watermark).
+    ///
+    /// Which records count, by kind:
+    /// - tumbling and sliding: a record is accepted while some window holding
+    ///   it has `end + lateness > watermark`; each fired one among them is
+    ///   corrected.
+    /// - sessions: a record at `t` is accepted iff `t + lateness >= watermark`
+    ///   (with 0, the rule without lateness). Its session, and any it merges
+    ///   with, then ends after `watermark - lateness + gap`, so is within the
+    ///   lateness by Flink's rule (merged end + lateness > watermark); Weir is
+    ///   stricter than Flink in that a record further behind is late even if
+    ///   it would fall into a session still kept. Every fired session the
+    ///   record merges (one it extends, two it bridges) is retracted (-1 each);
+    ///   the merged session is emitted at once (+1) if its end is at or behind
+    ///   the watermark, else it is open again and fires when the watermark
+    ///   reaches its end. A fired session is kept until `end + lateness <=
+    ///   watermark`, then dropped: no record accepted after that can reach it.
+    ///
+    /// Count windows refuse it (a config error when built).
     pub fn allowed_lateness(mut self, lateness: Duration) -> Self {
         self.lateness = i64::try_from(lateness.as_millis()).unwrap_or(i64::MAX);
         self
@@ -201,8 +218,8 @@ where
             }
             _ => {}
         }
-        if lateness > 0 && matches!(spec, WindowSpec::Session(_) | WindowSpec::Count(_)) {
-            return Err(Error::config("allowed_lateness", "only tumbling and sliding windows have it for now"));
+        if lateness > 0 && matches!(spec, WindowSpec::Count(_)) {
+            return Err(Error::config("allowed_lateness", "count windows do not have it (only time windows do)"));
         }
         let op = ctx.step_id(spec.kind(), flow.name.as_deref())?;
         let agg = Rc::new(agg);
@@ -234,7 +251,8 @@ where
                     (None, gap) => {
                         let gap = gap.unwrap_or(1);
                         let key = |p: &Partial<K, A::Acc>| p.key.clone();
-                        keyed_step(&ctx, &op, input, key, SessionLogic { agg, gap, _records: PhantomData })?
+                        let logic = SessionLogic { agg, gap, lateness, _records: PhantomData };
+                        keyed_step(&ctx, &op, input, key, logic)?
                     }
                 }
             }

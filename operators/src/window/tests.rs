@@ -289,21 +289,24 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(24))]
 
     /// Records behind the watermark by up to the allowed lateness update
-    /// their windows: the change log's net rows are exactly the reference's.
+    /// their windows (tumbling, sliding, sessions): the change log's net rows
+    /// are exactly the reference's.
     #[test]
     fn late_records_within_the_allowed_lateness_correct_their_windows(
         parts in prop::collection::vec(
             prop::collection::vec((0i64..120, 0i64..=(DELAY + LATENESS) as i64, 0usize..3, -50i64..50), 1..60),
             1..4,
         ),
-        sliding in any::<bool>(),
+        kind in 0u8..3,
+        gap in 1u64..6,
         workers in 1usize..=3,
         epoch in 1u64..20,
     ) {
-        let spec: WindowSpec = if sliding {
-            Sliding::new(Duration::from_millis(750), Duration::from_millis(250)).into()
-        } else {
-            Tumbling::new(Duration::from_millis(500)).into()
+        let spec: WindowSpec = match kind {
+            0 => Tumbling::new(Duration::from_millis(500)).into(),
+            1 => Sliding::new(Duration::from_millis(750), Duration::from_millis(250)).into(),
+            // Late records extend fired sessions and bridge them (a gap up to the lateness and beyond).
+            _ => Session::new(Duration::from_millis(gap * 100)).into(),
         };
         let (input, events) = inputs(&parts);
         let (rows, dead) = run_with_lateness(input, spec, workers, epoch, 3).map_err(|e| TestCaseError::fail(e.to_string()))?;
@@ -334,6 +337,63 @@ fn a_record_later_than_the_allowed_lateness_is_a_dead_letter() -> anyhow::Result
     .into();
     anyhow::ensure!(rows == want, "{rows:?}");
     Ok(())
+}
+
+/// A late record within the lateness that bridges two fired sessions
+/// retracts both and emits the merged one at once (it is closed already);
+/// one beyond the lateness is a dead letter naming the watermark.
+#[test]
+fn a_late_record_bridging_two_fired_sessions_retracts_both_and_one_beyond_the_lateness_is_late() -> anyhow::Result<()> {
+    let gap: WindowSpec = Session::new(Duration::from_millis(100)).into();
+    // 1000 and 1150: two sessions, fired once 1600 makes the watermark 1300.
+    // 1075 (within 400 of it) bridges them into [1000, 1250), closed at 1300.
+    // After 2500 (watermark 2200) the fired sessions up to 1800 are dropped,
+    // and 1700 is more than 400 behind: late.
+    let times = [(1000, 1.0), (1150, 2.0), (1600, 16.0), (1075, 4.0), (2500, 32.0), (1700, 64.0)];
+    let parts = vec![times.iter().map(|&(t, v)| record(t, "a", v)).collect()];
+    let (rows, dead) = collect(parts.clone(), gap, (1, 1, 1), Some(LATENESS))?;
+    let a = |start, end, diff, count, sum| ("a".to_string(), start, end, diff, count, sum);
+    let want = vec![
+        a(1000, 1100, 1, 1, 1.0),
+        a(1150, 1250, 1, 1, 2.0),
+        a(1000, 1100, -1, 1, 1.0),
+        a(1150, 1250, -1, 1, 2.0),
+        a(1000, 1250, 1, 3, 7.0),
+        a(1600, 1700, 1, 1, 16.0),
+        a(2500, 2600, 1, 1, 32.0),
+    ];
+    anyhow::ensure!(rows == want, "\n got {rows:?}\nwant {want:?}");
+    anyhow::ensure!(dead.len() == 1 && dead[0].stage == "late", "{dead:?}");
+    anyhow::ensure!(
+        dead[0].error.contains("time 1700") && dead[0].error.contains("watermark 2200"),
+        "{}",
+        dead[0].error
+    );
+    // A late record that extends a fired session past the watermark opens it
+    // again: retracted now, its new row when the watermark reaches the new end.
+    // 1400 makes the watermark 1100: [1000, 1100) fires; 1050 extends it to 1150.
+    let parts =
+        vec![vec![record(1000, "a", 1.0), record(1400, "a", 2.0), record(1050, "a", 4.0), record(9000, "a", 8.0)]];
+    let (rows, dead) = collect(parts, gap, (2, 1, 1), Some(LATENESS))?;
+    anyhow::ensure!(dead.is_empty(), "{dead:?}");
+    let want = vec![
+        a(1000, 1100, 1, 1, 1.0),
+        a(1000, 1100, -1, 1, 1.0),
+        a(1000, 1150, 1, 2, 5.0),
+        a(1400, 1500, 1, 1, 2.0),
+        a(9000, 9100, 1, 1, 8.0),
+    ];
+    anyhow::ensure!(rows == want, "\n got {rows:?}\nwant {want:?}");
+    Ok(())
+}
+
+#[test]
+fn count_windows_refuse_allowed_lateness() {
+    let err = collect(vec![vec![record(1, "a", 1.0)]], CountWindow::new(2).into(), (1, 1, 1), Some(LATENESS))
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(err.contains("allowed_lateness") && err.contains("count windows"), "{err}");
 }
 
 /// A record behind the watermark whose earlier windows fired counts in its

@@ -62,6 +62,15 @@ pub struct WindowRow {
     /// The temperature's quantiles (none unless configured).
     #[serde(skip)]
     pub percentiles: QuantileValues,
+    /// With allowed lateness ([`WindowConfig::allowed_lateness`]), the
+    /// change log's diff, written as the last column: +1 for a row, -1 for a
+    /// row that a late reading's correction retracts (the same values as the
+    /// row it retracts). `None` without allowed lateness: no `diff` column,
+    /// every window's one final row. Skipped by `Deserialize` like the
+    /// quantiles: a Parquet schema traced from the type (no
+    /// [`WindowConfig::parquet_fields`]) has no `diff` column.
+    #[serde(skip)]
+    pub diff: Option<i64>,
 }
 
 /// A row's quantiles: the values, and their column names.
@@ -77,7 +86,7 @@ impl Serialize for WindowRow {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct as _;
         let p = &self.percentiles;
-        let mut st = s.serialize_struct("WindowRow", 7 + p.values.len())?;
+        let mut st = s.serialize_struct("WindowRow", 7 + p.values.len() + usize::from(self.diff.is_some()))?;
         st.serialize_field("device", self.device.as_str())?;
         st.serialize_field("window_start", &self.window_start)?;
         st.serialize_field("window_end", &self.window_end)?;
@@ -87,6 +96,9 @@ impl Serialize for WindowRow {
         st.serialize_field("mean", &self.mean)?;
         for (name, v) in p.columns.iter().zip(&p.values) {
             st.serialize_field(name, v)?;
+        }
+        if let Some(diff) = &self.diff {
+            st.serialize_field("diff", diff)?;
         }
         st.end()
     }
@@ -305,37 +317,39 @@ pub fn readings_to_rows_in<'s>(
     };
     let stats = (Count, Min(|r: &Reading| r.temp), Max(|r: &Reading| r.temp), Mean(|r: &Reading| r.temp));
     let q = &window.percentiles;
+    let has_diff = window.has_diff();
+    let windowed = timed.key_by(|r| r.device.clone()).window(window.spec).combine(combine);
+    let windowed = if has_diff { windowed.allowed_lateness(window.allowed_lateness) } else { windowed };
+    let diff = move |d: i64| has_diff.then_some(d);
     if q.is_empty() {
-        return Ok(timed.key_by(|r| r.device.clone()).window(window.spec).combine(combine).aggregate(stats)?.map(
-            |w| WindowRow {
-                device: w.key,
-                window_start: w.start,
-                window_end: w.end,
-                count: w.value.0 as i64,
-                min: w.value.1,
-                max: w.value.2,
-                mean: w.value.3,
-                percentiles: QuantileValues::default(),
-            },
-        ));
+        return Ok(windowed.aggregate(stats)?.map(move |w| WindowRow {
+            device: w.key,
+            window_start: w.start,
+            window_end: w.end,
+            count: w.value.0 as i64,
+            min: w.value.1,
+            max: w.value.2,
+            mean: w.value.3,
+            percentiles: QuantileValues::default(),
+            diff: diff(w.diff),
+        }));
     }
     let sketch = Percentiles::try_new(|r: &Reading| r.temp, q.values())?;
     let columns = q.columns();
-    Ok(timed.key_by(|r| r.device.clone()).window(window.spec).combine(combine).aggregate((stats, sketch))?.map(
-        move |w| {
-            let ((count, min, max, mean), values) = w.value;
-            WindowRow {
-                device: w.key,
-                window_start: w.start,
-                window_end: w.end,
-                count: count as i64,
-                min,
-                max,
-                mean,
-                percentiles: QuantileValues { columns, values },
-            }
-        },
-    ))
+    Ok(windowed.aggregate((stats, sketch))?.map(move |w| {
+        let ((count, min, max, mean), values) = w.value;
+        WindowRow {
+            device: w.key,
+            window_start: w.start,
+            window_end: w.end,
+            count: count as i64,
+            min,
+            max,
+            mean,
+            percentiles: QuantileValues { columns, values },
+            diff: diff(w.diff),
+        }
+    }))
 }
 
 /// A small deterministic PRNG (SplitMix64) for the synthetic feed.

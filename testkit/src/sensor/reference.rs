@@ -125,6 +125,7 @@ pub fn reference_with(input: &[u8], window: &WindowConfig) -> (BTreeMap<(String,
                 max: acc.max,
                 mean: acc.sum / acc.count as f64,
                 percentiles: QuantileValues { columns: q.columns(), values },
+                diff: None,
             };
             ((device, start), row)
         })

@@ -2,7 +2,8 @@
 //! [`WindowSpec`] and optional [`Quantiles`]), the command-line forms of both
 //! ([`parse_window`], [`parse_percentiles`]) and the Parquet columns of a
 //! [`WindowRow`](super::WindowRow) ([`WindowConfig::parquet_fields`]), with a
-//! column per quantile named `p` + the quantile in percent (`p50`, `p99.9`).
+//! column per quantile named `p` + the quantile in percent (`p50`, `p99.9`)
+//! and, with allowed lateness, the change log's `diff`.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -25,19 +26,35 @@ pub struct WindowConfig {
     pub spec: WindowSpec,
     /// Quantiles of the temperature to add to each row (none by default).
     pub percentiles: Quantiles,
+    /// Allowed lateness (zero by default: off). With it a late reading
+    /// within it corrects its window, and the rows are a change log with a
+    /// `diff` column (see [`WindowRow::diff`](super::WindowRow::diff)).
+    pub allowed_lateness: Duration,
 }
 
 impl Default for WindowConfig {
     /// The workload's windows: tumbling, one minute, no percentiles.
     fn default() -> Self {
-        WindowConfig { spec: Tumbling::minutes(1).into(), percentiles: Quantiles::default() }
+        WindowConfig::new(Tumbling::minutes(1))
     }
 }
 
 impl WindowConfig {
     /// `spec` windows, no percentiles.
     pub fn new(spec: impl Into<WindowSpec>) -> Self {
-        WindowConfig { spec: spec.into(), percentiles: Quantiles::default() }
+        WindowConfig { spec: spec.into(), percentiles: Quantiles::default(), allowed_lateness: Duration::ZERO }
+    }
+
+    /// With this allowed lateness (zero: off).
+    pub fn allowed_lateness(mut self, lateness: Duration) -> Self {
+        self.allowed_lateness = lateness;
+        self
+    }
+
+    /// Whether the rows are a change log (allowed lateness of at least 1 ms,
+    /// as the window operator counts it).
+    pub fn has_diff(&self) -> bool {
+        self.allowed_lateness.as_millis() > 0
     }
 
     /// With these quantiles.
@@ -51,9 +68,11 @@ impl WindowConfig {
     /// resume; else the windows' kind and lengths, and `-p` with percentiles
     /// (`sliding-60000ms-10000ms-p`). A checkpoint taken with other windows
     /// (their state means something else) is then refused at start, naming
-    /// its step, instead of being misread.
+    /// its step, instead of being misread. The allowed lateness does not
+    /// change the name: the state means the same with or without it.
     pub fn step_name(&self) -> Option<String> {
-        if *self == WindowConfig::default() {
+        let default = WindowConfig::default();
+        if self.spec == default.spec && self.percentiles == default.percentiles {
             return None;
         }
         let mut name = match self.spec {
@@ -70,7 +89,8 @@ impl WindowConfig {
 
     /// The Parquet columns of the rows: `device` (Utf8), `window_start`,
     /// `window_end`, `count` (Int64), `min`, `max`, `mean` and one column
-    /// per quantile (Float64), none nullable.
+    /// per quantile (Float64), and last, with allowed lateness, `diff`
+    /// (Int64: +1 or -1); none nullable.
     pub fn parquet_fields(&self) -> Vec<FieldRef> {
         let mut fields = vec![Field::new("device", DataType::Utf8, false)];
         for name in ["window_start", "window_end", "count"] {
@@ -78,6 +98,9 @@ impl WindowConfig {
         }
         for name in ["min", "max", "mean"].iter().chain(self.percentiles.columns().iter()) {
             fields.push(Field::new(*name, DataType::Float64, false));
+        }
+        if self.has_diff() {
+            fields.push(Field::new("diff", DataType::Int64, false));
         }
         fields.into_iter().map(Arc::new).collect()
     }
@@ -253,6 +276,18 @@ mod tests {
         let want: Vec<Option<String>> =
             want.iter().map(|n| n.map(String::from)).chain([Some("session-30000ms".to_string())]).collect();
         assert_eq!(names, want);
+    }
+
+    #[test]
+    fn lateness_adds_a_last_diff_column_and_keeps_the_step_name() {
+        let plain = WindowConfig::new(Session::new(Duration::from_secs(30)));
+        let late = plain.clone().allowed_lateness(Duration::from_secs(5));
+        let names = |w: &WindowConfig| w.parquet_fields().iter().map(|f| f.name().clone()).collect::<Vec<_>>();
+        assert!(!names(&plain).contains(&"diff".to_string()));
+        assert_eq!(names(&late).last().map(String::as_str), Some("diff"));
+        assert_eq!(names(&late).len(), names(&plain).len() + 1);
+        assert_eq!(late.step_name(), plain.step_name());
+        assert_eq!(WindowConfig::default().allowed_lateness(Duration::from_secs(1)).step_name(), None);
     }
 
     #[test]

@@ -116,7 +116,13 @@ impl<T, D: Detector<T>> Members<T> for Vec<D> {
         self.iter().zip(value).map(|(d, v)| d.out(v)).collect()
     }
 
-    fn update(&self, s: &mut Self::State, t: EventTime, value: &Self::Value, each: &mut dyn FnMut(&'static str, Verdict)) {
+    fn update(
+        &self,
+        s: &mut Self::State,
+        t: EventTime,
+        value: &Self::Value,
+        each: &mut dyn FnMut(&'static str, Verdict),
+    ) {
         s.resize_with(Vec::len(self), Default::default);
         for ((d, s), v) in self.iter().zip(s.iter_mut()).zip(value) {
             each(d.name(), member(d, s, t, v));

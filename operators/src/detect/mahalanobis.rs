@@ -133,7 +133,11 @@ where
         if s.n >= self.min_samples.max(d as u64 + 1) {
             let cov: Vec<f64> = s.comoment.iter().map(|c| c / (s.n - 1) as f64).collect();
             if let Some(d2) = distance2(x, &s.mean, &cov) {
-                verdict = Verdict::new(score::chi_squared(d2, d), self.threshold, Why::Distance { d2, dims: d, samples: s.n });
+                verdict = Verdict::new(
+                    score::chi_squared(d2, d),
+                    self.threshold,
+                    Why::Distance { d2, dims: d, samples: s.n },
+                );
             }
         }
         // Welford for vectors: C += (x - mean_old)(x - mean_new)ᵀ.

@@ -330,9 +330,5 @@ impl<'s, K: 'static, V: 'static> Alerts<'s, K, V> for Flow<'s, Scored<K, V>> {
 
 /// Checks that `value` is in `range` (both ends inclusive), naming `field` otherwise.
 fn check(field: &str, value: f64, ok: bool, expected: &str) -> Result<()> {
-    if ok && !value.is_nan() {
-        Ok(())
-    } else {
-        Err(Error::config(field, format!("{value} is not {expected}")))
-    }
+    if ok && !value.is_nan() { Ok(()) } else { Err(Error::config(field, format!("{value} is not {expected}"))) }
 }

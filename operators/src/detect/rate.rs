@@ -82,7 +82,13 @@ where
             Some((t0, x0)) if s.n >= self.min_samples.max(1) => {
                 let dx = x - x0;
                 let dt = (t - t0) as f64 / 1000.0;
-                let per_second = if dx == 0.0 { 0.0 } else if dt > 0.0 { dx / dt } else { f64::INFINITY.copysign(dx) };
+                let per_second = if dx == 0.0 {
+                    0.0
+                } else if dt > 0.0 {
+                    dx / dt
+                } else {
+                    f64::INFINITY.copysign(dx)
+                };
                 let r = per_second.abs();
                 let score = if r.is_infinite() { 1.0 } else { r / (r + self.max) };
                 Verdict::new(score, self.threshold, Why::Rate { per_second, max: self.max })

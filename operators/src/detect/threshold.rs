@@ -54,7 +54,13 @@ impl<F> Threshold<F> {
 
     fn scale(&self) -> f64 {
         let width = self.max - self.min;
-        let s = if width.is_finite() { width } else if self.max.is_finite() { self.max.abs() } else { self.min.abs() };
+        let s = if width.is_finite() {
+            width
+        } else if self.max.is_finite() {
+            self.max.abs()
+        } else {
+            self.min.abs()
+        };
         if s > 0.0 { s } else { 1.0 }
     }
 }
@@ -100,7 +106,13 @@ where
         if s.n <= self.min_samples {
             return Verdict::NONE;
         }
-        let d = if x < self.min { self.min - x } else if x > self.max { x - self.max } else { return Verdict::NONE };
+        let d = if x < self.min {
+            self.min - x
+        } else if x > self.max {
+            x - self.max
+        } else {
+            return Verdict::NONE;
+        };
         let score = 0.5 + 0.5 * d / (d + self.scale());
         Verdict::new(score, self.threshold, Why::Bounds { low: self.min, high: self.max })
     }

@@ -63,9 +63,11 @@ pub struct Rolling {
 impl Rolling {
     /// Adds `x`, dropping the oldest value beyond `window`.
     fn push(&mut self, x: f64, window: usize) {
+        let mut removed = None;
         if self.values.len() >= window
             && let Some(old) = self.values.pop_front()
         {
+            removed = Some(old);
             // Welford's removal step.
             let n = self.values.len() as f64;
             if n == 0.0 {
@@ -82,7 +84,11 @@ impl Rolling {
         self.mean += delta / n;
         self.m2 += delta * (x - self.mean);
         self.since_exact += 1;
-        if self.since_exact >= window {
+        // After a removal the rounding error is about ε·(old² + x²) per step: when the
+        // spread is that small (the window became constant) it would be noise, so recompute.
+        let r = removed.unwrap_or(0.0);
+        let noise = 1e-9 * (r * r + x * x) * n;
+        if self.since_exact >= window || (removed.is_some() && self.m2 <= noise) {
             let n = self.values.len() as f64;
             self.mean = self.values.iter().sum::<f64>() / n;
             self.m2 = self.values.iter().map(|v| (v - self.mean).powi(2)).sum();

@@ -421,3 +421,156 @@ proptest! {
         check_detector(which, params, input, &events, (workers, epoch)).map_err(|e| TestCaseError::fail(e.to_string()))?;
     }
 }
+
+/// The silence rows (time, key) of `rows`: those with an alert and score 1 at no reading's time.
+fn silences(rows: &[Row], events: &[Event]) -> Vec<(EventTime, String)> {
+    let mut out: Vec<_> = rows
+        .iter()
+        .filter(|r| r.4 && !events.iter().any(|e| e.0 == r.0 && e.1 == r.1))
+        .map(|r| (r.1, r.0.clone()))
+        .collect();
+    out.sort();
+    out
+}
+
+/// A key that stops reporting gets its alert from the watermark (it never
+/// reports again); a gap between two readings gets one; the end of a
+/// bounded input is no silence, though every key is silent then.
+#[test]
+fn silence_fires_by_the_watermark_and_not_at_the_end_of_input() -> anyhow::Result<()> {
+    let mut part = Vec::new();
+    let mut events = Vec::new();
+    let mut add = |k: &str, t: EventTime| {
+        part.push(record(t, k, t as f64, 0.0));
+        events.push((k.to_string(), t, t as f64, 0.0, (0, 0)));
+    };
+    for t in (0..=10_000).step_by(1000) {
+        if t <= 2000 {
+            add("a", t);
+        }
+        add("b", t);
+        if t == 0 || t == 8000 {
+            add("c", t);
+        }
+    }
+    for workers in [1, 2] {
+        let (rows, dead) = run(vec![part.clone()], Silence::new(v, Duration::from_secs(3)), |x| *x, (workers, 1))?;
+        anyhow::ensure!(dead.is_empty());
+        let got = silences(&rows, &events);
+        let want = vec![(3000, "c".to_string()), (5000, "a".to_string())];
+        anyhow::ensure!(got == want, "{workers} workers: {got:?}");
+        anyhow::ensure!(rows.len() == events.len() + 2, "{rows:?}");
+    }
+    Ok(())
+}
+
+/// A sink that collects rows and fails the run once it gets a row at or
+/// after `fail_from` (rows after the input's pause), if set.
+#[derive(Clone)]
+struct FailFrom {
+    rows: Arc<Mutex<Vec<Row>>>,
+    fail_from: Option<EventTime>,
+}
+
+impl weir_core::sink::Sink<Row> for FailFrom {
+    fn kind(&self) -> &str {
+        "fail-from"
+    }
+
+    fn rejects_rows(&self) -> bool {
+        false
+    }
+
+    fn open(&self, _: &weir_core::sink::SinkContext) -> weir_core::Result<Box<dyn weir_core::sink::SinkWriter<Row>>> {
+        Ok(Box::new(self.clone()))
+    }
+}
+
+impl weir_core::sink::SinkWriter<Row> for FailFrom {
+    fn write(&mut self, rows: &mut Vec<Row>, _: &mut Vec<weir_core::sink::Rejected<Row>>) -> weir_core::Result<()> {
+        if let Some(from) = self.fail_from
+            && rows.iter().any(|r| r.1 >= from)
+        {
+            return Err(weir_core::Error::config("test", "the sink fails here"));
+        }
+        self.rows.lock().map_err(|_| weir_core::Error::config("test", "poisoned"))?.append(rows);
+        Ok(())
+    }
+
+    fn stage(&mut self, _: weir_core::time::Epoch) -> weir_core::Result<Vec<weir_core::checkpoint::Publish>> {
+        Ok(Vec::new())
+    }
+}
+
+/// A run that fails after a checkpoint, restarted from it with another
+/// worker count, emits exactly the reference's rows for what follows: the
+/// restored windows hold what the first run put in them.
+#[test]
+fn a_run_restored_with_another_worker_count_continues_the_scores() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    // Two partitions of 300 readings of three keys; values wander, with spikes.
+    let mut rng = crate::testing::Rng::new(7);
+    let mut parts = Vec::new();
+    let mut events = Vec::new();
+    for p in 0..2u32 {
+        let mut recs = Vec::new();
+        for o in 0..300u64 {
+            let t = 1_000_000 + o as i64 * 100 - rng.below(200) as i64;
+            let k = ["a", "b", "c"][rng.below(3) as usize];
+            let x = ((rng.normal() * 10.0 + if rng.below(40) == 0 { 80.0 } else { 0.0 }) * 100.0).round() / 100.0;
+            recs.push(record(t, k, x, 0.0));
+            events.push((k.to_string(), t, x, 0.0, (p, o)));
+        }
+        parts.push(recs);
+    }
+    let detector = ZScore::new(v).window(30).min_samples(10).threshold(0.999);
+    let want = zscore_ref(&events, 30, 10, 0.999);
+    let source = Memory::new(parts, 5).pause_after(150, Duration::from_millis(800));
+    let state = dir.path().join("state");
+    let run_with = |workers: usize, sink: FailFrom| {
+        let (source, state, d) = (source.clone(), state.clone(), detector.clone());
+        Pipeline::new("restore").workers(workers).bounded(true).state(state).epoch_records(20, 2).run(move |p| {
+            p.source(source.clone())?
+                .decode::<Ev>(Json)
+                .source_time(Duration::from_millis(DELAY as u64))?
+                .named("z")
+                .key_by(|e| e.k.clone())
+                .detect(d.clone())?
+                .map(|s: Scored<String>| (s.key, s.event_time, s.value, s.score, s.alert.is_some()))
+                .sink(sink.clone())?;
+            p.dead_letters().sink(Collect(Arc::new(Mutex::new(Vec::new()))))
+        })
+    };
+    // Rows at 1,020,000 and later come only after the pause, by when a checkpoint committed.
+    let first = Arc::new(Mutex::new(Vec::new()));
+    let failed = run_with(1, FailFrom { rows: first.clone(), fail_from: Some(1_020_000) });
+    anyhow::ensure!(failed.is_err(), "the first run should fail");
+    let second = Arc::new(Mutex::new(Vec::new()));
+    run_with(3, FailFrom { rows: second.clone(), fail_from: None })?;
+    let mut rows = std::mem::take(&mut *lock(&second)?);
+    sort(&mut rows);
+    anyhow::ensure!(
+        !rows.is_empty() && rows.len() < want.len(),
+        "{} of {} rows after the restore",
+        rows.len(),
+        want.len()
+    );
+    // Every row the restored run emits is the reference's row for that reading.
+    let mut left: BTreeMap<(String, EventTime, u64), Vec<(f64, bool)>> = BTreeMap::new();
+    for w in &want {
+        left.entry((w.0.clone(), w.1, w.2.to_bits())).or_default().push((w.3, w.4));
+    }
+    for r in &rows {
+        let Some(scores) = left.get_mut(&(r.0.clone(), r.1, r.2.to_bits())) else {
+            anyhow::bail!("{r:?}: no such reading");
+        };
+        let Some(i) = scores.iter().position(|s| (s.0 - r.3).abs() <= 1e-9 && s.1 == r.4) else {
+            anyhow::bail!("{r:?}: the reference scores it {scores:?}");
+        };
+        scores.swap_remove(i);
+    }
+    // Between them the two runs scored every reading.
+    let first = lock(&first)?.len();
+    anyhow::ensure!(first + rows.len() >= want.len(), "{first} + {} < {}", rows.len(), want.len());
+    Ok(())
+}

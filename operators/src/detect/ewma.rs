@@ -15,7 +15,7 @@ use super::{Detector, Verdict, check};
 ///
 /// Parameters (defaults): `alpha` (0.05, in `(0, 1]`: the newest reading's
 /// weight; about `2 / alpha` readings of memory), `min_samples` (30,
-/// at least 2), `threshold` (0.9999).
+/// at least 2), `threshold` (0.99999: about 4.4 standard deviations).
 #[derive(Clone, Debug)]
 pub struct Ewma<F> {
     field: F,
@@ -27,7 +27,7 @@ pub struct Ewma<F> {
 impl<F> Ewma<F> {
     /// An EWMA chart of the value `field` gives, with the default parameters.
     pub fn new(field: F) -> Self {
-        Ewma { field, alpha: 0.05, min_samples: 30, threshold: 0.9999 }
+        Ewma { field, alpha: 0.05, min_samples: 30, threshold: 0.99999 }
     }
 
     /// The newest reading's weight, in `(0, 1]`.

@@ -18,7 +18,7 @@ use super::{Detector, Verdict};
 ///
 /// Parameters (defaults): `window` (100 readings, at least 2; a reading
 /// costs a sort of the window), `min_samples` (30, at most the window),
-/// `threshold` (0.9999).
+/// `threshold` (0.99999: about 4.4 standard deviations).
 #[derive(Clone, Debug)]
 pub struct Mad<F> {
     field: F,
@@ -30,7 +30,7 @@ pub struct Mad<F> {
 impl<F> Mad<F> {
     /// A MAD detector of the value `field` gives, with the default parameters.
     pub fn new(field: F) -> Self {
-        Mad { field, window: 100, min_samples: 30, threshold: 0.9999 }
+        Mad { field, window: 100, min_samples: 30, threshold: 0.99999 }
     }
 
     /// Readings the median and MAD are taken over.

@@ -16,7 +16,7 @@ use super::{Detector, Verdict, Why, check, score};
 /// Squared Mahalanobis distance on a running covariance.
 ///
 /// Parameters (defaults): `min_samples` (50, at least the dimensions + 1),
-/// `threshold` (0.9999). A reading whose field count differs from the
+/// `threshold` (0.99999: about 4.4 standard deviations). A reading whose field count differs from the
 /// key's first one is skipped (score 0). A ridge of 1e-9 of the mean
 /// variance keeps a singular covariance (fields that move together
 /// exactly) invertible.
@@ -30,7 +30,7 @@ pub struct Mahalanobis<F> {
 impl<F> Mahalanobis<F> {
     /// A detector over the values `fields` gives (an array or a `Vec` of `f64`).
     pub fn new(fields: F) -> Self {
-        Mahalanobis { fields, min_samples: 50, threshold: 0.9999 }
+        Mahalanobis { fields, min_samples: 50, threshold: 0.99999 }
     }
 
     /// Readings before it scores.

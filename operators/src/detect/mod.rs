@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! flow.key_by(|r| r.device.clone())
-//!     .detect(ZScore::new(|r: &Reading| r.temp).window(100).threshold(0.9999))?   // Flow<Scored<String>>
+//!     .detect(ZScore::new(|r: &Reading| r.temp).window(100).threshold(0.99999))?  // Flow<Scored<String>>
 //!     .alerts()                                                                   // Flow<Alert<String>>
 //! ```
 //!

@@ -16,7 +16,7 @@ use super::{Detector, Verdict, Why, check, score};
 ///
 /// Parameters (defaults): `window` (100 readings, at least 2), `min_samples`
 /// (30: readings before it scores, at most the window, at least 2),
-/// `threshold` (0.9999: about 3.9 standard deviations).
+/// `threshold` (0.99999: about 4.4 standard deviations).
 #[derive(Clone, Debug)]
 pub struct ZScore<F> {
     field: F,
@@ -28,7 +28,7 @@ pub struct ZScore<F> {
 impl<F> ZScore<F> {
     /// A z-score of the value `field` gives, with the default parameters.
     pub fn new(field: F) -> Self {
-        ZScore { field, window: 100, min_samples: 30, threshold: 0.9999 }
+        ZScore { field, window: 100, min_samples: 30, threshold: 0.99999 }
     }
 
     /// Readings the mean and deviation are taken over.

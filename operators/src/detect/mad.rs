@@ -89,7 +89,7 @@ where
     }
 
     fn validate(&self) -> Result<()> {
-        check_window("mad", self.window, self.min_samples, self.threshold)
+        check_window("mad", self.window, self.threshold)
     }
 
     fn value(&self, record: &T) -> f64 {

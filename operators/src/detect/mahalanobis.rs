@@ -147,9 +147,9 @@ where
         for (m, dx) in s.mean.iter_mut().zip(&before) {
             *m += dx / n;
         }
-        for i in 0..d {
-            for j in 0..d {
-                s.comoment[i * d + j] += before[i] * (x[j] - s.mean[j]);
+        for (row, bi) in s.comoment.chunks_exact_mut(d).zip(&before) {
+            for ((c, xj), mj) in row.iter_mut().zip(x).zip(&s.mean) {
+                *c += bi * (xj - mj);
             }
         }
         verdict

@@ -80,10 +80,9 @@ fn inputs(parts: &[Vec<Step>], levels: bool) -> (Vec<Vec<Record>>, Vec<Event>) {
         input.push(recs);
     }
     let end = events.iter().map(|e| e.1).max().unwrap_or(0) + 1;
-    for (i, k) in ["a", "b", "c"].iter().enumerate() {
+    for k in ["a", "b", "c"] {
         input[0].push(record(end, k, 1.0, 1.0));
         events.push((k.to_string(), end, 1.0, 1.0, (0, (input[0].len() - 1) as u64)));
-        let _ = i;
     }
     (input, events)
 }
@@ -279,7 +278,8 @@ fn silence_ref(events: &[Event], quiet: i64) -> Vec<Row> {
     rows
 }
 
-/// Solves `a y = b` by Gaussian elimination with partial pivoting.
+/// Solves `a y = b` by Gaussian elimination with partial pivoting (indices as in the textbook).
+#[allow(clippy::needless_range_loop)]
 fn solve(mut a: Vec<Vec<f64>>, mut b: Vec<f64>) -> Vec<f64> {
     let d = b.len();
     for c in 0..d {
@@ -572,5 +572,67 @@ fn a_run_restored_with_another_worker_count_continues_the_scores() -> anyhow::Re
     // Between them the two runs scored every reading.
     let first = lock(&first)?.len();
     anyhow::ensure!(first + rows.len() >= want.len(), "{first} + {} < {}", rows.len(), want.len());
+    Ok(())
+}
+
+/// [`super::NAMES`] lists every built-in detector's name, in order.
+#[test]
+fn the_names_are_the_detectors_names() {
+    let q = Duration::from_secs(1);
+    let names = [
+        Detector::<Ev>::name(&Threshold::new(v).max(1.0)),
+        Detector::<Ev>::name(&RateOfChange::new(v, 1.0)),
+        Detector::<Ev>::name(&ZScore::new(v)),
+        Detector::<Ev>::name(&Ewma::new(v)),
+        Detector::<Ev>::name(&Mad::new(v)),
+        Detector::<Ev>::name(&FlatLine::new(v, q)),
+        Detector::<Ev>::name(&Silence::new(v, q)),
+        Detector::<Ev>::name(&Mahalanobis::new(vw)),
+        Detector::<Ev>::name(&Ensemble::max(vec![ZScore::new(v)])),
+    ];
+    assert_eq!(names, super::NAMES);
+}
+
+/// Parameters are checked when the step is built, naming the parameter;
+/// a flow without event times is refused; `alerts` keeps the alerts.
+#[test]
+fn bad_parameters_are_config_errors_and_alerts_are_the_alerting_rows() -> anyhow::Result<()> {
+    let build = |d: ZScore<fn(&Ev) -> f64>, times: bool| {
+        Pipeline::new("refused")
+            .run(move |p| {
+                let flow = p.source(Memory::new(vec![vec![record(1, "a", 1.0, 0.0)]], 1))?.decode::<Ev>(Json);
+                let flow = if times { flow.source_time(Duration::ZERO)? } else { flow };
+                flow.key_by(|e| e.k.clone()).detect(d.clone())?.sink(Collect(Arc::new(Mutex::new(Vec::new()))))?;
+                p.dead_letters().sink(Collect(Arc::new(Mutex::new(Vec::new()))))
+            })
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    };
+    let err = build(ZScore::new(v as fn(&Ev) -> f64).window(1), true);
+    anyhow::ensure!(err.contains("zscore.window"), "{err}");
+    let err = build(ZScore::new(v as fn(&Ev) -> f64).threshold(1.5), true);
+    anyhow::ensure!(err.contains("zscore.threshold"), "{err}");
+    let err = build(ZScore::new(v as fn(&Ev) -> f64), false);
+    anyhow::ensure!(err.contains("event times"), "{err}");
+
+    let parts = vec![(0..40).map(|i| record(i * 10, "a", if i == 30 { 100.0 } else { (i % 3) as f64 }, 0.0)).collect()];
+    let alerts = Arc::new(Mutex::new(Vec::new()));
+    let a = alerts.clone();
+    Pipeline::new("alerts").bounded(true).run(move |p| {
+        p.source(Memory::new(parts.clone(), 4))?
+            .decode::<Ev>(Json)
+            .source_time(Duration::ZERO)?
+            .key_by(|e| e.k.clone())
+            .detect(ZScore::new(v).min_samples(10))?
+            .alerts()
+            .sink(Collect(a.clone()))?;
+        p.dead_letters().sink(Collect(Arc::new(Mutex::new(Vec::new()))))
+    })?;
+    let alerts = std::mem::take(&mut *lock(&alerts)?);
+    anyhow::ensure!(alerts.len() == 1, "{alerts:?}");
+    let a = &alerts[0];
+    anyhow::ensure!(a.event_time == 300 && a.value == 100.0 && a.detector == "zscore" && a.score > 0.99999, "{a:?}");
+    anyhow::ensure!(a.reason.contains("30 readings"), "{}", a.reason);
     Ok(())
 }

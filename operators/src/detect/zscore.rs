@@ -114,9 +114,8 @@ pub(super) fn deviation(x: f64, center: f64, spread: f64, samples: u64, threshol
 }
 
 /// Checks the parameters shared by windowed detectors.
-pub(super) fn check_window(name: &str, window: usize, min_samples: usize, threshold: f64) -> Result<()> {
+pub(super) fn check_window(name: &str, window: usize, threshold: f64) -> Result<()> {
     check(&format!("{name}.window"), window as f64, window >= 2, "at least 2")?;
-    check(&format!("{name}.min_samples"), min_samples as f64, true, "")?;
     check(&format!("{name}.threshold"), threshold, threshold > 0.0 && threshold <= 1.0, "in (0, 1]")
 }
 
@@ -133,7 +132,7 @@ where
     }
 
     fn validate(&self) -> Result<()> {
-        check_window("zscore", self.window, self.min_samples, self.threshold)
+        check_window("zscore", self.window, self.threshold)
     }
 
     fn value(&self, record: &T) -> f64 {

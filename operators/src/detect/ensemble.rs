@@ -1,7 +1,7 @@
 //! [`Ensemble`]: several detectors over the same readings, as one. Each
 //! member keeps its own state and scores every reading; the ensemble's
-//! score is the largest of the members' scores ([`Combine::Max`]) or their
-//! mean ([`Combine::Mean`]), and the reason is that of the member that
+//! score is the largest of the members' scores ([`EnsembleScore::Max`]) or their
+//! mean ([`EnsembleScore::Mean`]), and the reason is that of the member that
 //! scored highest. Without a threshold of its own it alerts when any member
 //! does. Members are a tuple of two to four detectors (the rows show the
 //! first one's value) or a `Vec` of detectors of one type (the rows show
@@ -17,7 +17,7 @@ use super::{Detector, Verdict, check};
 
 /// How an [`Ensemble`] combines its members' scores.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Combine {
+pub enum EnsembleScore {
     /// The largest score (an anomaly to any member is one).
     #[default]
     Max,
@@ -27,24 +27,24 @@ pub enum Combine {
 
 /// Several detectors as one.
 ///
-/// Parameters (defaults): `combine` ([`Combine::Max`]), `threshold` (none:
+/// Parameters (defaults): the score ([`EnsembleScore::Max`]), `threshold` (none:
 /// alert when any member alerts).
 #[derive(Clone, Debug)]
 pub struct Ensemble<M> {
     members: M,
-    combine: Combine,
+    score: EnsembleScore,
     threshold: Option<f64>,
 }
 
 impl<M> Ensemble<M> {
     /// The largest of the members' scores.
     pub fn max(members: M) -> Self {
-        Ensemble { members, combine: Combine::Max, threshold: None }
+        Ensemble { members, score: EnsembleScore::Max, threshold: None }
     }
 
     /// The mean of the members' scores.
     pub fn mean(members: M) -> Self {
-        Ensemble { members, combine: Combine::Mean, threshold: None }
+        Ensemble { members, score: EnsembleScore::Mean, threshold: None }
     }
 
     /// Alerts when the combined score reaches `score`, in `(0, 1]`, instead of when a member alerts.
@@ -209,9 +209,9 @@ impl<T, M: Members<T>> Detector<T> for Ensemble<M> {
                 top = Verdict { member: Some(name), ..v };
             }
         });
-        let score = match self.combine {
-            Combine::Max => top.score,
-            Combine::Mean => sum / self.members.len() as f64,
+        let score = match self.score {
+            EnsembleScore::Max => top.score,
+            EnsembleScore::Mean => sum / self.members.len() as f64,
         };
         let alert = match self.threshold {
             Some(th) => score > 0.0 && score >= th,

@@ -70,7 +70,7 @@ use weir_core::{Error, Flow, Result};
 
 use crate::window::Keyed;
 
-pub use ensemble::{Combine, Ensemble, Members};
+pub use ensemble::{Ensemble, EnsembleScore, Members};
 pub use ewma::Ewma;
 pub use flatline::FlatLine;
 pub use mad::Mad;

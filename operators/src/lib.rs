@@ -8,12 +8,15 @@
 //!   gave: `source_time`) and tracks per-partition watermarks.
 //! - [`window`]: keyed event-time windows (tumbling, sliding, session) with
 //!   mergeable [`aggregate::Aggregator`]s, built on core's stateful-operator kit.
+//! - [`detect`]: streaming anomaly detectors on keyed flows (`.detect(ZScore::new(...))`),
+//!   one score in `[0, 1]` per reading and alerts, built on the same kit.
 //! - [`aggregate`]: the aggregators (count, sum, min, max, mean, variance,
 //!   first/last by event time, percentiles, distinct count, top-k, heavy hitters), combined in
 //!   tuples or in named structs declared with [`aggregates!`].
 
 pub mod aggregate;
 pub mod decode;
+pub mod detect;
 pub mod event_time;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -38,6 +41,10 @@ pub mod prelude {
     };
     pub use crate::aggregates;
     pub use crate::decode::{Decode, Format, Json, MqttPayload};
+    pub use crate::detect::{
+        Alert, Alerts, Detector, Ensemble, Ewma, FlatLine, Mad, Mahalanobis, RateOfChange, Scored, Silence, Threshold,
+        ZScore,
+    };
     pub use crate::event_time::EventTimeExt;
     pub use crate::transform::Transform;
     pub use crate::window::{Combine, CountWindow, KeyBy, Keyed, Session, Sliding, Tumbling, WindowResult, WindowSpec};

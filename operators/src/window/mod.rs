@@ -358,6 +358,11 @@ impl<'s, T: 'static, F> Keyed<'s, T, F> {
         }
     }
 
+    /// The flow and its key function.
+    pub(crate) fn into_parts(self) -> (Flow<'s, T>, F) {
+        (self.flow, self.key)
+    }
+
     /// The `(key, record)` pairs as a flow.
     pub fn into_flow<K: 'static>(self) -> Flow<'s, (K, T)>
     where

@@ -1,0 +1,334 @@
+//! Streaming anomaly detectors: keyed, checkpointed, one score in `[0, 1]`
+//! per reading.
+//!
+//! ```text
+//! flow.key_by(|r| r.device.clone())
+//!     .detect(ZScore::new(|r: &Reading| r.temp).window(100).threshold(0.99999))?  // Flow<Scored<String>>
+//!     .alerts()                                                                   // Flow<Alert<String>>
+//! ```
+//!
+//! A [`Detector`] turns a key's readings, in event-time order, into a
+//! [`Verdict`] each: an anomaly score in `[0, 1]` and whether it alerts. The
+//! detect step ([`Detect::detect`], on the stateful-operator kit) emits one
+//! [`Scored`] row per reading, with its own event time and, when the verdict
+//! alerts, an [`Alert`]; [`Alerts::alerts`] keeps just the alerts.
+//!
+//! - **Order.** Records of one epoch reach a keyed step in no particular
+//!   order, so a key's readings wait in its state until the watermark passes
+//!   them and are then scored in order of event time, partition and offset:
+//!   the rows do not depend on timing, batching or the worker count. A
+//!   reading already behind the watermark when it arrives (later than the
+//!   flow's allowed disorder) is not scored: it gets score 0, no alert, and
+//!   leaves the state as it was. At the end of a bounded input every waiting
+//!   reading is scored.
+//! - **Bad values.** A NaN or infinite value is skipped for the state and
+//!   scores 0 (it neither alerts nor poisons the statistics).
+//! - **Warm-up.** Each detector scores 0 until it has seen its
+//!   `min_samples` readings (for a windowed one, at most its window).
+//! - **Bounded state.** Each key keeps a fixed number of values (the window,
+//!   or a few running statistics) plus the readings the watermark has not
+//!   passed yet.
+//!
+//! Detectors ([`NAMES`] lists their names, which alerts carry):
+//! [`Threshold`] (static bounds), [`RateOfChange`], [`ZScore`] (rolling
+//! window, Welford with a removal step), [`Ewma`] (EWMA control chart),
+//! [`Mad`] (median absolute deviation, bounded window), [`FlatLine`] (stuck
+//! value for a duration of event time), [`Silence`] (no reading for a
+//! duration, fired by the watermark), [`Mahalanobis`] (several fields of one
+//! reading, Hotelling T² on a running covariance) and [`Ensemble`] (the max
+//! or mean of members' scores).
+
+mod ensemble;
+mod ewma;
+mod flatline;
+mod mad;
+mod mahalanobis;
+mod ordered;
+mod rate;
+pub mod score;
+mod silence;
+mod threshold;
+mod zscore;
+
+#[cfg(test)]
+mod accuracy;
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::hash::Hash;
+use std::rc::Rc;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use timely::ExchangeData;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::Operator;
+use weir_core::record::{EventTime, Rec};
+use weir_core::state::{StepInput, keyed_step};
+use weir_core::{Error, Flow, Result};
+
+use crate::window::Keyed;
+
+pub use ensemble::{Ensemble, EnsembleScore, Members};
+pub use ewma::Ewma;
+pub use flatline::FlatLine;
+pub use mad::Mad;
+pub use mahalanobis::Mahalanobis;
+pub use rate::RateOfChange;
+pub use silence::Silence;
+pub use threshold::Threshold;
+pub use zscore::ZScore;
+
+use ordered::{DetectLogic, Sample};
+
+/// The names of the built-in detectors, as alerts carry them in [`Alert::detector`].
+pub const NAMES: [&str; 9] =
+    ["threshold", "rate", "zscore", "ewma", "mad", "flatline", "silence", "mahalanobis", "ensemble"];
+
+/// Why a reading scored as it did: the numbers behind a verdict, turned into
+/// an alert's [`reason`](Alert::reason) only when it alerts.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Why {
+    /// Nothing to say: warming up, a skipped value, or nothing unusual.
+    Nothing,
+    /// `z` spreads away from `center` (a mean or median; `spread` is the
+    /// standard deviation or scaled MAD) over `samples` readings.
+    Deviation {
+        /// Signed distance in spreads.
+        z: f64,
+        /// Mean or median.
+        center: f64,
+        /// Standard deviation or its robust estimate.
+        spread: f64,
+        /// Readings the statistics hold.
+        samples: u64,
+    },
+    /// Outside `[low, high]`.
+    Bounds {
+        /// Lower bound.
+        low: f64,
+        /// Upper bound.
+        high: f64,
+    },
+    /// Changed by `per_second` per second, more than `max`.
+    Rate {
+        /// The rate of change since the previous reading, per second.
+        per_second: f64,
+        /// The largest rate allowed.
+        max: f64,
+    },
+    /// The value has not changed since `since`, for `for_ms` ms.
+    Stuck {
+        /// Event time of the first reading with this value.
+        since: EventTime,
+        /// How long it has been stuck, ms.
+        for_ms: i64,
+    },
+    /// The key sent nothing from `since` for at least `quiet_ms` ms.
+    Silent {
+        /// Event time of its last reading.
+        since: EventTime,
+        /// The silence that alerts, ms.
+        quiet_ms: i64,
+    },
+    /// Squared Mahalanobis distance `d2` (Hotelling T²) in `dims` dimensions over `samples` readings.
+    Distance {
+        /// The squared distance.
+        d2: f64,
+        /// Dimensions.
+        dims: usize,
+        /// Readings the covariance holds.
+        samples: u64,
+    },
+}
+
+impl fmt::Display for Why {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Why::Nothing => write!(f, "nothing unusual"),
+            Why::Deviation { z, center, spread, samples } => {
+                write!(f, "{z:+.2} spreads from {center:.4} (spread {spread:.4}, {samples} readings)")
+            }
+            Why::Bounds { low, high } => write!(f, "outside [{low}, {high}]"),
+            Why::Rate { per_second, max } => write!(f, "changed {per_second:+.4}/s, more than {max}/s"),
+            Why::Stuck { since, for_ms } => write!(f, "unchanged since {since} for {for_ms} ms"),
+            Why::Silent { since, quiet_ms } => write!(f, "no reading since {since} for {quiet_ms} ms"),
+            Why::Distance { d2, dims, samples } => {
+                write!(f, "squared Mahalanobis distance {d2:.2} in {dims} dimensions ({samples} readings)")
+            }
+        }
+    }
+}
+
+/// A detector's judgement of one reading.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Verdict {
+    /// The anomaly score in `[0, 1]`.
+    pub score: f64,
+    /// Whether it alerts (the score passed the detector's threshold).
+    pub alert: bool,
+    /// The numbers behind it.
+    pub why: Why,
+    /// Which member of an [`Ensemble`] gave `why`.
+    pub member: Option<&'static str>,
+}
+
+impl Verdict {
+    /// Score 0, no alert: warming up, or a value that is skipped.
+    pub const NONE: Verdict = Verdict { score: 0.0, alert: false, why: Why::Nothing, member: None };
+
+    /// `score` (clamped to `[0, 1]`, NaN as 0), alerting when it is positive and at least `threshold`.
+    pub fn new(score: f64, threshold: f64, why: Why) -> Self {
+        let score = if score.is_nan() { 0.0 } else { score.clamp(0.0, 1.0) };
+        Verdict { score, alert: score > 0.0 && score >= threshold, why, member: None }
+    }
+
+    /// The alert's reason.
+    pub fn reason(&self) -> String {
+        match self.member {
+            Some(m) => format!("{m}: {}", self.why),
+            None => self.why.to_string(),
+        }
+    }
+}
+
+/// A streaming anomaly detector over records `T` of one key: what
+/// [`Detect::detect`] runs. Its per-key [`State`](Self::State) is
+/// checkpointed; [`update`](Self::update) gets a key's valid values in
+/// event-time order (ties by partition and offset).
+pub trait Detector<T>: 'static {
+    /// What it takes from a record (kept until the watermark passes it, and sent between workers).
+    type Value: ExchangeData;
+    /// A key's state.
+    type State: Default + Serialize + DeserializeOwned + 'static;
+    /// What the rows show as the reading's value.
+    type Out: Clone + 'static;
+
+    /// The short name alerts carry (one of [`NAMES`] for the built-in ones).
+    fn name(&self) -> &'static str;
+    /// Checks the parameters (called when the step is built); the error names the parameter.
+    fn validate(&self) -> Result<()> {
+        Ok(())
+    }
+    /// The value of `record`.
+    fn value(&self, record: &T) -> Self::Value;
+    /// Whether `value` can be scored (false: score 0, the state is left alone).
+    fn valid(&self, value: &Self::Value) -> bool;
+    /// The value as the rows show it.
+    fn out(&self, value: &Self::Value) -> Self::Out;
+    /// Scores `value` at `time` and adds it to `state`.
+    fn update(&self, state: &mut Self::State, time: EventTime, value: &Self::Value) -> Verdict;
+    /// An alert not tied to a reading that is due at or before `upto` (a
+    /// silence): its time, verdict and the value to show. Called before each
+    /// reading with the reading's time, and as the watermark passes
+    /// [`next_due`](Self::next_due) with the watermark (never at the end of a
+    /// bounded input). None by default.
+    fn due(&self, _state: &mut Self::State, _upto: EventTime) -> Option<(EventTime, Verdict, Self::Out)> {
+        None
+    }
+    /// When the next [`due`](Self::due) alert would be due. None by default.
+    fn next_due(&self, _state: &Self::State) -> Option<EventTime> {
+        None
+    }
+}
+
+/// An alert: a reading (or a silence) whose score passed its detector's threshold.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Alert<K, V = f64> {
+    /// The key.
+    pub key: K,
+    /// The reading's event time (a silence: when it became one).
+    pub event_time: EventTime,
+    /// The reading's value (a silence: the last value before it).
+    pub value: V,
+    /// The score, in `[0, 1]`.
+    pub score: f64,
+    /// The detector's name ([`NAMES`]).
+    pub detector: String,
+    /// Why, in words (the numbers of a [`Why`]).
+    pub reason: String,
+}
+
+/// One reading's score (or a silence's row, which has score 1 and an alert).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Scored<K, V = f64> {
+    /// The key.
+    pub key: K,
+    /// The reading's event time.
+    pub event_time: EventTime,
+    /// The reading's value.
+    pub value: V,
+    /// The anomaly score, in `[0, 1]`.
+    pub score: f64,
+    /// The alert, when the score passed the threshold.
+    pub alert: Option<Alert<K, V>>,
+}
+
+impl<'s, T: 'static, F> Keyed<'s, T, F> {
+    /// Runs `detector` over each key's readings; one [`Scored`] row per
+    /// reading (see the [module docs](self)). Needs event times
+    /// (`.event_time(...)` before it). The step is named after the flow's
+    /// [`named`](Flow::named) name, else `detect-<detector name>`.
+    pub fn detect<K, D>(self, detector: D) -> Result<Flow<'s, Scored<K, D::Out>>>
+    where
+        K: ExchangeData + Hash + Eq + Clone,
+        F: Fn(&T) -> K + 'static,
+        D: Detector<T>,
+    {
+        detector.validate()?;
+        let (flow, key_of) = self.into_parts();
+        let (stream, meta) = flow.into_parts();
+        let (Some(info), Some(watermarks)) = (meta.input, meta.watermarks) else {
+            return Err(Error::config(
+                "detect",
+                "needs event times: call .event_time(...) on the flow before .detect(...)",
+            ));
+        };
+        let ctx = meta.ctx;
+        let id = ctx.step_id(&format!("detect-{}", detector.name()), meta.name.as_deref())?;
+        let detector = Rc::new(detector);
+        let d = detector.clone();
+        let samples = stream.unary(Pipeline, "DetectValues", move |_, _| {
+            move |input, output| {
+                input.for_each(|cap, data: &mut Vec<Rec<T>>| {
+                    output.session(&cap).give_iterator(data.drain(..).map(|r| Sample {
+                        key: key_of(&r.value),
+                        time: r.meta.event_time,
+                        pos: (r.meta.partition, r.meta.offset),
+                        value: d.value(&r.value),
+                    }));
+                });
+            }
+        });
+        let input = StepInput { records: samples, watermarks: Some(watermarks), partitions: info.partitions };
+        let out = keyed_step(&ctx, &id, input, |s: &Sample<K, D::Value>| s.key.clone(), DetectLogic::new(detector))?;
+        Ok(Flow::derived(ctx, out))
+    }
+}
+
+/// Adds `alerts` to flows of [`Scored`] rows.
+pub trait Alerts<'s, K, V> {
+    /// Keeps the alerts.
+    fn alerts(self) -> Flow<'s, Alert<K, V>>;
+}
+
+impl<'s, K: 'static, V: 'static> Alerts<'s, K, V> for Flow<'s, Scored<K, V>> {
+    fn alerts(self) -> Flow<'s, Alert<K, V>> {
+        let (stream, meta) = self.into_parts();
+        let stream = stream.unary(Pipeline, "Alerts", move |_, _| {
+            move |input, output| {
+                input.for_each(|cap, data: &mut Vec<Rec<Scored<K, V>>>| {
+                    let alerts = data.drain(..).filter_map(|r| r.value.alert.map(|a| Rec { meta: r.meta, value: a }));
+                    output.session(&cap).give_iterator(alerts);
+                });
+            }
+        });
+        meta.flow(stream)
+    }
+}
+
+/// Checks that `value` is in `range` (both ends inclusive), naming `field` otherwise.
+fn check(field: &str, value: f64, ok: bool, expected: &str) -> Result<()> {
+    if ok && !value.is_nan() { Ok(()) } else { Err(Error::config(field, format!("{value} is not {expected}"))) }
+}

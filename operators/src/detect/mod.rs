@@ -27,7 +27,7 @@
 //!   `min_samples` readings (for a windowed one, at most its window).
 //! - **Bounded state.** Each key keeps a fixed number of values (the window,
 //!   or a few running statistics) plus the readings the watermark has not
-//!   passed yet.
+//!   passed yet; a key's state stays for as long as the step runs.
 //!
 //! Detectors ([`NAMES`] lists their names, which alerts carry):
 //! [`Threshold`] (static bounds), [`RateOfChange`], [`ZScore`] (rolling

@@ -9,7 +9,7 @@
 //!
 //! A [`Detector`] turns a key's readings, in event-time order, into a
 //! [`Verdict`] each: an anomaly score in `[0, 1]` and whether it alerts. The
-//! detect step ([`Detect::detect`], on the stateful-operator kit) emits one
+//! detect step ([`Keyed::detect`], on the stateful-operator kit) emits one
 //! [`Scored`] row per reading, with its own event time and, when the verdict
 //! alerts, an [`Alert`]; [`Alerts::alerts`] keeps just the alerts.
 //!
@@ -27,7 +27,7 @@
 //!   `min_samples` readings (for a windowed one, at most its window).
 //! - **Bounded state.** Each key keeps a fixed number of values (the window,
 //!   or a few running statistics) plus the readings the watermark has not
-//!   passed yet.
+//!   passed yet; a key's state stays for as long as the step runs.
 //!
 //! Detectors ([`NAMES`] lists their names, which alerts carry):
 //! [`Threshold`] (static bounds), [`RateOfChange`], [`ZScore`] (rolling
@@ -194,7 +194,7 @@ impl Verdict {
 }
 
 /// A streaming anomaly detector over records `T` of one key: what
-/// [`Detect::detect`] runs. Its per-key [`State`](Self::State) is
+/// [`Keyed::detect`] runs. Its per-key [`State`](Self::State) is
 /// checkpointed; [`update`](Self::update) gets a key's valid values in
 /// event-time order (ties by partition and offset).
 pub trait Detector<T>: 'static {

@@ -110,26 +110,27 @@ where
         // The end of a bounded input: every waiting reading is scored, no silence fires.
         let end = wm == EventTime::MAX;
         let mut state = std::mem::take(cx.state());
-        let (mut ready, waiting): (Vec<_>, Vec<_>) = state.waiting.into_iter().partition(|w| w.0 < wm || end);
-        state.waiting = waiting;
-        ready.sort_unstable_by_key(|w| (w.0, w.1, w.2));
-        for (t, _, _, value) in ready {
-            if let Some((at, v, out)) = d.due(&mut state.detector, t) {
+        let KeyState { waiting, detector } = &mut state;
+        // The readings the watermark passed, in order, off the front.
+        waiting.sort_unstable_by_key(|w| (w.0, w.1, w.2));
+        let ready = if end { waiting.len() } else { waiting.partition_point(|w| w.0 < wm) };
+        for (t, _, _, value) in waiting.drain(..ready) {
+            if let Some((at, v, out)) = d.due(detector, t) {
                 let r = row(cx.key(), at, out, &v, d.name());
                 cx.emit(at, r);
             }
-            let v = d.update(&mut state.detector, t, &value);
+            let v = d.update(detector, t, &value);
             let r = row(cx.key(), t, d.out(&value), &v, d.name());
             cx.emit(t, r);
         }
-        if !end && let Some((at, v, out)) = d.due(&mut state.detector, wm) {
+        if !end && let Some((at, v, out)) = d.due(detector, wm) {
             let r = row(cx.key(), at, out, &v, d.name());
             cx.emit(at, r);
         }
-        for t in cx.timers().to_vec() {
+        while let Some(&t) = cx.timers().first() {
             cx.delete_timer(t);
         }
-        if let Some(e) = state.waiting.iter().map(|w| w.0).min() {
+        if let Some(&(e, ..)) = waiting.first() {
             cx.set_timer(due(e));
         }
         if !end && let Some(at) = d.next_due(&state.detector) {

@@ -56,7 +56,7 @@ fn a_failing_after_commit_action_is_retried_by_the_next_commit() -> anyhow::Resu
     let dir = tempfile::tempdir()?;
     let input = dir.path().join("in.jsonl");
     let mut data = Vec::new();
-    sensor::generate(5_000, 29, 50, &mut data)?;
+    sensor::generate(20_000, 29, 50, &mut data)?;
     std::fs::write(&input, &data)?;
     let ends: BTreeMap<PartitionId, Offset> =
         LinesFile::with_split_bytes(&input, 64 << 10)?.partitions()?.iter().map(|s| (s.id, s.end)).collect();
@@ -68,8 +68,11 @@ fn a_failing_after_commit_action_is_retried_by_the_next_commit() -> anyhow::Resu
     let summary = Pipeline::new("after-commit")
         .workers(2)
         .state(dir.path().join("state"))
-        // Several commits: one every 500 records.
+        // A checkpoint every 500 records a worker (about 20 each), and at most
+        // 2 epochs ahead of the last commit, so a fast or a busy machine cannot
+        // fold the run's checkpoints into one commit.
         .epoch_records(500, 1)
+        .epochs_in_flight(2)
         .bounded(true)
         .run(move |p| {
             let src = FailsOnce { inner: LinesFile::with_split_bytes(&i, 64 << 10)?, calls: c.clone() };

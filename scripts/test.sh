@@ -34,7 +34,8 @@ cargo clippy --workspace --all-targets -- -D warnings
 echo "== cargo build --examples (the tests spawn the example binaries; cargo test does not build them)"
 cargo build --workspace --examples
 echo "== cargo test (unit, integration, recovery)"
-cargo test --workspace --all-targets 2>&1 | tee -a "$log"
+# --no-fail-fast: one run shows every failing test binary, not just the first.
+cargo test --workspace --all-targets --no-fail-fast 2>&1 | tee -a "$log"
 echo "== doc tests"
 cargo test --workspace --doc 2>&1 | tee -a "$log"
 

@@ -35,7 +35,7 @@
 //! the window operator alone on generated input (`examples/generator_windows.rs`, 2
 //! workers, 20M readings each of 100,000 keys: 1 s tumbling windows with count, sum, min,
 //! max, mean at 1,000 readings per ms of event time per worker, and 60 s / 1 s sliding
-//! windows with mean and p99 at 100 per ms);
+//! windows with mean and p99 at 100 per ms; the z-score detector per key, every reading scored);
 //! DuckDB (`SET threads=2`, query timed inside Python) when `import duckdb` works.
 //!
 //! Environment: `WEIR_BENCH_RUNS` (timed rounds, default 3), `WEIR_BENCH_WARMUP` (warm-up
@@ -256,7 +256,8 @@ fn run() -> Result<()> {
     // Tumbling: 1,000 readings per ms per worker (10 per key and window and worker).
     // Sliding: 100 per ms (2 per key and second in all, 120 per window), as a fleet
     // of 100,000 sensors reporting twice a second would.
-    for (window, per_ms) in [("tumbling", 1000), ("sliding", 100)] {
+    // Z-score: the anomaly detector per key, each reading scored.
+    for (window, per_ms) in [("tumbling", 1000), ("sliding", 100), ("zscore", 1000)] {
         let (workers, per_worker) = (2, GENERATED_PER_WORKER);
         configs.push(Config {
             name: format!("generator 2w, {window}"),

@@ -12,8 +12,10 @@
 //! - `--window tumbling`: 1 s tumbling windows with count, sum, min, max
 //!   and mean.
 //! - `--window sliding`: 60 s windows every 1 s with mean and p99 (DDSketch).
+//! - `--window zscore`: no window, the z-score anomaly detector per key
+//!   (rolling window of 100 readings, each reading scored).
 //!
-//! Prints the events, the window rows, the elapsed time and events/s (total
+//! Prints the events, the rows (window results or scores), the elapsed time and events/s (total
 //! and per worker).
 
 use std::time::{Duration, Instant};
@@ -34,6 +36,8 @@ enum Kind {
     Tumbling,
     /// 60 s windows every 1 s: mean and p99.
     Sliding,
+    /// No window: a z-score detector per key (rolling window of 100 readings).
+    Zscore,
 }
 
 #[derive(Parser, Debug)]
@@ -104,6 +108,9 @@ fn main() -> anyhow::Result<()> {
                     .window(sliding)
                     .aggregate((Mean(|r: &Reading| r.temp), Percentiles::new(|r: &Reading| r.temp, &[0.99])))?;
             }
+            Kind::Zscore => {
+                keyed.detect(ZScore::new(|r: &Reading| r.temp))?;
+            }
         }
         p.dead_letters().sink(dead.clone())
     })?;
@@ -112,7 +119,7 @@ fn main() -> anyhow::Result<()> {
     let rows: u64 = summary.counters.iter().filter(|(k, _)| k.ends_with(".emitted")).map(|(_, v)| v).sum();
     println!("window:        {:?}", args.window);
     println!("events:        {events}");
-    println!("window rows:   {rows}");
+    println!("rows:          {rows}");
     println!("elapsed:       {elapsed:.3} s");
     println!("events/s:      {:.0}", events as f64 / elapsed);
     println!("events/s/wkr:  {:.0}", events as f64 / elapsed / args.workers as f64);

@@ -200,9 +200,11 @@ mod tests {
                 }
                 Some(r) => {
                     // Each deviation `x - mean` is off by about an ulp of the
-                    // offset: a relative error of eps · offset / spread. (The
-                    // naive formula's is eps · (offset / spread)², 1e2 here.)
-                    let kappa = offset.abs() / spread;
+                    // offset: a relative error of eps · offset / sd, sd the
+                    // values' own standard deviation (it can be far below
+                    // `spread`: two values close together). (The naive
+                    // formula's is eps · (offset / sd)², 1e2 here.)
+                    let kappa = offset.abs() / r.sqrt().max(f64::MIN_POSITIVE);
                     let tol = r * (1e-10 + 10.0 * kappa * f64::EPSILON) + 1e-30;
                     let w = whole.sample_variance().unwrap_or(f64::NAN);
                     let m = merged.sample_variance().unwrap_or(f64::NAN);

@@ -64,6 +64,11 @@ impl<K: Clone, V> KeyView<'_, K, V> {
         &mut self.slot.value
     }
 
+    /// The key and its value at once.
+    pub fn key_value(&mut self) -> (&K, &mut V) {
+        (self.key, &mut self.slot.value)
+    }
+
     /// Sets an event-time timer at `time` (a second one at the same time is the same timer).
     pub fn set_timer(&mut self, time: EventTime) {
         if !self.slot.timers.contains(&time) {

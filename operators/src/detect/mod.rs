@@ -65,7 +65,7 @@ use timely::ExchangeData;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
 use weir_core::record::{EventTime, Rec};
-use weir_core::state::{StepInput, keyed_step};
+use weir_core::state::{StepInput, step};
 use weir_core::{Error, Flow, Result};
 
 use crate::window::Keyed;
@@ -302,7 +302,9 @@ impl<'s, T: 'static, F> Keyed<'s, T, F> {
             }
         });
         let input = StepInput { records: samples, watermarks: Some(watermarks), partitions: info.partitions };
-        let out = keyed_step(&ctx, &id, input, |s: &Sample<K, D::Value>| s.key.clone(), DetectLogic::new(detector))?;
+        let groups = ctx.key_groups();
+        let logic = DetectLogic::new(detector, groups);
+        let out = step(&ctx, &id, input, move |s: &Sample<K, D::Value>| groups.group_of(&s.key), logic)?;
         Ok(Flow::derived(ctx, out))
     }
 }

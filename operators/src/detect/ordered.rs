@@ -1,16 +1,29 @@
-//! The detect step's keyed logic: a key's readings wait until the watermark
-//! passes them, then go to the [`Detector`] in order of event time,
-//! partition and offset (as count windows do), so its scores do not depend
-//! on how records were batched or which worker read them. A key has at most
-//! two timers: just after its earliest waiting reading, and the detector's
-//! next due alert (a silence).
+//! The detect step's logic: readings wait until the watermark passes them,
+//! then go to the [`Detector`] in order of event time, partition and offset
+//! (as count windows do), so its scores do not depend on how records were
+//! batched or which worker read them.
+//!
+//! The waiting readings of every key are one list, sorted once per
+//! watermark advance, so a reading costs one sort step and one look-up of
+//! its key's state (no timer per reading). At a checkpoint the waiting
+//! readings are written into their keys' states ([`KeyState::waiting`]), by
+//! key group like the rest, and taken out again; a restore takes them out
+//! too. The only timers are a detector's due alerts (silence), at
+//! [`Detector::next_due`].
 
 use std::marker::PhantomData;
+use std::ops::Range;
 use std::rc::Rc;
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use weir_core::record::{EventTime, Offset, PartitionId};
-use weir_core::state::{KeyCx, KeyedLogic};
+use std::hash::Hash;
+use weir_core::Result;
+use weir_core::checkpoint::{CheckpointStore, FileEntry};
+use weir_core::keygroup::KeyGroups;
+use weir_core::record::{EventTime, Meta, Offset, PartitionId, Rec};
+use weir_core::state::{KeyView, KeyedState, StepLogic, WatermarkSnapshot};
+use weir_core::time::Epoch;
 
 use super::{Alert, Detector, Scored, Verdict};
 
@@ -23,7 +36,8 @@ pub(crate) struct Sample<K, V> {
     pub value: V,
 }
 
-/// A key's state: its readings the watermark has not passed, and the detector's state.
+/// A key's state: its readings the watermark has not passed (only while a
+/// checkpoint is written, and as restored), and the detector's state.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct KeyState<V, S> {
     waiting: Vec<(EventTime, PartitionId, Offset, V)>,
@@ -37,32 +51,37 @@ impl<V, S: Default> Default for KeyState<V, S> {
 }
 
 /// Runs a [`Detector`] over records `T` per key.
-pub(crate) struct DetectLogic<T, D> {
+pub(crate) struct DetectLogic<K, T, D: Detector<T>> {
     detector: Rc<D>,
+    state: KeyedState<K, KeyState<D::Value, D::State>>,
+    /// Every key's readings the watermark has not passed, in arrival order.
+    waiting: Vec<Sample<K, D::Value>>,
     _records: PhantomData<fn(&T)>,
 }
 
-impl<T, D> DetectLogic<T, D> {
-    pub fn new(detector: Rc<D>) -> Self {
-        DetectLogic { detector, _records: PhantomData }
+impl<K, T, D> DetectLogic<K, T, D>
+where
+    K: Hash + Eq + Clone + Serialize + DeserializeOwned + 'static,
+    D: Detector<T>,
+{
+    pub fn new(detector: Rc<D>, groups: KeyGroups) -> Self {
+        DetectLogic { detector, state: KeyedState::new(groups), waiting: Vec::new(), _records: PhantomData }
+    }
+
+    /// Moves `key`'s readings from its state to the waiting list.
+    fn take_waiting(&mut self, key: K) {
+        let waiting = self.state.with_key(key.clone(), |view| std::mem::take(&mut view.value().waiting));
+        self.waiting.extend(waiting.into_iter().map(|(time, p, o, value)| Sample {
+            key: key.clone(),
+            time,
+            pos: (p, o),
+            value,
+        }));
     }
 }
 
-/// The time of the timer for a reading at `t`: once the watermark passes `t`.
-fn due(t: EventTime) -> EventTime {
-    t.saturating_add(1)
-}
-
-type Cx<'c, 'v, K, T, D> = KeyCx<
-    'c,
-    'v,
-    K,
-    KeyState<<D as Detector<T>>::Value, <D as Detector<T>>::State>,
-    Scored<K, <D as Detector<T>>::Out>,
->;
-
 /// The row of a verdict.
-fn row<K: Clone, V: Clone>(key: &K, time: EventTime, value: V, v: &Verdict, name: &str) -> Scored<K, V> {
+fn row<K: Clone, V: Clone>(key: &K, time: EventTime, value: V, v: &Verdict, name: &str) -> Rec<Scored<K, V>> {
     let alert = v.alert.then(|| Alert {
         key: key.clone(),
         event_time: time,
@@ -71,71 +90,122 @@ fn row<K: Clone, V: Clone>(key: &K, time: EventTime, value: V, v: &Verdict, name
         detector: name.to_string(),
         reason: v.reason(),
     });
-    Scored { key: key.clone(), event_time: time, value, score: v.score, alert }
+    Rec {
+        meta: Meta::derived(time),
+        value: Scored { key: key.clone(), event_time: time, value, score: v.score, alert },
+    }
 }
 
-impl<K, T, D> KeyedLogic<K, Sample<K, D::Value>> for DetectLogic<T, D>
+/// Moves a key's due-alert timer to `next` (the detector's [`Detector::next_due`]).
+fn retime<K: Clone, V>(view: &mut KeyView<'_, K, V>, next: Option<EventTime>) {
+    if view.timers().first().copied() == next && view.timers().len() <= 1 {
+        return;
+    }
+    while let Some(&t) = view.timers().first() {
+        view.delete_timer(t);
+    }
+    if let Some(t) = next {
+        view.set_timer(t);
+    }
+}
+
+impl<K, T, D> StepLogic<Sample<K, D::Value>> for DetectLogic<K, T, D>
 where
-    K: Clone + 'static,
+    K: Hash + Eq + Clone + Serialize + DeserializeOwned + 'static,
     T: 'static,
     D: Detector<T>,
 {
-    type State = KeyState<D::Value, D::State>;
     type Out = Scored<K, D::Out>;
 
-    fn on_record(&mut self, cx: &mut Cx<'_, '_, K, T, D>, s: Sample<K, D::Value>) {
+    fn on_records(&mut self, records: Vec<Sample<K, D::Value>>, wm: EventTime, out: &mut Vec<Rec<Self::Out>>) {
         let d = &*self.detector;
-        let wm = cx.watermark();
-        if !d.valid(&s.value) || (wm != EventTime::MIN && s.time < wm) {
-            // Skipped (a bad value) or behind the watermark: score 0, the state as it was.
-            let r = row(cx.key(), s.time, d.out(&s.value), &Verdict::NONE, d.name());
-            cx.emit(s.time, r);
-            return;
-        }
-        let earliest = cx.state().waiting.iter().map(|w| w.0).min();
-        cx.state().waiting.push((s.time, s.pos.0, s.pos.1, s.value));
-        match earliest {
-            Some(e) if e <= s.time => {}
-            Some(e) => {
-                cx.delete_timer(due(e));
-                cx.set_timer(due(s.time));
+        self.waiting.reserve(records.len());
+        for s in records {
+            if !d.valid(&s.value) || (wm != EventTime::MIN && s.time < wm) {
+                // Skipped (a bad value) or behind the watermark: score 0, the state as it was.
+                out.push(row(&s.key, s.time, d.out(&s.value), &Verdict::NONE, d.name()));
+            } else {
+                self.waiting.push(s);
             }
-            None => cx.set_timer(due(s.time)),
         }
     }
 
-    fn on_timer(&mut self, cx: &mut Cx<'_, '_, K, T, D>, _: EventTime) {
+    fn on_watermark(&mut self, wm: EventTime, out: &mut Vec<Rec<Self::Out>>) {
         let d = &*self.detector;
-        let wm = cx.watermark();
         // The end of a bounded input: every waiting reading is scored, no silence fires.
         let end = wm == EventTime::MAX;
-        let mut state = std::mem::take(cx.state());
-        let KeyState { waiting, detector } = &mut state;
-        // The readings the watermark passed, in order, off the front.
-        waiting.sort_unstable_by_key(|w| (w.0, w.1, w.2));
-        let ready = if end { waiting.len() } else { waiting.partition_point(|w| w.0 < wm) };
-        for (t, _, _, value) in waiting.drain(..ready) {
-            if let Some((at, v, out)) = d.due(detector, t) {
-                let r = row(cx.key(), at, out, &v, d.name());
-                cx.emit(at, r);
-            }
-            let v = d.update(detector, t, &value);
-            let r = row(cx.key(), t, d.out(&value), &v, d.name());
-            cx.emit(t, r);
+        // The readings the watermark passed, in order, off the front. Arrivals are runs
+        // already in order (a partition's, a worker's batch), which the stable sort merges.
+        self.waiting.sort_by_key(|s| (s.time, s.pos.0, s.pos.1));
+        let ready = if end { self.waiting.len() } else { self.waiting.partition_point(|s| s.time < wm) };
+        for s in self.waiting.drain(..ready) {
+            let Sample { key, time: t, value, .. } = s;
+            self.state.with_key(key, |view| {
+                let (key, state) = view.key_value();
+                let detector = &mut state.detector;
+                if let Some((at, v, shown)) = d.due(detector, t) {
+                    out.push(row(key, at, shown, &v, d.name()));
+                }
+                let v = d.update(detector, t, &value);
+                let next = if end { None } else { d.next_due(detector) };
+                out.push(row(key, t, d.out(&value), &v, d.name()));
+                if next.is_some() || !view.timers().is_empty() {
+                    retime(view, next);
+                }
+            });
         }
-        if !end && let Some((at, v, out)) = d.due(detector, wm) {
-            let r = row(cx.key(), at, out, &v, d.name());
-            cx.emit(at, r);
+        if !end {
+            self.state.fire_due(wm, |_, view| {
+                let (key, state) = view.key_value();
+                let due = d.due(&mut state.detector, wm);
+                let next = d.next_due(&state.detector);
+                if let Some((at, v, shown)) = due {
+                    out.push(row(key, at, shown, &v, d.name()));
+                }
+                retime(view, next);
+            });
         }
-        while let Some(&t) = cx.timers().first() {
-            cx.delete_timer(t);
+    }
+
+    fn checkpoint(
+        &mut self,
+        store: &dyn CheckpointStore,
+        epoch: Epoch,
+        name: &str,
+        global: (&[EventTime], EventTime),
+    ) -> Result<Vec<FileEntry>> {
+        // The waiting readings go into their keys' states for the snapshot, then back out.
+        let waiting = std::mem::take(&mut self.waiting);
+        let mut keys = Vec::with_capacity(waiting.len());
+        for s in waiting {
+            keys.push(s.key.clone());
+            self.state.with_key(s.key, |view| view.value().waiting.push((s.time, s.pos.0, s.pos.1, s.value)));
         }
-        if let Some(&(e, ..)) = waiting.first() {
-            cx.set_timer(due(e));
+        let files = self.state.checkpoint(store, epoch, name, &global);
+        for key in keys {
+            self.take_waiting(key);
         }
-        if !end && let Some(at) = d.next_due(&state.detector) {
-            cx.set_timer(at);
+        files
+    }
+
+    fn restore(
+        &mut self,
+        store: &dyn CheckpointStore,
+        files: &[FileEntry],
+        mine: Range<u32>,
+    ) -> Result<Vec<WatermarkSnapshot>> {
+        let globals = self.state.restore(store, files, mine)?;
+        let keys: Vec<K> = self.state.iter().filter(|(_, s)| !s.waiting.is_empty()).map(|(k, _)| k.clone()).collect();
+        for key in keys {
+            // A checkpoint may hold timers of readings (at `time + 1`, as an earlier
+            // version kept them): the due-alert timer, if any, is set again from the detector.
+            let d = &*self.detector;
+            self.state.with_key(key.clone(), |view| {
+                let next = d.next_due(&view.value().detector);
+                retime(view, next);
+            });
+            self.take_waiting(key);
         }
-        *cx.state() = state;
+        Ok(globals)
     }
 }

@@ -261,8 +261,8 @@ pub struct Scored<K, V = f64> {
     pub value: V,
     /// The anomaly score, in `[0, 1]`.
     pub score: f64,
-    /// The alert, when the score passed the threshold.
-    pub alert: Option<Alert<K, V>>,
+    /// The alert, when the score passed the threshold (boxed: most rows have none).
+    pub alert: Option<Box<Alert<K, V>>>,
 }
 
 impl<'s, T: 'static, F> Keyed<'s, T, F> {
@@ -321,7 +321,7 @@ impl<'s, K: 'static, V: 'static> Alerts<'s, K, V> for Flow<'s, Scored<K, V>> {
         let stream = stream.unary(Pipeline, "Alerts", move |_, _| {
             move |input, output| {
                 input.for_each(|cap, data: &mut Vec<Rec<Scored<K, V>>>| {
-                    let alerts = data.drain(..).filter_map(|r| r.value.alert.map(|a| Rec { meta: r.meta, value: a }));
+                    let alerts = data.drain(..).filter_map(|r| r.value.alert.map(|a| Rec { meta: r.meta, value: *a }));
                     output.session(&cap).give_iterator(alerts);
                 });
             }

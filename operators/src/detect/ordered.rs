@@ -82,13 +82,15 @@ where
 
 /// The row of a verdict.
 fn row<K: Clone, V: Clone>(key: &K, time: EventTime, value: V, v: &Verdict, name: &str) -> Rec<Scored<K, V>> {
-    let alert = v.alert.then(|| Alert {
-        key: key.clone(),
-        event_time: time,
-        value: value.clone(),
-        score: v.score,
-        detector: name.to_string(),
-        reason: v.reason(),
+    let alert = v.alert.then(|| {
+        Box::new(Alert {
+            key: key.clone(),
+            event_time: time,
+            value: value.clone(),
+            score: v.score,
+            detector: name.to_string(),
+            reason: v.reason(),
+        })
     });
     Rec {
         meta: Meta::derived(time),

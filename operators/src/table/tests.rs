@@ -465,3 +465,54 @@ fn count_by_maintains_the_counts_as_a_collection() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// A window after the join: the updates arrive late in processing time (their
+/// source pauses), so readings wait in the join while their own watermark
+/// moves on; the joined flow's watermark is held back to the table's, so no
+/// joined reading is late for the window and every window counts what the
+/// reference says.
+#[test]
+fn a_window_after_the_join_sees_no_waiting_reading_as_late() -> anyhow::Result<()> {
+    let stream =
+        vec![(0..40).map(|i| Update::update(KEYS[i % 3].to_string(), dev(i % 2), i as i64 * 100)).collect::<Vec<_>>()];
+    let mut rng = crate::testing::Rng::new(5);
+    let steps: Vec<Vec<RStep>> =
+        (0..2).map(|_| (0..120).map(|_| (30, rng.below(100) as i64, rng.below(3) as usize)).collect()).collect();
+    let (input, events) = gen_readings(&steps);
+    let (joined, _) = reference(&[], &stream, &events);
+    let time_of: BTreeMap<u64, EventTime> = events.iter().map(|e| (e.2, e.1)).collect();
+    let mut want: BTreeMap<(String, EventTime), u64> = BTreeMap::new();
+    for (n, site) in &joined {
+        *want.entry((site.clone(), time_of[n].div_euclid(1_000) * 1_000)).or_default() += 1;
+    }
+    let updates = Memory::new(stream.iter().map(|p| p.iter().map(update).collect()).collect(), 2)
+        .named("updates")
+        .pause_after(4, Duration::from_millis(300));
+    let readings = Memory::new(input, 4).named("readings");
+    let rows = Arc::new(Mutex::new(Vec::new()));
+    let dead = Arc::new(Mutex::new(Vec::new()));
+    let (r, dl) = (rows.clone(), dead.clone());
+    Pipeline::new("window").workers(2).bounded(true).epoch_records(3, 2).run(move |p| {
+        let table = Table::from_updates(
+            "devices",
+            p.source(updates.clone())?
+                .decode::<Update>(Json)
+                .event_time(|u| u.valid_from, Duration::from_millis(DELAY as u64))?,
+        )?;
+        p.source(readings.clone())?
+            .decode::<Ev>(Json)
+            .event_time(|e| e.ts, Duration::from_millis(DELAY as u64))?
+            .join_table(&table, |e| e.d.clone())?
+            .key_by(|j: &Joined<Ev, Dev>| j.value.site.clone())
+            .window(Tumbling::seconds(1))
+            .aggregate(Count)?
+            .map(|w: crate::window::WindowResult<String, u64>| ((w.key, w.start), w.value))
+            .sink(Collect(r.clone()))?;
+        p.dead_letters().sink(Collect(dl.clone()))
+    })?;
+    let late: Vec<String> = lock(&dead)?.iter().filter(|d| d.stage != "join_table").map(|d| d.error.clone()).collect();
+    anyhow::ensure!(late.is_empty(), "{} dead letters besides unknown keys: {late:?}", late.len());
+    let got: BTreeMap<(String, EventTime), u64> = lock(&rows)?.iter().cloned().collect();
+    anyhow::ensure!(got == want, "{got:?}\n!= {want:?}");
+    Ok(())
+}

@@ -275,6 +275,15 @@ fn as_of_is_by_event_time_not_arrival() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Ops parse as an updates file spells them.
+#[test]
+fn ops_parse() {
+    assert_eq!("Insert".parse::<Op>(), Ok(Op::Insert));
+    assert_eq!(" update".parse::<Op>(), Ok(Op::Update));
+    assert_eq!("DELETE".parse::<Op>(), Ok(Op::Delete));
+    assert!("upsert".parse::<Op>().is_err());
+}
+
 /// A flow without event times cannot join; an initial row without a value
 /// is a config error.
 #[test]

@@ -207,9 +207,10 @@ impl<'s, T: ExchangeData + serde::de::DeserializeOwned> JoinTable<'s, T> for Flo
         let readings = stream.map(move |r: Rec<T>| JoinInput::<K, T, V>::Reading(key(&r.value), r));
         // The table is known up to its update flow's watermark; a table
         // without one is known in full once the first epoch applied its load.
+        // (An update flow of no partitions is the same: nothing will come.)
         let (table_wms, partitions) = match &table.updates {
-            Some(u) => (u.watermarks.clone(), u.partitions),
-            None => {
+            Some(u) if u.partitions > 0 => (u.watermarks.clone(), u.partitions),
+            _ => {
                 let done = vec![WatermarkUpdate { partition: 0, watermark: EventTime::MAX, idle: false }];
                 (at_epoch(done.to_stream(scope), start), 1)
             }

@@ -10,6 +10,9 @@
 //!   mergeable [`aggregate::Aggregator`]s, built on core's stateful-operator kit.
 //! - [`detect`]: streaming anomaly detectors on keyed flows (`.detect(ZScore::new(...))`),
 //!   one score in `[0, 1]` per reading and alerts, built on the same kit.
+//! - [`table`]: reference data that changes, as differential-dataflow tables that
+//!   flows join against as of their event time (`.join_table(&table, key)`), and
+//!   per-key counts maintained as a collection (`.count_by(key)`).
 //! - [`aggregate`]: the aggregators (count, sum, min, max, mean, variance,
 //!   first/last by event time, percentiles, distinct count, top-k, heavy hitters), combined in
 //!   tuples or in named structs declared with [`aggregates!`].
@@ -22,6 +25,7 @@ pub mod event_time;
 pub mod fuzzing;
 #[cfg(test)]
 mod kit_tests;
+pub mod table;
 #[cfg(test)]
 mod testing;
 pub mod transform;
@@ -46,6 +50,7 @@ pub mod prelude {
         Threshold, ZScore,
     };
     pub use crate::event_time::EventTimeExt;
+    pub use crate::table::{CountBy, CountChange, JoinTable, Joined, Op, Table, TableUpdate};
     pub use crate::transform::Transform;
     pub use crate::window::{Combine, CountWindow, KeyBy, Keyed, Session, Sliding, Tumbling, WindowResult, WindowSpec};
 }

@@ -19,6 +19,7 @@ pub type Record = (Option<EventTime>, Vec<u8>);
 /// Partitions of records held in memory; offsets are record indexes.
 #[derive(Clone, Debug)]
 pub struct Memory {
+    name: String,
     partitions: Arc<Vec<Vec<Record>>>,
     /// Records per chunk at most (with `Pipeline::epoch_records`, this decides
     /// which records share an epoch).
@@ -31,7 +32,13 @@ pub struct Memory {
 impl Memory {
     /// A source over `partitions`, at most `per_read` records per chunk.
     pub fn new(partitions: Vec<Vec<Record>>, per_read: usize) -> Self {
-        Memory { partitions: Arc::new(partitions), per_read: per_read.max(1), pause: None }
+        Memory { name: "memory".to_string(), partitions: Arc::new(partitions), per_read: per_read.max(1), pause: None }
+    }
+
+    /// The source named `name` (a pipeline with two sources names them apart).
+    pub fn named(mut self, name: &str) -> Self {
+        self.name = name.to_string();
+        self
     }
 
     /// Each partition pauses for `pause` (processing time) after `records` records.
@@ -43,7 +50,7 @@ impl Memory {
 
 impl Source for Memory {
     fn name(&self) -> &str {
-        "memory"
+        &self.name
     }
 
     fn partitions(&self) -> Result<Vec<PartitionSpec>> {

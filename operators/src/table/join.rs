@@ -1,0 +1,243 @@
+//! `flow.join_table(&table, key)`: the join step's keyed logic and the
+//! trait that builds it (see the [table module](super)).
+
+use std::marker::PhantomData;
+
+use serde::{Deserialize, Serialize};
+use timely::ExchangeData;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::Concat;
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::vec::{Map, ToStream};
+use weir_core::flow::{Flow, FlowMeta, WatermarkUpdate, with_dead_letters};
+use weir_core::record::{DeadLetter, EventTime, Meta, Rec};
+use weir_core::state::{KeyCx, KeyedLogic, StepInput, keyed_step};
+use weir_core::time::Epoch;
+use weir_core::{Error, Result};
+
+use super::{Seq, Table, TableKey, TableValue, Version, at_epoch, clamp};
+
+/// A reading enriched with the table's value for its key as of its event time.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Joined<T, V> {
+    /// The reading.
+    pub record: T,
+    /// The table's value.
+    pub value: V,
+}
+
+/// What the join step gets: a change to the table (a version and its diff)
+/// or a reading with its key.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) enum JoinInput<K, T, V> {
+    Update(Version<K, V>, isize),
+    Reading(K, Rec<T>),
+}
+
+impl<K, T, V> JoinInput<K, T, V> {
+    fn key(&self) -> &K {
+        match self {
+            JoinInput::Update(v, _) => &v.key,
+            JoinInput::Reading(k, _) => k,
+        }
+    }
+}
+
+/// A key's state: its consolidated versions in version order (valid from,
+/// seq, value, multiplicity) and its readings the table is not yet known for.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct KeyTable<T, V> {
+    versions: Vec<(EventTime, Seq, Option<V>, isize)>,
+    waiting: Vec<Rec<T>>,
+}
+
+impl<T, V> Default for KeyTable<T, V> {
+    fn default() -> Self {
+        KeyTable { versions: Vec::new(), waiting: Vec::new() }
+    }
+}
+
+impl<T, V: Clone> KeyTable<T, V> {
+    /// The value as of `t`: the newest present version valid from `t` or
+    /// before, unless it is a delete.
+    fn as_of(&self, t: EventTime) -> Option<V> {
+        let upto = self.versions.partition_point(|v| v.0 <= t);
+        self.versions[..upto].iter().rev().find(|v| v.3 > 0).and_then(|v| v.2.clone())
+    }
+
+    fn apply(&mut self, v: Version<impl Sized, V>, diff: isize) {
+        let at = (v.valid_from, v.seq);
+        match self.versions.binary_search_by(|x| (x.0, x.1).cmp(&at)) {
+            Ok(i) => {
+                self.versions[i].3 += diff;
+                if self.versions[i].3 == 0 {
+                    self.versions.remove(i);
+                }
+            }
+            Err(i) => self.versions.insert(i, (v.valid_from, v.seq, v.value, diff)),
+        }
+    }
+}
+
+/// What the join step emits: the reading (with its own metadata) and the
+/// value, `None` for an unknown key (a dead letter after the step).
+pub(crate) struct JoinOut<T, V> {
+    meta: Meta,
+    record: T,
+    value: Option<V>,
+}
+
+/// The join step's logic.
+pub(crate) struct JoinLogic<T, V>(PhantomData<fn(T, V)>);
+
+/// The time of the timer for a reading at `t`: once the watermark passes `t`
+/// (a watermark `w` still admits updates at `w`).
+fn due(t: EventTime) -> EventTime {
+    t.saturating_add(1)
+}
+
+type Cx<'c, 'v, K, T, V> = KeyCx<'c, 'v, K, KeyTable<T, V>, JoinOut<T, V>>;
+
+fn join<K: Clone, T, V: Clone>(cx: &mut Cx<'_, '_, K, T, V>, r: Rec<T>) {
+    let t = r.meta.event_time;
+    let value = cx.state().as_of(t);
+    cx.emit(t, JoinOut { meta: r.meta, record: r.value, value });
+}
+
+impl<K, T, V> KeyedLogic<K, JoinInput<K, T, V>> for JoinLogic<T, V>
+where
+    K: Clone + 'static,
+    T: Serialize + serde::de::DeserializeOwned + 'static,
+    V: Clone + Serialize + serde::de::DeserializeOwned + 'static,
+{
+    type State = KeyTable<T, V>;
+    type Out = JoinOut<T, V>;
+
+    fn on_record(&mut self, cx: &mut Cx<'_, '_, K, T, V>, input: JoinInput<K, T, V>) {
+        match input {
+            JoinInput::Update(v, diff) => cx.state().apply(v, diff),
+            // The table is known up to the watermark: no update at or before
+            // `t` is to come (updates of this epoch are later than it).
+            JoinInput::Reading(_, r) if r.meta.event_time < cx.watermark() => join(cx, r),
+            JoinInput::Reading(_, r) => {
+                cx.set_timer(due(r.meta.event_time));
+                cx.state().waiting.push(r);
+            }
+        }
+        let s = cx.state();
+        if s.versions.is_empty() && s.waiting.is_empty() {
+            cx.remove();
+        }
+    }
+
+    fn on_timer(&mut self, cx: &mut Cx<'_, '_, K, T, V>, _: EventTime) {
+        let wm = cx.watermark();
+        let mut waiting = std::mem::take(&mut cx.state().waiting);
+        waiting.sort_by_key(|r| (r.meta.event_time, r.meta.partition, r.meta.offset));
+        let ready =
+            if wm == EventTime::MAX { waiting.len() } else { waiting.partition_point(|r| r.meta.event_time < wm) };
+        let rest = waiting.split_off(ready);
+        for r in waiting {
+            join(cx, r);
+        }
+        cx.state().waiting = rest;
+        let s = cx.state();
+        if s.versions.is_empty() && s.waiting.is_empty() {
+            cx.remove();
+        }
+    }
+}
+
+/// Adds `join_table` to flows.
+pub trait JoinTable<'s, T> {
+    /// Enriches each record with `table`'s value for `key(record)` as of the
+    /// record's event time: the newest update with `valid_from <=` it. A
+    /// record waits until the table is known up to its time (the update
+    /// flow's watermark passed it). A key the table does not have at that
+    /// time (never inserted, or deleted) makes the record a dead letter
+    /// (stage `join_table`, error `unknown key`). Needs event times
+    /// (`.event_time(...)` before it). The step's kind is `table-<table
+    /// name>`; name it with [`Flow::named`]. The output keeps the records'
+    /// metadata and source; its watermarks are the records' held back to
+    /// the table's.
+    fn join_table<K, V>(
+        self,
+        table: &Table<'s, K, V>,
+        key: impl Fn(&T) -> K + 'static,
+    ) -> Result<Flow<'s, Joined<T, V>>>
+    where
+        K: TableKey,
+        V: TableValue;
+}
+
+impl<'s, T: ExchangeData + serde::de::DeserializeOwned> JoinTable<'s, T> for Flow<'s, T> {
+    fn join_table<K, V>(
+        self,
+        table: &Table<'s, K, V>,
+        key: impl Fn(&T) -> K + 'static,
+    ) -> Result<Flow<'s, Joined<T, V>>>
+    where
+        K: TableKey,
+        V: TableValue,
+    {
+        let (stream, meta) = self.into_parts();
+        let Some(reading_wms) = meta.watermarks else {
+            return Err(Error::config(
+                "join_table",
+                "needs event times: call .event_time(...) on the flow before .join_table(...)",
+            ));
+        };
+        let ctx = meta.ctx;
+        let id = ctx.step_id(&format!("table-{}", table.name), meta.name.as_deref())?;
+        let scope = ctx.scope();
+        let start = ctx.start_epoch();
+        // The initial load only into a step that starts empty.
+        let versions = table.collection(ctx.restored_state(&id).is_empty());
+        // Each consolidated change at the epoch it belongs to.
+        let updates = versions.inner.unary(Pipeline, "TableChanges", |_, _| {
+            move |input, output| {
+                input.for_each(|cap, data: &mut Vec<(Version<K, V>, Epoch, isize)>| {
+                    data.sort_by_key(|d| d.1);
+                    for (v, t, diff) in data.drain(..) {
+                        output.session(&cap.delayed(&t, 0)).give(JoinInput::<K, T, V>::Update(v, diff));
+                    }
+                });
+            }
+        });
+        let readings = stream.map(move |r: Rec<T>| JoinInput::<K, T, V>::Reading(key(&r.value), r));
+        // The table is known up to its update flow's watermark; a table
+        // without one is known in full once the first epoch applied its load.
+        let (table_wms, partitions) = match &table.updates {
+            Some(u) => (u.watermarks.clone(), u.partitions),
+            None => {
+                let done = vec![WatermarkUpdate { partition: 0, watermark: EventTime::MAX, idle: false }];
+                (at_epoch(done.to_stream(scope), start), 1)
+            }
+        };
+        let input = StepInput { records: updates.concat(readings), watermarks: Some(table_wms.clone()), partitions };
+        let out = keyed_step(&ctx, &id, input, |d: &JoinInput<K, T, V>| d.key().clone(), JoinLogic(PhantomData))?;
+        let origin = meta.input.as_ref().map(|i| i.origin.clone());
+        let joined = with_dead_letters(
+            &ctx,
+            format!("JoinTable({id})"),
+            "join_table",
+            out,
+            move |batch: &mut Vec<Rec<JoinOut<T, V>>>, emit| {
+                for r in batch.drain(..) {
+                    let JoinOut { meta, record, value } = r.value;
+                    match value {
+                        Some(value) => emit.give(Rec { meta, value: Joined { record, value } }),
+                        None => emit.dead_letter(match &origin {
+                            Some(o) => o.dead_letter(&meta, "join_table", "unknown key".into(), &record),
+                            None => {
+                                DeadLetter::as_json("join_table", "join_table", &meta, "unknown key".into(), &record)
+                            }
+                        }),
+                    }
+                }
+            },
+        );
+        let watermarks = clamp::clamp(reading_wms, table_wms, partitions);
+        Ok(FlowMeta { ctx, input: meta.input, watermarks: Some(watermarks), name: None }.flow(joined))
+    }
+}

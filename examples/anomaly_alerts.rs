@@ -5,11 +5,15 @@
 //!
 //! ```text
 //! cargo run --release --example anomaly_alerts            # demo on a generated feed and registry
-//! anomaly_alerts --input FILE.jsonl --registry devices.csv --output OUT --dead-letter DLQ --workers 2 [--state DIR]
+//! anomaly_alerts --input FILE.jsonl --registry devices.csv [--registry-updates UPDATES.csv]
+//!     --output OUT --dead-letter DLQ --workers 2 [--state DIR] [--silence-after 5m]
 //! anomaly_alerts --log-dir DIR --topic sensors --group G --bounded --registry devices.csv --output OUT --dead-letter DLQ
 //! ```
 //!
-//! The registry is a CSV file `device,site,min_temp,max_temp`. Output:
+//! The registry is a CSV file `device,site,min_temp,max_temp`, a
+//! differential table that an updates file (`op,device,site,min_temp,
+//! max_temp,valid_from`) changes; a reading is joined with it as of its
+//! event time (`join_table`). Output:
 //! `OUT/alerts/*.parquet` (`device`, `site`, `event_time`, `value`, `score`,
 //! `detector`, `reason`) and `OUT/site_counts/*.parquet` (`site`,
 //! `window_start`, `window_end`, `count`). Dead letters (malformed lines,
@@ -48,6 +52,12 @@ struct Args {
     /// (required with an input; the demo writes its own).
     #[arg(long)]
     registry: Option<PathBuf>,
+    /// Changes to the registry while running: a CSV file
+    /// `op,device,site,min_temp,max_temp,valid_from` (op insert, update or
+    /// delete; valid_from in ms of event time, in order); each reading is
+    /// joined with the registry as of its own event time.
+    #[arg(long, value_name = "FILE")]
+    registry_updates: Option<PathBuf>,
     /// A device that sends nothing for this long (event time) alerts (`silence`).
     #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
     silence_after: Duration,
@@ -85,6 +95,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         (args.run.plan(input)?, Registry::load(path)?)
     };
     let mut config = AlertsConfig::new(registry);
+    config.updates = args.registry_updates.clone();
     config.silence = args.silence_after;
     config.zscore_window = args.zscore_window;
     config.zscore_threshold = args.zscore_threshold;

@@ -215,7 +215,8 @@ fn zscore_alerts_find_the_injected_spikes_and_bounds_come_from_the_registry() ->
 
 /// 60,000 readings of 300 devices (about 200 s of event time); five devices
 /// stop reporting half-way and `--silence-after 20s` makes their silences
-/// alerts. Two scenarios of up to three SIGKILLs each at random moments,
+/// alerts; an updates file moves 20 devices to another site with other
+/// bounds at 100 s. Two scenarios of up to three SIGKILLs each at random moments,
 /// restarts with 1 to 3 workers: the final alerts, site counts and dead
 /// letters equal an uninterrupted run's exactly.
 #[test]
@@ -231,10 +232,19 @@ fn killed_at_random_moments_alerts_and_site_counts_are_exact() -> anyhow::Result
         .flat_map(|l| [l, b"\n"].concat())
         .collect();
     let registry = alerts::registry_for(300);
-    let extra = ["--silence-after", "20s"];
+    // From 100 s on, 20 devices move to another site with a lower bound of 30 °C.
+    let mut updates = format!("{}\n", alerts::UPDATES_HEADER);
+    for d in 10..30 {
+        updates.push_str(&format!("update,dev-{d:05},site-moved,-5,30,{}\n", 1_700_000_000_000i64 + 100_000));
+    }
+    let setup = |dir: &Path| -> anyhow::Result<()> {
+        setup(dir, &input, &registry)?;
+        Ok(std::fs::write(dir.join("updates.csv"), &updates)?)
+    };
+    let extra = ["--silence-after", "20s", "--registry-updates", "updates.csv"];
 
     let base = tempfile::tempdir()?;
-    setup(base.path(), &input, &registry)?;
+    setup(base.path())?;
     let started = Instant::now();
     wait(spawn(base.path(), 2, &extra)?)?;
     let full = started.elapsed();
@@ -244,13 +254,15 @@ fn killed_at_random_moments_alerts_and_site_counts_are_exact() -> anyhow::Result
     let silences = expected.iter().filter(|a| a.detector == "silence").count();
     eprintln!("uninterrupted: {full:.2?}, {} alerts ({silences} silences)", expected.len());
     anyhow::ensure!(silences >= 5, "only {silences} silence alerts");
+    let moved = expected.iter().filter(|a| a.site == "site-moved").count();
+    anyhow::ensure!(moved > 0, "no alert of a moved device");
     anyhow::ensure!(expected_counts == counts_of(&expected), "site counts differ from the alerts");
 
     let mut rng = SplitMix::new(17);
     let mut after_commit = 0;
     for scenario in 0..2 {
         let dir = tempfile::tempdir()?;
-        setup(dir.path(), &input, &registry)?;
+        setup(dir.path())?;
         let mut kills = 0;
         for attempt in 0.. {
             let workers = 1 + rng.below(3) as usize;
@@ -369,5 +381,45 @@ fn bad_lines_are_dead_letters_and_a_bad_registry_is_an_error_naming_its_line() -
     let stderr = String::from_utf8_lossy(&out.stderr);
     anyhow::ensure!(!out.status.success() && stderr.contains("line 2") && stderr.contains("max_temp"), "{stderr}");
     anyhow::ensure!(!stderr.contains("panicked"), "{stderr}");
+    Ok(())
+}
+
+/// `--registry-updates`: a device's bounds and site change at 20 s and 30 s
+/// of event time and it is deleted at 40 s; each reading is judged by the
+/// registry as of its own time: the threshold alerts of 0-29 s carry the
+/// site and bounds of their time, none after, and readings from 40 s on are
+/// dead letters `unknown key`. A bad update line is a dead letter too.
+#[test]
+fn registry_updates_apply_from_their_valid_from() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let t0 = 1_700_000_000_000i64;
+    let input: String =
+        (0..60).map(|i| format!("{{\"device\":\"dev-00001\",\"ts\":{},\"temp\":45.0}}\n", t0 + i * 1000)).collect();
+    setup(dir.path(), input.as_bytes(), &alerts::registry_for(10))?;
+    let updates = format!(
+        "{}\nupdate,dev-00001,site-new,0,44,{}\nupdate,dev-00001,site-new,0,50,{}\ndelete,dev-00001,,,,{}\nupsert,dev-00001,x,0,1,{}\n",
+        alerts::UPDATES_HEADER,
+        t0 + 20_000,
+        t0 + 30_000,
+        t0 + 40_000,
+        t0 + 50_000
+    );
+    std::fs::write(dir.path().join("updates.csv"), updates)?;
+    wait(command(dir.path(), 2, &["--registry-updates", "updates.csv"])?.spawn()?)?;
+    let got = read_alerts(&dir.path().join("out"))?;
+    let threshold: Vec<(i64, &str)> = got
+        .iter()
+        .filter(|a| a.detector == "threshold")
+        .map(|a| ((a.event_time - t0) / 1000, a.site.as_str()))
+        .collect();
+    let expected: Vec<(i64, &str)> = (0..30).map(|s| (s, if s < 20 { "site-000" } else { "site-new" })).collect();
+    anyhow::ensure!(threshold == expected, "threshold alerts (s, site): {threshold:?}");
+    anyhow::ensure!(got.iter().filter(|a| a.event_time - t0 >= 20_000).all(|a| a.reason.contains("44")), "{got:?}");
+    let dead = support::read_dead_letters(&dir.path().join("dlq"))?;
+    let unknown = dead.iter().filter(|d| d["error"] == alerts::UNKNOWN_KEY).count();
+    anyhow::ensure!(unknown == 20, "{unknown} unknown-key dead letters: {dead:?}");
+    anyhow::ensure!(
+        dead.len() == 21 && dead.iter().any(|d| d["payload"].as_str().is_some_and(|p| p.starts_with("upsert")))
+    );
     Ok(())
 }

@@ -1,8 +1,9 @@
 //! The anomaly-alerts workload (the example `examples/anomaly_alerts.rs`):
 //! sensor-window readings, out-of-range temperatures dropped (counted as
 //! `filtered`, as the sensor pipeline does), each reading joined with its
-//! device's registry row ([`Registry`]: site and temperature bounds; an
-//! unknown device is a dead letter `unknown key`), then three detectors per
+//! device's registry row as of its event time ([`Registry`]: site and
+//! temperature bounds, a differential table changed by an updates file,
+//! [`UpdatesCsv`]; an unknown device is a dead letter `unknown key`), then three detectors per
 //! device: the bounds of its registry row ([`Threshold::bounds`]), a
 //! rolling z-score and silence. Alerts go to `OUT/alerts/` and per-site
 //! one-minute alert counts to `OUT/site_counts/`, both Parquet.
@@ -19,7 +20,8 @@ use std::time::Duration;
 
 use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
-use weir_connectors::{DeadLetters, Parquet};
+use weir_connectors::{DeadLetters, LinesFile, Parquet};
+use weir_core::record::EventTime;
 use weir_core::{Dataflow, Error};
 use weir_operators::prelude::*;
 
@@ -89,6 +91,14 @@ impl Registry {
         Ok(Registry { devices })
     }
 
+    /// The registry as a table's initial rows: every device inserted, valid
+    /// from the beginning of (event) time; devices in order.
+    pub fn updates(&self) -> Vec<RegistryUpdate> {
+        let mut rows: Vec<_> = self.devices.iter().collect();
+        rows.sort_by(|a, b| a.0.cmp(b.0));
+        rows.into_iter().map(|(d, info)| TableUpdate::insert(d.clone(), info.clone(), EventTime::MIN)).collect()
+    }
+
     /// The registry as CSV text, devices in order.
     pub fn to_csv(&self) -> String {
         let mut rows: Vec<_> = self.devices.iter().collect();
@@ -119,17 +129,69 @@ pub fn registry_for(devices: u64) -> Registry {
     Registry { devices }
 }
 
-/// A reading joined with its device's registry row.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Enriched {
-    /// Device name.
-    pub device: CompactString,
-    /// Event time, ms.
-    pub ts: i64,
-    /// Temperature.
-    pub temp: f64,
-    /// The device's registry row as of the reading.
-    pub info: DeviceInfo,
+/// A reading joined with its device's registry row as of its event time.
+pub type Enriched = Joined<Reading, DeviceInfo>;
+
+/// The registry as a table: the initial rows (valid from the beginning of
+/// time) and, with [`AlertsConfig::updates`], the updates file's changes,
+/// each from its `valid_from`.
+fn registry_table<'s>(
+    p: &mut Dataflow<'s>,
+    config: &AlertsConfig,
+) -> weir_core::Result<Table<'s, CompactString, DeviceInfo>> {
+    let initial = config.registry.updates();
+    let Some(path) = &config.updates else { return Table::load(p.ctx(), REGISTRY, initial) };
+    let updates = p
+        .source(LinesFile::open(path)?)?
+        .decode::<Option<RegistryUpdate>>(UpdatesCsv)
+        .filter(Option::is_some)
+        .try_map("registry_updates", |u: &Option<RegistryUpdate>| u.clone().ok_or("no update"))
+        .event_time(|u| u.valid_from, config.max_out_of_orderness)?;
+    Table::from_updates(REGISTRY, updates)?.with_initial(initial)
+}
+
+/// The name of the registry table (its join step is `table-registry`).
+pub const REGISTRY: &str = "registry";
+
+/// A change to the registry.
+pub type RegistryUpdate = TableUpdate<CompactString, DeviceInfo>;
+
+/// The format of a registry updates file: CSV lines
+/// `op,device,site,min_temp,max_temp,valid_from` with `op` one of `insert`,
+/// `update`, `delete` (a delete may leave site and temperatures empty) and
+/// `valid_from` in ms of event time. The header line, if any, decodes to
+/// `None` (and is counted as `filtered`); a line that does not parse is a
+/// dead letter naming the field.
+#[derive(Clone, Copy, Debug)]
+pub struct UpdatesCsv;
+
+/// The header of a registry updates file.
+pub const UPDATES_HEADER: &str = "op,device,site,min_temp,max_temp,valid_from";
+
+impl Format<Option<RegistryUpdate>> for UpdatesCsv {
+    fn decode(&self, bytes: &[u8]) -> Result<Option<RegistryUpdate>, String> {
+        let text = std::str::from_utf8(bytes).map_err(|e| format!("not UTF-8: {e}"))?.trim_end_matches('\r');
+        if text.trim() == UPDATES_HEADER {
+            return Ok(None);
+        }
+        let fields: Vec<&str> = text.split(',').map(str::trim).collect();
+        let [op, device, site, min, max, valid_from] = fields[..] else {
+            return Err(format!("expected 6 fields ({UPDATES_HEADER}), found `{text}`"));
+        };
+        let valid_from: i64 =
+            valid_from.parse().map_err(|_| format!("valid_from `{valid_from}` is not an integer (ms)"))?;
+        let number = |name: &str, v: &str| v.parse::<f64>().map_err(|_| format!("{name} `{v}` is not a number"));
+        let info = || -> Result<DeviceInfo, String> {
+            Ok(DeviceInfo { site: site.into(), min_temp: number("min_temp", min)?, max_temp: number("max_temp", max)? })
+        };
+        let device = CompactString::from(device);
+        Ok(Some(match op {
+            "insert" => TableUpdate::insert(device, info()?, valid_from),
+            "update" => TableUpdate::update(device, info()?, valid_from),
+            "delete" => TableUpdate::delete(device, valid_from),
+            other => return Err(format!("op `{other}` is not insert, update or delete")),
+        }))
+    }
 }
 
 /// One alert row (`OUT/alerts/`).
@@ -167,8 +229,10 @@ pub struct SiteCount {
 /// The detectors' settings.
 #[derive(Clone, Debug)]
 pub struct AlertsConfig {
-    /// The registry every reading is joined with.
+    /// The registry every reading is joined with, at start.
     pub registry: Arc<Registry>,
+    /// A file of changes to the registry ([`UpdatesCsv`]), if any.
+    pub updates: Option<PathBuf>,
     /// A device silent for this long (event time) alerts.
     pub silence: Duration,
     /// Readings the z-score's mean and deviation are taken over.
@@ -185,6 +249,7 @@ impl AlertsConfig {
     pub fn new(registry: Registry) -> Self {
         AlertsConfig {
             registry: Arc::new(registry),
+            updates: None,
             silence: Duration::from_secs(300),
             zscore_window: 100,
             zscore_threshold: 0.99999,
@@ -232,18 +297,14 @@ pub fn build(
     let readings = sensor::readings(p, input)?
         .filter(|r| TEMP_RANGE.contains(&r.temp))
         .event_time(|r| r.ts, config.max_out_of_orderness)?;
-    let registry = config.registry.clone();
-    // The initial registry, looked up as it was at start (no updates yet).
-    let enriched = readings.try_map("registry", move |r: &Reading| match registry.devices.get(&r.device) {
-        Some(info) => Ok(Enriched { device: r.device.clone(), ts: r.ts, temp: r.temp, info: info.clone() }),
-        None => Err(UNKNOWN_KEY),
-    });
-    let temp = |e: &Enriched| e.temp;
-    let site = |e: &Enriched| e.info.site.clone();
-    let by_device = |e: &Enriched| e.device.clone();
+    let table = registry_table(p, config)?;
+    let enriched = readings.join_table(&table, |r: &Reading| r.device.clone())?;
+    let temp = |e: &Enriched| e.record.temp;
+    let site = |e: &Enriched| e.value.site.clone();
+    let by_device = |e: &Enriched| e.record.device.clone();
     let zscore = ZScore::new(temp).window(config.zscore_window).threshold(config.zscore_threshold);
     let zscore = enriched.clone().key_by(by_device).detect(Carry::new(zscore, site))?.alerts();
-    let bounds = Threshold::new(temp).bounds(|e: &Enriched| (e.info.min_temp, e.info.max_temp));
+    let bounds = Threshold::new(temp).bounds(|e: &Enriched| (e.value.min_temp, e.value.max_temp));
     let threshold = enriched.clone().key_by(by_device).detect(Carry::new(bounds, site))?.alerts();
     let silence = enriched.key_by(by_device).detect(Carry::new(Silence::new(temp, config.silence), site))?.alerts();
     let alerts = zscore.concat(threshold).concat(silence).map(alert_row);

@@ -185,11 +185,10 @@ impl Format<Option<RegistryUpdate>> for UpdatesCsv {
             Ok(DeviceInfo { site: site.into(), min_temp: number("min_temp", min)?, max_temp: number("max_temp", max)? })
         };
         let device = CompactString::from(device);
-        Ok(Some(match op {
-            "insert" => TableUpdate::insert(device, info()?, valid_from),
-            "update" => TableUpdate::update(device, info()?, valid_from),
-            "delete" => TableUpdate::delete(device, valid_from),
-            other => return Err(format!("op `{other}` is not insert, update or delete")),
+        Ok(Some(match op.parse::<Op>()? {
+            Op::Insert => TableUpdate::insert(device, info()?, valid_from),
+            Op::Update => TableUpdate::update(device, info()?, valid_from),
+            Op::Delete => TableUpdate::delete(device, valid_from),
         }))
     }
 }
@@ -385,12 +384,6 @@ pub fn generate(n: u64, seed: u64, devices: u64, out: &mut impl Write) -> std::i
         out.write_all(line.as_bytes())?;
     }
     Ok(spikes)
-}
-
-/// The paths a run of the example reads and writes, for tests: `dir/in.jsonl`,
-/// `dir/devices.csv`, `dir/out/`, `dir/dlq/`, `dir/state/`.
-pub fn paths(dir: &Path) -> [PathBuf; 5] {
-    ["in.jsonl", "devices.csv", "out", "dlq", "state"].map(|p| dir.join(p))
 }
 
 #[cfg(test)]

@@ -70,8 +70,11 @@ impl<'s, K: Clone + 'static> Counts<'s, K> {
 
 /// Adds `count_by` to flows.
 pub trait CountBy<'s, T> {
-    /// Counts the records of each `key(record)`, continuously (see the
-    /// [module docs](self)).
+    /// Counts the records of each `key(record)`, continuously: a keyed step
+    /// (kind `count`, named with [`Flow::named`]) whose counts are
+    /// checkpointed like every step's, its changes a differential collection
+    /// consolidated per epoch (a key going from 3 to 5 in an epoch shows as
+    /// `(key, 3)` -1 and `(key, 5)` +1, whatever the records' order).
     fn count_by<K>(self, key: impl Fn(&T) -> K + 'static) -> Result<Counts<'s, K>>
     where
         K: ExchangeData + Clone + Hash + Eq + Ord + std::fmt::Debug + serde::de::DeserializeOwned;

@@ -86,6 +86,20 @@ pub enum Op {
     Delete,
 }
 
+impl std::str::FromStr for Op {
+    type Err = String;
+
+    /// `insert`, `update` or `delete` (any case), as an updates file spells them.
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "insert" => Ok(Op::Insert),
+            "update" => Ok(Op::Update),
+            "delete" => Ok(Op::Delete),
+            other => Err(format!("unknown table op {other:?}: expected insert, update or delete")),
+        }
+    }
+}
+
 /// One change to a table: from `valid_from` (event time, ms) on, `key` has
 /// `value` (insert, update) or is absent (delete).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

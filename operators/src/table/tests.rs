@@ -275,6 +275,15 @@ fn as_of_is_by_event_time_not_arrival() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Ops parse as an updates file spells them.
+#[test]
+fn ops_parse() {
+    assert_eq!("Insert".parse::<Op>(), Ok(Op::Insert));
+    assert_eq!(" update".parse::<Op>(), Ok(Op::Update));
+    assert_eq!("DELETE".parse::<Op>(), Ok(Op::Delete));
+    assert!("upsert".parse::<Op>().is_err());
+}
+
 /// A flow without event times cannot join; an initial row without a value
 /// is a config error.
 #[test]
@@ -514,5 +523,42 @@ fn a_window_after_the_join_sees_no_waiting_reading_as_late() -> anyhow::Result<(
     anyhow::ensure!(late.is_empty(), "{} dead letters besides unknown keys: {late:?}", late.len());
     let got: BTreeMap<(String, EventTime), u64> = lock(&rows)?.iter().cloned().collect();
     anyhow::ensure!(got == want, "{got:?}\n!= {want:?}");
+    Ok(())
+}
+
+/// An update of the flow that inserts without a value is a dead letter of
+/// stage `table` (its input line as the payload); the rest of the table works.
+#[test]
+fn an_insert_without_a_value_is_a_dead_letter() -> anyhow::Result<()> {
+    let lines = vec![vec![
+        update(&Update::insert("a".into(), dev(1), 0)),
+        (None, br#"{"op":"insert","key":"b","value":null,"valid_from":0}"#.to_vec()),
+    ]];
+    let updates = Memory::new(lines, 1).named("updates");
+    let readings = Memory::new(vec![vec![reading("a", 10, 0), reading("b", 10, 1)]], 1).named("readings");
+    let rows = Arc::new(Mutex::new(Vec::new()));
+    let dead = Arc::new(Mutex::new(Vec::new()));
+    let (r, dl) = (rows.clone(), dead.clone());
+    Pipeline::new("bad-update").bounded(true).epoch_records(1, 2).run(move |p| {
+        let table = Table::from_updates(
+            "devices",
+            p.source(updates.clone())?.decode::<Update>(Json).event_time(|u| u.valid_from, Duration::ZERO)?,
+        )?;
+        p.source(readings.clone())?
+            .decode::<Ev>(Json)
+            .event_time(|e| e.ts, Duration::ZERO)?
+            .join_table(&table, |e| e.d.clone())?
+            .map(|j: Joined<Ev, Dev>| (j.record.n, j.value.site))
+            .sink(Collect(r.clone()))?;
+        p.dead_letters().sink(Collect(dl.clone()))
+    })?;
+    anyhow::ensure!(*lock(&rows)? == vec![(0, "s1".to_string())], "{:?}", lock(&rows)?);
+    let mut dead: Vec<(String, String, Vec<u8>)> =
+        lock(&dead)?.iter().map(|d| (d.stage.clone(), d.error.clone(), d.payload.clone())).collect();
+    dead.sort();
+    anyhow::ensure!(dead.len() == 2, "{dead:?}");
+    anyhow::ensure!(dead[0].0 == "join_table" && dead[0].1 == "unknown key", "{:?}", dead[0]);
+    anyhow::ensure!(dead[1].0 == "table" && dead[1].1 == "an insert or update without a value", "{:?}", dead[1]);
+    anyhow::ensure!(dead[1].2.starts_with(br#"{"op":"insert","key":"b""#), "{:?}", dead[1]);
     Ok(())
 }

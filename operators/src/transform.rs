@@ -1,11 +1,13 @@
 //! Stateless stages: `filter` (what it drops is counted as `filtered`, not
-//! dead-lettered: a filter is not validation), `map`, and `try_map`, whose
-//! `Err` becomes a dead letter naming the stage.
+//! dead-lettered: a filter is not validation), `map`, `try_map`, whose
+//! `Err` becomes a dead letter naming the stage, and `concat`, the records
+//! of two branches of one flow as one flow.
 
 use std::sync::atomic::Ordering;
 
 use serde::Serialize;
 use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::Concat;
 use timely::dataflow::operators::generic::Operator;
 use weir_core::Flow;
 use weir_core::flow::with_dead_letters;
@@ -28,6 +30,10 @@ pub trait Transform<'s, T: 'static> {
     ) -> Flow<'s, U>
     where
         T: Serialize;
+    /// The records of both flows, as one. The result keeps `self`'s source
+    /// and watermarks: concatenate branches of one flow (several detectors'
+    /// alerts), not flows of different sources.
+    fn concat(self, other: Flow<'s, T>) -> Flow<'s, T>;
 }
 
 impl<'s, T: 'static> Transform<'s, T> for Flow<'s, T> {
@@ -87,5 +93,10 @@ impl<'s, T: 'static> Transform<'s, T> for Flow<'s, T> {
             }
         });
         meta.flow(ok)
+    }
+
+    fn concat(self, other: Flow<'s, T>) -> Flow<'s, T> {
+        let (stream, meta) = self.into_parts();
+        meta.flow(stream.concat(other.stream))
     }
 }

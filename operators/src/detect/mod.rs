@@ -36,8 +36,17 @@
 //! value for a duration of event time), [`Silence`] (no reading for a
 //! duration, fired by the watermark), [`Mahalanobis`] (several fields of one
 //! reading, Hotelling T² on a running covariance) and [`Ensemble`] (the max
-//! or mean of members' scores).
+//! or mean of members' scores). [`Carry`] labels any detector's rows with a
+//! field of the record (a site) that is not part of the key.
+//!
+//! - **Clock.** The rows keep the event-time clock of the flow the detector
+//!   ran on (its source and watermarks): a row is emitted once the watermark
+//!   passed its event time, in the epoch that moved the watermark there, so
+//!   it is never behind the watermark of the epochs before. A window can
+//!   therefore follow `.detect(...)` or `.alerts()` directly (per-site
+//!   alert counts: `.alerts().key_by(..).window(Tumbling::minutes(1))`).
 
+mod carry;
 mod ensemble;
 mod ewma;
 mod flatline;
@@ -64,12 +73,14 @@ use serde::{Deserialize, Serialize};
 use timely::ExchangeData;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
+use weir_core::flow::FlowMeta;
 use weir_core::record::{EventTime, Rec};
 use weir_core::state::{StepInput, step};
 use weir_core::{Error, Flow, Result};
 
 use crate::window::Keyed;
 
+pub use carry::Carry;
 pub use ensemble::{Ensemble, EnsembleScore, Members};
 pub use ewma::Ewma;
 pub use flatline::FlatLine;
@@ -286,6 +297,8 @@ impl<'s, T: 'static, F> Keyed<'s, T, F> {
             ));
         };
         let ctx = meta.ctx;
+        // The rows keep the input's clock (see the module docs).
+        let clock = (info.clone(), watermarks.clone());
         let id = ctx.step_id(&format!("detect-{}", detector.name()), meta.name.as_deref())?;
         let detector = Rc::new(detector);
         let d = detector.clone();
@@ -305,7 +318,8 @@ impl<'s, T: 'static, F> Keyed<'s, T, F> {
         let groups = ctx.key_groups();
         let logic = DetectLogic::new(detector, groups);
         let out = step(&ctx, &id, input, move |s: &Sample<K, D::Value>| groups.group_of(&s.key), logic)?;
-        Ok(Flow::derived(ctx, out))
+        let meta = FlowMeta { ctx, input: Some(clock.0), watermarks: Some(clock.1), name: None };
+        Ok(meta.flow(out))
     }
 }
 

@@ -245,16 +245,7 @@ pub fn build_windowed(
             "message timestamps need a Kafka input: files and the embedded log have none",
         ));
     }
-    let readings = match input {
-        Input::File(path) => p.source(LinesFile::open(path)?)?.decode::<Reading>(Json),
-        Input::Log { dir, topic } => p.source(LogSource::open_in(p.ctx().storage(), dir, topic)?)?.decode(Json),
-        Input::MqttLog { dir, topic } => {
-            p.source(LogSource::open_in(p.ctx().storage(), dir, topic)?)?.decode(MqttPayload(Json))
-        }
-        Input::Kafka { config, topic } => {
-            p.source(weir_connectors::kafka::KafkaSource::new(config.clone(), topic)?)?.decode(Json)
-        }
-    };
+    let readings = readings(p, input)?;
     let rows = readings_to_rows_in(readings, Combine::Adaptive, time, window)?;
     if let Some(topic) = &out.kafka_results {
         rows.clone().sink(topic.clone().sink::<WindowRow>().keyed(|r: &WindowRow| r.device.clone()))?;
@@ -268,6 +259,21 @@ pub fn build_windowed(
         dead.clone().sink(weir_connectors::outbox::OutboxSink::dead_letters(topic.clone()))?;
     }
     dead.sink(DeadLetters::dir(&out.dead_letters))
+}
+
+/// The decoded readings of `input` (malformed lines become dead letters,
+/// registered with the dataflow).
+pub fn readings<'s>(p: &mut Dataflow<'s>, input: &Input) -> weir_core::Result<Flow<'s, Reading>> {
+    Ok(match input {
+        Input::File(path) => p.source(LinesFile::open(path)?)?.decode::<Reading>(Json),
+        Input::Log { dir, topic } => p.source(LogSource::open_in(p.ctx().storage(), dir, topic)?)?.decode(Json),
+        Input::MqttLog { dir, topic } => {
+            p.source(LogSource::open_in(p.ctx().storage(), dir, topic)?)?.decode(MqttPayload(Json))
+        }
+        Input::Kafka { config, topic } => {
+            p.source(weir_connectors::kafka::KafkaSource::new(config.clone(), topic)?)?.decode(Json)
+        }
+    })
 }
 
 /// The sensor-window stages from raw lines to Parquet rows (dead letters are

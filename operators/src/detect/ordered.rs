@@ -151,7 +151,13 @@ where
                 let v = d.update(detector, t, &value);
                 let next = if end { None } else { d.next_due(detector) };
                 out.push(row(key, t, d.out(&value), &v, d.name()));
-                if next.is_some() || !view.timers().is_empty() {
+                // A due alert only moves later as readings come (a silence), so a timer already
+                // set at or before `next` stays: when it fires, `due` finds nothing yet and it is
+                // set again at the then next due time. One timer per key per quiet stretch,
+                // not one per reading.
+                if let Some(n) = next
+                    && view.timers().iter().all(|&t| t > n)
+                {
                     retime(view, next);
                 }
             });

@@ -42,8 +42,8 @@ pub mod prelude {
     pub use crate::aggregates;
     pub use crate::decode::{Decode, Format, Json, MqttPayload};
     pub use crate::detect::{
-        Alert, Alerts, Detector, Ensemble, Ewma, FlatLine, Mad, Mahalanobis, RateOfChange, Scored, Silence, Threshold,
-        ZScore,
+        Alert, Alerts, Detector, Ensemble, Ewma, FlatLine, Knn, Mad, Mahalanobis, RateOfChange, Scored, Silence,
+        Threshold, ZScore,
     };
     pub use crate::event_time::EventTimeExt;
     pub use crate::transform::Transform;

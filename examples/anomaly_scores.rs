@@ -271,6 +271,7 @@ fn run(name: &str, input: &Path, columns: usize, c: &Calibration) -> anyhow::Res
                 (0..columns).map(|i| Ensemble::max((ZScore::new(column(i)), Mad::new(column(i))))).collect::<Vec<_>>(),
             ),
         ),
+        "knn" => score(input, Ensemble::max((0..columns).map(|i| Knn::new(column(i))).collect::<Vec<_>>())),
         other => bail!("no detector `{other}`: one of {}", NAMES.join(", ")),
     }
 }

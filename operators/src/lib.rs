@@ -46,7 +46,7 @@ pub mod prelude {
     pub use crate::aggregates;
     pub use crate::decode::{Decode, Format, Json, MqttPayload};
     pub use crate::detect::{
-        Alert, Alerts, Carry, Detector, Ensemble, Ewma, FlatLine, Mad, Mahalanobis, RateOfChange, Scored, Silence,
+        Alert, Alerts, Carry, Detector, Ensemble, Ewma, FlatLine, Knn, Mad, Mahalanobis, RateOfChange, Scored, Silence,
         Threshold, ZScore,
     };
     pub use crate::event_time::EventTimeExt;

@@ -35,8 +35,9 @@
 //! [`Mad`] (median absolute deviation, bounded window), [`FlatLine`] (stuck
 //! value for a duration of event time), [`Silence`] (no reading for a
 //! duration, fired by the watermark), [`Mahalanobis`] (several fields of one
-//! reading, Hotelling T² on a running covariance) and [`Ensemble`] (the max
-//! or mean of members' scores). [`Carry`] labels any detector's rows with a
+//! reading, Hotelling T² on a running covariance), [`Ensemble`] (the max
+//! or mean of members' scores) and [`Knn`] (nearest-neighbour novelty of the
+//! last few readings' pattern, with repeated alerts held back). [`Carry`] labels any detector's rows with a
 //! field of the record (a site) that is not part of the key.
 //!
 //! - **Clock.** The rows keep the event-time clock of the flow the detector
@@ -50,6 +51,7 @@ mod carry;
 mod ensemble;
 mod ewma;
 mod flatline;
+mod knn;
 mod mad;
 mod mahalanobis;
 mod ordered;
@@ -84,6 +86,7 @@ pub use carry::Carry;
 pub use ensemble::{Ensemble, EnsembleScore, Members};
 pub use ewma::Ewma;
 pub use flatline::FlatLine;
+pub use knn::Knn;
 pub use mad::Mad;
 pub use mahalanobis::Mahalanobis;
 pub use rate::RateOfChange;
@@ -94,8 +97,8 @@ pub use zscore::ZScore;
 use ordered::{DetectLogic, Sample};
 
 /// The names of the built-in detectors, as alerts carry them in [`Alert::detector`].
-pub const NAMES: [&str; 9] =
-    ["threshold", "rate", "zscore", "ewma", "mad", "flatline", "silence", "mahalanobis", "ensemble"];
+pub const NAMES: [&str; 10] =
+    ["threshold", "rate", "zscore", "ewma", "mad", "flatline", "silence", "mahalanobis", "ensemble", "knn"];
 
 /// Why a reading scored as it did: the numbers behind a verdict, turned into
 /// an alert's [`reason`](Alert::reason) only when it alerts.
@@ -152,6 +155,17 @@ pub enum Why {
         /// Readings the covariance holds.
         samples: u64,
     },
+    /// The recent pattern's nearest earlier one is `distance` (in standard
+    /// deviations of the values) away, `z` spreads above the usual nearest
+    /// distance over `samples` distances.
+    Novel {
+        /// The nearest distance.
+        distance: f64,
+        /// Its distance from the usual one, in spreads.
+        z: f64,
+        /// Distances the statistics hold.
+        samples: u64,
+    },
 }
 
 impl fmt::Display for Why {
@@ -167,6 +181,12 @@ impl fmt::Display for Why {
             Why::Silent { since, quiet_ms } => write!(f, "no reading since {since} for {quiet_ms} ms"),
             Why::Distance { d2, dims, samples } => {
                 write!(f, "squared Mahalanobis distance {d2:.2} in {dims} dimensions ({samples} readings)")
+            }
+            Why::Novel { distance, z, samples } => {
+                write!(
+                    f,
+                    "nearest earlier pattern {distance:.4} away, {z:+.2} spreads above usual ({samples} distances)"
+                )
             }
         }
     }

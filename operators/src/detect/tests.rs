@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use weir_core::Pipeline;
 use weir_core::record::{DeadLetter, EventTime};
 
+use super::knn::tail_score;
 use super::mad::median_spread;
 use super::zscore::deviation;
 use super::{Detector, Scored, Verdict, Why, score};
@@ -333,6 +334,50 @@ fn mahalanobis_ref(events: &[Event], min: u64, th: f64) -> Vec<Row> {
     rows
 }
 
+/// The knn detector's reference: every pattern compared with every earlier
+/// one in plain loops, the statistics recomputed from the values each time.
+fn knn_ref(events: &[Event], lag: usize, history: usize, window: usize, min: usize, suppress: usize) -> Vec<Row> {
+    // The tests' scale: 20 decades, so that few scores are capped at 1.
+    let (mut dists, mut raws): (Vec<f64>, Vec<f64>) = (Vec::new(), Vec::new());
+    let mean_sd = |w: &[f64]| {
+        let n = w.len() as f64;
+        let mean = w.iter().sum::<f64>() / n;
+        let sd = if w.len() < 2 { 0.0 } else { (w.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt() };
+        (mean, sd)
+    };
+    univariate(events, |seen, _, x| {
+        if seen.is_empty() {
+            // A new key.
+            (dists, raws) = (Vec::new(), Vec::new());
+        }
+        let mut vals: Vec<f64> = seen.iter().map(|s| s.1).collect();
+        vals.push(x);
+        let (mean, sd) = mean_sd(&vals[vals.len().saturating_sub(window)..]);
+        let mut raw = 0.0;
+        let j = vals.len() - 1;
+        if sd > 1e-9 * mean.abs().max(1e-12) && j > lag {
+            let current = &vals[j + 1 - lag..=j];
+            let mut best: Option<f64> = None;
+            for e in j.saturating_sub(history).max(lag - 1)..=j - lag - 1 {
+                let d2: f64 = vals[e + 1 - lag..=e].iter().zip(current).map(|(a, b)| (a - b) * (a - b)).sum();
+                best = Some(best.map_or(d2, |b: f64| b.min(d2)));
+            }
+            if let Some(best) = best {
+                let d = best.sqrt() / (sd * (lag as f64).sqrt());
+                if dists.len() >= min {
+                    let (m, s) = mean_sd(&dists[dists.len().saturating_sub(window)..]);
+                    raw = tail_score(d, m, s, 20.0).0;
+                }
+                dists.push(d);
+            }
+        }
+        let before = raws[raws.len().saturating_sub(suppress)..].iter().copied().fold(0.0, f64::max);
+        raws.push(raw);
+        let kept = if raw > before { raw } else { 0.0 };
+        Verdict::new(kept, 0.5, Why::Nothing)
+    })
+}
+
 /// The max of two members' rows (the same readings in the same order).
 fn max_of(a: Vec<Row>, b: Vec<Row>) -> Vec<Row> {
     a.into_iter().zip(b).map(|(a, b)| (a.0, a.1, a.2, a.3.max(b.3), a.4 || b.4)).collect()
@@ -395,6 +440,18 @@ fn check_detector(
             let first = |x: &Vec<f64>| x[0];
             (run(parts, Ensemble::mean(members), first, run_as)?, want)
         }
+        10 => {
+            let (lag, suppress, min) = (1 + p.1 % 3, p.0 % 4, min.max(2));
+            let d = Knn::new(v)
+                .lag(lag)
+                .history(window)
+                .window(window + 5)
+                .min_samples(min)
+                .suppress(suppress)
+                .scale(20.0)
+                .threshold(0.5);
+            (run(parts, d, id, run_as)?, knn_ref(events, lag, window, window + 5, min, suppress))
+        }
         _ => {
             let ens = Ensemble::max((
                 ZScore::new(v).window(window).min_samples(min).threshold(th),
@@ -424,7 +481,7 @@ proptest! {
             prop::collection::vec((0i64..120, 0i64..=DELAY, 0usize..3, -400i64..400, -300i64..300), 1..80),
             1..4,
         ),
-        which in 0usize..10,
+        which in 0usize..11,
         params in (2usize..12, 0usize..10),
         levels in any::<bool>(),
         workers in 1usize..=3,
@@ -520,6 +577,22 @@ impl weir_core::sink::SinkWriter<Row> for FailFrom {
 /// restored windows hold what the first run put in them.
 #[test]
 fn a_run_restored_with_another_worker_count_continues_the_scores() -> anyhow::Result<()> {
+    let detector = ZScore::new(v).window(30).min_samples(10).threshold(0.999);
+    restored(detector, |events| zscore_ref(events, 30, 10, 0.999))
+}
+
+/// The knn detector's state (patterns, statistics, raw scores) survives a restore with another worker count.
+#[test]
+fn a_knn_run_restored_with_another_worker_count_continues_the_scores() -> anyhow::Result<()> {
+    let detector = Knn::new(v).lag(3).history(40).window(60).min_samples(10).suppress(5).scale(20.0).threshold(0.5);
+    restored(detector, |events| knn_ref(events, 3, 40, 60, 10, 5))
+}
+
+/// The restore check of `detector` against `reference`.
+fn restored<D>(detector: D, reference: impl Fn(&[Event]) -> Vec<Row>) -> anyhow::Result<()>
+where
+    D: Detector<Ev, Out = f64> + Clone + Send + Sync,
+{
     let dir = tempfile::tempdir()?;
     // Two partitions of 300 readings of three keys; values wander, with spikes.
     let mut rng = crate::testing::Rng::new(7);
@@ -536,8 +609,7 @@ fn a_run_restored_with_another_worker_count_continues_the_scores() -> anyhow::Re
         }
         parts.push(recs);
     }
-    let detector = ZScore::new(v).window(30).min_samples(10).threshold(0.999);
-    let want = zscore_ref(&events, 30, 10, 0.999);
+    let want = reference(&events);
     let source = Memory::new(parts, 5).pause_after(150, Duration::from_millis(800));
     let state = dir.path().join("state");
     let run_with = |workers: usize, sink: FailFrom| {
@@ -549,7 +621,7 @@ fn a_run_restored_with_another_worker_count_continues_the_scores() -> anyhow::Re
                 .named("z")
                 .key_by(|e| e.k.clone())
                 .detect(d.clone())?
-                .map(|s: Scored<String>| (s.key, s.event_time, s.value, s.score, s.alert.is_some()))
+                .map(|s: Scored<String, f64>| (s.key, s.event_time, s.value, s.score, s.alert.is_some()))
                 .sink(sink.clone())?;
             p.dead_letters().sink(Collect(Arc::new(Mutex::new(Vec::new()))))
         })
@@ -602,6 +674,7 @@ fn the_names_are_the_detectors_names() {
         Detector::<Ev>::name(&Silence::new(v, q)),
         Detector::<Ev>::name(&Mahalanobis::new(vw)),
         Detector::<Ev>::name(&Ensemble::max(vec![ZScore::new(v)])),
+        Detector::<Ev>::name(&Knn::new(v)),
     ];
     assert_eq!(names, super::NAMES);
 }

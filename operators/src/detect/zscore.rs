@@ -61,8 +61,24 @@ pub struct Rolling {
 }
 
 impl Rolling {
+    /// Values it holds.
+    pub(super) fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    /// The mean (0 when empty).
+    pub(super) fn mean(&self) -> f64 {
+        self.mean
+    }
+
+    /// The sample standard deviation (0 for fewer than two values).
+    pub(super) fn sd(&self) -> f64 {
+        let n = self.values.len();
+        if n < 2 { 0.0 } else { (self.m2 / (n - 1) as f64).sqrt() }
+    }
+
     /// Adds `x`, dropping the oldest value beyond `window`.
-    fn push(&mut self, x: f64, window: usize) {
+    pub(super) fn push(&mut self, x: f64, window: usize) {
         let mut removed = None;
         if self.values.len() >= window
             && let Some(old) = self.values.pop_front()

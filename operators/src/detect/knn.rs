@@ -98,6 +98,9 @@ impl<F> Knn<F> {
     }
 }
 
+/// How much a raw score must exceed the held-back ones to count as a new high.
+pub(super) const BEATS: f64 = 1e-9;
+
 /// A key's state: its recent values, the statistics of its values and of
 /// the nearest distances, and its last raw scores.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -215,7 +218,9 @@ where
             }
             s.raw.push_back(raw);
         }
-        let kept = if raw > before { raw } else { 0.0 };
+        // A new high by more than rounding: equal patterns give equal raw scores, and one
+        // computed a little differently must not count as beating its twin.
+        let kept = if raw > before + BEATS { raw } else { 0.0 };
         Verdict::new(kept, self.threshold, why)
     }
 }

@@ -373,7 +373,7 @@ fn knn_ref(events: &[Event], lag: usize, history: usize, window: usize, min: usi
         }
         let before = raws[raws.len().saturating_sub(suppress)..].iter().copied().fold(0.0, f64::max);
         raws.push(raw);
-        let kept = if raw > before { raw } else { 0.0 };
+        let kept = if raw > before + super::knn::BEATS { raw } else { 0.0 };
         Verdict::new(kept, 0.5, Why::Nothing)
     })
 }

@@ -2,7 +2,8 @@
 //!
 //! `cargo bench --bench throughput` (a few minutes; the first run also generates the inputs):
 //!
-//! 1. builds the release examples `sensor_aggregation`, `raw_timely` and `generator_windows`;
+//! 1. builds the release examples `sensor_aggregation`, `raw_timely`, `generator_windows` and
+//!    `anomaly_alerts`;
 //! 2. makes each input once under `target/weir-bench/`: `sensor-2m.jsonl` (2,000,000 events)
 //!    and, for the long rows, `sensor-10m.jsonl` (10,000,000 events, same generator and
 //!    seed 42), with the workload's `gen_data.py --n N --seed 42` when
@@ -31,7 +32,8 @@
 //! 1m/10s windows (6x the rows; not checked: the checker knows the tumbling rows only);
 //! Weir with 2 workers on the 10M input,
 //! checkpoints off and every 1 s, for the checkpoint overhead of a run that lasts several
-//! intervals; the raw-timely baseline (`examples/raw_timely.rs`) with 1 and 2 workers;
+//! intervals; the raw-timely baseline (`examples/raw_timely.rs`) with 1 and 2 workers; the
+//! anomaly pipeline (`examples/anomaly_alerts.rs`, 2 workers, registry of the 10,000 devices);
 //! the window operator alone on generated input (`examples/generator_windows.rs`, 2
 //! workers, 20M readings each of 100,000 keys: 1 s tumbling windows with count, sum, min,
 //! max, mean at 1,000 readings per ms of event time per worker, and 60 s / 1 s sliding
@@ -123,6 +125,10 @@ enum Kind {
     Raw {
         workers: usize,
     },
+    /// `examples/anomaly_alerts` with the registry of the generated devices.
+    Alerts {
+        workers: usize,
+    },
     Duck,
 }
 
@@ -185,6 +191,8 @@ fn run() -> Result<()> {
         "raw_timely",
         "--example",
         "generator_windows",
+        "--example",
+        "anomaly_alerts",
     ];
     commands.push(format!("cargo {}", build.join(" ")));
     println!("== building: cargo {}", build.join(" "));
@@ -252,6 +260,8 @@ fn run() -> Result<()> {
     for workers in [1, 2] {
         configs.push(Config { name: format!("raw timely {workers}w"), kind: Kind::Raw { workers }, events: EVENTS });
     }
+    // The anomaly pipeline (registry join, z-score, bounds and silence per device) on the same file.
+    configs.push(Config { name: "anomaly_alerts 2w".into(), kind: Kind::Alerts { workers: 2 }, events: EVENTS });
     // The window operator without parsing: generated readings of 100,000 keys.
     // Tumbling: 1,000 readings per ms per worker (10 per key and window and worker).
     // Sliding: 100 per ms (2 per key and second in all, 120 per window), as a fleet
@@ -453,6 +463,17 @@ fn input_stem(events: u64) -> String {
     format!("sensor-{}", count_label(events).to_ascii_lowercase())
 }
 
+/// The device registry of the generated inputs (`dev-00000` .. `dev-09999`,
+/// `weir_testkit::alerts::registry_for`), written once into the bench directory.
+fn registry(env: &Env) -> Result<PathBuf> {
+    let path = env.bench_dir.join("devices-10000.csv");
+    if !path.is_file() {
+        let csv = weir_testkit::alerts::registry_for(10_000).to_csv();
+        std::fs::write(&path, csv).map_err(|e| format!("write {}: {e}", path.display()))?;
+    }
+    Ok(path)
+}
+
 /// The scratch directory of a configuration.
 fn scratch(env: &Env, config: &Config) -> PathBuf {
     let slug: String = config.name.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
@@ -488,6 +509,13 @@ fn run_once(env: &Env, config: &Config, input: &Path, label: &str) -> Result<(Ru
             let mut c = Command::new(env.examples.join("generator_windows"));
             c.args(["--window", window, "--workers", &workers.to_string(), "--events", &per_worker.to_string()]);
             c.args(["--per-ms", &per_ms.to_string()]);
+            c
+        }
+        Kind::Alerts { workers } => {
+            let registry = registry(env)?;
+            let mut c = Command::new(env.examples.join("anomaly_alerts"));
+            c.arg("--input").arg(input).arg("--registry").arg(registry).arg("--output").arg(&out);
+            c.arg("--dead-letter").arg(&dlq).args(["--workers", &workers.to_string()]);
             c
         }
         Kind::Raw { workers } => {
@@ -536,6 +564,7 @@ fn summarize(env: &Env, config: &Config, input: &Input, runs: Vec<Run>) -> Row {
         Kind::Generator { workers, per_worker, .. } => (per_worker * workers as u64, false),
         Kind::Weir { window, .. } => (input.events, window == TUMBLING),
         Kind::Raw { .. } | Kind::Duck => (input.events, true),
+        Kind::Alerts { .. } => (input.events, false),
     };
     Row {
         name: config.name.clone(),
@@ -629,7 +658,9 @@ fn parse_checkpoints(stdout: &str) -> Option<(u64, f64)> {
 fn self_timed(kind: &Kind, stdout: &str) -> Option<f64> {
     let number_before_s = |s: &str| s.trim().strip_suffix(" s").and_then(|n| n.trim().parse::<f64>().ok());
     stdout.lines().find_map(|line| match kind {
-        Kind::Weir { .. } | Kind::Generator { .. } => number_before_s(line.strip_prefix("elapsed:")?),
+        Kind::Weir { .. } | Kind::Generator { .. } | Kind::Alerts { .. } => {
+            number_before_s(line.strip_prefix("elapsed:")?)
+        }
         Kind::Raw { .. } => {
             let rest = line.strip_prefix("raw-timely: ")?;
             let (_, rest) = rest.split_once(" events in ")?;
@@ -795,6 +826,13 @@ fn report(rows: &[Row], hardware: &str, inputs: &[Input], env: &Env, commands: &
             s,
             "- Weir 2 workers, {long} events: checkpoints every 1s vs off: {:+.1}% time",
             100.0 * (on / off - 1.0)
+        );
+    }
+    if let (Some(alerts), Some(tumbling)) = (find("anomaly_alerts 2w"), find("weir 2w, ckpt off")) {
+        let _ = writeln!(
+            s,
+            "- anomaly_alerts 2 workers vs sensor_aggregation 2 workers (ckpt off): {:.2}x the time",
+            alerts / tumbling
         );
     }
     if let (Some(sliding), Some(tumbling)) = (find("weir 2w, sliding 1m/10s, ckpt off"), find("weir 2w, ckpt off")) {

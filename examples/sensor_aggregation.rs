@@ -149,9 +149,7 @@ impl From<EventTimeArg> for TimeFrom {
 }
 
 fn main() -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    weir::init_logging();
     run(Args::parse())
 }
 

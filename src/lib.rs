@@ -54,6 +54,15 @@ pub use weir_operators as operators;
 
 pub use weir_core::{Error, Result};
 
+/// Sends the framework's logs (`tracing`) to stderr, filtered by `RUST_LOG`
+/// (default `warn`): what the `weir` binary and the examples call first. A
+/// second call, or one after another subscriber was set, does nothing.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
 /// The README's examples, compiled as doc-tests so they cannot rot.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

@@ -130,9 +130,7 @@ enum GroupCommand {
 }
 
 fn main() -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    weir::init_logging();
     match Cli::parse().command {
         Command::Topic { command: TopicCommand::Create { name, partitions, log_dir } } => {
             cli_log::topic_create(&log_dir, &name, partitions)?;

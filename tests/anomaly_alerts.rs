@@ -272,16 +272,13 @@ fn killed_at_random_moments_alerts_and_site_counts_are_exact() -> anyhow::Result
                 break;
             }
             // The first kill lands after the first commit, so a restart resumes from a checkpoint.
+            let mut exited = None;
             if kills == 0 {
-                while !has_manifest(&dir.path().join("state")) && child.try_wait()?.is_none() {
-                    std::thread::sleep(Duration::from_micros(200));
-                }
+                exited = support::watch(&mut child, None, || has_manifest(&dir.path().join("state")))?;
             }
             let deadline = Instant::now() + Duration::from_micros(rng.below(full.as_micros() as u64 / 2 + 1));
-            let mut exited = None;
-            while exited.is_none() && Instant::now() < deadline {
-                exited = child.try_wait()?;
-                std::thread::sleep(Duration::from_micros(200));
+            if exited.is_none() {
+                exited = support::watch(&mut child, Some(deadline), || false)?;
             }
             match exited {
                 Some(status) if status.success() => break,

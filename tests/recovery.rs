@@ -249,21 +249,10 @@ fn killed_at_random_moments(feed: Feed, scenarios: usize, epochs: Epochs, worklo
                     // first one of any run): count the first kill's delay from the first
                     // commit, so every scenario restarts from a checkpoint at least once
                     // however slow or busy the machine; later kills land anywhere.
-                    while !has_manifest(&dir.path().join("state")) {
-                        if let Some(status) = child.try_wait()? {
-                            exited = Some(status);
-                            break;
-                        }
-                        std::thread::yield_now();
-                    }
+                    exited = support::watch(&mut child, None, || has_manifest(&dir.path().join("state")))?;
                 }
-                let deadline = Instant::now() + delay;
-                while exited.is_none() && Instant::now() < deadline {
-                    if let Some(status) = child.try_wait()? {
-                        exited = Some(status);
-                        break;
-                    }
-                    std::thread::yield_now();
+                if exited.is_none() {
+                    exited = support::watch(&mut child, Some(Instant::now() + delay), || false)?;
                 }
                 match exited {
                     Some(status) if status.success() && kills == 0 && scale < 64 => {
@@ -386,21 +375,13 @@ fn torture(seed: u64, kills_wanted: usize) -> anyhow::Result<()> {
             }
             0..=4 => {
                 let before = newest_manifest(&dir.path().join("state"));
-                while exited.is_none() && newest_manifest(&dir.path().join("state")) == before {
-                    exited = child.try_wait()?;
-                    std::thread::sleep(Duration::from_micros(200));
-                }
+                exited = support::watch(&mut child, None, || newest_manifest(&dir.path().join("state")) != before)?;
                 Duration::from_micros(rng.below(20_000))
             }
             _ => Duration::from_micros(rng.below(full.as_micros() as u64 / 2 + 1)),
         };
-        let deadline = Instant::now() + delay;
-        while exited.is_none() && Instant::now() < deadline {
-            if let Some(status) = child.try_wait()? {
-                exited = Some(status);
-                break;
-            }
-            std::thread::sleep(Duration::from_micros(200));
+        if exited.is_none() {
+            exited = support::watch(&mut child, Some(Instant::now() + delay), || false)?;
         }
         match exited {
             Some(status) if status.success() => {

@@ -13,6 +13,25 @@ use arrow::array::{Array, Float64Array, Int64Array, StringArray};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use weir_testkit::sensor::{QuantileValues, WindowRow};
 
+/// Watches `child` until it exits (its status), `done()` holds or
+/// `deadline` passes (`None`), looking every 100 µs: how the kill tests wait
+/// for the moment to kill.
+pub fn watch(
+    child: &mut std::process::Child,
+    deadline: Option<std::time::Instant>,
+    mut done: impl FnMut() -> bool,
+) -> std::io::Result<Option<std::process::ExitStatus>> {
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Some(status));
+        }
+        if done() || deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+            return Ok(None);
+        }
+        std::thread::sleep(std::time::Duration::from_micros(100));
+    }
+}
+
 /// Visible files of a directory (names not starting with `.` or `_`), sorted.
 pub fn visible_files(dir: &Path) -> anyhow::Result<Vec<std::path::PathBuf>> {
     let mut out = Vec::new();

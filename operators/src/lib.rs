@@ -46,8 +46,8 @@ pub mod prelude {
     pub use crate::aggregates;
     pub use crate::decode::{Decode, Format, Json, MqttPayload};
     pub use crate::detect::{
-        Alert, Alerts, Carry, Detector, Ensemble, Ewma, FlatLine, Knn, Mad, Mahalanobis, RateOfChange, Scored, Silence,
-        Threshold, ZScore,
+        Alert, Alerts, Carry, Detector, Ensemble, Ewma, FlatLine, Knn, Mad, Mahalanobis, Panel, RateOfChange, Scored,
+        Silence, Threshold, ZScore,
     };
     pub use crate::event_time::EventTimeExt;
     pub use crate::table::{CountBy, CountChange, JoinTable, Joined, Op, Table, TableUpdate};

@@ -302,11 +302,10 @@ pub fn build(
     let site = |e: &Enriched| e.value.site.clone();
     let by_device = |e: &Enriched| e.record.device.clone();
     let zscore = ZScore::new(temp).window(config.zscore_window).threshold(config.zscore_threshold);
-    let zscore = enriched.clone().key_by(by_device).detect(Carry::new(zscore, site))?.alerts();
     let bounds = Threshold::new(temp).bounds(|e: &Enriched| (e.value.min_temp, e.value.max_temp));
-    let threshold = enriched.clone().key_by(by_device).detect(Carry::new(bounds, site))?.alerts();
-    let silence = enriched.key_by(by_device).detect(Carry::new(Silence::new(temp, config.silence), site))?.alerts();
-    let alerts = zscore.concat(threshold).concat(silence).map(alert_row);
+    // The three detectors in one step: one exchange, wait and state look-up per reading.
+    let panel = Panel::new((zscore, bounds, Silence::new(temp, config.silence)));
+    let alerts = enriched.key_by(by_device).detect_alerts(Carry::new(panel, site))?.map(alert_row);
     alerts.clone().named("alerts").sink(Parquet::dir(output.join(ALERTS_DIR)))?;
     alerts
         .key_by(|a: &AlertRow| a.site.clone())
@@ -361,26 +360,7 @@ pub fn generate(n: u64, seed: u64, devices: u64, out: &mut impl Write) -> std::i
             base[d] + 1.5 * (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
         };
         let temp = round2(temp);
-        line.clear();
-        use std::fmt::Write as _;
-        let _ = write!(line, "{{\"device\":\"dev-{d:05}\",\"ts\":{ts},\"temp\":{temp:?},\"hum\":{hum:?}}}");
-        if r < 0.001 {
-            match rng.below(3) {
-                0 => {
-                    let cut = 5 + rng.below(line.len() as u64 - 7) as usize;
-                    line.truncate(cut);
-                }
-                1 => {
-                    line.clear();
-                    let _ = write!(line, "{{device:dev-{d:05},ts:{ts},temp:{temp:?}}}");
-                }
-                _ => {
-                    line.clear();
-                    let _ = write!(line, "#corrupt# dev-{d:05} {ts} ?? temp={temp:?}");
-                }
-            }
-        }
-        line.push('\n');
+        sensor::reading_line(&mut line, &mut rng, d as u64, ts, temp, hum, r < 0.001);
         out.write_all(line.as_bytes())?;
     }
     Ok(spikes)

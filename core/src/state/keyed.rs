@@ -10,6 +10,7 @@ use hashbrown::hash_table::Entry;
 use rustc_hash::FxBuildHasher;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use smallvec::SmallVec;
 
 use crate::checkpoint::CheckpointStore;
 use crate::checkpoint::FileEntry;
@@ -34,9 +35,14 @@ pub fn processing_now() -> ProcessingTime {
 struct Slot<V> {
     group: u32,
     value: V,
-    timers: Vec<EventTime>,
-    proc_timers: Vec<ProcessingTime>,
+    timers: Timers,
+    proc_timers: Timers,
 }
+
+/// A key's pending timers of one kind: the first inline in the key's entry
+/// (most keys have at most one), so reading them costs no second cache miss.
+/// They serialize as a list, as a `Vec` does.
+type Timers = SmallVec<[i64; 1]>;
 
 /// Timers by time, one index per kind: an entry whose key no longer has
 /// that timer (it was deleted, or the key removed) is skipped when it comes due.
@@ -245,7 +251,7 @@ where
                 if let Some(n) = group_len.get_mut(group as usize) {
                     *n += 1;
                 }
-                v.insert((key, Slot { group, value: V::default(), timers: Vec::new(), proc_timers: Vec::new() }))
+                v.insert((key, Slot { group, value: V::default(), timers: Timers::new(), proc_timers: Timers::new() }))
             }
         };
         let (key, slot) = entry.get_mut();
@@ -395,7 +401,8 @@ where
                     self.index.processing.entry(t).or_default().push(key.clone());
                 }
                 let hash = hash_of(&key);
-                let slot = Slot { group, value, timers, proc_timers };
+                let slot =
+                    Slot { group, value, timers: Timers::from_vec(timers), proc_timers: Timers::from_vec(proc_timers) };
                 self.table.insert_unique(hash, (key, slot), |e| hash_of(&e.0));
             }
         }

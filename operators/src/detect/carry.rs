@@ -72,6 +72,27 @@ where
     fn next_due(&self, state: &Self::State) -> Option<EventTime> {
         self.detector.next_due(&state.0)
     }
+
+    fn update_each(
+        &self,
+        state: &mut Self::State,
+        time: EventTime,
+        value: &Self::Value,
+        each: &mut dyn FnMut(&'static str, Verdict),
+    ) {
+        state.1.clone_from(&value.1);
+        self.detector.update_each(&mut state.0, time, &value.0, each);
+    }
+
+    fn due_each(
+        &self,
+        state: &mut Self::State,
+        upto: EventTime,
+        each: &mut dyn FnMut(&'static str, EventTime, Verdict, Self::Out),
+    ) {
+        let (inner, label) = state;
+        self.detector.due_each(inner, upto, &mut |name, at, v, shown| each(name, at, v, (shown, label.clone())));
+    }
 }
 
 #[cfg(test)]

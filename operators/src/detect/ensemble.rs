@@ -5,7 +5,8 @@
 //! scored highest. Without a threshold of its own it alerts when any member
 //! does. Members are a tuple of two to four detectors (the rows show the
 //! first one's value) or a `Vec` of detectors of one type (the rows show
-//! every member's value). Members' due alerts (silences) are not forwarded.
+//! every member's value). Members' due alerts (silences) are not forwarded
+//! (a [`Panel`](super::Panel)'s are).
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -84,6 +85,15 @@ pub trait Members<T>: 'static {
         value: &Self::Value,
         each: &mut dyn FnMut(&'static str, Verdict),
     );
+    /// Each member's due alert at or before `upto` (a silence), given to
+    /// `each` with the member's name, the alert's time and verdict (what a
+    /// [`Panel`](super::Panel) forwards). None by default.
+    fn due(&self, _state: &mut Self::State, _upto: EventTime, _each: &mut dyn FnMut(&'static str, EventTime, Verdict)) {
+    }
+    /// The earliest of the members' next due times. None by default.
+    fn next_due(&self, _state: &Self::State) -> Option<EventTime> {
+        None
+    }
 }
 
 /// A member's verdict, or none for a value it cannot score.
@@ -128,6 +138,18 @@ impl<T, D: Detector<T>> Members<T> for Vec<D> {
             each(d.name(), member(d, s, t, v));
         }
     }
+
+    fn due(&self, s: &mut Self::State, upto: EventTime, each: &mut dyn FnMut(&'static str, EventTime, Verdict)) {
+        for (d, s) in self.iter().zip(s.iter_mut()) {
+            if let Some((at, v, _)) = d.due(s, upto) {
+                each(d.name(), at, v);
+            }
+        }
+    }
+
+    fn next_due(&self, s: &Self::State) -> Option<EventTime> {
+        self.iter().zip(s).filter_map(|(d, s)| d.next_due(s)).min()
+    }
 }
 
 macro_rules! tuple_members {
@@ -160,6 +182,16 @@ macro_rules! tuple_members {
 
             fn update(&self, s: &mut Self::State, t: EventTime, value: &Self::Value, each: &mut dyn FnMut(&'static str, Verdict)) {
                 $(each(self.$i.name(), member(&self.$i, &mut s.$i, t, &value.$i));)+
+            }
+
+            fn due(&self, s: &mut Self::State, upto: EventTime, each: &mut dyn FnMut(&'static str, EventTime, Verdict)) {
+                $(if let Some((at, v, _)) = self.$i.due(&mut s.$i, upto) {
+                    each(self.$i.name(), at, v);
+                })+
+            }
+
+            fn next_due(&self, s: &Self::State) -> Option<EventTime> {
+                [$(self.$i.next_due(&s.$i)),+].into_iter().flatten().min()
             }
         }
     };

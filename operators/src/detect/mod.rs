@@ -55,6 +55,7 @@ mod knn;
 mod mad;
 mod mahalanobis;
 mod ordered;
+mod panel;
 mod rate;
 pub mod score;
 mod silence;
@@ -89,12 +90,13 @@ pub use flatline::FlatLine;
 pub use knn::Knn;
 pub use mad::Mad;
 pub use mahalanobis::Mahalanobis;
+pub use panel::Panel;
 pub use rate::RateOfChange;
 pub use silence::Silence;
 pub use threshold::Threshold;
 pub use zscore::ZScore;
 
-use ordered::{DetectLogic, Sample};
+use ordered::{AlertRows, DetectLogic, Rows, Sample, ScoredRows};
 
 /// The names of the built-in detectors, as alerts carry them in [`Alert::detector`].
 pub const NAMES: [&str; 10] =
@@ -262,6 +264,33 @@ pub trait Detector<T>: 'static {
     fn next_due(&self, _state: &Self::State) -> Option<EventTime> {
         None
     }
+    /// Scores `value` as [`update`](Self::update) does, giving `each` every
+    /// verdict with the name its alert carries: one under
+    /// [`name`](Self::name) by default, one per member for a [`Panel`].
+    /// What [`Keyed::detect_alerts`] calls.
+    fn update_each(
+        &self,
+        state: &mut Self::State,
+        time: EventTime,
+        value: &Self::Value,
+        each: &mut dyn FnMut(&'static str, Verdict),
+    ) {
+        each(self.name(), self.update(state, time, value));
+    }
+    /// The due alerts at or before `upto` as [`due`](Self::due) finds them,
+    /// each given to `each` with its name, time and value to show: at most
+    /// one by default, one per due member for a [`Panel`]. What
+    /// [`Keyed::detect_alerts`] calls.
+    fn due_each(
+        &self,
+        state: &mut Self::State,
+        upto: EventTime,
+        each: &mut dyn FnMut(&'static str, EventTime, Verdict, Self::Out),
+    ) {
+        if let Some((at, verdict, shown)) = self.due(state, upto) {
+            each(self.name(), at, verdict, shown);
+        }
+    }
 }
 
 /// An alert: a reading (or a silence) whose score passed its detector's threshold.
@@ -307,6 +336,31 @@ impl<'s, T: 'static, F> Keyed<'s, T, F> {
         F: Fn(&T) -> K + 'static,
         D: Detector<T>,
     {
+        self.detect_rows::<K, D, ScoredRows>(detector)
+    }
+
+    /// Runs `detector` over each key's readings and keeps only the alerts:
+    /// the alerts of `.detect(detector)?.alerts()`, without a row per
+    /// reading, and for a [`Panel`] every member's alerts under the
+    /// member's name (as if each ran in a step of its own). The step is
+    /// named as [`detect`](Self::detect)'s.
+    pub fn detect_alerts<K, D>(self, detector: D) -> Result<Flow<'s, Alert<K, D::Out>>>
+    where
+        K: ExchangeData + Hash + Eq + Clone,
+        F: Fn(&T) -> K + 'static,
+        D: Detector<T>,
+    {
+        self.detect_rows::<K, D, AlertRows>(detector)
+    }
+
+    /// The detect step, its verdicts turned into rows by `R`.
+    fn detect_rows<K, D, R>(self, detector: D) -> Result<Flow<'s, R::Row>>
+    where
+        K: ExchangeData + Hash + Eq + Clone,
+        F: Fn(&T) -> K + 'static,
+        D: Detector<T>,
+        R: Rows<K, T, D>,
+    {
         detector.validate()?;
         let (flow, key_of) = self.into_parts();
         let (stream, meta) = flow.into_parts();
@@ -336,7 +390,7 @@ impl<'s, T: 'static, F> Keyed<'s, T, F> {
         });
         let input = StepInput { records: samples, watermarks: Some(watermarks), partitions: info.partitions };
         let groups = ctx.key_groups();
-        let logic = DetectLogic::new(detector, groups);
+        let logic = DetectLogic::<K, T, D, R>::new(detector, groups);
         let out = step(&ctx, &id, input, move |s: &Sample<K, D::Value>| groups.group_of(&s.key), logic)?;
         let meta = FlowMeta { ctx, input: Some(clock.0), watermarks: Some(clock.1), name: None };
         Ok(meta.flow(out))

@@ -50,16 +50,16 @@ impl<V, S: Default> Default for KeyState<V, S> {
     }
 }
 
-/// Runs a [`Detector`] over records `T` per key.
-pub(crate) struct DetectLogic<K, T, D: Detector<T>> {
+/// Runs a [`Detector`] over records `T` per key, its verdicts turned into rows by `R`.
+pub(crate) struct DetectLogic<K, T, D: Detector<T>, R> {
     detector: Rc<D>,
     state: KeyedState<K, KeyState<D::Value, D::State>>,
     /// Every key's readings the watermark has not passed, in arrival order.
     waiting: Vec<Sample<K, D::Value>>,
-    _records: PhantomData<fn(&T)>,
+    _records: PhantomData<fn(&T, R)>,
 }
 
-impl<K, T, D> DetectLogic<K, T, D>
+impl<K, T, D, R> DetectLogic<K, T, D, R>
 where
     K: Hash + Eq + Clone + Serialize + DeserializeOwned + 'static,
     D: Detector<T>,
@@ -80,21 +80,79 @@ where
     }
 }
 
+/// How the detect step turns a key's verdicts into rows: one [`Scored`] row
+/// per reading ([`ScoredRows`], [`Keyed::detect`](crate::window::Keyed::detect))
+/// or only the alerts, each member's of a [`Panel`](super::Panel)
+/// ([`AlertRows`], [`Keyed::detect_alerts`](crate::window::Keyed::detect_alerts)).
+pub(crate) trait Rows<K, T, D: Detector<T>>: 'static {
+    /// The rows.
+    type Row: 'static;
+    /// The row of a reading that is not scored (a bad value, or behind the watermark).
+    fn skipped(d: &D, key: &K, time: EventTime, value: &D::Value, out: &mut Vec<Rec<Self::Row>>);
+    /// Scores `key`'s reading at `time`.
+    fn update(d: &D, key: &K, state: &mut D::State, time: EventTime, value: &D::Value, out: &mut Vec<Rec<Self::Row>>);
+    /// `key`'s due alerts at or before `upto`.
+    fn due(d: &D, key: &K, state: &mut D::State, upto: EventTime, out: &mut Vec<Rec<Self::Row>>);
+}
+
+/// One [`Scored`] row per reading.
+pub(crate) struct ScoredRows;
+
+/// Only the alerts.
+pub(crate) struct AlertRows;
+
+/// The alert of a verdict.
+fn alert<K: Clone, V>(key: &K, time: EventTime, value: V, v: &Verdict, name: &str) -> Alert<K, V> {
+    Alert { key: key.clone(), event_time: time, value, score: v.score, detector: name.to_string(), reason: v.reason() }
+}
+
 /// The row of a verdict.
-fn row<K: Clone, V: Clone>(key: &K, time: EventTime, value: V, v: &Verdict, name: &str) -> Rec<Scored<K, V>> {
-    let alert = v.alert.then(|| {
-        Box::new(Alert {
-            key: key.clone(),
-            event_time: time,
-            value: value.clone(),
-            score: v.score,
-            detector: name.to_string(),
-            reason: v.reason(),
-        })
-    });
+fn scored<K: Clone, V: Clone>(key: &K, time: EventTime, value: V, v: &Verdict, name: &str) -> Rec<Scored<K, V>> {
+    let alert = v.alert.then(|| Box::new(alert(key, time, value.clone(), v, name)));
     Rec {
         meta: Meta::derived(time),
         value: Scored { key: key.clone(), event_time: time, value, score: v.score, alert },
+    }
+}
+
+impl<K: Clone + 'static, T, D: Detector<T>> Rows<K, T, D> for ScoredRows {
+    type Row = Scored<K, D::Out>;
+
+    fn skipped(d: &D, key: &K, time: EventTime, value: &D::Value, out: &mut Vec<Rec<Self::Row>>) {
+        out.push(scored(key, time, d.out(value), &Verdict::NONE, d.name()));
+    }
+
+    fn update(d: &D, key: &K, state: &mut D::State, time: EventTime, value: &D::Value, out: &mut Vec<Rec<Self::Row>>) {
+        let v = d.update(state, time, value);
+        out.push(scored(key, time, d.out(value), &v, d.name()));
+    }
+
+    fn due(d: &D, key: &K, state: &mut D::State, upto: EventTime, out: &mut Vec<Rec<Self::Row>>) {
+        if let Some((at, v, shown)) = d.due(state, upto) {
+            out.push(scored(key, at, shown, &v, d.name()));
+        }
+    }
+}
+
+impl<K: Clone + 'static, T, D: Detector<T>> Rows<K, T, D> for AlertRows {
+    type Row = Alert<K, D::Out>;
+
+    fn skipped(_: &D, _: &K, _: EventTime, _: &D::Value, _: &mut Vec<Rec<Self::Row>>) {}
+
+    fn update(d: &D, key: &K, state: &mut D::State, time: EventTime, value: &D::Value, out: &mut Vec<Rec<Self::Row>>) {
+        d.update_each(state, time, value, &mut |name, v| {
+            if v.alert {
+                out.push(Rec { meta: Meta::derived(time), value: alert(key, time, d.out(value), &v, name) });
+            }
+        });
+    }
+
+    fn due(d: &D, key: &K, state: &mut D::State, upto: EventTime, out: &mut Vec<Rec<Self::Row>>) {
+        d.due_each(state, upto, &mut |name, at, v, shown| {
+            if v.alert {
+                out.push(Rec { meta: Meta::derived(at), value: alert(key, at, shown, &v, name) });
+            }
+        });
     }
 }
 
@@ -111,13 +169,14 @@ fn retime<K: Clone, V>(view: &mut KeyView<'_, K, V>, next: Option<EventTime>) {
     }
 }
 
-impl<K, T, D> StepLogic<Sample<K, D::Value>> for DetectLogic<K, T, D>
+impl<K, T, D, R> StepLogic<Sample<K, D::Value>> for DetectLogic<K, T, D, R>
 where
     K: Hash + Eq + Clone + Serialize + DeserializeOwned + 'static,
     T: 'static,
     D: Detector<T>,
+    R: Rows<K, T, D>,
 {
-    type Out = Scored<K, D::Out>;
+    type Out = R::Row;
 
     fn on_records(&mut self, records: Vec<Sample<K, D::Value>>, wm: EventTime, out: &mut Vec<Rec<Self::Out>>) {
         let d = &*self.detector;
@@ -125,7 +184,7 @@ where
         for s in records {
             if !d.valid(&s.value) || (wm != EventTime::MIN && s.time < wm) {
                 // Skipped (a bad value) or behind the watermark: score 0, the state as it was.
-                out.push(row(&s.key, s.time, d.out(&s.value), &Verdict::NONE, d.name()));
+                R::skipped(d, &s.key, s.time, &s.value, out);
             } else {
                 self.waiting.push(s);
             }
@@ -145,12 +204,9 @@ where
             self.state.with_key(key, |view| {
                 let (key, state) = view.key_value();
                 let detector = &mut state.detector;
-                if let Some((at, v, shown)) = d.due(detector, t) {
-                    out.push(row(key, at, shown, &v, d.name()));
-                }
-                let v = d.update(detector, t, &value);
+                R::due(d, key, detector, t, out);
+                R::update(d, key, detector, t, &value, out);
                 let next = if end { None } else { d.next_due(detector) };
-                out.push(row(key, t, d.out(&value), &v, d.name()));
                 // A due alert only moves later as readings come (a silence), so a timer already
                 // set at or before `next` stays: when it fires, `due` finds nothing yet and it is
                 // set again at the then next due time. One timer per key per quiet stretch,
@@ -165,11 +221,8 @@ where
         if !end {
             self.state.fire_due(wm, |_, view| {
                 let (key, state) = view.key_value();
-                let due = d.due(&mut state.detector, wm);
+                R::due(d, key, &mut state.detector, wm, out);
                 let next = d.next_due(&state.detector);
-                if let Some((at, v, shown)) = due {
-                    out.push(row(key, at, shown, &v, d.name()));
-                }
                 retime(view, next);
             });
         }

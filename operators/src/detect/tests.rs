@@ -742,3 +742,75 @@ fn a_reading_behind_the_watermark_scores_0_and_changes_nothing() -> anyhow::Resu
     let others: Vec<Row> = late_rows.into_iter().filter(|r| r.1 != 1050).collect();
     same(&others, &rows).map_err(anyhow::Error::msg)
 }
+
+/// An alert as the panel test compares them: key, time, detector, value, score.
+type AlertKey = (String, EventTime, String, f64, f64);
+
+/// Runs `d` with `detect_alerts` over `parts`: its alerts, sorted.
+fn run_alerts<D>(parts: Vec<Vec<Record>>, d: D, (workers, epoch): (usize, u64)) -> anyhow::Result<Vec<AlertKey>>
+where
+    D: Detector<Ev, Out = f64> + Clone + Send + Sync,
+{
+    let rows = Arc::new(Mutex::new(Vec::new()));
+    let source = Memory::new(parts, 3);
+    let r = rows.clone();
+    Pipeline::new("panel").workers(workers).bounded(true).epoch_records(epoch, 2).run(move |p| {
+        p.source(source.clone())?
+            .decode::<Ev>(Json)
+            .source_time(Duration::from_millis(DELAY as u64))?
+            .key_by(|e| e.k.clone())
+            .detect_alerts(d.clone())?
+            .map(|a: super::Alert<String>| (a.key, a.event_time, a.detector, a.value, a.score))
+            .sink(Collect(r.clone()))?;
+        p.dead_letters().sink(Collect(Arc::new(Mutex::new(Vec::<DeadLetter>::new()))))
+    })?;
+    let mut rows = std::mem::take(&mut *lock(&rows)?);
+    sort_alerts(&mut rows);
+    Ok(rows)
+}
+
+fn sort_alerts(rows: &mut [AlertKey]) {
+    rows.sort_by(|a, b| (&a.0, a.1, &a.2).cmp(&(&b.0, b.1, &b.2)).then(a.3.total_cmp(&b.3)));
+}
+
+/// The alerts of a reference's rows, under `name`.
+fn alerts_of(rows: Vec<Row>, name: &str) -> impl Iterator<Item = AlertKey> + '_ {
+    rows.into_iter().filter(|r| r.4).map(move |r| (r.0, r.1, name.to_string(), r.2, r.3))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    /// A panel's alerts (`detect_alerts`) are its members' own, each as in a
+    /// step of its own, silences (due alerts) included, with any worker
+    /// count and epoch boundaries.
+    #[test]
+    fn a_panel_alerts_as_each_member_would_alone(
+        parts in prop::collection::vec(
+            prop::collection::vec((0i64..400, 0i64..=DELAY, 0usize..3, -400i64..400, -300i64..300), 1..80),
+            1..4,
+        ),
+        window in 2usize..12,
+        workers in 1usize..=3,
+        epoch in 1u64..30,
+    ) {
+        let (input, events) = inputs(&parts, false);
+        let quiet = window as i64 * 100;
+        let panel = Panel::new((
+            ZScore::new(v).window(window).min_samples(2).threshold(0.99),
+            Threshold::new(v).min(-20.0).max(30.0),
+            Silence::new(v, Duration::from_millis(quiet as u64)),
+        ));
+        let got = run_alerts(input, panel, (workers, epoch)).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let mut want: Vec<AlertKey> = alerts_of(zscore_ref(&events, window, 2, 0.99), "zscore")
+            .chain(alerts_of(threshold_ref(&events, -20.0, 30.0), "threshold"))
+            .chain(alerts_of(silence_ref(&events, quiet), "silence"))
+            .collect();
+        sort_alerts(&mut want);
+        prop_assert_eq!(got.len(), want.len(), "got {:?}\nwant {:?}", got, want);
+        for (g, w) in got.iter().zip(&want) {
+            let value_eq = g.3 == w.3 || (g.3.is_nan() && w.3.is_nan());
+            prop_assert!(g.0 == w.0 && g.1 == w.1 && g.2 == w.2 && value_eq && (g.4 - w.4).abs() < 1e-9, "got {:?}\nwant {:?}", g, w);
+        }
+    }
+}

@@ -4,6 +4,7 @@
 use std::marker::PhantomData;
 
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 use timely::ExchangeData;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::Concat;
@@ -43,17 +44,22 @@ impl<K, T, V> JoinInput<K, T, V> {
     }
 }
 
+/// One consolidated version of a key: valid from, seq, value (`None`: a delete), multiplicity.
+type Versioned<V> = (EventTime, Seq, Option<V>, isize);
+
 /// A key's state: its consolidated versions in version order (valid from,
 /// seq, value, multiplicity) and its readings the table is not yet known for.
+/// The versions are inline up to one (most keys have one: a look-up touches
+/// the state entry only, not a second allocation); they serialize as a list.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct KeyTable<T, V> {
-    versions: Vec<(EventTime, Seq, Option<V>, isize)>,
+    versions: SmallVec<[Versioned<V>; 1]>,
     waiting: Vec<Rec<T>>,
 }
 
 impl<T, V> Default for KeyTable<T, V> {
     fn default() -> Self {
-        KeyTable { versions: Vec::new(), waiting: Vec::new() }
+        KeyTable { versions: SmallVec::new(), waiting: Vec::new() }
     }
 }
 

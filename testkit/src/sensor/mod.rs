@@ -414,27 +414,42 @@ pub fn generate(n: u64, seed: u64, devices: u64, out: &mut impl Write) -> std::i
         };
         let temp = (temp * 100.0).round() / 100.0;
         let hum = (400.0 + 200.0 * rng.unit()).round() / 10.0;
-        line.clear();
-        use std::fmt::Write as _;
-        let _ = write!(line, "{{\"device\":\"dev-{d:05}\",\"ts\":{ts},\"temp\":{temp:?},\"hum\":{hum:?}}}");
-        if r < 0.001 {
-            match rng.below(3) {
-                0 => {
-                    let cut = 5 + rng.below(line.len() as u64 - 7) as usize;
-                    line.truncate(cut);
-                }
-                1 => {
-                    line.clear();
-                    let _ = write!(line, "{{device:dev-{d:05},ts:{ts},temp:{temp:?}}}");
-                }
-                _ => {
-                    line.clear();
-                    let _ = write!(line, "#corrupt# dev-{d:05} {ts} ?? temp={temp:?}");
-                }
-            }
-        }
-        line.push('\n');
+        reading_line(&mut line, &mut rng, d, ts, temp, hum, r < 0.001);
         out.write_all(line.as_bytes())?;
     }
     Ok(())
+}
+
+/// Writes one generated reading into `line` (cleared first) as a JSON line
+/// with its newline; when `malformed`, spoiled one of three ways drawn from
+/// `rng` (a truncated record, unquoted keys, garbage text).
+pub(crate) fn reading_line(
+    line: &mut String,
+    rng: &mut SplitMix,
+    d: u64,
+    ts: i64,
+    temp: f64,
+    hum: f64,
+    malformed: bool,
+) {
+    use std::fmt::Write as _;
+    line.clear();
+    let _ = write!(line, "{{\"device\":\"dev-{d:05}\",\"ts\":{ts},\"temp\":{temp:?},\"hum\":{hum:?}}}");
+    if malformed {
+        match rng.below(3) {
+            0 => {
+                let cut = 5 + rng.below(line.len() as u64 - 7) as usize;
+                line.truncate(cut);
+            }
+            1 => {
+                line.clear();
+                let _ = write!(line, "{{device:dev-{d:05},ts:{ts},temp:{temp:?}}}");
+            }
+            _ => {
+                line.clear();
+                let _ = write!(line, "#corrupt# dev-{d:05} {ts} ?? temp={temp:?}");
+            }
+        }
+    }
+    line.push('\n');
 }

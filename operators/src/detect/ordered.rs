@@ -3,9 +3,10 @@
 //! (as count windows do), so its scores do not depend on how records were
 //! batched or which worker read them.
 //!
-//! The waiting readings of every key are one list, sorted once per
-//! watermark advance, so a reading costs one sort step and one look-up of
-//! its key's state (no timer per reading). At a checkpoint the waiting
+//! The waiting readings of every key are one list; at each watermark
+//! advance the ones it passed are taken out (the others keep their place)
+//! and sorted, so a reading is sorted once and costs one look-up of its
+//! key's state (no timer per reading). At a checkpoint the waiting
 //! readings are written into their keys' states ([`KeyState::waiting`]), by
 //! key group like the rest, and taken out again; a restore takes them out
 //! too. The only timers are a detector's due alerts (silence), at
@@ -56,6 +57,8 @@ pub(crate) struct DetectLogic<K, T, D: Detector<T>, R> {
     state: KeyedState<K, KeyState<D::Value, D::State>>,
     /// Every key's readings the watermark has not passed, in arrival order.
     waiting: Vec<Sample<K, D::Value>>,
+    /// The readings a watermark advance passed, while they are scored (empty between calls).
+    ready: Vec<Sample<K, D::Value>>,
     _records: PhantomData<fn(&T, R)>,
 }
 
@@ -65,7 +68,13 @@ where
     D: Detector<T>,
 {
     pub fn new(detector: Rc<D>, groups: KeyGroups) -> Self {
-        DetectLogic { detector, state: KeyedState::new(groups), waiting: Vec::new(), _records: PhantomData }
+        DetectLogic {
+            detector,
+            state: KeyedState::new(groups),
+            waiting: Vec::new(),
+            ready: Vec::new(),
+            _records: PhantomData,
+        }
     }
 
     /// Moves `key`'s readings from its state to the waiting list.
@@ -195,11 +204,16 @@ where
         let d = &*self.detector;
         // The end of a bounded input: every waiting reading is scored, no silence fires.
         let end = wm == EventTime::MAX;
-        // The readings the watermark passed, in order, off the front. Arrivals are runs
-        // already in order (a partition's, a worker's batch), which the stable sort merges.
-        self.waiting.sort_by_key(|s| (s.time, s.pos.0, s.pos.1));
-        let ready = if end { self.waiting.len() } else { self.waiting.partition_point(|s| s.time < wm) };
-        for s in self.waiting.drain(..ready) {
+        // The readings the watermark passed, taken out in arrival order (the rest stay, in
+        // theirs), then sorted: only they are, once each. Arrivals are runs already in order
+        // (a partition's, a worker's batch), which the stable sort merges.
+        if end {
+            self.ready.append(&mut self.waiting);
+        } else {
+            self.ready.extend(self.waiting.extract_if(.., |s| s.time < wm));
+        }
+        self.ready.sort_by_key(|s| (s.time, s.pos.0, s.pos.1));
+        for s in self.ready.drain(..) {
             let Sample { key, time: t, value, .. } = s;
             self.state.with_key(key, |view| {
                 let (key, state) = view.key_value();

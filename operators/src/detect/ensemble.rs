@@ -237,9 +237,7 @@ impl<T, M: Members<T>> Detector<T> for Ensemble<M> {
         self.members.update(s, t, value, &mut |name, v| {
             sum += v.score;
             any |= v.alert;
-            if v.score > top.score || top.member.is_none() {
-                top = Verdict { member: Some(name), ..v };
-            }
+            top.keep_top(name, v);
         });
         let score = match self.score {
             EnsembleScore::Max => top.score,

@@ -217,6 +217,14 @@ impl Verdict {
         Verdict { score, alert: score > 0.0 && score >= threshold, why, member: None }
     }
 
+    /// Keeps `v` (of member `name`) instead when it scores higher, or when
+    /// this is no member's verdict yet: how a combination picks its top member.
+    pub(crate) fn keep_top(&mut self, name: &'static str, v: Verdict) {
+        if v.score > self.score || self.member.is_none() {
+            *self = Verdict { member: Some(name), ..v };
+        }
+    }
+
     /// The alert's reason.
     pub fn reason(&self) -> String {
         match self.member {

@@ -73,11 +73,7 @@ where
 
     fn update(&self, s: &mut Self::State, t: EventTime, value: &M::Value) -> Verdict {
         let mut top = Verdict::NONE;
-        self.update_each(s, t, value, &mut |name, v| {
-            if v.score > top.score || top.member.is_none() {
-                top = Verdict { member: Some(name), ..v };
-            }
-        });
+        self.update_each(s, t, value, &mut |name, v| top.keep_top(name, v));
         top
     }
 

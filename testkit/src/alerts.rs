@@ -297,15 +297,15 @@ pub fn build(
         .filter(|r| TEMP_RANGE.contains(&r.temp))
         .event_time(|r| r.ts, config.max_out_of_orderness)?;
     let table = registry_table(p, config)?;
-    let enriched = readings.join_table(&table, |r: &Reading| r.device.clone())?;
+    // Keyed by device, as the join routed them: the detectors score each reading where it is.
+    let enriched = readings.join_table_keyed(&table, |r: &Reading| r.device.clone())?;
     let temp = |e: &Enriched| e.record.temp;
     let site = |e: &Enriched| e.value.site.clone();
-    let by_device = |e: &Enriched| e.record.device.clone();
     let zscore = ZScore::new(temp).window(config.zscore_window).threshold(config.zscore_threshold);
     let bounds = Threshold::new(temp).bounds(|e: &Enriched| (e.value.min_temp, e.value.max_temp));
-    // The three detectors in one step: one exchange, wait and state look-up per reading.
+    // The three detectors in one step: one wait and state look-up per reading.
     let panel = Panel::new((zscore, bounds, Silence::new(temp, config.silence)));
-    let alerts = enriched.key_by(by_device).detect_alerts(Carry::new(panel, site))?.map(alert_row);
+    let alerts = enriched.detect_alerts(Carry::new(panel, site))?.map(alert_row);
     alerts.clone().named("alerts").sink(Parquet::dir(output.join(ALERTS_DIR)))?;
     alerts
         .key_by(|a: &AlertRow| a.site.clone())

@@ -25,7 +25,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use timely::ExchangeData;
 use timely::dataflow::StreamVec;
-use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::channels::pact::{Exchange, ParallelizationContract, Pipeline};
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::progress::frontier::MutableAntichain;
@@ -343,11 +343,48 @@ pub fn step<'s, D, L>(
     id: &str,
     input: StepInput<'s, D>,
     group: impl Fn(&D) -> u32 + 'static,
+    logic: L,
+) -> Result<StreamVec<'s, Epoch, Rec<L::Out>>>
+where
+    D: ExchangeData,
+    L: StepLogic<D>,
+{
+    let (groups, peers) = (ctx.key_groups(), ctx.peers());
+    let route = move |d: &D| groups.owner(group(d), peers) as u64;
+    step_with(ctx, id, input, Exchange::new(route), logic)
+}
+
+/// [`step`] for records that are already on the worker that owns their key
+/// group: the output of a step keyed by the same key (a table join's, say),
+/// so they are not exchanged again. Records elsewhere would be state on a
+/// worker that does not own its group: only a caller that knows how its
+/// input was routed uses this (`Keyed::detect` after
+/// `JoinTable::join_table_keyed`).
+pub fn local_step<'s, D, L>(
+    ctx: &Ctx<'s>,
+    id: &str,
+    input: StepInput<'s, D>,
+    logic: L,
+) -> Result<StreamVec<'s, Epoch, Rec<L::Out>>>
+where
+    D: ExchangeData,
+    L: StepLogic<D>,
+{
+    step_with(ctx, id, input, Pipeline, logic)
+}
+
+/// The step, its records brought to it by `pact`.
+fn step_with<'s, D, L, P>(
+    ctx: &Ctx<'s>,
+    id: &str,
+    input: StepInput<'s, D>,
+    pact: P,
     mut logic: L,
 ) -> Result<StreamVec<'s, Epoch, Rec<L::Out>>>
 where
     D: ExchangeData,
     L: StepLogic<D>,
+    P: ParallelizationContract<Epoch, Vec<D>>,
 {
     let worker = ctx.worker();
     let peers = ctx.peers();
@@ -370,9 +407,8 @@ where
         logic.restored(watermarks.current());
     }
 
-    let route = move |d: &D| groups.owner(group(d), peers) as u64;
     let mut builder = OperatorBuilder::new(format!("Keyed({id})"), ctx.scope());
-    let mut records = builder.new_input(input.records, Exchange::new(route));
+    let mut records = builder.new_input(input.records, pact);
     let mut wms = input.watermarks.map(|w| builder.new_input(w, Pipeline));
     let (out, results) = builder.new_output::<Vec<Rec<L::Out>>>();
     let (part_out, parts) = builder.new_output::<Vec<Part>>();

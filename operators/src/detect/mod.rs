@@ -78,7 +78,7 @@ use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
 use weir_core::flow::FlowMeta;
 use weir_core::record::{EventTime, Rec};
-use weir_core::state::{StepInput, step};
+use weir_core::state::{StepInput, local_step, step};
 use weir_core::{Error, Flow, Result};
 
 use crate::window::Keyed;
@@ -370,6 +370,7 @@ impl<'s, T: 'static, F> Keyed<'s, T, F> {
         R: Rows<K, T, D>,
     {
         detector.validate()?;
+        let local = self.is_local();
         let (flow, key_of) = self.into_parts();
         let (stream, meta) = flow.into_parts();
         let (Some(info), Some(watermarks)) = (meta.input, meta.watermarks) else {
@@ -399,7 +400,11 @@ impl<'s, T: 'static, F> Keyed<'s, T, F> {
         let input = StepInput { records: samples, watermarks: Some(watermarks), partitions: info.partitions };
         let groups = ctx.key_groups();
         let logic = DetectLogic::<K, T, D, R>::new(detector, groups);
-        let out = step(&ctx, &id, input, move |s: &Sample<K, D::Value>| groups.group_of(&s.key), logic)?;
+        let out = if local {
+            local_step(&ctx, &id, input, logic)?
+        } else {
+            step(&ctx, &id, input, move |s: &Sample<K, D::Value>| groups.group_of(&s.key), logic)?
+        };
         let meta = FlowMeta { ctx, input: Some(clock.0), watermarks: Some(clock.1), name: None };
         Ok(meta.flow(out))
     }

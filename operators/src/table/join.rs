@@ -2,6 +2,7 @@
 //! trait that builds it (see the [table module](super)).
 
 use std::marker::PhantomData;
+use std::rc::Rc;
 
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
@@ -17,6 +18,7 @@ use weir_core::time::Epoch;
 use weir_core::{Error, Result};
 
 use super::{Seq, Table, TableKey, TableValue, Version, at_epoch, clamp};
+use crate::window::Keyed;
 
 /// A reading enriched with the table's value for its key as of its event time.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -174,6 +176,29 @@ pub trait JoinTable<'s, T> {
     where
         K: TableKey,
         V: TableValue;
+
+    /// [`join_table`](Self::join_table), the result keyed by the same
+    /// `key` (of the joined record): the join leaves each record on the
+    /// worker that owns its key, so a `.detect(...)` or
+    /// `.detect_alerts(...)` after it scores them there, without a second
+    /// exchange (`.join_table(&t, key)?.key_by(|j| key(&j.record))` would
+    /// shuffle them again). A window after it re-keys as usual.
+    fn join_table_keyed<K, V>(
+        self,
+        table: &Table<'s, K, V>,
+        key: impl Fn(&T) -> K + 'static,
+    ) -> Result<Keyed<'s, Joined<T, V>, impl Fn(&Joined<T, V>) -> K + 'static>>
+    where
+        Self: Sized,
+        T: 'static,
+        K: TableKey,
+        V: TableValue,
+    {
+        let key = Rc::new(key);
+        let route = key.clone();
+        let joined = self.join_table(table, move |r: &T| route(r))?;
+        Ok(Keyed::local(joined, move |j: &Joined<T, V>| key(&j.record)))
+    }
 }
 
 impl<'s, T: ExchangeData + serde::de::DeserializeOwned> JoinTable<'s, T> for Flow<'s, T> {

@@ -562,3 +562,48 @@ fn an_insert_without_a_value_is_a_dead_letter() -> anyhow::Result<()> {
     anyhow::ensure!(dead[1].2.starts_with(br#"{"op":"insert","key":"b""#), "{:?}", dead[1]);
     Ok(())
 }
+
+/// The z-scores of `readings` (of `n`) after a join with a loaded table of
+/// every key: keyed after the join (`keyed`: `join_table_keyed`, no second
+/// exchange) or re-keyed with `key_by`.
+fn scores_after_join(readings: Memory, workers: usize, keyed: bool) -> anyhow::Result<Vec<(String, EventTime, u64)>> {
+    let rows = Arc::new(Mutex::new(Vec::new()));
+    let r = rows.clone();
+    Pipeline::new("keyed").workers(workers).bounded(true).epoch_records(3, 2).run(move |p| {
+        let all = KEYS.iter().map(|k| Update::insert(k.to_string(), dev(0), 0)).collect();
+        let table = Table::load(p.ctx(), "devices", Vec::new())?.with_initial(all)?;
+        let joined =
+            p.source(readings.clone())?.decode::<Ev>(Json).event_time(|e| e.ts, Duration::from_millis(DELAY as u64))?;
+        let zscore = ZScore::new(|j: &Joined<Ev, Dev>| j.record.n as f64).window(4).min_samples(2);
+        let scored = if keyed {
+            joined.join_table_keyed(&table, |e| e.d.clone())?.detect(zscore)?
+        } else {
+            joined.join_table(&table, |e| e.d.clone())?.key_by(|j| j.record.d.clone()).detect(zscore)?
+        };
+        scored.map(|s| (s.key, s.event_time, s.score.to_bits())).sink(Collect(r.clone()))?;
+        p.dead_letters().sink(Collect(Arc::new(Mutex::new(Vec::<DeadLetter>::new()))))
+    })?;
+    let mut rows = std::mem::take(&mut *lock(&rows)?);
+    rows.sort();
+    Ok(rows)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(16))]
+
+    /// A detector after `join_table_keyed` (the join's records scored where
+    /// the join left them) scores as after `join_table` and `key_by`, with
+    /// any worker count: the join put every record on its key's worker.
+    #[test]
+    fn a_keyed_join_scores_as_a_rekeyed_one(
+        readings in prop::collection::vec(
+            prop::collection::vec((0i64..150, 0i64..=DELAY, 0usize..4), 1..60), 1..4),
+        workers in 1usize..4,
+    ) {
+        let (input, _) = gen_readings(&readings);
+        let fail = |e: anyhow::Error| TestCaseError::fail(format!("{e:#}"));
+        let keyed = scores_after_join(Memory::new(input.clone(), 3), workers, true).map_err(fail)?;
+        let rekeyed = scores_after_join(Memory::new(input, 3), workers, false).map_err(fail)?;
+        prop_assert_eq!(keyed, rekeyed);
+    }
+}

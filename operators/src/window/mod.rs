@@ -335,7 +335,7 @@ impl<'s, T: 'static> KeyBy<'s, T> for Flow<'s, T> {
         K: Hash + Eq + 'static,
         F: Fn(&T) -> K + 'static,
     {
-        Keyed { flow: self, key }
+        Keyed { flow: self, key, local: false }
     }
 }
 
@@ -343,6 +343,10 @@ impl<'s, T: 'static> KeyBy<'s, T> for Flow<'s, T> {
 pub struct Keyed<'s, T, F> {
     flow: Flow<'s, T>,
     key: F,
+    /// Whether every record is already on the worker that owns its key's
+    /// group (the flow of `JoinTable::join_table_keyed`): a detect step then
+    /// takes them where they are.
+    local: bool,
 }
 
 impl<'s, T: 'static, F> Keyed<'s, T, F> {
@@ -361,6 +365,17 @@ impl<'s, T: 'static, F> Keyed<'s, T, F> {
     /// The flow and its key function.
     pub(crate) fn into_parts(self) -> (Flow<'s, T>, F) {
         (self.flow, self.key)
+    }
+
+    /// `flow` keyed by `key`, its records already on the workers that own
+    /// their keys' groups (only a step that routed them by `key` knows that).
+    pub(crate) fn local(flow: Flow<'s, T>, key: F) -> Self {
+        Keyed { flow, key, local: true }
+    }
+
+    /// Whether the records are already on the workers that own their keys' groups.
+    pub(crate) fn is_local(&self) -> bool {
+        self.local
     }
 
     /// The `(key, record)` pairs as a flow.

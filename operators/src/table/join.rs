@@ -183,6 +183,7 @@ pub trait JoinTable<'s, T> {
     /// `.detect_alerts(...)` after it scores them there, without a second
     /// exchange (`.join_table(&t, key)?.key_by(|j| key(&j.record))` would
     /// shuffle them again). A window after it re-keys as usual.
+    #[allow(clippy::type_complexity, reason = "an `impl Fn` in return position cannot be a type alias")]
     fn join_table_keyed<K, V>(
         self,
         table: &Table<'s, K, V>,

@@ -23,7 +23,8 @@
 //!    `wait4`), Weir's checkpoint count and total checkpoint time (parsed from its stdout,
 //!    of the run closest to the median) and every run's time;
 //! 4. after all timings, checks the last run's output of each configuration with the
-//!    workload's `check.py` when it is there, against the expected rows of its own input;
+//!    workload's `check.py` when it is there (it reads Parquet with pyarrow: `pip install pyarrow`),
+//!    against the expected rows of its own input;
 //! 5. prints a table and ratios, and writes them to `target/weir-bench/results.md`.
 //!
 //! Configurations, in run order: Weir with 1 and 2 workers, checkpoints off and every 1 s,
@@ -684,8 +685,12 @@ fn run_check(check_py: &Path, expected: &Path, output: &Path) -> String {
     match result {
         Ok(o) if o.status.success() => "ok".into(),
         Ok(o) => {
-            let text = String::from_utf8_lossy(&o.stdout);
-            format!("FAIL: {}", text.lines().next().unwrap_or("").trim())
+            // The checker's verdict is on stdout; a checker that could not run (no pyarrow,
+            // say) says why on stderr.
+            let (out, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+            let first = out.lines().map(str::trim).find(|l| !l.is_empty());
+            let why = first.or_else(|| err.lines().map(str::trim).rfind(|l| !l.is_empty())).unwrap_or("");
+            format!("FAIL: {why}")
         }
         Err(e) => format!("FAIL: cannot run check.py: {e}"),
     }

@@ -198,8 +198,12 @@ pub struct Columns {
     /// The `&'static str` name serde gave each field last time: a field is
     /// recognised by pointer, not by comparing names.
     keys: Vec<&'static str>,
+    /// Whether each field is nullable (read once per field of a row).
+    nullable: Vec<bool>,
     cols: Vec<Col>,
     rows: usize,
+    /// Bytes of string data appended since the last [`Columns::finish`].
+    strings: usize,
 }
 
 impl Columns {
@@ -209,7 +213,15 @@ impl Columns {
     /// never regrow; after a smaller batch the next one starts smaller.
     pub fn for_fields(fields: &[FieldRef], capacity: usize) -> Option<Columns> {
         let cols = fields.iter().map(|f| Col::new(f.data_type(), capacity)).collect::<Option<Vec<_>>>()?;
-        Some(Columns { fields: fields.to_vec(), capacity, keys: vec![""; fields.len()], cols, rows: 0 })
+        Some(Columns {
+            fields: fields.to_vec(),
+            capacity,
+            keys: vec![""; fields.len()],
+            nullable: fields.iter().map(|f| f.is_nullable()).collect(),
+            cols,
+            rows: 0,
+            strings: 0,
+        })
     }
 
     /// Rows appended since the last [`Columns::finish`].
@@ -218,15 +230,9 @@ impl Columns {
     }
 
     /// Bytes of string data in the batch being built.
+    #[inline]
     pub fn string_bytes(&self) -> usize {
-        self.cols
-            .iter()
-            .map(|c| match c {
-                Col::Utf8(b) => b.values_slice().len(),
-                Col::LargeUtf8(b) => b.values_slice().len(),
-                _ => 0,
-            })
-            .sum()
+        self.strings
     }
 
     /// Whether no row was appended since the last [`Columns::finish`].
@@ -276,6 +282,7 @@ impl Columns {
         // The next batch is likely as large as this one (batches end at checkpoints too).
         let room = self.rows.clamp(1024.min(self.capacity), self.capacity);
         self.rows = 0;
+        self.strings = 0;
         for (col, field) in self.cols.iter_mut().zip(&self.fields) {
             if let Some(fresh) = Col::new(field.data_type(), room) {
                 *col = fresh;
@@ -325,6 +332,8 @@ struct FieldsSer<'a> {
 struct ValueSer<'a> {
     col: &'a mut Col,
     nullable: bool,
+    /// The batch's string bytes, counted as strings are appended.
+    strings: &'a mut usize,
 }
 
 fn not_a_row(what: &str) -> ColumnsError {
@@ -423,13 +432,15 @@ impl ser::SerializeStruct for FieldsSer<'_> {
         let i = self.columns.column(self.next, key)?;
         self.in_order &= i == self.next;
         self.next = i + 1;
-        let nullable = self.columns.fields[i].is_nullable();
-        let rows = self.columns.rows;
-        let col = &mut self.columns.cols[i];
-        if !self.in_order && col.len() > rows {
+        let columns = &mut *self.columns;
+        let nullable = columns.nullable[i];
+        let col = &mut columns.cols[i];
+        if !self.in_order && col.len() > columns.rows {
             return Err(ColumnsError(format!("field `{key}` given twice in one row")));
         }
-        value.serialize(ValueSer { col, nullable }).map_err(|e| ColumnsError(format!("field `{key}`: {e}")))
+        value
+            .serialize(ValueSer { col, nullable, strings: &mut columns.strings })
+            .map_err(|e| ColumnsError(format!("field `{key}`: {e}")))
     }
 
     fn skip_field(&mut self, _key: &'static str) -> Result<(), ColumnsError> {
@@ -520,10 +531,12 @@ impl ser::Serializer for ValueSer<'_> {
             }
             Col::Utf8(b) => {
                 b.append_value(v.encode_utf8(&mut [0; 4]));
+                *self.strings += v.len_utf8();
                 Ok(())
             }
             Col::LargeUtf8(b) => {
                 b.append_value(v.encode_utf8(&mut [0; 4]));
+                *self.strings += v.len_utf8();
                 Ok(())
             }
             col => Err(col.mismatch(&v)),
@@ -537,16 +550,12 @@ impl ser::Serializer for ValueSer<'_> {
             )));
         }
         match self.col {
-            Col::Utf8(b) => {
-                b.append_value(v);
-                Ok(())
-            }
-            Col::LargeUtf8(b) => {
-                b.append_value(v);
-                Ok(())
-            }
-            col => Err(col.mismatch(&v)),
+            Col::Utf8(b) => b.append_value(v),
+            Col::LargeUtf8(b) => b.append_value(v),
+            col => return Err(col.mismatch(&v)),
         }
+        *self.strings += v.len();
+        Ok(())
     }
     fn serialize_none(self) -> Result<(), ColumnsError> {
         if !self.nullable {

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use arrow::datatypes::{DataType, FieldRef, Schema};
 use parquet::arrow::ArrowWriter;
-use parquet::basic::Compression;
+use parquet::basic::{Compression, Encoding};
 use parquet::file::properties::WriterProperties;
 use parquet::schema::types::ColumnPath;
 use serde::Serialize;
@@ -66,8 +66,17 @@ impl Parquet {
 fn writer_properties(schema: &Schema) -> WriterProperties {
     let mut props = WriterProperties::builder().set_compression(Compression::SNAPPY);
     for field in schema.fields() {
-        if matches!(field.data_type(), DataType::Float16 | DataType::Float32 | DataType::Float64) {
-            props = props.set_column_dictionary_enabled(ColumnPath::from(field.name().as_str()), false);
+        let path = || ColumnPath::from(field.name().as_str());
+        match field.data_type() {
+            DataType::Float16 | DataType::Float32 | DataType::Float64 => {
+                props = props.set_column_dictionary_enabled(path(), false);
+            }
+            DataType::Int32 | DataType::Int64 | DataType::UInt32 | DataType::UInt64 => {
+                props = props
+                    .set_column_dictionary_enabled(path(), false)
+                    .set_column_encoding(path(), Encoding::DELTA_BINARY_PACKED);
+            }
+            _ => {}
         }
     }
     props.build()
@@ -174,16 +183,26 @@ impl<T: Serialize> ParquetWriter<T> {
 impl<T: Serialize> SinkWriter<T> for ParquetWriter<T> {
     fn write(&mut self, rows: &mut Vec<T>, rejected: &mut Vec<Rejected<T>>) -> Result<()> {
         if self.columns.is_some() {
-            for row in rows.drain(..) {
+            // Rows are read in place; the few rejected ones are taken out afterwards.
+            let mut failed: Vec<(usize, String)> = Vec::new();
+            for (i, row) in rows.iter().enumerate() {
                 let Some(columns) = self.columns.as_mut() else { break };
-                if let Err(e) = columns.push(&row) {
-                    rejected.push(Rejected { row, reason: format!("cannot write the row as Parquet: {e}") });
+                if let Err(e) = columns.push(row) {
+                    failed.push((i, format!("cannot write the row as Parquet: {e}")));
                     // The builders may hold part of the row: finish the batch of complete rows now.
                     self.flush_batch()?;
                     continue;
                 }
                 if columns.len() >= self.rows_per_batch || columns.string_bytes() >= BATCH_STRING_BYTES {
                     self.flush_batch()?;
+                }
+            }
+            let mut failed = failed.into_iter().peekable();
+            for (i, row) in rows.drain(..).enumerate() {
+                match failed.next_if(|(f, _)| *f == i) {
+                    Some((_, reason)) => rejected.push(Rejected { row, reason }),
+                    None if failed.peek().is_none() => break,
+                    None => {}
                 }
             }
             return Ok(());

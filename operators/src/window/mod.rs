@@ -183,7 +183,7 @@ impl From<Session> for WindowSpec {
 
 impl WindowSpec {
     /// Tumbling and sliding windows as panes: (size, slide, pane length).
-    fn panes(&self) -> Option<(i64, i64, i64)> {
+    pub(super) fn panes(&self) -> Option<(i64, i64, i64)> {
         match *self {
             WindowSpec::Tumbling(t) => Some((t.size, t.size, t.size)),
             WindowSpec::Sliding(s) => Some((s.size, s.slide, s.pane())),

@@ -326,6 +326,7 @@ where
                 c
             }
         };
+        let pane = spec.panes().map(|(_, _, len)| len);
         let classify = move |c: &mut Combined<K, T, A::Acc, P>, recs: Vec<Rec<T>>, wm: EventTime| {
             // Room for every record at once: one allocation instead of a chain of
             // doublings (each a fresh table the kernel must zero, plus a rehash).
@@ -334,9 +335,21 @@ where
             } else {
                 c.partials.reserve(recs.len());
             }
+            // Records come in runs of one pane: its start and lateness are worked
+            // out once per run (a division each, and the window arithmetic).
+            let mut run: Option<(EventTime, EventTime, bool)> = None;
             for r in recs {
-                let start = spec.part_start(r.meta.event_time);
-                if spec.is_late_by(start, wm, lateness) {
+                let t = r.meta.event_time;
+                let (start, late) = match run {
+                    Some((start, end, late)) if t >= start && t < end => (start, late),
+                    _ => {
+                        let start = spec.part_start(t);
+                        let late = spec.is_late_by(start, wm, lateness);
+                        run = pane.map(|len| (start, start.saturating_add(len), late));
+                        (start, late)
+                    }
+                };
+                if late {
                     c.lates.push(r);
                     continue;
                 }

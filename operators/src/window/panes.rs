@@ -47,20 +47,29 @@ fn floor_to(t: i128, m: i64) -> i128 {
     t - t.rem_euclid(i128::from(m))
 }
 
-/// The start of the first window (a multiple of `slide`) that ends after `t`.
-fn first_start_ending_after(size: i64, slide: i64, t: EventTime) -> EventTime {
-    clamp(floor_to(i128::from(t) - i128::from(size), slide) + i128::from(slide))
+/// The largest multiple of `m` at or below `t`, if it is an `i64` (the
+/// common case, without `i128` division).
+fn floor64(t: i64, m: i64) -> Option<i64> {
+    t.checked_sub(t.rem_euclid(m))
 }
 
-/// The end of the window starting at `start`.
+/// The start of the first window (a multiple of `slide`) that ends after `t`.
+fn first_start_ending_after(size: i64, slide: i64, t: EventTime) -> EventTime {
+    let fast = t.checked_sub(size).and_then(|t| floor64(t, slide)).and_then(|s| s.checked_add(slide));
+    fast.unwrap_or_else(|| clamp(floor_to(i128::from(t) - i128::from(size), slide) + i128::from(slide)))
+}
+
+/// The end of the window starting at `start` (`size > 0`: it can only run
+/// past the end of time, where it is cut off).
 fn end_of(size: i64, start: EventTime) -> EventTime {
-    clamp(i128::from(start) + i128::from(size))
+    start.saturating_add(size)
 }
 
 /// The end of the last window that holds the pane starting at `pane`.
 pub(super) fn last_end(spec: &WindowSpec, pane: EventTime) -> EventTime {
     let Some((size, slide, _)) = spec.panes() else { return EventTime::MAX };
-    end_of(size, clamp(floor_to(i128::from(pane), slide)))
+    let start = floor64(pane, slide).unwrap_or_else(|| clamp(floor_to(i128::from(pane), slide)));
+    end_of(size, start)
 }
 
 /// One key group's share of the panes in a checkpoint: (pane start, key, accumulator).
@@ -590,5 +599,28 @@ mod tests {
         // The ends of time clamp.
         assert_eq!(first_start_ending_after(60_000, 60_000, EventTime::MIN), EventTime::MIN);
         assert_eq!(end_of(60_000, EventTime::MAX - 5), EventTime::MAX);
+    }
+
+    #[test]
+    fn window_arithmetic_agrees_with_i128_at_the_ends_of_time() {
+        let slow_first = |size: i64, slide: i64, t: i64| {
+            clamp(floor_to(i128::from(t) - i128::from(size), slide) + i128::from(slide))
+        };
+        let slow_last = |size: i64, slide: i64, pane: i64| {
+            clamp(i128::from(clamp(floor_to(i128::from(pane), slide))) + i128::from(size))
+        };
+        let times =
+            [EventTime::MIN, EventTime::MIN + 1, EventTime::MIN + 7, -60_001, -1, 0, 1, 59_999, 1_700_000_000_123]
+                .into_iter()
+                .chain([EventTime::MAX - 7, EventTime::MAX - 1, EventTime::MAX]);
+        for t in times {
+            for (size, slide) in
+                [(1, 1), (3, 3), (60_000, 10_000), (60_000, 60_000), (7, 3), (i64::MAX, 1), (i64::MAX, i64::MAX)]
+            {
+                assert_eq!(first_start_ending_after(size, slide, t), slow_first(size, slide, t), "{t} {size} {slide}");
+                let spec = WindowSpec::Sliding(super::super::Sliding { size, slide });
+                assert_eq!(last_end(&spec, t), slow_last(size, slide, t), "{t} {size} {slide}");
+            }
+        }
     }
 }

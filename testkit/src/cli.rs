@@ -233,6 +233,11 @@ pub fn print_summary(s: &RunSummary, plan: &Plan, rows: &[(&str, &str)], outputs
     println!("events in:     {events}");
     println!("dead letters:  {dead_letters}");
     println!("filtered:      {}", s.counter("filtered"));
+    // Table updates that came behind their flow's watermark (applied to later readings only).
+    let late = s.counters.iter().filter(|(k, _)| k.ends_with(".late_updates")).map(|(_, v)| *v).reduce(|a, b| a + b);
+    if let Some(late) = late {
+        println!("late updates:  {late}");
+    }
     for (name, prefix) in rows {
         let n: u64 =
             s.counters.iter().filter(|(k, _)| k.starts_with(prefix) && k.ends_with(".rows")).map(|(_, v)| v).sum();

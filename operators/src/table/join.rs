@@ -3,6 +3,8 @@
 
 use std::marker::PhantomData;
 use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
@@ -96,7 +98,11 @@ pub(crate) struct JoinOut<T, V> {
 }
 
 /// The join step's logic.
-pub(crate) struct JoinLogic<T, V>(PhantomData<fn(T, V)>);
+pub(crate) struct JoinLogic<T, V> {
+    /// Updates that came behind the table's watermark (counter `<step>.late_updates`).
+    late: Arc<AtomicU64>,
+    _types: PhantomData<fn(T, V)>,
+}
 
 /// The time of the timer for a reading at `t`: once the watermark passes `t`
 /// (a watermark `w` still admits updates at `w`).
@@ -123,7 +129,13 @@ where
 
     fn on_record(&mut self, cx: &mut Cx<'_, '_, K, T, V>, input: JoinInput<K, T, V>) {
         match input {
-            JoinInput::Update(v, diff) => cx.state().apply(v, diff),
+            JoinInput::Update(v, diff) => {
+                // Readings up to the watermark may have joined without it: it counts as late.
+                if diff > 0 && v.valid_from < cx.watermark() {
+                    self.late.fetch_add(1, Ordering::Relaxed);
+                }
+                cx.state().apply(v, diff)
+            }
             // The table is known up to the watermark: no update at or before
             // `t` is to come (updates of this epoch are later than it).
             JoinInput::Reading(_, r) if r.meta.event_time < cx.watermark() => join(cx, r),
@@ -248,7 +260,8 @@ impl<'s, T: ExchangeData + serde::de::DeserializeOwned> JoinTable<'s, T> for Flo
             }
         };
         let input = StepInput { records: updates.concat(readings), watermarks: Some(table_wms.clone()), partitions };
-        let out = keyed_step(&ctx, &id, input, |d: &JoinInput<K, T, V>| d.key().clone(), JoinLogic(PhantomData))?;
+        let logic = JoinLogic { late: ctx.counter(&format!("{id}.late_updates")), _types: PhantomData };
+        let out = keyed_step(&ctx, &id, input, |d: &JoinInput<K, T, V>| d.key().clone(), logic)?;
         let origin = meta.input.as_ref().map(|i| i.origin.clone());
         let joined = with_dead_letters(
             &ctx,

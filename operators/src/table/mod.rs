@@ -44,7 +44,9 @@
 //! An update behind the update flow's watermark when it arrives (later than
 //! the flow's allowed disorder) is applied to readings joined after it
 //! arrives, not to those already joined: give the update flow the disorder
-//! it has.
+//! it has. Such updates are counted (counter `table-<name>.late_updates`, or
+//! `<step name>.late_updates`, in the run's summary), so a bound that is too
+//! tight shows.
 //!
 //! [`CountBy::count_by`] maintains per-key counts of a flow continuously as
 //! a differential collection (per-site alert counts), emitted as changes.

@@ -275,6 +275,40 @@ fn as_of_is_by_event_time_not_arrival() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// An update behind the update flow's watermark when it arrives is counted
+/// (`<step>.late_updates`); one out of order within the bound is not.
+#[test]
+fn late_updates_are_counted() -> anyhow::Result<()> {
+    let mut updates: Vec<Update> = (0..=20).map(|i| Update::update("a".into(), dev(i % 3), i as i64 * 1_000)).collect();
+    updates[0] = Update::insert("a".into(), dev(0), 0);
+    // Far behind the watermark (about 20,000 - DELAY): late. Then out of order within the bound.
+    updates.push(Update::update("a".into(), dev(1), 100));
+    updates.push(Update::update("a".into(), dev(2), 20_000 - DELAY / 3));
+    let memory = Memory::new(vec![updates.iter().map(update).collect()], 1).named("updates");
+    let readings = Memory::new(vec![vec![reading("a", 50, 0), reading("a", 25_000, 1)]], 1).named("readings");
+    for workers in 1..=2 {
+        let (u, r) = (memory.clone(), readings.clone());
+        let summary = Pipeline::new("table").workers(workers).bounded(true).epoch_records(1, 2).run(move |p| {
+            let table = Table::from_updates(
+                "devices",
+                p.source(u.clone())?
+                    .decode::<Update>(Json)
+                    .event_time(|u| u.valid_from, Duration::from_millis(DELAY as u64))?,
+            )?;
+            p.source(r.clone())?
+                .decode::<Ev>(Json)
+                .event_time(|e| e.ts, Duration::from_millis(DELAY as u64))?
+                .join_table(&table, |e| e.d.clone())?
+                .map(|j: Joined<Ev, Dev>| (j.record.n, j.value.site))
+                .sink(Collect(Arc::new(Mutex::new(Vec::new()))))?;
+            p.dead_letters().sink(Collect(Arc::new(Mutex::new(Vec::new()))))
+        })?;
+        let late = summary.counter("table-devices.late_updates");
+        anyhow::ensure!(late == 1, "{workers} workers: {late} late updates, want 1: {:?}", summary.counters);
+    }
+    Ok(())
+}
+
 /// Ops parse as an updates file spells them.
 #[test]
 fn ops_parse() {

@@ -9,7 +9,7 @@ use weir_core::Result;
 use weir_core::record::EventTime;
 
 use super::zscore::deviation;
-use super::{Detector, Verdict, check};
+use super::{Detector, Verdict, check, check_threshold};
 
 /// EWMA control chart.
 ///
@@ -36,17 +36,7 @@ impl<F> Ewma<F> {
         self
     }
 
-    /// Readings before it scores.
-    pub fn min_samples(mut self, readings: u64) -> Self {
-        self.min_samples = readings;
-        self
-    }
-
-    /// The score at which it alerts, in `(0, 1]`.
-    pub fn threshold(mut self, score: f64) -> Self {
-        self.threshold = score;
-        self
-    }
+    gate_setters!(u64, "Readings before it scores.", "The score at which it alerts, in `(0, 1]`.");
 }
 
 /// A key's weighted mean and variance.
@@ -61,9 +51,9 @@ impl<T, F> Detector<T> for Ewma<F>
 where
     F: Fn(&T) -> f64 + 'static,
 {
-    type Value = f64;
     type State = Weighted;
-    type Out = f64;
+
+    one_field!();
 
     fn name(&self) -> &'static str {
         "ewma"
@@ -71,19 +61,7 @@ where
 
     fn validate(&self) -> Result<()> {
         check("ewma.alpha", self.alpha, self.alpha > 0.0 && self.alpha <= 1.0, "in (0, 1]")?;
-        check("ewma.threshold", self.threshold, self.threshold > 0.0 && self.threshold <= 1.0, "in (0, 1]")
-    }
-
-    fn value(&self, record: &T) -> f64 {
-        (self.field)(record)
-    }
-
-    fn valid(&self, value: &f64) -> bool {
-        value.is_finite()
-    }
-
-    fn out(&self, value: &f64) -> f64 {
-        *value
+        check_threshold("ewma", self.threshold)
     }
 
     fn update(&self, s: &mut Weighted, _: EventTime, &x: &f64) -> Verdict {

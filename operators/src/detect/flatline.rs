@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use weir_core::Result;
 use weir_core::record::EventTime;
 
-use super::{Detector, Verdict, Why, check};
+use super::{Detector, Verdict, Why, check, check_threshold};
 
 /// No change for a duration of event time.
 ///
@@ -37,17 +37,11 @@ impl<F> FlatLine<F> {
         self
     }
 
-    /// Readings before it scores.
-    pub fn min_samples(mut self, readings: u64) -> Self {
-        self.min_samples = readings;
-        self
-    }
-
-    /// The score at which it alerts, in `(0, 1]` (the share of the duration).
-    pub fn threshold(mut self, score: f64) -> Self {
-        self.threshold = score;
-        self
-    }
+    gate_setters!(
+        u64,
+        "Readings before it scores.",
+        "The score at which it alerts, in `(0, 1]` (the share of the duration)."
+    );
 }
 
 /// A key's current run: its value and first time, and the reading count.
@@ -61,9 +55,9 @@ impl<T, F> Detector<T> for FlatLine<F>
 where
     F: Fn(&T) -> f64 + 'static,
 {
-    type Value = f64;
     type State = Run;
-    type Out = f64;
+
+    one_field!();
 
     fn name(&self) -> &'static str {
         "flatline"
@@ -72,19 +66,7 @@ where
     fn validate(&self) -> Result<()> {
         check("flatline.duration", self.duration as f64, self.duration > 0, "positive (ms)")?;
         check("flatline.tolerance", self.tolerance, self.tolerance >= 0.0, "at least 0")?;
-        check("flatline.threshold", self.threshold, self.threshold > 0.0 && self.threshold <= 1.0, "in (0, 1]")
-    }
-
-    fn value(&self, record: &T) -> f64 {
-        (self.field)(record)
-    }
-
-    fn valid(&self, value: &f64) -> bool {
-        value.is_finite()
-    }
-
-    fn out(&self, value: &f64) -> f64 {
-        *value
+        check_threshold("flatline", self.threshold)
     }
 
     fn update(&self, s: &mut Run, t: EventTime, &x: &f64) -> Verdict {

@@ -24,7 +24,7 @@ use weir_core::Result;
 use weir_core::record::EventTime;
 
 use super::zscore::Rolling;
-use super::{Detector, Verdict, Why, check, score};
+use super::{Detector, Verdict, Why, check, check_threshold, score};
 
 /// Nearest-neighbour novelty of the last `lag` readings.
 ///
@@ -73,12 +73,6 @@ impl<F> Knn<F> {
         self
     }
 
-    /// Distances before it scores.
-    pub fn min_samples(mut self, distances: usize) -> Self {
-        self.min_samples = distances;
-        self
-    }
-
     /// The `-log10` of the tail probability that scores 1.
     pub fn scale(mut self, decades: f64) -> Self {
         self.scale = decades;
@@ -91,11 +85,7 @@ impl<F> Knn<F> {
         self
     }
 
-    /// The score at which it alerts, in `(0, 1]`.
-    pub fn threshold(mut self, score: f64) -> Self {
-        self.threshold = score;
-        self
-    }
+    gate_setters!(usize, "Distances before it scores.", "The score at which it alerts, in `(0, 1]`.");
 }
 
 /// How much a raw score must exceed the held-back ones to count as a new high.
@@ -161,9 +151,9 @@ impl<T, F> Detector<T> for Knn<F>
 where
     F: Fn(&T) -> f64 + 'static,
 {
-    type Value = f64;
     type State = Patterns;
-    type Out = f64;
+
+    one_field!();
 
     fn name(&self) -> &'static str {
         "knn"
@@ -175,19 +165,7 @@ where
         check("knn.window", self.window as f64, self.window >= 2, "at least 2")?;
         check("knn.min_samples", self.min_samples as f64, self.min_samples >= 2, "at least 2")?;
         check("knn.scale", self.scale, self.scale > 0.0 && self.scale.is_finite(), "positive")?;
-        check("knn.threshold", self.threshold, self.threshold > 0.0 && self.threshold <= 1.0, "in (0, 1]")
-    }
-
-    fn value(&self, record: &T) -> f64 {
-        (self.field)(record)
-    }
-
-    fn valid(&self, value: &f64) -> bool {
-        value.is_finite()
-    }
-
-    fn out(&self, value: &f64) -> f64 {
-        *value
+        check_threshold("knn", self.threshold)
     }
 
     fn update(&self, s: &mut Patterns, _: EventTime, &x: &f64) -> Verdict {

@@ -47,17 +47,11 @@ impl<F> Mad<F> {
         self
     }
 
-    /// Readings before it scores (at most the window counts).
-    pub fn min_samples(mut self, readings: usize) -> Self {
-        self.min_samples = readings;
-        self
-    }
-
-    /// The score at which it alerts, in `(0, 1]`.
-    pub fn threshold(mut self, score: f64) -> Self {
-        self.threshold = score;
-        self
-    }
+    gate_setters!(
+        usize,
+        "Readings before it scores (at most the window counts).",
+        "The score at which it alerts, in `(0, 1]`."
+    );
 }
 
 /// A key's window of values.
@@ -165,9 +159,9 @@ impl<T, F> Detector<T> for Mad<F>
 where
     F: Fn(&T) -> f64 + 'static,
 {
-    type Value = f64;
     type State = Window;
-    type Out = f64;
+
+    one_field!();
 
     fn name(&self) -> &'static str {
         "mad"
@@ -175,18 +169,6 @@ where
 
     fn validate(&self) -> Result<()> {
         check_window("mad", self.window, self.threshold)
-    }
-
-    fn value(&self, record: &T) -> f64 {
-        (self.field)(record)
-    }
-
-    fn valid(&self, value: &f64) -> bool {
-        value.is_finite()
-    }
-
-    fn out(&self, value: &f64) -> f64 {
-        *value
     }
 
     fn update(&self, s: &mut Window, _: EventTime, &x: &f64) -> Verdict {

@@ -11,7 +11,7 @@ use timely::ExchangeData;
 use weir_core::Result;
 use weir_core::record::EventTime;
 
-use super::{Detector, Verdict, Why, check, score};
+use super::{Detector, Verdict, Why, check_threshold, score};
 
 /// Squared Mahalanobis distance on a running covariance.
 ///
@@ -33,17 +33,7 @@ impl<F> Mahalanobis<F> {
         Mahalanobis { fields, min_samples: 50, threshold: 0.99999 }
     }
 
-    /// Readings before it scores.
-    pub fn min_samples(mut self, readings: u64) -> Self {
-        self.min_samples = readings;
-        self
-    }
-
-    /// The score at which it alerts, in `(0, 1]`.
-    pub fn threshold(mut self, score: f64) -> Self {
-        self.threshold = score;
-        self
-    }
+    gate_setters!(u64, "Readings before it scores.", "The score at which it alerts, in `(0, 1]`.");
 }
 
 /// A key's count, mean vector and co-moment matrix (row-major).
@@ -104,7 +94,7 @@ where
     }
 
     fn validate(&self) -> Result<()> {
-        check("mahalanobis.threshold", self.threshold, self.threshold > 0.0 && self.threshold <= 1.0, "in (0, 1]")
+        check_threshold("mahalanobis", self.threshold)
     }
 
     fn value(&self, record: &T) -> V {

@@ -47,6 +47,46 @@
 //!   therefore follow `.detect(...)` or `.alerts()` directly (per-site
 //!   alert counts: `.alerts().key_by(..).window(Tumbling::minutes(1))`).
 
+/// The builder methods of a detector's warm-up and alert threshold: they
+/// set its fields `min_samples` (of type `$n`) and `threshold`, documented
+/// by `$min_doc` and `$threshold_doc`.
+macro_rules! gate_setters {
+    ($n:ty, $min_doc:literal, $threshold_doc:literal) => {
+        #[doc = $min_doc]
+        pub fn min_samples(mut self, readings: $n) -> Self {
+            self.min_samples = readings;
+            self
+        }
+
+        #[doc = $threshold_doc]
+        pub fn threshold(mut self, score: f64) -> Self {
+            self.threshold = score;
+            self
+        }
+    };
+}
+
+/// The value side of a [`Detector`] of one `f64` that its field `field`
+/// takes from a record `T`: finite values are scored, and shown as they are.
+macro_rules! one_field {
+    () => {
+        type Value = f64;
+        type Out = f64;
+
+        fn value(&self, record: &T) -> f64 {
+            (self.field)(record)
+        }
+
+        fn valid(&self, value: &f64) -> bool {
+            value.is_finite()
+        }
+
+        fn out(&self, value: &f64) -> f64 {
+            *value
+        }
+    };
+}
+
 mod carry;
 mod ensemble;
 mod ewma;
@@ -434,4 +474,9 @@ impl<'s, K: 'static, V: 'static> Alerts<'s, K, V> for Flow<'s, Scored<K, V>> {
 /// Checks that `value` is in `range` (both ends inclusive), naming `field` otherwise.
 fn check(field: &str, value: f64, ok: bool, expected: &str) -> Result<()> {
     if ok && !value.is_nan() { Ok(()) } else { Err(Error::config(field, format!("{value} is not {expected}"))) }
+}
+
+/// Checks detector `name`'s alert threshold, a score in `(0, 1]`.
+fn check_threshold(name: &str, threshold: f64) -> Result<()> {
+    check(&format!("{name}.threshold"), threshold, threshold > 0.0 && threshold <= 1.0, "in (0, 1]")
 }

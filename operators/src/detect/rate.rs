@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use weir_core::Result;
 use weir_core::record::EventTime;
 
-use super::{Detector, Verdict, Why, check};
+use super::{Detector, Verdict, Why, check, check_threshold};
 
 /// Rate of change between consecutive readings.
 ///
@@ -28,17 +28,7 @@ impl<F> RateOfChange<F> {
         RateOfChange { field, max: max_per_second, min_samples: 1, threshold: 0.5 }
     }
 
-    /// Readings before it scores (at least 1).
-    pub fn min_samples(mut self, readings: u64) -> Self {
-        self.min_samples = readings;
-        self
-    }
-
-    /// The score at which it alerts, in `(0, 1]`.
-    pub fn threshold(mut self, score: f64) -> Self {
-        self.threshold = score;
-        self
-    }
+    gate_setters!(u64, "Readings before it scores (at least 1).", "The score at which it alerts, in `(0, 1]`.");
 }
 
 /// A key's previous reading and reading count.
@@ -52,9 +42,9 @@ impl<T, F> Detector<T> for RateOfChange<F>
 where
     F: Fn(&T) -> f64 + 'static,
 {
-    type Value = f64;
     type State = Previous;
-    type Out = f64;
+
+    one_field!();
 
     fn name(&self) -> &'static str {
         "rate"
@@ -62,19 +52,7 @@ where
 
     fn validate(&self) -> Result<()> {
         check("rate.max_per_second", self.max, self.max > 0.0 && self.max.is_finite(), "a positive number")?;
-        check("rate.threshold", self.threshold, self.threshold > 0.0 && self.threshold <= 1.0, "in (0, 1]")
-    }
-
-    fn value(&self, record: &T) -> f64 {
-        (self.field)(record)
-    }
-
-    fn valid(&self, value: &f64) -> bool {
-        value.is_finite()
-    }
-
-    fn out(&self, value: &f64) -> f64 {
-        *value
+        check_threshold("rate", self.threshold)
     }
 
     fn update(&self, s: &mut Previous, t: EventTime, &x: &f64) -> Verdict {

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use weir_core::Result;
 use weir_core::record::EventTime;
 
-use super::{Detector, Verdict, Why, check};
+use super::{Detector, Verdict, Why, check, check_threshold};
 
 /// Static bounds, or bounds each record gives.
 ///
@@ -97,17 +97,7 @@ impl<F> Threshold<F> {
 }
 
 impl<F, B> Threshold<F, B> {
-    /// Readings before it scores.
-    pub fn min_samples(mut self, readings: u64) -> Self {
-        self.min_samples = readings;
-        self
-    }
-
-    /// The score at which it alerts, in `(0, 1]` (0.5: just outside).
-    pub fn threshold(mut self, score: f64) -> Self {
-        self.threshold = score;
-        self
-    }
+    gate_setters!(u64, "Readings before it scores.", "The score at which it alerts, in `(0, 1]` (0.5: just outside).");
 }
 
 /// The scale of the score outside `[min, max]`: their distance, else the finite one's magnitude.
@@ -145,7 +135,7 @@ where
 
     fn validate(&self) -> Result<()> {
         self.bounds.validate()?;
-        check("threshold.threshold", self.threshold, self.threshold > 0.0 && self.threshold <= 1.0, "in (0, 1]")
+        check_threshold("threshold", self.threshold)
     }
 
     fn value(&self, record: &T) -> (f64, f64, f64) {

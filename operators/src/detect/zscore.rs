@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use weir_core::Result;
 use weir_core::record::EventTime;
 
-use super::{Detector, Verdict, Why, check, score};
+use super::{Detector, Verdict, Why, check, check_threshold, score};
 
 /// Rolling z-score over a key's last `window` readings.
 ///
@@ -37,17 +37,11 @@ impl<F> ZScore<F> {
         self
     }
 
-    /// Readings before it scores (at most the window counts).
-    pub fn min_samples(mut self, readings: usize) -> Self {
-        self.min_samples = readings;
-        self
-    }
-
-    /// The score at which it alerts, in `(0, 1]`.
-    pub fn threshold(mut self, score: f64) -> Self {
-        self.threshold = score;
-        self
-    }
+    gate_setters!(
+        usize,
+        "Readings before it scores (at most the window counts).",
+        "The score at which it alerts, in `(0, 1]`."
+    );
 }
 
 /// A key's window: its values, their mean and sum of squared deviations.
@@ -132,16 +126,16 @@ pub(super) fn deviation(x: f64, center: f64, spread: f64, samples: u64, threshol
 /// Checks the parameters shared by windowed detectors.
 pub(super) fn check_window(name: &str, window: usize, threshold: f64) -> Result<()> {
     check(&format!("{name}.window"), window as f64, window >= 2, "at least 2")?;
-    check(&format!("{name}.threshold"), threshold, threshold > 0.0 && threshold <= 1.0, "in (0, 1]")
+    check_threshold(name, threshold)
 }
 
 impl<T, F> Detector<T> for ZScore<F>
 where
     F: Fn(&T) -> f64 + 'static,
 {
-    type Value = f64;
     type State = Rolling;
-    type Out = f64;
+
+    one_field!();
 
     fn name(&self) -> &'static str {
         "zscore"
@@ -149,18 +143,6 @@ where
 
     fn validate(&self) -> Result<()> {
         check_window("zscore", self.window, self.threshold)
-    }
-
-    fn value(&self, record: &T) -> f64 {
-        (self.field)(record)
-    }
-
-    fn valid(&self, value: &f64) -> bool {
-        value.is_finite()
-    }
-
-    fn out(&self, value: &f64) -> f64 {
-        *value
     }
 
     fn update(&self, s: &mut Rolling, _: EventTime, &x: &f64) -> Verdict {

@@ -23,6 +23,7 @@ use serde::de::DeserializeOwned;
 use serde_arrow::schema::{SchemaLike, TracingOptions};
 use weir_core::checkpoint::Publish;
 use weir_core::error::{Error, Result};
+use weir_core::record::Rec;
 use weir_core::sink::{Rejected, Sink, SinkContext, SinkWriter};
 use weir_core::time::Epoch;
 
@@ -180,31 +181,66 @@ impl<T: Serialize> ParquetWriter<T> {
     }
 }
 
+impl<T: Serialize> ParquetWriter<T> {
+    /// Pushes `rows` into the column builders in place (the fast path),
+    /// finishing batches as they fill; returns the indexes of the rows it
+    /// could not write, with why.
+    fn push_rows<'r>(&mut self, rows: impl Iterator<Item = &'r T>) -> Result<Vec<(usize, String)>>
+    where
+        T: 'r,
+    {
+        let mut failed: Vec<(usize, String)> = Vec::new();
+        for (i, row) in rows.enumerate() {
+            let Some(columns) = self.columns.as_mut() else { break };
+            if let Err(e) = columns.push(row) {
+                failed.push((i, format!("cannot write the row as Parquet: {e}")));
+                // The builders may hold part of the row: finish the batch of complete rows now.
+                self.flush_batch()?;
+                continue;
+            }
+            if columns.len() >= self.rows_per_batch || columns.string_bytes() >= BATCH_STRING_BYTES {
+                self.flush_batch()?;
+            }
+        }
+        Ok(failed)
+    }
+}
+
+/// Moves the rows at the indexes of `failed` (ascending) out of `rows` into
+/// `rejected`, dropping the rest.
+fn take_failed<T>(rows: impl Iterator<Item = T>, failed: Vec<(usize, String)>, rejected: &mut Vec<Rejected<T>>) {
+    if failed.is_empty() {
+        return;
+    }
+    let mut failed = failed.into_iter().peekable();
+    for (i, row) in rows.enumerate() {
+        match failed.next_if(|(f, _)| *f == i) {
+            Some((_, reason)) => rejected.push(Rejected { row, reason }),
+            None if failed.peek().is_none() => break,
+            None => {}
+        }
+    }
+}
+
 impl<T: Serialize> SinkWriter<T> for ParquetWriter<T> {
+    fn write_records(&mut self, records: &mut Vec<Rec<T>>, rejected: &mut Vec<Rejected<T>>) -> Result<()> {
+        if self.columns.is_none() {
+            let mut rows: Vec<T> = records.drain(..).map(|r| r.value).collect();
+            return self.write(&mut rows, rejected);
+        }
+        // Rows are read in place; the few rejected ones are taken out afterwards.
+        let failed = self.push_rows(records.iter().map(|r| &r.value))?;
+        take_failed(records.drain(..).map(|r| r.value), failed, rejected);
+        records.clear();
+        Ok(())
+    }
+
     fn write(&mut self, rows: &mut Vec<T>, rejected: &mut Vec<Rejected<T>>) -> Result<()> {
         if self.columns.is_some() {
             // Rows are read in place; the few rejected ones are taken out afterwards.
-            let mut failed: Vec<(usize, String)> = Vec::new();
-            for (i, row) in rows.iter().enumerate() {
-                let Some(columns) = self.columns.as_mut() else { break };
-                if let Err(e) = columns.push(row) {
-                    failed.push((i, format!("cannot write the row as Parquet: {e}")));
-                    // The builders may hold part of the row: finish the batch of complete rows now.
-                    self.flush_batch()?;
-                    continue;
-                }
-                if columns.len() >= self.rows_per_batch || columns.string_bytes() >= BATCH_STRING_BYTES {
-                    self.flush_batch()?;
-                }
-            }
-            let mut failed = failed.into_iter().peekable();
-            for (i, row) in rows.drain(..).enumerate() {
-                match failed.next_if(|(f, _)| *f == i) {
-                    Some((_, reason)) => rejected.push(Rejected { row, reason }),
-                    None if failed.peek().is_none() => break,
-                    None => {}
-                }
-            }
+            let failed = self.push_rows(rows.iter())?;
+            take_failed(rows.drain(..), failed, rejected);
+            rows.clear();
             return Ok(());
         }
         // Nested row types: convert each write's rows at once (the Parquet writer

@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use crate::checkpoint::Publish;
 use crate::error::Result;
+use crate::record::Rec;
 use crate::storage::{DirLocks, Storage};
 use crate::time::Epoch;
 
@@ -104,6 +105,14 @@ pub trait SinkWriter<T> {
     /// Rows it cannot encode go to `rejected` (they become dead letters); an
     /// error is for what stops the pipeline (I/O).
     fn write(&mut self, rows: &mut Vec<T>, rejected: &mut Vec<Rejected<T>>) -> Result<()>;
+    /// Writes (drains) the rows of one complete epoch's records as
+    /// [`write`](Self::write) does: what the sink step calls. By default each
+    /// row is moved out of its record into a vector for `write`; a writer
+    /// that reads rows in place overrides it and saves that copy.
+    fn write_records(&mut self, records: &mut Vec<Rec<T>>, rejected: &mut Vec<Rejected<T>>) -> Result<()> {
+        let mut rows: Vec<T> = records.drain(..).map(|r| r.value).collect();
+        self.write(&mut rows, rejected)
+    }
     /// Closes the files written since the last call, makes them durable in the
     /// staging area, and returns them (possibly none).
     fn stage(&mut self, epoch: Epoch) -> Result<Vec<Publish>>;

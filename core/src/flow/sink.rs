@@ -54,7 +54,7 @@ where
     let rows_out = ctx.counter(&format!("{operator}.rows"));
     let dead = ctx.counter("dead_letters.sink");
     let source = flow.input.as_ref().map_or_else(|| operator.clone(), |i| i.source.clone());
-    let mut driver: EpochDriver<Vec<T>> = EpochDriver::new(ctx.start_epoch(), ctx.schedule());
+    let mut driver: EpochDriver<Vec<Rec<T>>> = EpochDriver::new(ctx.start_epoch(), ctx.schedule());
     let mut builder = OperatorBuilder::new(format!("Sink({operator})"), ctx.scope());
     let mut input = builder.new_input(flow.stream, Pipeline);
     let (part_out, parts) = builder.new_output::<Vec<Part>>();
@@ -67,7 +67,8 @@ where
         move |frontiers| {
             input.for_each(|time, data: &mut Vec<Rec<T>>| {
                 if let Some(&t) = time.least() {
-                    driver.push(t, data.drain(..).map(|r| r.value).collect());
+                    // Kept as records: the writer reads the rows in place (`write_records`).
+                    driver.push(t, std::mem::take(data));
                 }
             });
             let Some(held) = caps.as_mut() else { return };
@@ -81,7 +82,7 @@ where
                 for step in driver.advance(f) {
                     for mut rows in step.data {
                         let n = rows.len() as u64;
-                        writer.write(&mut rows, &mut rejected)?;
+                        writer.write_records(&mut rows, &mut rejected)?;
                         rows_out.fetch_add(n - rejected.len() as u64, Ordering::Relaxed);
                         if !rejected.is_empty() {
                             dead.fetch_add(rejected.len() as u64, Ordering::Relaxed);

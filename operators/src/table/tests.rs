@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use serde::{Deserialize, Serialize};
-use weir_core::Pipeline;
 use weir_core::record::{DeadLetter, EventTime};
+use weir_core::{Dataflow, Pipeline};
 
 use super::{CountBy, CountChange, JoinTable, Joined, Op, Table, TableUpdate};
 use crate::prelude::*;
@@ -93,6 +93,13 @@ fn got(rows: Vec<(u64, String)>, dead: Vec<DeadLetter>) -> Got {
     Got { joined, unknown, errors }
 }
 
+/// The table `devices` of the update flow `updates` (event times their
+/// `valid_from`, disorder up to `DELAY`).
+fn devices<'s>(p: &mut Dataflow<'s>, updates: &Memory) -> weir_core::Result<Table<'s, String, Dev>> {
+    let flow = p.source(updates.clone())?.decode::<Update>(Json);
+    Table::from_updates("devices", flow.event_time(|u| u.valid_from, Duration::from_millis(DELAY as u64))?)
+}
+
 /// Joins `readings` against a table of `initial` plus the update flow
 /// `stream` (none: a loaded table).
 fn run(
@@ -108,12 +115,7 @@ fn run(
         stream.map(|s| Memory::new(s.iter().map(|p| p.iter().map(update).collect()).collect(), 2).named("updates"));
     Pipeline::new("table").workers(workers).bounded(true).epoch_records(epoch, 2).run(move |p| {
         let table = match &updates {
-            Some(u) => Table::from_updates(
-                "devices",
-                p.source(u.clone())?
-                    .decode::<Update>(Json)
-                    .event_time(|u| u.valid_from, Duration::from_millis(DELAY as u64))?,
-            )?,
+            Some(u) => devices(p, u)?,
             None => Table::load(p.ctx(), "devices", Vec::new())?,
         }
         .with_initial(initial.clone())?;
@@ -289,12 +291,7 @@ fn late_updates_are_counted() -> anyhow::Result<()> {
     for workers in 1..=2 {
         let (u, r) = (memory.clone(), readings.clone());
         let summary = Pipeline::new("table").workers(workers).bounded(true).epoch_records(1, 2).run(move |p| {
-            let table = Table::from_updates(
-                "devices",
-                p.source(u.clone())?
-                    .decode::<Update>(Json)
-                    .event_time(|u| u.valid_from, Duration::from_millis(DELAY as u64))?,
-            )?;
+            let table = devices(p, &u)?;
             p.source(r.clone())?
                 .decode::<Ev>(Json)
                 .event_time(|e| e.ts, Duration::from_millis(DELAY as u64))?
@@ -414,13 +411,7 @@ fn a_run_restored_with_another_worker_count_joins_as_the_reference() -> anyhow::
     let run_with = |workers: usize, sink: FailFrom| {
         let (updates, readings, state, initial) = (updates.clone(), readings.clone(), state.clone(), initial.clone());
         Pipeline::new("restore").workers(workers).bounded(true).state(state).epoch_records(20, 2).run(move |p| {
-            let table = Table::from_updates(
-                "devices",
-                p.source(updates.clone())?
-                    .decode::<Update>(Json)
-                    .event_time(|u| u.valid_from, Duration::from_millis(DELAY as u64))?,
-            )?
-            .with_initial(initial.clone())?;
+            let table = devices(p, &updates)?.with_initial(initial.clone())?;
             p.source(readings.clone())?
                 .decode::<Ev>(Json)
                 .event_time(|e| e.ts, Duration::from_millis(DELAY as u64))?
@@ -536,12 +527,7 @@ fn a_window_after_the_join_sees_no_waiting_reading_as_late() -> anyhow::Result<(
     let dead = Arc::new(Mutex::new(Vec::new()));
     let (r, dl) = (rows.clone(), dead.clone());
     Pipeline::new("window").workers(2).bounded(true).epoch_records(3, 2).run(move |p| {
-        let table = Table::from_updates(
-            "devices",
-            p.source(updates.clone())?
-                .decode::<Update>(Json)
-                .event_time(|u| u.valid_from, Duration::from_millis(DELAY as u64))?,
-        )?;
+        let table = devices(p, &updates)?;
         p.source(readings.clone())?
             .decode::<Ev>(Json)
             .event_time(|e| e.ts, Duration::from_millis(DELAY as u64))?

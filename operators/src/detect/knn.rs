@@ -31,7 +31,7 @@ use super::{Detector, Verdict, Why, check, check_threshold, score};
 /// Parameters (defaults): `lag` (4 readings, at least 1: the pattern's
 /// length), `history` (2000 past patterns searched, at least 1), `window`
 /// (5000 readings, at least 2: the values' and the distances' statistics),
-/// `min_samples` (30 distances before it scores, at least 2), `scale` (5:
+/// `min_samples` (30 distances before it scores, at least 2; at most the window counts), `scale` (5:
 /// the score is 1 when the distance's normal tail is 1e-5 or less, about
 /// 4.3 standard deviations), `suppress` (100 readings: a reading scores only
 /// above every raw score of that many readings before it; 0 keeps every
@@ -85,7 +85,11 @@ impl<F> Knn<F> {
         self
     }
 
-    gate_setters!(usize, "Distances before it scores.", "The score at which it alerts, in `(0, 1]`.");
+    gate_setters!(
+        usize,
+        "Distances before it scores (at most the window counts).",
+        "The score at which it alerts, in `(0, 1]`."
+    );
 }
 
 /// How much a raw score must exceed the held-back ones to count as a new high.
@@ -182,7 +186,8 @@ where
         {
             let d = d / (sd * (self.lag as f64).sqrt());
             let n = s.distances.len();
-            if n >= self.min_samples {
+            // The ring holds at most `window` distances: a larger `min_samples` would never score.
+            if n >= self.min_samples.min(self.window) {
                 let (r, z) = tail_score(d, s.distances.mean(), s.distances.sd(), self.scale);
                 raw = r;
                 why = Why::Novel { distance: d, z, samples: n as u64 };

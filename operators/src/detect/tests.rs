@@ -364,7 +364,7 @@ fn knn_ref(events: &[Event], lag: usize, history: usize, window: usize, min: usi
             }
             if let Some(best) = best {
                 let d = best.sqrt() / (sd * (lag as f64).sqrt());
-                if dists.len() >= min {
+                if dists.len() >= min.min(window) {
                     let (m, s) = mean_sd(&dists[dists.len().saturating_sub(window)..]);
                     raw = tail_score(d, m, s, 20.0).0;
                 }

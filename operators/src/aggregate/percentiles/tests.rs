@@ -71,6 +71,17 @@ fn buckets_span_at_most_gamma() {
     }
 }
 
+/// The table of representatives covers every index a finite value maps to
+/// and holds exactly what computing them gives.
+#[test]
+fn representative_table_equals_computing() {
+    assert!(index(f64::MAX) <= MAX_INDEX, "{} > {MAX_INDEX}", index(f64::MAX));
+    assert!(index(f64::from_bits(1)) >= 0);
+    for i in 0..=MAX_INDEX + 3 {
+        assert_eq!(representative(i).to_bits(), compute_representative(i).to_bits(), "bucket {i}");
+    }
+}
+
 #[test]
 fn empty_nan_infinities_and_bad_quantiles() {
     let mut s = DDSketch::new();

@@ -19,6 +19,7 @@ pub mod error;
 pub mod flow;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod hint;
 pub mod keygroup;
 pub mod partition;
 pub mod record;

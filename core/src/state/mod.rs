@@ -15,7 +15,7 @@ pub mod watermarks;
 
 pub use keyed::{KeyView, KeyedState, ProcessingTime, processing_now};
 pub use operator::{
-    Input, KeyCx, KeyedLogic, StepInput, StepLogic, data_then_watermarks, frontier_min, keyed_step, local_step,
-    restored_watermarks, step,
+    Input, KeyCx, KeyedLogic, PREFETCH_AHEAD, StepInput, StepLogic, data_then_watermarks, frontier_min, keyed_step,
+    local_step, restored_watermarks, step,
 };
 pub use watermarks::{WatermarkSnapshot, WatermarkTable};

@@ -254,6 +254,11 @@ struct PerKey<K, D, L: KeyedLogic<K, D>, F> {
     _records: PhantomData<fn(D)>,
 }
 
+/// How many records ahead a keyed step prefetches a key's table entry
+/// ([`KeyedState::prefetch`]): enough for a miss to memory to complete while
+/// the records before it are handled.
+pub const PREFETCH_AHEAD: usize = 8;
+
 impl<K, D, L, F> StepLogic<D> for PerKey<K, D, L, F>
 where
     D: 'static,
@@ -265,7 +270,12 @@ where
 
     fn on_records(&mut self, records: Vec<D>, watermark: EventTime, out: &mut Vec<Rec<L::Out>>) {
         let PerKey { state, logic, key, .. } = self;
-        for r in records {
+        let mut records = records.into_iter();
+        while let Some(r) = records.next() {
+            // The table entry of the record `PREFETCH_AHEAD` on, so its miss overlaps with these.
+            if let Some(ahead) = records.as_slice().get(PREFETCH_AHEAD - 1) {
+                state.prefetch(&key(ahead));
+            }
             state.with_key(key(&r), |view| logic.on_record(&mut KeyCx { view, out, watermark }, r));
         }
     }

@@ -73,6 +73,10 @@ where
         self.detector.next_due(&state.0)
     }
 
+    fn prefetch(&self, state: &Self::State) {
+        self.detector.prefetch(&state.0);
+    }
+
     fn update_each(
         &self,
         state: &mut Self::State,

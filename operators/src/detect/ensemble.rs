@@ -94,6 +94,8 @@ pub trait Members<T>: 'static {
     fn next_due(&self, _state: &Self::State) -> Option<EventTime> {
         None
     }
+    /// Each member's [`Detector::prefetch`]. Nothing by default.
+    fn prefetch(&self, _state: &Self::State) {}
 }
 
 /// A member's verdict, or none for a value it cannot score.
@@ -150,6 +152,12 @@ impl<T, D: Detector<T>> Members<T> for Vec<D> {
     fn next_due(&self, s: &Self::State) -> Option<EventTime> {
         self.iter().zip(s).filter_map(|(d, s)| d.next_due(s)).min()
     }
+
+    fn prefetch(&self, s: &Self::State) {
+        for (d, s) in self.iter().zip(s) {
+            d.prefetch(s);
+        }
+    }
 }
 
 macro_rules! tuple_members {
@@ -192,6 +200,10 @@ macro_rules! tuple_members {
 
             fn next_due(&self, s: &Self::State) -> Option<EventTime> {
                 [$(self.$i.next_due(&s.$i)),+].into_iter().flatten().min()
+            }
+
+            fn prefetch(&self, s: &Self::State) {
+                $(self.$i.prefetch(&s.$i);)+
             }
         }
     };
@@ -248,5 +260,9 @@ impl<T, M: Members<T>> Detector<T> for Ensemble<M> {
             None => any,
         };
         Verdict { score, alert, ..top }
+    }
+
+    fn prefetch(&self, s: &M::State) {
+        self.members.prefetch(s);
     }
 }

@@ -312,6 +312,12 @@ pub trait Detector<T>: 'static {
     fn next_due(&self, _state: &Self::State) -> Option<EventTime> {
         None
     }
+    /// A hint that `state` is updated soon (the detect step calls it a few
+    /// readings ahead): a detector whose state points to memory elsewhere
+    /// (a ring of past values) prefetches what [`update`](Self::update)
+    /// reads first, with [`weir_core::hint::prefetch`], so that the cache
+    /// miss overlaps with the readings before. Nothing by default.
+    fn prefetch(&self, _state: &Self::State) {}
     /// Scores `value` as [`update`](Self::update) does, giving `each` every
     /// verdict with the name its alert carries: one under
     /// [`name`](Self::name) by default, one per member for a [`Panel`].

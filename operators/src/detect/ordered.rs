@@ -23,7 +23,7 @@ use weir_core::Result;
 use weir_core::checkpoint::{CheckpointStore, FileEntry};
 use weir_core::keygroup::KeyGroups;
 use weir_core::record::{EventTime, Meta, Offset, PartitionId, Rec};
-use weir_core::state::{KeyView, KeyedState, StepLogic, WatermarkSnapshot};
+use weir_core::state::{KeyView, KeyedState, PREFETCH_AHEAD, StepLogic, WatermarkSnapshot};
 use weir_core::time::Epoch;
 
 use super::{Alert, Detector, Scored, Verdict};
@@ -50,6 +50,11 @@ impl<V, S: Default> Default for KeyState<V, S> {
         KeyState { waiting: Vec::new(), detector: S::default() }
     }
 }
+
+/// How many readings ahead the detect step looks up a key's state and
+/// prefetches the detector's ([`Detector::prefetch`]); the table entry is
+/// prefetched twice as far ahead.
+const AHEAD: usize = PREFETCH_AHEAD;
 
 /// Runs a [`Detector`] over records `T` per key, its verdicts turned into rows by `R`.
 pub(crate) struct DetectLogic<K, T, D: Detector<T>, R> {
@@ -213,7 +218,19 @@ where
             self.ready.extend(self.waiting.extract_if(.., |s| s.time < wm));
         }
         self.ready.sort_by_key(|s| (s.time, s.pos.0, s.pos.1));
-        for s in self.ready.drain(..) {
+        let mut ready = self.ready.drain(..);
+        while let Some(s) = ready.next() {
+            // Prefetched ahead: the table entry of the reading `2 * AHEAD` on, then (the
+            // entry cached by now) what the detector reads of the one `AHEAD` on.
+            let rest = ready.as_slice();
+            if let Some(far) = rest.get(2 * AHEAD - 1) {
+                self.state.prefetch(&far.key);
+            }
+            if let Some(ahead) = rest.get(AHEAD - 1)
+                && let Some(state) = self.state.get(&ahead.key)
+            {
+                d.prefetch(&state.detector);
+            }
             let Sample { key, time: t, value, .. } = s;
             self.state.with_key(key, |view| {
                 let (key, state) = view.key_value();

@@ -112,4 +112,8 @@ where
     fn next_due(&self, s: &Self::State) -> Option<EventTime> {
         self.members.next_due(&s.0)
     }
+
+    fn prefetch(&self, s: &Self::State) {
+        self.members.prefetch(&s.0);
+    }
 }

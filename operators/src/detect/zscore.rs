@@ -145,6 +145,11 @@ where
         check_window("zscore", self.window, self.threshold)
     }
 
+    fn prefetch(&self, s: &Rolling) {
+        // The oldest value, which `push` reads (and overwrites) once the window is full.
+        weir_core::hint::prefetch(s.values.as_slices().0.as_ptr());
+    }
+
     fn update(&self, s: &mut Rolling, _: EventTime, &x: &f64) -> Verdict {
         let n = s.values.len();
         let verdict = if n >= self.min_samples.min(self.window).max(2) {

@@ -15,7 +15,7 @@ pub mod watermarks;
 
 pub use keyed::{KeyView, KeyedState, ProcessingTime, processing_now};
 pub use operator::{
-    Input, KeyCx, KeyedLogic, PREFETCH_AHEAD, StepInput, StepLogic, data_then_watermarks, frontier_min, keyed_step,
-    local_step, restored_watermarks, step,
+    Emit, Input, KeyCx, KeyedLogic, PREFETCH_AHEAD, StepInput, StepLogic, data_then_watermarks, frontier_min,
+    keyed_step, local_step, restored_watermarks, step,
 };
 pub use watermarks::{WatermarkSnapshot, WatermarkTable};

@@ -61,10 +61,59 @@ pub trait KeyedLogic<K, D>: 'static {
     fn on_processing_timer(&mut self, _cx: &mut KeyCx<'_, '_, K, Self::State, Self::Out>, _at: ProcessingTime) {}
 }
 
+/// Where a step's logic puts its rows. They are handed downstream in
+/// batches of [`Emit::BATCH`] as they are pushed, so a call that emits
+/// millions of rows (every window closing at the end of the input) neither
+/// holds them all in one buffer nor writes them through memory twice.
+pub struct Emit<'a, O> {
+    buf: &'a mut Vec<Rec<O>>,
+    give: &'a mut dyn FnMut(&mut Vec<Rec<O>>),
+}
+
+impl<'a, O> Emit<'a, O> {
+    /// Rows gathered before they are handed on: few enough that the buffer
+    /// stays in the cache, enough to fill several of timely's containers.
+    pub const BATCH: usize = 1024;
+
+    /// Rows gathered in `buf` (kept between calls for its capacity) and
+    /// handed to `give` in batches; [`finish`](Self::finish) hands on the rest.
+    pub fn new(buf: &'a mut Vec<Rec<O>>, give: &'a mut dyn FnMut(&mut Vec<Rec<O>>)) -> Self {
+        Emit { buf, give }
+    }
+
+    /// Emits `rec`.
+    #[inline]
+    pub fn push(&mut self, rec: Rec<O>) {
+        self.buf.push(rec);
+        if self.buf.len() >= Self::BATCH {
+            (self.give)(self.buf);
+        }
+    }
+
+    /// Emits every row of `recs`.
+    pub fn extend(&mut self, recs: impl IntoIterator<Item = Rec<O>>) {
+        for rec in recs {
+            self.push(rec);
+        }
+    }
+
+    /// The same output, borrowed for a shorter while (what a [`KeyCx`] holds).
+    pub fn reborrow(&mut self) -> Emit<'_, O> {
+        Emit { buf: &mut *self.buf, give: &mut *self.give }
+    }
+
+    /// Hands on the rows not handed on yet.
+    pub fn finish(self) {
+        if !self.buf.is_empty() {
+            (self.give)(self.buf);
+        }
+    }
+}
+
 /// One key's state, timers and the step's output, during a [`KeyedLogic`] callback.
 pub struct KeyCx<'c, 'v, K, V, O> {
     view: &'c mut KeyView<'v, K, V>,
-    out: &'c mut Vec<Rec<O>>,
+    out: Emit<'c, O>,
     watermark: EventTime,
 }
 
@@ -207,10 +256,10 @@ pub trait StepLogic<D>: 'static {
     type Out: 'static;
     /// A batch of records of the current epoch. `watermark` is the step's
     /// watermark before this epoch's advance.
-    fn on_records(&mut self, records: Vec<D>, watermark: EventTime, out: &mut Vec<Rec<Self::Out>>);
+    fn on_records(&mut self, records: Vec<D>, watermark: EventTime, out: &mut Emit<'_, Self::Out>);
     /// The watermark advanced to `watermark` ([`EventTime::MAX`] once the
     /// input is finished): emit what is now complete.
-    fn on_watermark(&mut self, watermark: EventTime, out: &mut Vec<Rec<Self::Out>>);
+    fn on_watermark(&mut self, watermark: EventTime, out: &mut Emit<'_, Self::Out>);
     /// Writes this worker's state at `epoch` as part `name`, with `global`
     /// (the watermark table's snapshot, restored as a [`WatermarkSnapshot`])
     /// in [`GLOBAL_GROUP`](crate::checkpoint::state::GLOBAL_GROUP), and
@@ -243,7 +292,7 @@ pub trait StepLogic<D>: 'static {
     /// Processing time reached [`next_deadline`](Self::next_deadline): `now`.
     /// What it emits is not exactly-once (a restarted run's processing times
     /// differ): for previews, such as a window's early firings.
-    fn on_processing_time(&mut self, _now: Instant, _watermark: EventTime, _out: &mut Vec<Rec<Self::Out>>) {}
+    fn on_processing_time(&mut self, _now: Instant, _watermark: EventTime, _out: &mut Emit<'_, Self::Out>) {}
 }
 
 /// A [`KeyedLogic`] with its [`KeyedState`], as a [`StepLogic`].
@@ -268,7 +317,7 @@ where
 {
     type Out = L::Out;
 
-    fn on_records(&mut self, records: Vec<D>, watermark: EventTime, out: &mut Vec<Rec<L::Out>>) {
+    fn on_records(&mut self, records: Vec<D>, watermark: EventTime, out: &mut Emit<'_, L::Out>) {
         let PerKey { state, logic, key, .. } = self;
         let mut records = records.into_iter();
         while let Some(r) = records.next() {
@@ -276,13 +325,15 @@ where
             if let Some(ahead) = records.as_slice().get(PREFETCH_AHEAD - 1) {
                 state.prefetch(&key(ahead));
             }
-            state.with_key(key(&r), |view| logic.on_record(&mut KeyCx { view, out, watermark }, r));
+            state.with_key(key(&r), |view| logic.on_record(&mut KeyCx { view, out: out.reborrow(), watermark }, r));
         }
     }
 
-    fn on_watermark(&mut self, watermark: EventTime, out: &mut Vec<Rec<L::Out>>) {
+    fn on_watermark(&mut self, watermark: EventTime, out: &mut Emit<'_, L::Out>) {
         let PerKey { state, logic, .. } = self;
-        state.fire_due(watermark, |time, view| logic.on_timer(&mut KeyCx { view, out, watermark }, time));
+        state.fire_due(watermark, |time, view| {
+            logic.on_timer(&mut KeyCx { view, out: out.reborrow(), watermark }, time)
+        });
     }
 
     fn next_deadline(&self) -> Option<Instant> {
@@ -291,10 +342,10 @@ where
         Some(Instant::now() + std::time::Duration::from_millis(wait))
     }
 
-    fn on_processing_time(&mut self, _now: Instant, watermark: EventTime, out: &mut Vec<Rec<L::Out>>) {
+    fn on_processing_time(&mut self, _now: Instant, watermark: EventTime, out: &mut Emit<'_, L::Out>) {
         let PerKey { state, logic, .. } = self;
         state.fire_due_processing(processing_now(), |at, view| {
-            logic.on_processing_timer(&mut KeyCx { view, out, watermark }, at)
+            logic.on_processing_timer(&mut KeyCx { view, out: out.reborrow(), watermark }, at)
         });
     }
 
@@ -453,20 +504,26 @@ where
             let mut run = || -> Result<()> {
                 for step in driver.advance(f) {
                     let epoch = step.epoch;
-                    let mut updates = Vec::new();
-                    for input in data_then_watermarks(step.data) {
-                        match input {
-                            Input::Data(recs) => logic.on_records(recs, watermarks.current(), &mut emitted),
-                            Input::Watermarks(u) => updates.extend(u),
+                    {
+                        let cap = held[0].delayed(&epoch);
+                        let mut session = out_h.session(&cap);
+                        let mut give = |rows: &mut Vec<Rec<L::Out>>| {
+                            emitted_count.fetch_add(rows.len() as u64, Ordering::Relaxed);
+                            session.give_iterator(rows.drain(..));
+                        };
+                        let mut emit = Emit::new(&mut emitted, &mut give);
+                        let mut updates = Vec::new();
+                        for input in data_then_watermarks(step.data) {
+                            match input {
+                                Input::Data(recs) => logic.on_records(recs, watermarks.current(), &mut emit),
+                                Input::Watermarks(u) => updates.extend(u),
+                            }
                         }
-                    }
-                    // All of an epoch's updates at once (see `WatermarkTable`).
-                    if let Some(wm) = watermarks.apply(&updates) {
-                        logic.on_watermark(wm, &mut emitted);
-                    }
-                    if !emitted.is_empty() {
-                        emitted_count.fetch_add(emitted.len() as u64, Ordering::Relaxed);
-                        out_h.session(&held[0].delayed(&epoch)).give_iterator(emitted.drain(..));
+                        // All of an epoch's updates at once (see `WatermarkTable`).
+                        if let Some(wm) = watermarks.apply(&updates) {
+                            logic.on_watermark(wm, &mut emit);
+                        }
+                        emit.finish();
                     }
                     if step.checkpoint
                         && let Some(store) = &store
@@ -485,11 +542,14 @@ where
                 {
                     let now = Instant::now();
                     if deadline <= now {
-                        logic.on_processing_time(now, watermarks.current(), &mut emitted);
-                        if !emitted.is_empty() {
-                            emitted_count.fetch_add(emitted.len() as u64, Ordering::Relaxed);
-                            out_h.session(&held[0]).give_iterator(emitted.drain(..));
-                        }
+                        let mut session = out_h.session(&held[0]);
+                        let mut give = |rows: &mut Vec<Rec<L::Out>>| {
+                            emitted_count.fetch_add(rows.len() as u64, Ordering::Relaxed);
+                            session.give_iterator(rows.drain(..));
+                        };
+                        let mut emit = Emit::new(&mut emitted, &mut give);
+                        logic.on_processing_time(now, watermarks.current(), &mut emit);
+                        emit.finish();
                     }
                     if let Some(next) = logic.next_deadline() {
                         activator.activate_after(next.saturating_duration_since(Instant::now()));
@@ -499,10 +559,15 @@ where
                     // Input finished: everything fires, then the final snapshot.
                     let at = *held[0].time();
                     watermarks.finish();
-                    logic.on_watermark(EventTime::MAX, &mut emitted);
-                    if !emitted.is_empty() {
-                        emitted_count.fetch_add(emitted.len() as u64, Ordering::Relaxed);
-                        out_h.session(&held[0]).give_iterator(emitted.drain(..));
+                    {
+                        let mut session = out_h.session(&held[0]);
+                        let mut give = |rows: &mut Vec<Rec<L::Out>>| {
+                            emitted_count.fetch_add(rows.len() as u64, Ordering::Relaxed);
+                            session.give_iterator(rows.drain(..));
+                        };
+                        let mut emit = Emit::new(&mut emitted, &mut give);
+                        logic.on_watermark(EventTime::MAX, &mut emit);
+                        emit.finish();
                     }
                     if let Some(store) = &store {
                         let name = format!("{part_name}.final");

@@ -23,7 +23,7 @@ use weir_core::Result;
 use weir_core::checkpoint::{CheckpointStore, FileEntry};
 use weir_core::keygroup::KeyGroups;
 use weir_core::record::{EventTime, Meta, Offset, PartitionId, Rec};
-use weir_core::state::{KeyView, KeyedState, PREFETCH_AHEAD, StepLogic, WatermarkSnapshot};
+use weir_core::state::{Emit, KeyView, KeyedState, PREFETCH_AHEAD, StepLogic, WatermarkSnapshot};
 use weir_core::time::Epoch;
 
 use super::{Alert, Detector, Scored, Verdict};
@@ -102,11 +102,11 @@ pub(crate) trait Rows<K, T, D: Detector<T>>: 'static {
     /// The rows.
     type Row: 'static;
     /// The row of a reading that is not scored (a bad value, or behind the watermark).
-    fn skipped(d: &D, key: &K, time: EventTime, value: &D::Value, out: &mut Vec<Rec<Self::Row>>);
+    fn skipped(d: &D, key: &K, time: EventTime, value: &D::Value, out: &mut Emit<'_, Self::Row>);
     /// Scores `key`'s reading at `time`.
-    fn update(d: &D, key: &K, state: &mut D::State, time: EventTime, value: &D::Value, out: &mut Vec<Rec<Self::Row>>);
+    fn update(d: &D, key: &K, state: &mut D::State, time: EventTime, value: &D::Value, out: &mut Emit<'_, Self::Row>);
     /// `key`'s due alerts at or before `upto`.
-    fn due(d: &D, key: &K, state: &mut D::State, upto: EventTime, out: &mut Vec<Rec<Self::Row>>);
+    fn due(d: &D, key: &K, state: &mut D::State, upto: EventTime, out: &mut Emit<'_, Self::Row>);
 }
 
 /// One [`Scored`] row per reading.
@@ -132,16 +132,16 @@ fn scored<K: Clone, V: Clone>(key: &K, time: EventTime, value: V, v: &Verdict, n
 impl<K: Clone + 'static, T, D: Detector<T>> Rows<K, T, D> for ScoredRows {
     type Row = Scored<K, D::Out>;
 
-    fn skipped(d: &D, key: &K, time: EventTime, value: &D::Value, out: &mut Vec<Rec<Self::Row>>) {
+    fn skipped(d: &D, key: &K, time: EventTime, value: &D::Value, out: &mut Emit<'_, Self::Row>) {
         out.push(scored(key, time, d.out(value), &Verdict::NONE, d.name()));
     }
 
-    fn update(d: &D, key: &K, state: &mut D::State, time: EventTime, value: &D::Value, out: &mut Vec<Rec<Self::Row>>) {
+    fn update(d: &D, key: &K, state: &mut D::State, time: EventTime, value: &D::Value, out: &mut Emit<'_, Self::Row>) {
         let v = d.update(state, time, value);
         out.push(scored(key, time, d.out(value), &v, d.name()));
     }
 
-    fn due(d: &D, key: &K, state: &mut D::State, upto: EventTime, out: &mut Vec<Rec<Self::Row>>) {
+    fn due(d: &D, key: &K, state: &mut D::State, upto: EventTime, out: &mut Emit<'_, Self::Row>) {
         if let Some((at, v, shown)) = d.due(state, upto) {
             out.push(scored(key, at, shown, &v, d.name()));
         }
@@ -151,9 +151,9 @@ impl<K: Clone + 'static, T, D: Detector<T>> Rows<K, T, D> for ScoredRows {
 impl<K: Clone + 'static, T, D: Detector<T>> Rows<K, T, D> for AlertRows {
     type Row = Alert<K, D::Out>;
 
-    fn skipped(_: &D, _: &K, _: EventTime, _: &D::Value, _: &mut Vec<Rec<Self::Row>>) {}
+    fn skipped(_: &D, _: &K, _: EventTime, _: &D::Value, _: &mut Emit<'_, Self::Row>) {}
 
-    fn update(d: &D, key: &K, state: &mut D::State, time: EventTime, value: &D::Value, out: &mut Vec<Rec<Self::Row>>) {
+    fn update(d: &D, key: &K, state: &mut D::State, time: EventTime, value: &D::Value, out: &mut Emit<'_, Self::Row>) {
         d.update_each(state, time, value, &mut |name, v| {
             if v.alert {
                 out.push(Rec { meta: Meta::derived(time), value: alert(key, time, d.out(value), &v, name) });
@@ -161,7 +161,7 @@ impl<K: Clone + 'static, T, D: Detector<T>> Rows<K, T, D> for AlertRows {
         });
     }
 
-    fn due(d: &D, key: &K, state: &mut D::State, upto: EventTime, out: &mut Vec<Rec<Self::Row>>) {
+    fn due(d: &D, key: &K, state: &mut D::State, upto: EventTime, out: &mut Emit<'_, Self::Row>) {
         d.due_each(state, upto, &mut |name, at, v, shown| {
             if v.alert {
                 out.push(Rec { meta: Meta::derived(at), value: alert(key, at, shown, &v, name) });
@@ -192,7 +192,7 @@ where
 {
     type Out = R::Row;
 
-    fn on_records(&mut self, records: Vec<Sample<K, D::Value>>, wm: EventTime, out: &mut Vec<Rec<Self::Out>>) {
+    fn on_records(&mut self, records: Vec<Sample<K, D::Value>>, wm: EventTime, out: &mut Emit<'_, Self::Out>) {
         let d = &*self.detector;
         self.waiting.reserve(records.len());
         for s in records {
@@ -205,7 +205,7 @@ where
         }
     }
 
-    fn on_watermark(&mut self, wm: EventTime, out: &mut Vec<Rec<Self::Out>>) {
+    fn on_watermark(&mut self, wm: EventTime, out: &mut Emit<'_, Self::Out>) {
         let d = &*self.detector;
         // The end of a bounded input: every waiting reading is scored, no silence fires.
         let end = wm == EventTime::MAX;

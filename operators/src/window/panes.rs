@@ -30,7 +30,7 @@ use weir_core::checkpoint::state::{GLOBAL_GROUP, StateReader, StateWriter};
 use weir_core::checkpoint::{CheckpointStore, FileEntry};
 use weir_core::keygroup::KeyGroups;
 use weir_core::record::{EventTime, Meta, Rec};
-use weir_core::state::{StepLogic, WatermarkSnapshot};
+use weir_core::state::{Emit, StepLogic, WatermarkSnapshot};
 use weir_core::time::Epoch;
 
 use super::{Partial, WindowResult, WindowSpec};
@@ -164,7 +164,7 @@ impl<K: Hash + Eq + Clone, T, A: Aggregator<T>> PaneStore<K, T, A> {
     }
 
     /// Emits the window `[start, end)`: its panes merged per key.
-    fn fire(&mut self, start: EventTime, end: EventTime, out: &mut Vec<Rec<WindowResult<K, A::Out>>>) {
+    fn fire(&mut self, start: EventTime, end: EventTime, out: &mut Emit<'_, WindowResult<K, A::Out>>) {
         let time = end.saturating_sub(1);
         let agg = self.agg.clone();
         let mut emit = |key: K, acc: &A::Acc| {
@@ -262,7 +262,7 @@ impl<K: Hash + Eq + Clone, T, A: Aggregator<T>> PaneStore<K, T, A> {
         &mut self,
         p: &Partial<K, A::Acc>,
         watermark: EventTime,
-        out: &mut Vec<Rec<WindowResult<K, A::Out>>>,
+        out: &mut Emit<'_, WindowResult<K, A::Out>>,
     ) {
         let (size, slide) = (self.size, self.slide);
         let agg = &*self.agg;
@@ -312,7 +312,7 @@ impl<K: Hash + Eq + Clone, T, A: Aggregator<T>> PaneStore<K, T, A> {
     }
 
     /// Emits every open window as it is so far, marked partial.
-    fn fire_early(&mut self, out: &mut Vec<Rec<WindowResult<K, A::Out>>>) {
+    fn fire_early(&mut self, out: &mut Emit<'_, WindowResult<K, A::Out>>) {
         let (size, slide) = (self.size, self.slide);
         let (Some(&(first, _)), Some(&(last, _))) = (self.panes.first(), self.panes.last()) else { return };
         let agg = &*self.agg;
@@ -466,7 +466,7 @@ where
 {
     type Out = WindowResult<K, A::Out>;
 
-    fn on_records(&mut self, records: Vec<Partial<K, A::Acc>>, watermark: EventTime, out: &mut Vec<Rec<Self::Out>>) {
+    fn on_records(&mut self, records: Vec<Partial<K, A::Acc>>, watermark: EventTime, out: &mut Emit<'_, Self::Out>) {
         for p in records {
             // Windows of the pane that fired already (it can be in unfired ones too).
             if self.lateness > 0 && first_start_ending_after(self.size, self.slide, p.start) < self.next {
@@ -486,7 +486,7 @@ where
         }
     }
 
-    fn on_watermark(&mut self, watermark: EventTime, out: &mut Vec<Rec<Self::Out>>) {
+    fn on_watermark(&mut self, watermark: EventTime, out: &mut Emit<'_, Self::Out>) {
         let (size, slide) = (self.size, self.slide);
         // Every window up to the watermark that holds a pane, in start order
         // (an unfired window holds only panes at or after `next`).
@@ -525,7 +525,7 @@ where
         self.early.map(|(_, next)| next)
     }
 
-    fn on_processing_time(&mut self, now: Instant, _: EventTime, out: &mut Vec<Rec<Self::Out>>) {
+    fn on_processing_time(&mut self, now: Instant, _: EventTime, out: &mut Emit<'_, Self::Out>) {
         if let Some((every, _)) = self.early {
             self.fire_early(out);
             self.early = Some((every, now + every));

@@ -35,6 +35,7 @@
 
 mod count;
 mod operator;
+mod pane_map;
 mod panes;
 mod session;
 #[cfg(test)]

@@ -22,7 +22,6 @@ use std::ops::Range;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use rustc_hash::FxHashMap;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use weir_core::Result;
@@ -33,6 +32,7 @@ use weir_core::record::{EventTime, Meta, Rec};
 use weir_core::state::{Emit, StepLogic, WatermarkSnapshot};
 use weir_core::time::Epoch;
 
+use super::pane_map::{AHEAD, PaneMap};
 use super::{Partial, WindowResult, WindowSpec};
 use crate::aggregate::Aggregator;
 
@@ -83,7 +83,7 @@ pub(super) struct PaneStore<K, T, A: Aggregator<T>> {
     slide: i64,
     groups: KeyGroups,
     /// The open panes in start order, each with its keys' accumulators.
-    panes: Vec<(EventTime, FxHashMap<K, A::Acc>)>,
+    panes: Vec<(EventTime, PaneMap<K, A::Acc>)>,
     /// The index in `panes` of the pane the last record went to: records
     /// come in runs of one pane.
     last: usize,
@@ -112,15 +112,15 @@ pub(super) struct PaneStore<K, T, A: Aggregator<T>> {
 /// once into `back` when it completes.
 struct Stacks<K, Acc> {
     /// (pane start, merge of the panes from it to `boundary`), by start descending.
-    front: Vec<(EventTime, FxHashMap<K, Acc>)>,
+    front: Vec<(EventTime, PaneMap<K, Acc>)>,
     boundary: EventTime,
-    back: FxHashMap<K, Acc>,
+    back: PaneMap<K, Acc>,
     back_end: EventTime,
 }
 
 impl<K, Acc> Default for Stacks<K, Acc> {
     fn default() -> Self {
-        Stacks { front: Vec::new(), boundary: EventTime::MIN, back: FxHashMap::default(), back_end: EventTime::MIN }
+        Stacks { front: Vec::new(), boundary: EventTime::MIN, back: PaneMap::default(), back_end: EventTime::MIN }
     }
 }
 
@@ -159,7 +159,7 @@ impl<K: Hash + Eq + Clone, T, A: Aggregator<T>> PaneStore<K, T, A> {
     }
 
     /// The map of the pane starting at `start`, opened if need be.
-    fn pane(&mut self, start: EventTime) -> &mut FxHashMap<K, A::Acc> {
+    fn pane(&mut self, start: EventTime) -> &mut PaneMap<K, A::Acc> {
         pane_at(&mut self.panes, &mut self.last, &mut self.spare, start)
     }
 
@@ -226,7 +226,12 @@ impl<K: Hash + Eq + Clone, T, A: Aggregator<T>> PaneStore<K, T, A> {
         // The window: its first `front` entry (taken if no later window needs it) and `back`.
         let take = st.front.last().is_some_and(|f| f.0 < next && f.0 < st.boundary);
         if take && let Some((_, mut front)) = st.front.pop() {
-            for (key, acc) in &st.back {
+            // No `reserve` (as `merge_into` does): `front` holds most of `back`'s keys already.
+            let mut ahead = st.back.iter().skip(AHEAD);
+            for (key, acc) in st.back.iter() {
+                if let Some((k, _)) = ahead.next() {
+                    front.prefetch(k);
+                }
                 merge_one(&*agg, &mut front, key, acc);
             }
             for (key, acc) in front.drain() {
@@ -237,7 +242,11 @@ impl<K: Hash + Eq + Clone, T, A: Aggregator<T>> PaneStore<K, T, A> {
         }
         let front = st.front.last().filter(|f| f.0 < st.boundary).map(|f| &f.1);
         if let Some(front) = front {
-            for (key, acc) in front {
+            let mut ahead = front.iter().skip(AHEAD);
+            for (key, acc) in front.iter() {
+                if let Some((k, _)) = ahead.next() {
+                    st.back.prefetch(k);
+                }
                 match st.back.get(key) {
                     Some(b) => {
                         let mut acc = acc.clone();
@@ -248,7 +257,11 @@ impl<K: Hash + Eq + Clone, T, A: Aggregator<T>> PaneStore<K, T, A> {
                 }
             }
         }
-        for (key, acc) in &st.back {
+        let mut ahead = st.back.iter().skip(AHEAD);
+        for (key, acc) in st.back.iter() {
+            if let (Some(f), Some((k, _))) = (front, ahead.next()) {
+                f.prefetch(k);
+            }
             if front.is_none_or(|f| !f.contains_key(key)) {
                 emit(key.clone(), acc);
             }
@@ -372,7 +385,7 @@ impl<K: Hash + Eq + Clone, T, A: Aggregator<T>> PaneStore<K, T, A> {
 /// Emptied maps kept with their capacity, so panes and merged panes reuse
 /// memory instead of allocating (and the kernel zeroing) fresh maps. At most
 /// [`Spare::MAX`] are kept: the rest are freed.
-struct Spare<K, Acc>(Vec<FxHashMap<K, Acc>>);
+struct Spare<K, Acc>(Vec<PaneMap<K, Acc>>);
 
 impl<K, Acc> Default for Spare<K, Acc> {
     fn default() -> Self {
@@ -386,21 +399,21 @@ impl<K, Acc> Spare<K, Acc> {
     const MAX: usize = 16;
 
     /// An empty map, reused if one is kept.
-    fn take(&mut self) -> FxHashMap<K, Acc> {
+    fn take(&mut self) -> PaneMap<K, Acc> {
         self.0.pop().unwrap_or_default()
     }
 }
 
 impl<K: Hash + Eq + Clone, Acc: Clone> Spare<K, Acc> {
     /// A copy of `map` in a reused map.
-    fn copy_of(&mut self, map: &FxHashMap<K, Acc>) -> FxHashMap<K, Acc> {
+    fn copy_of(&mut self, map: &PaneMap<K, Acc>) -> PaneMap<K, Acc> {
         let mut copy = self.take();
         copy.clone_from(map);
         copy
     }
 
     /// Keeps `map`, emptied, for reuse (or frees it if enough are kept).
-    fn give(&mut self, mut map: FxHashMap<K, Acc>) {
+    fn give(&mut self, mut map: PaneMap<K, Acc>) {
         if self.0.len() < Self::MAX {
             map.clear();
             self.0.push(map);
@@ -412,11 +425,11 @@ impl<K: Hash + Eq + Clone, Acc: Clone> Spare<K, Acc> {
 /// index of the pane used last, as records come in runs of one pane), opened
 /// with a map from `spare` if need be.
 fn pane_at<'p, K, Acc>(
-    panes: &'p mut Vec<(EventTime, FxHashMap<K, Acc>)>,
+    panes: &'p mut Vec<(EventTime, PaneMap<K, Acc>)>,
     last: &mut usize,
     spare: &mut Spare<K, Acc>,
     start: EventTime,
-) -> &'p mut FxHashMap<K, Acc> {
+) -> &'p mut PaneMap<K, Acc> {
     let i = match panes.get(*last) {
         Some((s, _)) if *s == start => *last,
         _ => match panes.binary_search_by_key(&start, |p| p.0) {
@@ -432,12 +445,7 @@ fn pane_at<'p, K, Acc>(
 }
 
 /// Merges `acc` into `key`'s entry of `into`.
-fn merge_one<K: Hash + Eq + Clone, T, A: Aggregator<T>>(
-    agg: &A,
-    into: &mut FxHashMap<K, A::Acc>,
-    key: &K,
-    acc: &A::Acc,
-) {
+fn merge_one<K: Hash + Eq + Clone, T, A: Aggregator<T>>(agg: &A, into: &mut PaneMap<K, A::Acc>, key: &K, acc: &A::Acc) {
     match into.get_mut(key) {
         Some(a) => agg.merge(a, acc),
         None => {
@@ -449,11 +457,15 @@ fn merge_one<K: Hash + Eq + Clone, T, A: Aggregator<T>>(
 /// Merges every key of `pane` into `into`.
 fn merge_into<K: Hash + Eq + Clone, T, A: Aggregator<T>>(
     agg: &A,
-    into: &mut FxHashMap<K, A::Acc>,
-    pane: &FxHashMap<K, A::Acc>,
+    into: &mut PaneMap<K, A::Acc>,
+    pane: &PaneMap<K, A::Acc>,
 ) {
     into.reserve(pane.len());
-    for (key, acc) in pane {
+    let mut ahead = pane.iter().skip(AHEAD);
+    for (key, acc) in pane.iter() {
+        if let Some((k, _)) = ahead.next() {
+            into.prefetch(k);
+        }
         merge_one(agg, into, key, acc);
     }
 }
@@ -467,7 +479,8 @@ where
     type Out = WindowResult<K, A::Out>;
 
     fn on_records(&mut self, records: Vec<Partial<K, A::Acc>>, watermark: EventTime, out: &mut Emit<'_, Self::Out>) {
-        for p in records {
+        let mut records = records.into_iter();
+        while let Some(p) = records.next() {
             // Windows of the pane that fired already (it can be in unfired ones too).
             if self.lateness > 0 && first_start_ending_after(self.size, self.slide, p.start) < self.next {
                 self.update_fired(&p, watermark, out);
@@ -477,12 +490,13 @@ where
             }
             let agg = &*self.agg;
             let pane = pane_at(&mut self.panes, &mut self.last, &mut self.spare, p.start);
-            match pane.entry(p.key) {
-                std::collections::hash_map::Entry::Occupied(mut o) => agg.merge(o.get_mut(), &p.acc),
-                std::collections::hash_map::Entry::Vacant(v) => {
-                    v.insert(p.acc);
-                }
+            // The entry of the record `AHEAD` on, if it is in this pane (records come in runs of one).
+            if let Some(ahead) = records.as_slice().get(AHEAD - 1)
+                && ahead.start == p.start
+            {
+                pane.prefetch(&ahead.key);
             }
+            pane.upsert(p.key, p.acc, |acc, new| agg.merge(acc, &new));
         }
     }
 
@@ -541,7 +555,7 @@ where
     ) -> Result<Vec<FileEntry>> {
         let mut by_group: BTreeMap<u32, GroupPanes<&K, &A::Acc>> = BTreeMap::new();
         for (start, pane) in &self.panes {
-            for (key, acc) in pane {
+            for (key, acc) in pane.iter() {
                 by_group.entry(self.groups.group_of(key)).or_default().push((*start, key, acc));
             }
         }

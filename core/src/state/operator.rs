@@ -300,6 +300,8 @@ struct PerKey<K, D, L: KeyedLogic<K, D>, F> {
     state: KeyedState<K, L::State>,
     logic: L,
     key: F,
+    /// A batch's keys, each computed once (kept for its capacity).
+    keys: Vec<K>,
     _records: PhantomData<fn(D)>,
 }
 
@@ -318,14 +320,16 @@ where
     type Out = L::Out;
 
     fn on_records(&mut self, records: Vec<D>, watermark: EventTime, out: &mut Emit<'_, L::Out>) {
-        let PerKey { state, logic, key, .. } = self;
-        let mut records = records.into_iter();
-        while let Some(r) = records.next() {
+        let PerKey { state, logic, key, keys, .. } = self;
+        keys.extend(records.iter().map(&*key));
+        let mut keys = keys.drain(..);
+        for r in records {
+            let Some(k) = keys.next() else { break };
             // The table entry of the record `PREFETCH_AHEAD` on, so its miss overlaps with these.
-            if let Some(ahead) = records.as_slice().get(PREFETCH_AHEAD - 1) {
-                state.prefetch(&key(ahead));
+            if let Some(ahead) = keys.as_slice().get(PREFETCH_AHEAD - 1) {
+                state.prefetch(ahead);
             }
-            state.with_key(key(&r), |view| logic.on_record(&mut KeyCx { view, out: out.reborrow(), watermark }, r));
+            state.with_key(k, |view| logic.on_record(&mut KeyCx { view, out: out.reborrow(), watermark }, r));
         }
     }
 
@@ -389,7 +393,13 @@ where
     // One key function for the route (on the sending worker) and the lookup.
     let key = std::rc::Rc::new(key);
     let route_key = key.clone();
-    let logic = PerKey { state: KeyedState::new(groups), logic, key: move |d: &D| key(d), _records: PhantomData };
+    let logic = PerKey {
+        state: KeyedState::new(groups),
+        logic,
+        key: move |d: &D| key(d),
+        keys: Vec::new(),
+        _records: PhantomData,
+    };
     step(ctx, id, input, move |d: &D| groups.group_of(&route_key(d)), logic)
 }
 

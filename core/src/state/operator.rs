@@ -18,7 +18,7 @@
 use std::hash::Hash;
 use std::marker::PhantomData;
 use std::ops::Range;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use serde::Serialize;
@@ -108,6 +108,24 @@ impl<'a, O> Emit<'a, O> {
             (self.give)(self.buf);
         }
     }
+}
+
+/// Runs `f` with an [`Emit`] over `buf` whose batches, counted in `count`,
+/// go to `send` (a timely session's `give_iterator`), and hands on the rest
+/// when `f` returns.
+fn emitting<O>(
+    buf: &mut Vec<Rec<O>>,
+    count: &AtomicU64,
+    mut send: impl FnMut(std::vec::Drain<'_, Rec<O>>),
+    f: impl FnOnce(&mut Emit<'_, O>),
+) {
+    let mut give = |rows: &mut Vec<Rec<O>>| {
+        count.fetch_add(rows.len() as u64, Ordering::Relaxed);
+        send(rows.drain(..));
+    };
+    let mut emit = Emit::new(buf, &mut give);
+    f(&mut emit);
+    emit.finish();
 }
 
 /// One key's state, timers and the step's output, during a [`KeyedLogic`] callback.
@@ -517,23 +535,24 @@ where
                     {
                         let cap = held[0].delayed(&epoch);
                         let mut session = out_h.session(&cap);
-                        let mut give = |rows: &mut Vec<Rec<L::Out>>| {
-                            emitted_count.fetch_add(rows.len() as u64, Ordering::Relaxed);
-                            session.give_iterator(rows.drain(..));
-                        };
-                        let mut emit = Emit::new(&mut emitted, &mut give);
-                        let mut updates = Vec::new();
-                        for input in data_then_watermarks(step.data) {
-                            match input {
-                                Input::Data(recs) => logic.on_records(recs, watermarks.current(), &mut emit),
-                                Input::Watermarks(u) => updates.extend(u),
-                            }
-                        }
-                        // All of an epoch's updates at once (see `WatermarkTable`).
-                        if let Some(wm) = watermarks.apply(&updates) {
-                            logic.on_watermark(wm, &mut emit);
-                        }
-                        emit.finish();
+                        emitting(
+                            &mut emitted,
+                            &emitted_count,
+                            |rows| session.give_iterator(rows),
+                            |emit| {
+                                let mut updates = Vec::new();
+                                for input in data_then_watermarks(step.data) {
+                                    match input {
+                                        Input::Data(recs) => logic.on_records(recs, watermarks.current(), emit),
+                                        Input::Watermarks(u) => updates.extend(u),
+                                    }
+                                }
+                                // All of an epoch's updates at once (see `WatermarkTable`).
+                                if let Some(wm) = watermarks.apply(&updates) {
+                                    logic.on_watermark(wm, emit);
+                                }
+                            },
+                        );
                     }
                     if step.checkpoint
                         && let Some(store) = &store
@@ -553,13 +572,12 @@ where
                     let now = Instant::now();
                     if deadline <= now {
                         let mut session = out_h.session(&held[0]);
-                        let mut give = |rows: &mut Vec<Rec<L::Out>>| {
-                            emitted_count.fetch_add(rows.len() as u64, Ordering::Relaxed);
-                            session.give_iterator(rows.drain(..));
-                        };
-                        let mut emit = Emit::new(&mut emitted, &mut give);
-                        logic.on_processing_time(now, watermarks.current(), &mut emit);
-                        emit.finish();
+                        emitting(
+                            &mut emitted,
+                            &emitted_count,
+                            |rows| session.give_iterator(rows),
+                            |emit| logic.on_processing_time(now, watermarks.current(), emit),
+                        );
                     }
                     if let Some(next) = logic.next_deadline() {
                         activator.activate_after(next.saturating_duration_since(Instant::now()));
@@ -571,13 +589,12 @@ where
                     watermarks.finish();
                     {
                         let mut session = out_h.session(&held[0]);
-                        let mut give = |rows: &mut Vec<Rec<L::Out>>| {
-                            emitted_count.fetch_add(rows.len() as u64, Ordering::Relaxed);
-                            session.give_iterator(rows.drain(..));
-                        };
-                        let mut emit = Emit::new(&mut emitted, &mut give);
-                        logic.on_watermark(EventTime::MAX, &mut emit);
-                        emit.finish();
+                        emitting(
+                            &mut emitted,
+                            &emitted_count,
+                            |rows| session.give_iterator(rows),
+                            |emit| logic.on_watermark(EventTime::MAX, emit),
+                        );
                     }
                     if let Some(store) = &store {
                         let name = format!("{part_name}.final");

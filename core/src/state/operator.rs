@@ -456,7 +456,7 @@ pub fn local_step<'s, D, L>(
     logic: L,
 ) -> Result<StreamVec<'s, Epoch, Rec<L::Out>>>
 where
-    D: ExchangeData,
+    D: 'static,
     L: StepLogic<D>,
 {
     step_with(ctx, id, input, Pipeline, logic)
@@ -471,7 +471,7 @@ fn step_with<'s, D, L, P>(
     mut logic: L,
 ) -> Result<StreamVec<'s, Epoch, Rec<L::Out>>>
 where
-    D: ExchangeData,
+    D: 'static,
     L: StepLogic<D>,
     P: ParallelizationContract<Epoch, Vec<D>>,
 {

@@ -431,24 +431,29 @@ impl<'s, T: 'static, F> Keyed<'s, T, F> {
         let id = ctx.step_id(&format!("detect-{}", detector.name()), meta.name.as_deref())?;
         let detector = Rc::new(detector);
         let d = detector.clone();
-        let samples = stream.unary(Pipeline, "DetectValues", move |_, _| {
-            move |input, output| {
-                input.for_each(|cap, data: &mut Vec<Rec<T>>| {
-                    output.session(&cap).give_iterator(data.drain(..).map(|r| Sample {
-                        key: key_of(&r.value),
-                        time: r.meta.event_time,
-                        pos: (r.meta.partition, r.meta.offset),
-                        value: d.value(&r.value),
-                    }));
-                });
-            }
-        });
-        let input = StepInput { records: samples, watermarks: Some(watermarks), partitions: info.partitions };
+        let sample = move |r: Rec<T>| Sample {
+            key: key_of(&r.value),
+            time: r.meta.event_time,
+            pos: (r.meta.partition, r.meta.offset),
+            value: d.value(&r.value),
+        };
         let groups = ctx.key_groups();
-        let logic = DetectLogic::<K, T, D, R>::new(detector, groups);
+        let partitions = info.partitions;
         let out = if local {
-            local_step(&ctx, &id, input, logic)?
+            // On their keys' workers already: the step makes the samples itself.
+            let input = StepInput { records: stream, watermarks: Some(watermarks), partitions };
+            local_step(&ctx, &id, input, DetectLogic::<K, T, D, R, _>::new(detector, groups, sample))?
         } else {
+            // Samples (the key and the detector's value, not the whole record) cross the exchange.
+            let samples = stream.unary(Pipeline, "DetectValues", move |_, _| {
+                move |input, output| {
+                    input.for_each(|cap, data: &mut Vec<Rec<T>>| {
+                        output.session(&cap).give_iterator(data.drain(..).map(&sample));
+                    });
+                }
+            });
+            let input = StepInput { records: samples, watermarks: Some(watermarks), partitions };
+            let logic = DetectLogic::<K, T, D, R, _>::new(detector, groups, |s: Sample<K, D::Value>| s);
             step(&ctx, &id, input, move |s: &Sample<K, D::Value>| groups.group_of(&s.key), logic)?
         };
         let meta = FlowMeta { ctx, input: Some(clock.0), watermarks: Some(clock.1), name: None };

@@ -57,8 +57,12 @@ impl<V, S: Default> Default for KeyState<V, S> {
 const AHEAD: usize = PREFETCH_AHEAD;
 
 /// Runs a [`Detector`] over records `T` per key, its verdicts turned into rows by `R`.
-pub(crate) struct DetectLogic<K, T, D: Detector<T>, R> {
+/// The step's input records become [`Sample`]s by `S`: the identity when
+/// samples were made before an exchange, or the making itself when the
+/// records are already on their key's worker (one operator fewer).
+pub(crate) struct DetectLogic<K, T, D: Detector<T>, R, S> {
     detector: Rc<D>,
+    sample: S,
     state: KeyedState<K, KeyState<D::Value, D::State>>,
     /// Every key's readings the watermark has not passed, in arrival order.
     waiting: Vec<Sample<K, D::Value>>,
@@ -67,14 +71,15 @@ pub(crate) struct DetectLogic<K, T, D: Detector<T>, R> {
     _records: PhantomData<fn(&T, R)>,
 }
 
-impl<K, T, D, R> DetectLogic<K, T, D, R>
+impl<K, T, D, R, S> DetectLogic<K, T, D, R, S>
 where
     K: Hash + Eq + Clone + Serialize + DeserializeOwned + 'static,
     D: Detector<T>,
 {
-    pub fn new(detector: Rc<D>, groups: KeyGroups) -> Self {
+    pub fn new(detector: Rc<D>, groups: KeyGroups, sample: S) -> Self {
         DetectLogic {
             detector,
+            sample,
             state: KeyedState::new(groups),
             waiting: Vec::new(),
             ready: Vec::new(),
@@ -183,19 +188,20 @@ fn retime<K: Clone, V>(view: &mut KeyView<'_, K, V>, next: Option<EventTime>) {
     }
 }
 
-impl<K, T, D, R> StepLogic<Sample<K, D::Value>> for DetectLogic<K, T, D, R>
+impl<K, T, D, R, I, S> StepLogic<I> for DetectLogic<K, T, D, R, S>
 where
     K: Hash + Eq + Clone + Serialize + DeserializeOwned + 'static,
     T: 'static,
     D: Detector<T>,
     R: Rows<K, T, D>,
+    S: Fn(I) -> Sample<K, D::Value> + 'static,
 {
     type Out = R::Row;
 
-    fn on_records(&mut self, records: Vec<Sample<K, D::Value>>, wm: EventTime, out: &mut Emit<'_, Self::Out>) {
+    fn on_records(&mut self, records: Vec<I>, wm: EventTime, out: &mut Emit<'_, Self::Out>) {
         let d = &*self.detector;
         self.waiting.reserve(records.len());
-        for s in records {
+        for s in records.into_iter().map(&self.sample) {
             if !d.valid(&s.value) || (wm != EventTime::MIN && s.time < wm) {
                 // Skipped (a bad value) or behind the watermark: score 0, the state as it was.
                 R::skipped(d, &s.key, s.time, &s.value, out);

@@ -32,20 +32,12 @@ pub struct Joined<T, V> {
 }
 
 /// What the join step gets: a change to the table (a version and its diff)
-/// or a reading with its key.
+/// or a reading (its key is computed where it is needed, not carried
+/// through the exchange).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) enum JoinInput<K, T, V> {
     Update(Version<K, V>, isize),
-    Reading(K, Rec<T>),
-}
-
-impl<K, T, V> JoinInput<K, T, V> {
-    fn key(&self) -> &K {
-        match self {
-            JoinInput::Update(v, _) => &v.key,
-            JoinInput::Reading(k, _) => k,
-        }
-    }
+    Reading(Rec<T>),
 }
 
 /// One consolidated version of a key: valid from, seq, value (`None`: a delete), multiplicity.
@@ -138,8 +130,8 @@ where
             }
             // The table is known up to the watermark: no update at or before
             // `t` is to come (updates of this epoch are later than it).
-            JoinInput::Reading(_, r) if r.meta.event_time < cx.watermark() => join(cx, r),
-            JoinInput::Reading(_, r) => {
+            JoinInput::Reading(r) if r.meta.event_time < cx.watermark() => join(cx, r),
+            JoinInput::Reading(r) => {
                 cx.set_timer(due(r.meta.event_time));
                 cx.state().waiting.push(r);
             }
@@ -248,7 +240,7 @@ impl<'s, T: ExchangeData + serde::de::DeserializeOwned> JoinTable<'s, T> for Flo
                 });
             }
         });
-        let readings = stream.map(move |r: Rec<T>| JoinInput::<K, T, V>::Reading(key(&r.value), r));
+        let readings = stream.map(JoinInput::<K, T, V>::Reading);
         // The table is known up to its update flow's watermark; a table
         // without one is known in full once the first epoch applied its load.
         // (An update flow of no partitions is the same: nothing will come.)
@@ -261,7 +253,11 @@ impl<'s, T: ExchangeData + serde::de::DeserializeOwned> JoinTable<'s, T> for Flo
         };
         let input = StepInput { records: updates.concat(readings), watermarks: Some(table_wms.clone()), partitions };
         let logic = JoinLogic { late: ctx.counter(&format!("{id}.late_updates")), _types: PhantomData };
-        let out = keyed_step(&ctx, &id, input, |d: &JoinInput<K, T, V>| d.key().clone(), logic)?;
+        let key_of = move |d: &JoinInput<K, T, V>| match d {
+            JoinInput::Update(v, _) => v.key.clone(),
+            JoinInput::Reading(r) => key(&r.value),
+        };
+        let out = keyed_step(&ctx, &id, input, key_of, logic)?;
         let origin = meta.input.as_ref().map(|i| i.origin.clone());
         let joined = with_dead_letters(
             &ctx,

@@ -23,8 +23,14 @@
 //!    `wait4`), Weir's checkpoint count and total checkpoint time (parsed from its stdout,
 //!    of the run closest to the median) and every run's time;
 //! 4. after all timings, checks the last run's output of each configuration with the
-//!    workload's `check.py` when it is there (it reads Parquet with pyarrow: `pip install pyarrow`),
-//!    against the expected rows of its own input;
+//!    workload's `check.py` when it is there, against the expected rows of its own input;
+//!
+//! The checker reads Parquet with pyarrow, and the DuckDB row needs `duckdb`: when
+//! `python3` lacks either, the suite makes (once) a virtual environment with both,
+//! `pip install pyarrow duckdb`, under `$WEIR_TOOLS/python` (default
+//! `~/.cache/weir-tools/python`, where `scripts/tools.sh` keeps the test suite's tools,
+//! outside the clone) and uses its Python for them; if that fails it says why and goes on
+//! with `python3` (the checks then fail, and the DuckDB row is left out);
 //! 5. prints a table and ratios, and writes them to `target/weir-bench/results.md`.
 //!
 //! Configurations, in run order: Weir with 1 and 2 workers, checkpoints off and every 1 s,
@@ -86,8 +92,54 @@ struct Env {
     bench_dir: PathBuf,
     examples: PathBuf,
     workloads: Option<PathBuf>,
+    /// The Python with pyarrow and duckdb (or `python3` when none could be made).
+    python: PathBuf,
     runs: usize,
     warmup: usize,
+}
+
+/// A Python that imports pyarrow and duckdb: `python3` if it does, else the
+/// virtual environment under `$WEIR_TOOLS/python`, made and filled once.
+fn python_with_tools() -> PathBuf {
+    let system = PathBuf::from("python3");
+    let imports = |python: &Path| {
+        Command::new(python)
+            .args(["-c", "import pyarrow, duckdb"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if imports(&system) {
+        return system;
+    }
+    let tools = match std::env::var_os("WEIR_TOOLS") {
+        Some(t) => PathBuf::from(t),
+        None => match std::env::var_os("HOME") {
+            Some(h) => PathBuf::from(h).join(".cache/weir-tools"),
+            None => return system,
+        },
+    };
+    let venv = tools.join("python");
+    let python = venv.join("bin/python");
+    if imports(&python) {
+        return python;
+    }
+    println!("== python: making {} with pyarrow and duckdb (once)", venv.display());
+    let made = Command::new("python3").args(["-m", "venv"]).arg(&venv).status().is_ok_and(|s| s.success())
+        && Command::new(&python)
+            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "pyarrow", "duckdb"])
+            .status()
+            .is_ok_and(|s| s.success());
+    if made && imports(&python) {
+        python
+    } else {
+        println!(
+            "== python: could not make {} (python3 -m venv, pip install pyarrow duckdb); using python3",
+            venv.display()
+        );
+        system
+    }
 }
 
 /// One configuration to measure.
@@ -178,7 +230,8 @@ fn run() -> Result<()> {
         Ok(v) => v.trim().parse::<usize>().map_err(|_| format!("WEIR_BENCH_WARMUP={v:?} is not a number"))?,
         Err(_) => 1,
     };
-    let env = Env { examples: target.join("release/examples"), repo, bench_dir, workloads, runs, warmup };
+    let python = python_with_tools();
+    let env = Env { examples: target.join("release/examples"), repo, bench_dir, workloads, python, runs, warmup };
     let mut commands = Vec::new();
 
     // 1. The release examples.
@@ -276,7 +329,7 @@ fn run() -> Result<()> {
             events: EVENTS,
         });
     }
-    let duck = Command::new("python3")
+    let duck = Command::new(&env.python)
         .args(["-c", "import duckdb"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -285,7 +338,7 @@ fn run() -> Result<()> {
     if duck {
         configs.push(Config { name: "duckdb threads=2".into(), kind: Kind::Duck, events: EVENTS });
     } else {
-        println!("== duckdb: `python3 -c 'import duckdb'` failed; skipping it");
+        println!("== duckdb: `{} -c 'import duckdb'` failed; skipping it", env.python.display());
     }
 
     // Each configuration's input, resolved before any run.
@@ -331,7 +384,7 @@ fn run() -> Result<()> {
     for row in &mut rows {
         let expected = inputs.iter().find(|i| i.events == row.events).and_then(|i| i.expected.as_ref());
         if let (Some(expected), Some(w), Some(target)) = (expected, &env.workloads, &row.check_target) {
-            row.check = run_check(&w.join("check.py"), expected, target);
+            row.check = run_check(&env.python, &w.join("check.py"), expected, target);
             println!("== check {}: {}", row.name, row.check);
         }
         let _ = std::fs::remove_dir_all(&row.dir);
@@ -526,7 +579,7 @@ fn run_once(env: &Env, config: &Config, input: &Path, label: &str) -> Result<(Ru
         }
         Kind::Duck => {
             std::fs::create_dir_all(&out).map_err(|e| format!("create {}: {e}", out.display()))?;
-            let mut c = Command::new("python3");
+            let mut c = Command::new(&env.python);
             c.args(["-c", DUCK_SCRIPT]).arg(input).arg(output_of(env, config));
             c
         }
@@ -673,8 +726,8 @@ fn self_timed(kind: &Kind, stdout: &str) -> Option<f64> {
 }
 
 /// Runs the workload's checker; a one-word verdict.
-fn run_check(check_py: &Path, expected: &Path, output: &Path) -> String {
-    let result = Command::new("python3")
+fn run_check(python: &Path, check_py: &Path, expected: &Path, output: &Path) -> String {
+    let result = Command::new(python)
         .arg(check_py)
         .arg("--expected")
         .arg(expected)

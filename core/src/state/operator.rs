@@ -448,7 +448,8 @@ where
 /// so they are not exchanged again. Records elsewhere would be state on a
 /// worker that does not own its group: only a caller that knows how its
 /// input was routed uses this (`Keyed::detect` after
-/// `JoinTable::join_table_keyed`).
+/// `JoinTable::join_table_keyed`). Nothing crosses workers, so the records
+/// need not be `ExchangeData`.
 pub fn local_step<'s, D, L>(
     ctx: &Ctx<'s>,
     id: &str,

@@ -1,61 +1,30 @@
-//! The dead-letter side of an operator, in one place. [`DeadLetterOutput`]
-//! adds an output of dead letters to an operator being built, counts what it
-//! sends as `dead_letters.{stage}` and registers its stream with the build
+//! The dead-letter side of an operator. [`DeadLetterOutput`] (defined in
+//! the stateful kit's module, below this one, and re-exported here) adds an
+//! output of dead letters to an operator being built, counts what it sends
+//! as `dead_letters.{stage}` and registers its stream with the build
 //! context, so that [`Dataflow::dead_letters`](super::Dataflow::dead_letters)
 //! collects it. [`with_dead_letters`] is the common shape built on it: records
 //! in, records out plus dead letters (decode, `try_map`). An operator of
 //! another shape (the window's combiner, whose late records are dead letters)
-//! adds a [`DeadLetterOutput`] to its own builder.
+//! adds a [`DeadLetterOutput`] to its own builder; a step of the kit has one
+//! when its logic names a stage (`StepLogic::dead_letter_stage`).
 //!
 //! The letters themselves are made by [`DeadLetter::new`] (or
 //! [`Origin::dead_letter`](super::Origin::dead_letter), which re-reads the
 //! record's input bytes first).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::InputCapability;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::generic::{OutputBuilder, Session};
-use timely::dataflow::operators::{CapabilityTrait, InputCapability};
 
 use crate::ctx::Ctx;
 use crate::record::DeadLetter;
+pub use crate::state::DeadLetterOutput;
 use crate::stream::VecOutput;
 use crate::time::Epoch;
-
-/// An operator's output of the dead letters of one stage.
-pub struct DeadLetterOutput {
-    out: VecOutput<DeadLetter>,
-    count: Arc<AtomicU64>,
-}
-
-impl DeadLetterOutput {
-    /// Adds an output of dead letters of `stage` to `builder` (its next output
-    /// port) and registers its stream with `ctx`; what it sends is counted as
-    /// `dead_letters.{stage}`.
-    pub fn new<'s>(builder: &mut OperatorBuilder<'s, Epoch>, ctx: &Ctx<'s>, stage: &str) -> Self {
-        let (out, stream) = builder.new_output::<Vec<DeadLetter>>();
-        ctx.register_dead_letters(stream);
-        DeadLetterOutput { out: OutputBuilder::from(out), count: ctx.counter(&format!("dead_letters.{stage}")) }
-    }
-
-    /// Sends `letters` at the time of `cap` (a capability for this output).
-    pub fn give<C: CapabilityTrait<Epoch>>(&mut self, cap: &C, letters: impl IntoIterator<Item = DeadLetter>) {
-        let mut out = self.out.activate();
-        let mut session = out.session(cap);
-        let mut n = 0u64;
-        for letter in letters {
-            session.give(letter);
-            n += 1;
-        }
-        if n > 0 {
-            self.count.fetch_add(n, Ordering::Relaxed);
-        }
-    }
-}
 
 /// What the logic of a [`with_dead_letters`] stage sends for one input batch:
 /// records and dead letters, at the batch's time.

@@ -9,10 +9,12 @@
 //! - [`watermarks`]: [`WatermarkTable`], the one place a keyed stage's
 //!   watermark is computed from its input partitions'.
 
+pub mod dead_letter_output;
 pub mod keyed;
 pub mod operator;
 pub mod watermarks;
 
+pub use dead_letter_output::DeadLetterOutput;
 pub use keyed::{KeyView, KeyedState, ProcessingTime, processing_now};
 pub use operator::{
     Emit, Input, KeyCx, KeyedLogic, PREFETCH_AHEAD, StepInput, StepLogic, data_then_watermarks, frontier_min,

@@ -26,6 +26,7 @@ use serde::de::DeserializeOwned;
 use timely::ExchangeData;
 use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::{Exchange, ParallelizationContract, Pipeline};
+use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::progress::frontier::MutableAntichain;
@@ -33,9 +34,11 @@ use timely::progress::frontier::MutableAntichain;
 use crate::checkpoint::{CheckpointStore, FileEntry, Part, PartBody};
 use crate::ctx::Ctx;
 use crate::epochs::{EpochDriver, follow_frontier};
+use crate::error::Error;
 use crate::error::Result;
 use crate::keygroup::KeyGroups;
-use crate::record::{EventTime, Meta, Rec};
+use crate::record::{DeadLetter, EventTime, Meta, Rec};
+use crate::state::DeadLetterOutput;
 use crate::state::keyed::{KeyView, KeyedState, ProcessingTime, processing_now};
 use crate::state::watermarks::{WatermarkSnapshot, WatermarkTable};
 use crate::stream::{VecOutput, WatermarkUpdate};
@@ -59,6 +62,11 @@ pub trait KeyedLogic<K, D>: 'static {
     /// `cx.key()`'s processing-time timer at `at` came due: the wall clock
     /// reached it (see [`KeyCx::set_processing_timer`]). Ignored by default.
     fn on_processing_timer(&mut self, _cx: &mut KeyCx<'_, '_, K, Self::State, Self::Out>, _at: ProcessingTime) {}
+    /// The stage whose dead letters it sends ([`KeyCx::dead_letter`]), as
+    /// [`StepLogic::dead_letter_stage`]. None by default.
+    fn dead_letter_stage(&self) -> Option<&'static str> {
+        None
+    }
 }
 
 /// Where a step's logic puts its rows. They are handed downstream in
@@ -67,6 +75,7 @@ pub trait KeyedLogic<K, D>: 'static {
 /// holds them all in one buffer nor writes them through memory twice.
 pub struct Emit<'a, O> {
     buf: &'a mut Vec<Rec<O>>,
+    dead: &'a mut Vec<DeadLetter>,
     give: &'a mut dyn FnMut(&mut Vec<Rec<O>>),
 }
 
@@ -76,9 +85,22 @@ impl<'a, O> Emit<'a, O> {
     pub const BATCH: usize = 1024;
 
     /// Rows gathered in `buf` (kept between calls for its capacity) and
-    /// handed to `give` in batches; [`finish`](Self::finish) hands on the rest.
-    pub fn new(buf: &'a mut Vec<Rec<O>>, give: &'a mut dyn FnMut(&mut Vec<Rec<O>>)) -> Self {
-        Emit { buf, give }
+    /// handed to `give` in batches; [`finish`](Self::finish) hands on the
+    /// rest. Dead letters gather in `dead`.
+    pub fn new(
+        buf: &'a mut Vec<Rec<O>>,
+        dead: &'a mut Vec<DeadLetter>,
+        give: &'a mut dyn FnMut(&mut Vec<Rec<O>>),
+    ) -> Self {
+        Emit { buf, dead, give }
+    }
+
+    /// Sends a dead letter instead of a row: a record the step cannot
+    /// process. The step's logic must name its stage
+    /// ([`StepLogic::dead_letter_stage`]); a step that sends one without
+    /// fails the pipeline with an error naming the step rather than lose it.
+    pub fn dead_letter(&mut self, letter: DeadLetter) {
+        self.dead.push(letter);
     }
 
     /// Emits `rec`.
@@ -99,7 +121,7 @@ impl<'a, O> Emit<'a, O> {
 
     /// The same output, borrowed for a shorter while (what a [`KeyCx`] holds).
     pub fn reborrow(&mut self) -> Emit<'_, O> {
-        Emit { buf: &mut *self.buf, give: &mut *self.give }
+        Emit { buf: &mut *self.buf, dead: &mut *self.dead, give: &mut *self.give }
     }
 
     /// Hands on the rows not handed on yet.
@@ -115,6 +137,7 @@ impl<'a, O> Emit<'a, O> {
 /// when `f` returns.
 fn emitting<O>(
     buf: &mut Vec<Rec<O>>,
+    dead: &mut Vec<DeadLetter>,
     count: &AtomicU64,
     mut send: impl FnMut(std::vec::Drain<'_, Rec<O>>),
     f: impl FnOnce(&mut Emit<'_, O>),
@@ -123,9 +146,33 @@ fn emitting<O>(
         count.fetch_add(rows.len() as u64, Ordering::Relaxed);
         send(rows.drain(..));
     };
-    let mut emit = Emit::new(buf, &mut give);
+    let mut emit = Emit::new(buf, dead, &mut give);
     f(&mut emit);
     emit.finish();
+}
+
+/// Sends the dead letters a call of a step's logic made, at `cap` (of the
+/// step's dead-letter output); a step without that output that made some
+/// fails with an error naming it, rather than lose them.
+fn send_dead_letters(
+    id: &str,
+    dead: &mut Vec<DeadLetter>,
+    out: Option<&mut DeadLetterOutput>,
+    cap: Option<Capability<Epoch>>,
+) -> Result<()> {
+    if dead.is_empty() {
+        return Ok(());
+    }
+    match (out, cap) {
+        (Some(out), Some(cap)) => {
+            out.give(&cap, dead.drain(..));
+            Ok(())
+        }
+        _ => Err(Error::config(
+            id,
+            format!("the step sent {} dead letters, but its logic names no dead_letter_stage", dead.len()),
+        )),
+    }
 }
 
 /// One key's state, timers and the step's output, during a [`KeyedLogic`] callback.
@@ -204,6 +251,18 @@ impl<K: Clone, V, O> KeyCx<'_, '_, K, V, O> {
     /// Emits `value` with event time `time`.
     pub fn emit(&mut self, time: EventTime, value: O) {
         self.out.push(Rec { meta: Meta::derived(time), value });
+    }
+
+    /// Emits `rec` as it is, with its own metadata (a record the step passes
+    /// on, enriched, rather than a row it derives).
+    pub fn emit_rec(&mut self, rec: Rec<O>) {
+        self.out.push(rec);
+    }
+
+    /// Sends a dead letter instead of a row ([`Emit::dead_letter`]; the
+    /// logic names its stage: [`KeyedLogic::dead_letter_stage`]).
+    pub fn dead_letter(&mut self, letter: DeadLetter) {
+        self.out.dead_letter(letter);
     }
 }
 
@@ -311,6 +370,14 @@ pub trait StepLogic<D>: 'static {
     /// What it emits is not exactly-once (a restarted run's processing times
     /// differ): for previews, such as a window's early firings.
     fn on_processing_time(&mut self, _now: Instant, _watermark: EventTime, _out: &mut Emit<'_, Self::Out>) {}
+    /// The stage whose dead letters the logic sends ([`Emit::dead_letter`]),
+    /// if it sends any: the step then has an output of dead letters,
+    /// registered with the pipeline's and counted as `dead_letters.{stage}`
+    /// (the letters carry their own stage and reason). None by default: no
+    /// such output.
+    fn dead_letter_stage(&self) -> Option<&'static str> {
+        None
+    }
 }
 
 /// A [`KeyedLogic`] with its [`KeyedState`], as a [`StepLogic`].
@@ -362,6 +429,10 @@ where
         let at = self.state.next_processing_timer()?;
         let wait = u64::try_from(at.saturating_sub(processing_now())).unwrap_or(0);
         Some(Instant::now() + std::time::Duration::from_millis(wait))
+    }
+
+    fn dead_letter_stage(&self) -> Option<&'static str> {
+        self.logic.dead_letter_stage()
     }
 
     fn on_processing_time(&mut self, _now: Instant, watermark: EventTime, out: &mut Emit<'_, L::Out>) {
@@ -504,12 +575,15 @@ where
     let (part_out, parts) = builder.new_output::<Vec<Part>>();
     let mut out: VecOutput<Rec<L::Out>> = OutputBuilder::from(out);
     let mut part_out: VecOutput<Part> = OutputBuilder::from(part_out);
+    // The third output, when the logic sends dead letters.
+    let mut dead_out = logic.dead_letter_stage().map(|stage| DeadLetterOutput::new(&mut builder, ctx, stage));
     let mut driver: EpochDriver<Input<D>> = EpochDriver::new(ctx.start_epoch(), ctx.schedule());
     let activator = ctx.scope().activator_for(builder.operator_info().address);
 
     builder.build(move |caps| {
         let mut caps = Some(caps);
         let mut emitted: Vec<Rec<L::Out>> = Vec::new();
+        let mut dead: Vec<DeadLetter> = Vec::new();
         move |frontiers| {
             records.for_each(|cap, data: &mut Vec<D>| {
                 if let Some(&t) = cap.least() {
@@ -538,6 +612,7 @@ where
                         let mut session = out_h.session(&cap);
                         emitting(
                             &mut emitted,
+                            &mut dead,
                             &emitted_count,
                             |rows| session.give_iterator(rows),
                             |emit| {
@@ -555,6 +630,7 @@ where
                             },
                         );
                     }
+                    send_dead_letters(&id, &mut dead, dead_out.as_mut(), held.get(2).map(|c| c.delayed(&epoch)))?;
                     if step.checkpoint
                         && let Some(store) = &store
                     {
@@ -575,10 +651,12 @@ where
                         let mut session = out_h.session(&held[0]);
                         emitting(
                             &mut emitted,
+                            &mut dead,
                             &emitted_count,
                             |rows| session.give_iterator(rows),
                             |emit| logic.on_processing_time(now, watermarks.current(), emit),
                         );
+                        send_dead_letters(&id, &mut dead, dead_out.as_mut(), held.get(2).cloned())?;
                     }
                     if let Some(next) = logic.next_deadline() {
                         activator.activate_after(next.saturating_duration_since(Instant::now()));
@@ -592,11 +670,13 @@ where
                         let mut session = out_h.session(&held[0]);
                         emitting(
                             &mut emitted,
+                            &mut dead,
                             &emitted_count,
                             |rows| session.give_iterator(rows),
                             |emit| logic.on_watermark(EventTime::MAX, emit),
                         );
                     }
+                    send_dead_letters(&id, &mut dead, dead_out.as_mut(), held.get(2).cloned())?;
                     if let Some(store) = &store {
                         let name = format!("{part_name}.final");
                         let files = logic.checkpoint(store.as_ref(), at, &name, watermarks.snapshot())?;

@@ -13,8 +13,8 @@ use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::Concat;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::vec::{Map, ToStream};
-use weir_core::flow::{Flow, FlowMeta, WatermarkUpdate, with_dead_letters};
-use weir_core::record::{DeadLetter, EventTime, Meta, Rec};
+use weir_core::flow::{Flow, FlowMeta, Origin, WatermarkUpdate};
+use weir_core::record::{DeadLetter, EventTime, Rec};
 use weir_core::state::{KeyCx, KeyedLogic, StepInput, keyed_step};
 use weir_core::time::Epoch;
 use weir_core::{Error, Result};
@@ -81,18 +81,13 @@ impl<T, V: Clone> KeyTable<T, V> {
     }
 }
 
-/// What the join step emits: the reading (with its own metadata) and the
-/// value, `None` for an unknown key (a dead letter after the step).
-pub(crate) struct JoinOut<T, V> {
-    meta: Meta,
-    record: T,
-    value: Option<V>,
-}
-
-/// The join step's logic.
+/// The join step's logic: it emits each reading (with its own metadata)
+/// joined with its value, or, for an unknown key, a dead letter.
 pub(crate) struct JoinLogic<T, V> {
     /// Updates that came behind the table's watermark (counter `<step>.late_updates`).
     late: Arc<AtomicU64>,
+    /// Where the readings came from (their dead letters re-read the input bytes).
+    origin: Option<Origin>,
     _types: PhantomData<fn(T, V)>,
 }
 
@@ -102,13 +97,21 @@ fn due(t: EventTime) -> EventTime {
     t.saturating_add(1)
 }
 
-type Cx<'c, 'v, K, T, V> = KeyCx<'c, 'v, K, KeyTable<T, V>, JoinOut<T, V>>;
+type Cx<'c, 'v, K, T, V> = KeyCx<'c, 'v, K, KeyTable<T, V>, Joined<T, V>>;
 
-fn join<K: Clone, T, V: Clone>(cx: &mut Cx<'_, '_, K, T, V>, r: Rec<T>) {
-    let t = r.meta.event_time;
-    let value = cx.state().as_of(t);
-    cx.emit(t, JoinOut { meta: r.meta, record: r.value, value });
+fn join<K: Clone, T: Serialize, V: Clone>(cx: &mut Cx<'_, '_, K, T, V>, origin: Option<&Origin>, r: Rec<T>) {
+    let Rec { meta, value: record } = r;
+    match cx.state().as_of(meta.event_time) {
+        Some(value) => cx.emit_rec(Rec { meta, value: Joined { record, value } }),
+        None => cx.dead_letter(match origin {
+            Some(o) => o.dead_letter(&meta, STAGE, "unknown key".into(), &record),
+            None => DeadLetter::as_json(STAGE, STAGE, &meta, "unknown key".into(), &record),
+        }),
+    }
 }
+
+/// The stage of the join's dead letters.
+const STAGE: &str = "join_table";
 
 impl<K, T, V> KeyedLogic<K, JoinInput<K, T, V>> for JoinLogic<T, V>
 where
@@ -117,7 +120,11 @@ where
     V: Clone + Serialize + serde::de::DeserializeOwned + 'static,
 {
     type State = KeyTable<T, V>;
-    type Out = JoinOut<T, V>;
+    type Out = Joined<T, V>;
+
+    fn dead_letter_stage(&self) -> Option<&'static str> {
+        Some(STAGE)
+    }
 
     fn on_record(&mut self, cx: &mut Cx<'_, '_, K, T, V>, input: JoinInput<K, T, V>) {
         match input {
@@ -130,7 +137,7 @@ where
             }
             // The table is known up to the watermark: no update at or before
             // `t` is to come (updates of this epoch are later than it).
-            JoinInput::Reading(r) if r.meta.event_time < cx.watermark() => join(cx, r),
+            JoinInput::Reading(r) if r.meta.event_time < cx.watermark() => join(cx, self.origin.as_ref(), r),
             JoinInput::Reading(r) => {
                 cx.set_timer(due(r.meta.event_time));
                 cx.state().waiting.push(r);
@@ -150,7 +157,7 @@ where
             if wm == EventTime::MAX { waiting.len() } else { waiting.partition_point(|r| r.meta.event_time < wm) };
         let rest = waiting.split_off(ready);
         for r in waiting {
-            join(cx, r);
+            join(cx, self.origin.as_ref(), r);
         }
         cx.state().waiting = rest;
         let s = cx.state();
@@ -252,33 +259,14 @@ impl<'s, T: ExchangeData + serde::de::DeserializeOwned> JoinTable<'s, T> for Flo
             }
         };
         let input = StepInput { records: updates.concat(readings), watermarks: Some(table_wms.clone()), partitions };
-        let logic = JoinLogic { late: ctx.counter(&format!("{id}.late_updates")), _types: PhantomData };
+        let origin = meta.input.as_ref().map(|i| i.origin.clone());
+        let logic = JoinLogic { late: ctx.counter(&format!("{id}.late_updates")), origin, _types: PhantomData };
         let key_of = move |d: &JoinInput<K, T, V>| match d {
             JoinInput::Update(v, _) => v.key.clone(),
             JoinInput::Reading(r) => key(&r.value),
         };
-        let out = keyed_step(&ctx, &id, input, key_of, logic)?;
-        let origin = meta.input.as_ref().map(|i| i.origin.clone());
-        let joined = with_dead_letters(
-            &ctx,
-            format!("JoinTable({id})"),
-            "join_table",
-            out,
-            move |batch: &mut Vec<Rec<JoinOut<T, V>>>, emit| {
-                for r in batch.drain(..) {
-                    let JoinOut { meta, record, value } = r.value;
-                    match value {
-                        Some(value) => emit.give(Rec { meta, value: Joined { record, value } }),
-                        None => emit.dead_letter(match &origin {
-                            Some(o) => o.dead_letter(&meta, "join_table", "unknown key".into(), &record),
-                            None => {
-                                DeadLetter::as_json("join_table", "join_table", &meta, "unknown key".into(), &record)
-                            }
-                        }),
-                    }
-                }
-            },
-        );
+        // Joined readings with their own metadata; unknown keys are the step's dead letters.
+        let joined = keyed_step(&ctx, &id, input, key_of, logic)?;
         let watermarks = clamp::clamp(reading_wms, table_wms, partitions);
         Ok(FlowMeta { ctx, input: meta.input, watermarks: Some(watermarks), name: None }.flow(joined))
     }

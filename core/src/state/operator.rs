@@ -151,19 +151,24 @@ fn emitting<O>(
     emit.finish();
 }
 
-/// Sends the dead letters a call of a step's logic made, at `cap` (of the
-/// step's dead-letter output); a step without that output that made some
-/// fails with an error naming it, rather than lose them.
+/// The output port of a step's dead letters (after its rows and its parts),
+/// when its logic names a stage.
+const DEAD_LETTER_PORT: usize = 2;
+
+/// Sends the dead letters a call of a step's logic made, at the capability
+/// `cap` makes (of the step's dead-letter output; made only when there are
+/// letters); a step without that output that made some fails with an error
+/// naming it, rather than lose them.
 fn send_dead_letters(
     id: &str,
     dead: &mut Vec<DeadLetter>,
     out: Option<&mut DeadLetterOutput>,
-    cap: Option<Capability<Epoch>>,
+    cap: impl FnOnce() -> Option<Capability<Epoch>>,
 ) -> Result<()> {
     if dead.is_empty() {
         return Ok(());
     }
-    match (out, cap) {
+    match (out, cap()) {
         (Some(out), Some(cap)) => {
             out.give(&cap, dead.drain(..));
             Ok(())
@@ -575,7 +580,7 @@ where
     let (part_out, parts) = builder.new_output::<Vec<Part>>();
     let mut out: VecOutput<Rec<L::Out>> = OutputBuilder::from(out);
     let mut part_out: VecOutput<Part> = OutputBuilder::from(part_out);
-    // The third output, when the logic sends dead letters.
+    // Output `DEAD_LETTER_PORT`, when the logic sends dead letters.
     let mut dead_out = logic.dead_letter_stage().map(|stage| DeadLetterOutput::new(&mut builder, ctx, stage));
     let mut driver: EpochDriver<Input<D>> = EpochDriver::new(ctx.start_epoch(), ctx.schedule());
     let activator = ctx.scope().activator_for(builder.operator_info().address);
@@ -630,7 +635,8 @@ where
                             },
                         );
                     }
-                    send_dead_letters(&id, &mut dead, dead_out.as_mut(), held.get(2).map(|c| c.delayed(&epoch)))?;
+                    let cap = || held.get(DEAD_LETTER_PORT).map(|c| c.delayed(&epoch));
+                    send_dead_letters(&id, &mut dead, dead_out.as_mut(), cap)?;
                     if step.checkpoint
                         && let Some(store) = &store
                     {
@@ -656,7 +662,7 @@ where
                             |rows| session.give_iterator(rows),
                             |emit| logic.on_processing_time(now, watermarks.current(), emit),
                         );
-                        send_dead_letters(&id, &mut dead, dead_out.as_mut(), held.get(2).cloned())?;
+                        send_dead_letters(&id, &mut dead, dead_out.as_mut(), || held.get(DEAD_LETTER_PORT).cloned())?;
                     }
                     if let Some(next) = logic.next_deadline() {
                         activator.activate_after(next.saturating_duration_since(Instant::now()));
@@ -676,7 +682,7 @@ where
                             |emit| logic.on_watermark(EventTime::MAX, emit),
                         );
                     }
-                    send_dead_letters(&id, &mut dead, dead_out.as_mut(), held.get(2).cloned())?;
+                    send_dead_letters(&id, &mut dead, dead_out.as_mut(), || held.get(DEAD_LETTER_PORT).cloned())?;
                     if let Some(store) = &store {
                         let name = format!("{part_name}.final");
                         let files = logic.checkpoint(store.as_ref(), at, &name, watermarks.snapshot())?;
